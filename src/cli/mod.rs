@@ -1,0 +1,73 @@
+//! The command line: clap definitions, one file per subcommand, and the exit-code mapping.
+
+pub mod nodes;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use nodeup::driver::ProviderError;
+
+/// nodeup: create a machine, then provision it over SSH.
+#[derive(Debug, Parser)]
+#[command(name = "nodeup", version, about)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug); NODEUP_LOG=debug does the same.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, list, reboot and destroy nodes.
+    #[command(subcommand)]
+    Nodes(nodes::NodesCommand),
+}
+
+/// What went wrong, sorted by exit code: 2 for bad input or configuration (nothing was created),
+/// 1 for a failure while working.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad input or configuration: exit code 2.
+    Usage(anyhow::Error),
+    /// A failure while working: exit code 1.
+    Failed(anyhow::Error),
+}
+
+impl From<ProviderError> for Failure {
+    fn from(e: ProviderError) -> Self {
+        match e {
+            ProviderError::InvalidRequest { .. }
+            | ProviderError::Requirement { .. }
+            | ProviderError::NotFound { .. }
+            | ProviderError::NotSupported { .. } => Failure::Usage(e.into()),
+            ProviderError::Failed { .. } => Failure::Failed(e.into()),
+        }
+    }
+}
+
+impl Failure {
+    /// Prints the whole cause chain on stderr and gives the exit code.
+    pub fn report(self) -> ExitCode {
+        let (error, code) = match self {
+            Failure::Usage(e) => (e, 2),
+            Failure::Failed(e) => (e, 1),
+        };
+        eprintln!("error: {error}");
+        for cause in error.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        ExitCode::from(code)
+    }
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Nodes(cmd) => nodes::run(cmd).await,
+    }
+}

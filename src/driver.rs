@@ -1,0 +1,199 @@
+//! The `NodeDriver` trait every provider implements, its `Features`, the error drivers share,
+//! and the registry that finds a driver by provider name.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use async_trait::async_trait;
+
+use crate::model::{CreateNode, Node, NodeImage, NodeLocation, NodeSize};
+
+/// What goes wrong in a provider call. Shared by every driver.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The provider has no such operation.
+    #[error("{operation} is not supported by {provider}")]
+    NotSupported {
+        /// The provider's name.
+        provider: String,
+        /// The operation asked for, e.g. `create_image`.
+        operation: &'static str,
+    },
+    /// No node, image, size ... with that id or name.
+    #[error("{provider}: no {kind} named or numbered {id:?}")]
+    NotFound {
+        /// The provider's name.
+        provider: String,
+        /// What was looked for: `node`, `image`, ...
+        kind: &'static str,
+        /// The id or name asked for.
+        id: String,
+    },
+    /// The request is not valid for this provider; the message says what to change.
+    #[error("{provider}: {message}")]
+    InvalidRequest {
+        /// The provider's name.
+        provider: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// This machine lacks something the provider needs; the message names it and how to get it.
+    #[error("{provider}: {message}")]
+    Requirement {
+        /// The provider's name.
+        provider: String,
+        /// What is missing and how to install it.
+        message: String,
+    },
+    /// A provider operation failed; `context` says which and on what.
+    #[error("{provider}: {context}")]
+    Failed {
+        /// The provider's name.
+        provider: String,
+        /// What was being done, e.g. `starting node web-1`.
+        context: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// The result of a driver call.
+pub type Result<T, E = ProviderError> = std::result::Result<T, E>;
+
+/// What a driver's `create_node` accepts, as Libcloud's `features["create_node"]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Features {
+    /// `create_node` installs an SSH public key given as `NodeAuth::SshKey`.
+    pub ssh_key: bool,
+    /// `create_node` sets a password given as `NodeAuth::Password`.
+    pub password: bool,
+    /// `create_node` generates a password and returns it as `extra["password"]`.
+    pub generates_password: bool,
+}
+
+/// A compute provider: creates, lists and destroys nodes, and reports sizes, images and locations.
+///
+/// A provider implements what it has; every other method answers `ProviderError::NotSupported`.
+#[async_trait]
+pub trait NodeDriver: Send + Sync {
+    /// The provider's name, as the registry and the command line know it (`local`, `ovh`, ...).
+    fn name(&self) -> &str;
+
+    /// What `create_node` accepts.
+    fn features(&self) -> Features;
+
+    /// Every node of the account (or, for `local`, of the state directory).
+    async fn list_nodes(&self) -> Result<Vec<Node>>;
+
+    /// One node, by id.
+    async fn get_node(&self, id: &str) -> Result<Node> {
+        self.list_nodes()
+            .await?
+            .into_iter()
+            .find(|n| n.id == id)
+            .ok_or_else(|| ProviderError::NotFound {
+                provider: self.name().to_string(),
+                kind: "node",
+                id: id.to_string(),
+            })
+    }
+
+    /// Create a node. It is usually `Pending` when this returns.
+    async fn create_node(&self, request: &CreateNode) -> Result<Node>;
+
+    /// Destroy a node and everything the provider created for it.
+    async fn destroy_node(&self, node: &Node) -> Result<()>;
+
+    /// Reboot a node.
+    async fn reboot_node(&self, node: &Node) -> Result<()> {
+        let _ = node;
+        Err(self.not_supported("reboot_node"))
+    }
+
+    /// Power a node off.
+    async fn stop_node(&self, node: &Node) -> Result<()> {
+        let _ = node;
+        Err(self.not_supported("stop_node"))
+    }
+
+    /// Power a stopped node on.
+    async fn start_node(&self, node: &Node) -> Result<()> {
+        let _ = node;
+        Err(self.not_supported("start_node"))
+    }
+
+    /// The images nodes can be created from.
+    async fn list_images(&self) -> Result<Vec<NodeImage>> {
+        Err(self.not_supported("list_images"))
+    }
+
+    /// The sizes nodes can be created with.
+    async fn list_sizes(&self) -> Result<Vec<NodeSize>> {
+        Err(self.not_supported("list_sizes"))
+    }
+
+    /// The locations nodes can be created in.
+    async fn list_locations(&self) -> Result<Vec<NodeLocation>> {
+        Err(self.not_supported("list_locations"))
+    }
+
+    /// The error a provider answers for an operation it does not have.
+    fn not_supported(&self, operation: &'static str) -> ProviderError {
+        ProviderError::NotSupported {
+            provider: self.name().to_string(),
+            operation,
+        }
+    }
+}
+
+/// Builds a driver from the environment (credentials, state directory, endpoint).
+pub type DriverFactory = fn() -> Result<Arc<dyn NodeDriver>>;
+
+fn registry() -> &'static Mutex<BTreeMap<String, DriverFactory>> {
+    static REGISTRY: OnceLock<Mutex<BTreeMap<String, DriverFactory>>> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let mut map: BTreeMap<String, DriverFactory> = BTreeMap::new();
+        map.insert("local".to_string(), || {
+            Ok(Arc::new(crate::providers::local::LocalDriver::from_env()?))
+        });
+        Mutex::new(map)
+    })
+}
+
+/// Registers a driver under a provider name, replacing any driver of that name.
+pub fn register(name: &str, factory: DriverFactory) {
+    registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(name.to_string(), factory);
+}
+
+/// The names of every registered provider, in order.
+pub fn providers() -> Vec<String> {
+    registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .keys()
+        .cloned()
+        .collect()
+}
+
+/// Builds the driver registered under `name`.
+pub fn get_driver(name: &str) -> Result<Arc<dyn NodeDriver>> {
+    let factory = registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(name)
+        .copied();
+    match factory {
+        Some(factory) => factory(),
+        None => Err(ProviderError::InvalidRequest {
+            provider: name.to_string(),
+            message: format!(
+                "no such provider; known providers: {}",
+                providers().join(", ")
+            ),
+        }),
+    }
+}

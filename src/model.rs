@@ -1,0 +1,168 @@
+//! The provider-neutral objects every driver speaks in: nodes, their states, sizes, images,
+//! locations, and the credentials handed to `create_node`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// The state of a node, as every provider's own status values map onto it.
+///
+/// Serialized in lower case (`running`, `pending`, ...): scripts read these from `--json` output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Up and reachable as far as the provider knows.
+    Running,
+    /// Being created or booting.
+    Pending,
+    /// Going through a reboot.
+    Rebooting,
+    /// Powered off; it can be started again.
+    Stopped,
+    /// Destroyed or being destroyed.
+    Terminated,
+    /// The provider reports a failure; `extra["error"]` says why when the provider does.
+    Error,
+    /// A status value nodeup does not know.
+    Unknown,
+}
+
+impl NodeState {
+    /// The lower-case name used in JSON and in progress output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Running => "running",
+            NodeState::Pending => "pending",
+            NodeState::Rebooting => "rebooting",
+            NodeState::Stopped => "stopped",
+            NodeState::Terminated => "terminated",
+            NodeState::Error => "error",
+            NodeState::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for NodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A node (a server, a virtual machine, a local sandboxed node) as a provider reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// The provider's id for the node.
+    pub id: String,
+    /// The node's name (its hostname where the provider sets one).
+    pub name: String,
+    /// Where the node is in its life.
+    pub state: NodeState,
+    /// Addresses reachable from outside the provider's network.
+    pub public_ips: Vec<IpAddr>,
+    /// Addresses on the provider's private network.
+    pub private_ips: Vec<IpAddr>,
+    /// The image id the node was created from, when known.
+    pub image: Option<String>,
+    /// The size id the node was created with, when known.
+    pub size: Option<String>,
+    /// The name of the provider (driver) that owns the node.
+    pub provider: String,
+    /// Provider-specific facts. Well-known keys: `ssh_port` (when not 22), `login_user` (the image's
+    /// default login user), `host_keys` (the node's SSH host public keys, when the provider knows them),
+    /// `error` (why the node is in the error state).
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl Node {
+    /// The SSH port the node listens on: `extra.ssh_port`, or 22.
+    pub fn ssh_port(&self) -> u16 {
+        self.extra
+            .get("ssh_port")
+            .and_then(|v| v.as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(22)
+    }
+
+    /// The image's default login user (`extra.login_user`), when the provider says.
+    pub fn login_user(&self) -> Option<&str> {
+        self.extra.get("login_user").and_then(|v| v.as_str())
+    }
+}
+
+/// A size (flavor, plan): how much machine a node gets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeSize {
+    /// The provider's id for the size.
+    pub id: String,
+    /// A human-readable name.
+    pub name: String,
+    /// Memory in MiB.
+    pub ram_mib: u64,
+    /// Disk in GB, when the size has one.
+    pub disk_gb: Option<u64>,
+    /// Virtual CPUs, when known.
+    pub vcpus: Option<u32>,
+    /// Hourly price, when the provider publishes one.
+    pub price: Option<f64>,
+    /// Provider-specific facts.
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// An image a node can be created from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeImage {
+    /// The provider's id for the image.
+    pub id: String,
+    /// A human-readable name.
+    pub name: String,
+    /// Provider-specific facts; `login_user` is the image's default login user when known.
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// A location (region, datacenter) where nodes are created.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeLocation {
+    /// The provider's id for the location.
+    pub id: String,
+    /// A human-readable name.
+    pub name: String,
+    /// The country code, when known.
+    pub country: Option<String>,
+}
+
+/// A credential handed to `create_node`, so that the new node lets its login user in.
+#[derive(Clone, PartialEq, Eq)]
+pub enum NodeAuth {
+    /// An SSH public key in OpenSSH one-line format (`ssh-ed25519 AAAA... comment`).
+    SshKey(String),
+    /// A password for the login user.
+    Password(String),
+}
+
+impl fmt::Debug for NodeAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeAuth::SshKey(key) => f.debug_tuple("SshKey").field(key).finish(),
+            NodeAuth::Password(_) => f.write_str("Password(***)"),
+        }
+    }
+}
+
+/// Everything `create_node` takes. Provider-specific options go in `extra`.
+#[derive(Debug, Clone, Default)]
+pub struct CreateNode {
+    /// The node's name.
+    pub name: String,
+    /// The size id; the provider's default when `None`.
+    pub size: Option<String>,
+    /// The image id; the provider's default when `None`.
+    pub image: Option<String>,
+    /// The location id; the provider's default when `None`.
+    pub location: Option<String>,
+    /// The credential the node is created with.
+    pub auth: Option<NodeAuth>,
+    /// Provider-specific options, as a driver documents them.
+    pub extra: BTreeMap<String, serde_json::Value>,
+}

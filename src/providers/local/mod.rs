@@ -1,0 +1,605 @@
+//! The `local` provider: a node is a real OpenSSH sshd in a sandbox on this machine.
+//!
+//! Each node has its own mount namespace with an overlay over the host's root filesystem (every write
+//! lands in the node's directory; /root, /home, /tmp, /run and /etc/ssh are the node's own), its own
+//! hostname (UTS namespace), its own PID namespace (sshd is its PID 1, so killing it ends every
+//! process of the node), its own loopback address in 127.100.0.0/16, and its own host keys. Node state
+//! is kept under a state directory, so that one process creates a node and another lists or destroys
+//! it. A reboot ends every process of the node and boots it again with the same files and host keys
+//! and a new boot id.
+
+mod process;
+mod rootfs;
+mod state;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::net::{IpAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use crate::driver::{Features, NodeDriver, ProviderError, Result};
+use crate::model::{CreateNode, Node, NodeAuth, NodeImage, NodeLocation, NodeSize, NodeState};
+pub use rootfs::Image;
+use rootfs::Rootfs;
+use state::{NodeRecord, StateDir};
+
+/// The provider's name.
+pub const PROVIDER: &str = "local";
+
+/// How long halting a node may take before it is an error.
+const HALT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The sizes offered. Local nodes share the host's CPU and memory: a size is a label, not a limit.
+const SIZES: [(&str, u64, u32); 3] = [("small", 512, 1), ("medium", 2048, 2), ("large", 8192, 4)];
+
+/// Options of a local node beyond `CreateNode`'s own fields; from `CreateNode::extra` (the keys are
+/// the field names below, `listen_delay_ms` for the delay) or given to `create_node_with`.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalOptions {
+    /// Each boot waits this long before sshd listens (emulates a slow boot).
+    #[serde(rename = "listen_delay_ms", default, deserialize_with = "millis")]
+    pub listen_delay: Duration,
+    /// The port sshd listens on; 22 when free on the node's address, else one the kernel picks.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// sshd_config settings that replace nodeup's defaults or add to them, e.g.
+    /// `("PermitRootLogin", "no")`, `("MaxStartups", "1:100:1")`.
+    #[serde(default, deserialize_with = "settings")]
+    pub sshd_config: Vec<(String, String)>,
+    /// A pre-authentication banner sshd sends.
+    #[serde(default)]
+    pub banner: Option<String>,
+    /// A password for the image's login user (turns on password authentication).
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for LocalOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalOptions")
+            .field("listen_delay", &self.listen_delay)
+            .field("port", &self.port)
+            .field("sshd_config", &self.sshd_config)
+            .field("banner", &self.banner)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+fn millis<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_millis)
+}
+
+fn settings<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<(String, String)>, D::Error> {
+    BTreeMap::<String, String>::deserialize(d).map(|m| m.into_iter().collect())
+}
+
+/// The local provider's driver, over one state directory.
+#[derive(Debug, Clone)]
+pub struct LocalDriver {
+    state: StateDir,
+}
+
+impl LocalDriver {
+    /// A driver over the state directory at `dir` (created if missing, mode 0700).
+    pub fn new(dir: &Path) -> Result<Self> {
+        let state = StateDir::open(dir).map_err(failed(format!(
+            "opening the state directory {}",
+            dir.display()
+        )))?;
+        Ok(LocalDriver { state })
+    }
+
+    /// A driver over the default state directory: `$NODEUP_STATE_DIR/local`, else
+    /// `$XDG_STATE_HOME/nodeup/local`, else `~/.local/state/nodeup/local`.
+    pub fn from_env() -> Result<Self> {
+        Self::new(&Self::default_state_dir())
+    }
+
+    /// The default state directory (see `from_env`).
+    pub fn default_state_dir() -> PathBuf {
+        let base = match (
+            std::env::var_os("NODEUP_STATE_DIR"),
+            std::env::var_os("XDG_STATE_HOME"),
+            std::env::var_os("HOME"),
+        ) {
+            (Some(dir), _, _) => PathBuf::from(dir),
+            (None, Some(xdg), _) => PathBuf::from(xdg).join("nodeup"),
+            (None, None, Some(home)) => PathBuf::from(home).join(".local/state/nodeup"),
+            (None, None, None) => PathBuf::from("/var/lib/nodeup"),
+        };
+        base.join(PROVIDER)
+    }
+
+    /// The state directory this driver keeps its nodes in.
+    pub fn state_dir(&self) -> &Path {
+        self.state.root()
+    }
+
+    /// The directory of one node (its record, its upper layer, its console log).
+    pub fn node_dir(&self, id: &str) -> PathBuf {
+        self.state.node_dir(id)
+    }
+
+    /// The host pid of the node's PID 1 (its sshd) while it is booted. Its `/proc/PID/root` is the
+    /// node's filesystem, and `nsenter --target PID` enters the node.
+    pub fn init_pid(&self, id: &str) -> Result<Option<i32>> {
+        let record = self.record(id)?;
+        Ok(record
+            .boot
+            .and_then(|boot| process::init_pid(&self.state.node_dir(id), &boot)))
+    }
+
+    /// The node with this id or, failing that, this name.
+    pub async fn find(&self, id_or_name: &str) -> Result<Node> {
+        let nodes = self.list_nodes().await?;
+        nodes
+            .iter()
+            .find(|n| n.id == id_or_name)
+            .or_else(|| nodes.iter().find(|n| n.name == id_or_name))
+            .cloned()
+            .ok_or_else(|| ProviderError::NotFound {
+                provider: PROVIDER.into(),
+                kind: "node",
+                id: id_or_name.into(),
+            })
+    }
+
+    /// Creates a node with the local provider's own options.
+    pub async fn create_node_with(
+        &self,
+        request: &CreateNode,
+        options: &LocalOptions,
+    ) -> Result<Node> {
+        let state = self.state.clone();
+        let request = request.clone();
+        let options = options.clone();
+        blocking(move || create(&state, &request, &options)).await
+    }
+
+    /// Destroys every node in the state directory (what a test bed's teardown and sweep do).
+    pub async fn destroy_all(&self) -> Result<()> {
+        for node in self.list_nodes().await? {
+            self.destroy_node(&node).await?;
+        }
+        Ok(())
+    }
+
+    fn record(&self, id: &str) -> Result<NodeRecord> {
+        self.state
+            .record(id)
+            .map_err(failed(format!("reading the record of node {id}")))?
+            .ok_or_else(|| ProviderError::NotFound {
+                provider: PROVIDER.into(),
+                kind: "node",
+                id: id.into(),
+            })
+    }
+
+    async fn change(&self, node: &Node, action: Action) -> Result<()> {
+        let state = self.state.clone();
+        let id = node.id.clone();
+        blocking(move || change(&state, &id, action)).await
+    }
+}
+
+#[async_trait]
+impl NodeDriver for LocalDriver {
+    fn name(&self) -> &str {
+        PROVIDER
+    }
+
+    fn features(&self) -> Features {
+        Features {
+            ssh_key: true,
+            password: true,
+            generates_password: false,
+        }
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<Node>> {
+        let state = self.state.clone();
+        blocking(move || {
+            let records = state
+                .records()
+                .map_err(failed("reading the state directory"))?;
+            Ok(records.iter().map(|r| to_node(&state, r)).collect())
+        })
+        .await
+    }
+
+    async fn get_node(&self, id: &str) -> Result<Node> {
+        let record = self.record(id)?;
+        Ok(to_node(&self.state, &record))
+    }
+
+    async fn create_node(&self, request: &CreateNode) -> Result<Node> {
+        let options: LocalOptions = serde_json::from_value(serde_json::Value::Object(
+            request.extra.clone().into_iter().collect(),
+        ))
+        .map_err(|e| invalid(format!("bad local node option: {e}")))?;
+        self.create_node_with(request, &options).await
+    }
+
+    async fn destroy_node(&self, node: &Node) -> Result<()> {
+        self.change(node, Action::Destroy).await
+    }
+
+    async fn reboot_node(&self, node: &Node) -> Result<()> {
+        self.change(node, Action::Reboot).await
+    }
+
+    async fn stop_node(&self, node: &Node) -> Result<()> {
+        self.change(node, Action::Stop).await
+    }
+
+    async fn start_node(&self, node: &Node) -> Result<()> {
+        self.change(node, Action::Start).await
+    }
+
+    async fn list_images(&self) -> Result<Vec<NodeImage>> {
+        Ok(Image::ALL
+            .iter()
+            .map(|image| NodeImage {
+                id: image.id().into(),
+                name: match image {
+                    Image::Debian => "Debian (root logs in with a key)".into(),
+                    Image::CloudDebian => "Debian cloud image (log in as debian, sudo)".into(),
+                },
+                extra: [("login_user".to_string(), image.login_user().into())].into(),
+            })
+            .collect())
+    }
+
+    async fn list_sizes(&self) -> Result<Vec<NodeSize>> {
+        Ok(SIZES
+            .iter()
+            .map(|&(id, ram, vcpus)| NodeSize {
+                id: id.into(),
+                name: id.into(),
+                ram_mib: ram,
+                disk_gb: None,
+                vcpus: Some(vcpus),
+                price: Some(0.0),
+                extra: [("enforced".to_string(), false.into())].into(),
+            })
+            .collect())
+    }
+
+    async fn list_locations(&self) -> Result<Vec<NodeLocation>> {
+        Ok(vec![NodeLocation {
+            id: "local".into(),
+            name: "this machine".into(),
+            country: None,
+        }])
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Destroy,
+    Reboot,
+    Stop,
+    Start,
+}
+
+fn create(state: &StateDir, request: &CreateNode, options: &LocalOptions) -> Result<Node> {
+    let name = request.name.as_str();
+    let valid_name = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if !valid_name {
+        return Err(invalid(format!(
+            "node name {name:?} is not a valid hostname: use 1 to 63 letters, digits and '-', \
+             not starting or ending with '-'"
+        )));
+    }
+    let image_id = request.image.as_deref().unwrap_or("debian");
+    let image = Image::parse(image_id).ok_or_else(|| {
+        invalid(format!(
+            "no image {image_id:?}; local images: {}",
+            Image::ALL.map(Image::id).join(", ")
+        ))
+    })?;
+    let size = request.size.as_deref().unwrap_or("small");
+    if !SIZES.iter().any(|s| s.0 == size) {
+        return Err(invalid(format!(
+            "no size {size:?}; local sizes: {}",
+            SIZES.map(|s| s.0).join(", ")
+        )));
+    }
+    if let Some(location) = request.location.as_deref() {
+        if location != "local" {
+            return Err(invalid(format!(
+                "no location {location:?}; the only local location is \"local\""
+            )));
+        }
+    }
+    let (ssh_key, auth_password) = match &request.auth {
+        Some(NodeAuth::SshKey(key)) => {
+            russh::keys::PublicKey::from_openssh(key.trim()).map_err(|e| {
+                invalid(format!(
+                    "the SSH public key does not parse ({e}); give one line such as \
+                     `ssh-ed25519 AAAA... comment`, e.g. the contents of ~/.ssh/id_ed25519.pub"
+                ))
+            })?;
+            (Some(key.as_str()), None)
+        }
+        Some(NodeAuth::Password(pw)) => (None, Some(pw.as_str())),
+        None => (None, None),
+    };
+    for (key, value) in &options.sshd_config {
+        if key.is_empty()
+            || !key.bytes().all(|b| b.is_ascii_alphanumeric())
+            || value.contains(['\n', '\r'])
+        {
+            return Err(invalid(format!(
+                "sshd_config setting {key:?} {value:?}: a key is one word of letters and digits \
+                 and a value is one line"
+            )));
+        }
+    }
+    check_requirements()?;
+
+    let _lock = state
+        .lock()
+        .map_err(failed("locking the state directory"))?;
+    let records = state
+        .records()
+        .map_err(failed("reading the state directory"))?;
+    if let Some(other) = records.iter().find(|r| r.name == name) {
+        return Err(invalid(format!(
+            "a local node named {name:?} exists already ({}); destroy it or choose another name",
+            other.id
+        )));
+    }
+    let id = format!("loc-{:08x}", rand::random::<u32>());
+    let dir = state.node_dir(&id);
+    fs::create_dir(&dir).map_err(failed(format!("creating {}", dir.display())))?;
+    let mut claimed = None;
+    let result = (|| -> io::Result<NodeRecord> {
+        state::set_mode(&dir, 0o700)?;
+        for sub in ["upper", "work", "root"] {
+            fs::create_dir(dir.join(sub))?;
+        }
+        let address = state::claim_address(&dir)?;
+        claimed = Some(address);
+        let port = match options.port {
+            Some(port) => port,
+            None => match TcpListener::bind((address, 22)) {
+                Ok(_) => 22,
+                // Something holds *:22 (the machine's own sshd): let the kernel pick a port.
+                Err(_) => TcpListener::bind((address, 0))?.local_addr()?.port(),
+            },
+        };
+        let host_keys = Rootfs {
+            name,
+            address,
+            port,
+            image,
+            ssh_key,
+            password: options.password.as_deref().or(auth_password),
+            banner: options.banner.as_deref(),
+            sshd_config: &options.sshd_config,
+        }
+        .write(&dir.join("upper"))?;
+        let mut record = NodeRecord {
+            id: id.clone(),
+            name: name.to_string(),
+            image: image.id().to_string(),
+            size: size.to_string(),
+            address,
+            port,
+            login_user: image.login_user().to_string(),
+            host_keys,
+            listen_delay_ms: options.listen_delay.as_millis() as u64,
+            stopped: false,
+            boot: None,
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        state.save(&record)?;
+        record.boot = Some(process::boot(
+            &dir,
+            name,
+            state.root(),
+            options.listen_delay,
+        )?);
+        state.save(&record)?;
+        Ok(record)
+    })();
+    match result {
+        Ok(record) => {
+            tracing::info!(node = %record.id, name, address = %record.address, "local node created");
+            Ok(to_node(state, &record))
+        }
+        Err(e) => {
+            if let Some(address) = claimed {
+                state::release_address(address, &dir);
+            }
+            if let Ok(Some(NodeRecord {
+                boot: Some(boot), ..
+            })) = state.record(&id)
+            {
+                let _ = process::halt(&dir, &boot, HALT_DEADLINE);
+            }
+            let _ = fs::remove_dir_all(&dir);
+            Err(failed(format!("creating node {name}"))(e))
+        }
+    }
+}
+
+fn change(state: &StateDir, id: &str, action: Action) -> Result<()> {
+    let _lock = state
+        .lock()
+        .map_err(failed("locking the state directory"))?;
+    let mut record = state
+        .record(id)
+        .map_err(failed(format!("reading the record of node {id}")))?
+        .ok_or_else(|| ProviderError::NotFound {
+            provider: PROVIDER.into(),
+            kind: "node",
+            id: id.into(),
+        })?;
+    let dir = state.node_dir(id);
+    let context = |what: &str| format!("{what} node {} ({id})", record.name);
+    if matches!(action, Action::Reboot | Action::Start) {
+        check_requirements()?;
+    }
+    if let Some(boot) = record.boot.take() {
+        if matches!(action, Action::Start) && process::is_alive(&boot) {
+            record.boot = Some(boot);
+            return Ok(());
+        }
+        // Seen as pending, not as failed, while the old boot is being ended.
+        state
+            .save(&record)
+            .map_err(failed(context("saving the record of")))?;
+        process::halt(&dir, &boot, HALT_DEADLINE).map_err(failed(context("halting")))?;
+    }
+    match action {
+        Action::Destroy => {
+            state::release_address(record.address, &dir);
+            fs::remove_dir_all(&dir).map_err(failed(context("deleting the files of")))?;
+            tracing::info!(node = %id, "local node destroyed");
+            return Ok(());
+        }
+        Action::Stop => record.stopped = true,
+        Action::Reboot | Action::Start => {
+            record.stopped = false;
+            let delay = Duration::from_millis(record.listen_delay_ms);
+            record.boot = Some(
+                process::boot(&dir, &record.name, state.root(), delay)
+                    .map_err(failed(context("booting")))?,
+            );
+        }
+    }
+    state
+        .save(&record)
+        .map_err(failed(context("saving the record of")))
+}
+
+fn to_node(state: &StateDir, record: &NodeRecord) -> Node {
+    let dir = state.node_dir(&record.id);
+    let mut extra: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    let node_state = match (&record.boot, record.stopped) {
+        (_, true) => NodeState::Stopped,
+        (None, false) => NodeState::Pending,
+        (Some(boot), false) if process::is_alive(boot) => {
+            if process::is_listening(record.address, record.port) {
+                NodeState::Running
+            } else {
+                NodeState::Pending
+            }
+        }
+        (Some(_), false) => {
+            extra.insert("error".into(), console_tail(&dir).into());
+            NodeState::Error
+        }
+    };
+    if record.port != 22 {
+        extra.insert("ssh_port".into(), record.port.into());
+    }
+    extra.insert("login_user".into(), record.login_user.clone().into());
+    extra.insert("host_keys".into(), record.host_keys.clone().into());
+    extra.insert("location".into(), "local".into());
+    extra.insert("created".into(), record.created.into());
+    Node {
+        id: record.id.clone(),
+        name: record.name.clone(),
+        state: node_state,
+        public_ips: vec![IpAddr::V4(record.address)],
+        private_ips: vec![],
+        image: Some(record.image.clone()),
+        size: Some(record.size.clone()),
+        provider: PROVIDER.into(),
+        extra,
+    }
+}
+
+/// The last lines of a node's console (the boot script's and sshd's messages).
+fn console_tail(dir: &Path) -> String {
+    let text = fs::read_to_string(dir.join("console.log")).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(5)..].join("\n");
+    if tail.is_empty() {
+        "the node's sshd exited".into()
+    } else {
+        format!("the node's sshd exited: {tail}")
+    }
+}
+
+/// Checks what booting a node needs, with the fix for each thing missing.
+fn check_requirements() -> Result<()> {
+    let need = |message: String| ProviderError::Requirement {
+        provider: PROVIDER.into(),
+        message,
+    };
+    if !cfg!(target_os = "linux") {
+        return Err(need(
+            "local nodes need Linux (namespaces and overlayfs)".into(),
+        ));
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(need(
+            "local nodes need root (they mount an overlay and create namespaces): run nodeup as root".into(),
+        ));
+    }
+    for (path, package) in [
+        ("/usr/sbin/sshd", "openssh-server"),
+        ("/usr/lib/openssh/sftp-server", "openssh-sftp-server"),
+        (process::UNSHARE, "util-linux"),
+        ("/usr/bin/sudo", "sudo"),
+    ] {
+        if !Path::new(path).exists() {
+            return Err(need(format!(
+                "{path} is missing: install the {package} package (apt-get install {package})"
+            )));
+        }
+    }
+    let filesystems = fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if !filesystems
+        .lines()
+        .any(|l| l.trim_end().ends_with("overlay"))
+    {
+        return Err(need(
+            "this kernel has no overlay filesystem: load it with `modprobe overlay`".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn invalid(message: String) -> ProviderError {
+    ProviderError::InvalidRequest {
+        provider: PROVIDER.into(),
+        message,
+    }
+}
+
+fn failed(context: impl Into<String>) -> impl FnOnce(io::Error) -> ProviderError {
+    let context = context.into();
+    move |e| ProviderError::Failed {
+        provider: PROVIDER.into(),
+        context,
+        source: Box::new(e),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| failed("running a blocking task")(io::Error::other(e)))?
+}

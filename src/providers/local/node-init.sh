@@ -1,0 +1,41 @@
+# Boots one nodeup local node. Run by `unshare --mount --uts --pid --fork` as PID 1 of the node's
+# own PID namespace, inside its own mount and UTS namespaces (mount propagation private, so nothing
+# here is seen by the host). Every value comes in as a positional argument; nothing is interpolated
+# into this text.
+#   $1 node directory (holds upper/, work/, root/)   $2 hostname
+#   $3 state directory to hide from the node         $4 seconds to wait before sshd listens
+set -eu
+node_dir=$1
+node_name=$2
+state_dir=$3
+listen_delay=$4
+root=$node_dir/root
+
+# Our pid as the host sees it (/proc is still the host's here): the provider kills the node by it.
+read -r host_pid _ </proc/self/stat
+printf '%s\n' "$host_pid" >"$node_dir/init.pid"
+
+# The node's filesystem: the host's root, read-only underneath, every write going to upper/.
+mount -t overlay overlay -o "lowerdir=/,upperdir=$node_dir/upper,workdir=$node_dir/work" "$root"
+mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
+mount --bind "$root/proc/sys" "$root/proc/sys"
+mount -o remount,bind,ro "$root/proc/sys"
+mount --rbind /dev "$root/dev"
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/dev/shm"
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/tmp"
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$root/run"
+# Every node's state (its host keys among it) stays out of sight.
+if [ -d "$root$state_dir" ]; then
+	mount -t tmpfs -o mode=0700,size=64k tmpfs "$root$state_dir"
+fi
+mkdir -m 0755 "$root/run/sshd"
+
+# A boot id of this boot's own, as a reboot changes it.
+cat /proc/sys/kernel/random/uuid >"$root/run/boot_id"
+mount --bind "$root/run/boot_id" "$root/proc/sys/kernel/random/boot_id"
+
+hostname "$node_name"
+if [ "$listen_delay" != 0 ]; then
+	sleep "$listen_delay"
+fi
+exec chroot "$root" /usr/sbin/sshd -D -e -f /etc/ssh/sshd_config

@@ -1,0 +1,204 @@
+//! Booting and halting a local node's namespaces, and reading what the kernel says of them:
+//! whether a process is still the one we started, whether sshd listens.
+
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::state::Boot;
+
+/// The script PID 1 of every node runs: mounts, hostname, then `exec sshd`.
+const NODE_INIT: &str = include_str!("node-init.sh");
+
+/// Where `unshare` (util-linux) is looked for.
+pub const UNSHARE: &str = "/usr/bin/unshare";
+
+/// Starts one boot of the node in `node_dir`; returns at once with the launcher's identity.
+pub fn boot(
+    node_dir: &Path,
+    name: &str,
+    state_dir: &Path,
+    listen_delay: Duration,
+) -> io::Result<Boot> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(node_dir.join("console.log"))?;
+    let _ = fs::remove_file(node_dir.join("init.pid"));
+    let delay = format!(
+        "{}.{:03}",
+        listen_delay.as_secs(),
+        listen_delay.subsec_millis()
+    );
+    let delay = if listen_delay.is_zero() { "0" } else { &delay };
+    let mut child = Command::new(UNSHARE)
+        .args([
+            "--mount",
+            "--uts",
+            "--pid",
+            "--fork",
+            "--kill-child=SIGKILL",
+            "--propagation",
+            "private",
+            "--",
+            "/bin/sh",
+            "-c",
+            NODE_INIT,
+            "node-init",
+        ])
+        .arg(node_dir)
+        .arg(name)
+        .arg(state_dir)
+        .arg(delay)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: a Ctrl+C meant for the command that created it does not reach it.
+        .process_group(0)
+        .spawn()?;
+    let launcher_pid = child.id() as i32;
+    let launcher_start = start_time(launcher_pid)
+        .ok_or_else(|| io::Error::other("the node's launcher exited at once"))?;
+    // Reap it whenever it ends, so that a long-lived caller keeps no zombie.
+    thread::spawn(move || child.wait());
+    Ok(Boot {
+        launcher_pid,
+        launcher_start,
+    })
+}
+
+/// Whether the launcher of this boot is still alive (and not a zombie).
+pub fn is_alive(boot: &Boot) -> bool {
+    match stat(boot.launcher_pid) {
+        Some(s) => s.start == boot.launcher_start && s.state != 'Z' && s.state != 'X',
+        None => false,
+    }
+}
+
+/// The host pid of the node's PID 1 (sshd once it started), while this boot lives.
+pub fn init_pid(node_dir: &Path, boot: &Boot) -> Option<i32> {
+    let pid: i32 = fs::read_to_string(node_dir.join("init.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let s = stat(pid)?;
+    (s.ppid == boot.launcher_pid && is_alive(boot) && s.state != 'Z').then_some(pid)
+}
+
+/// Ends this boot: kills PID 1 of the node (the kernel then kills every process of its PID namespace
+/// and its mount namespace goes with them) and the launcher, and waits until they are gone.
+pub fn halt(node_dir: &Path, boot: &Boot, deadline: Duration) -> io::Result<()> {
+    let init = init_pid(node_dir, boot);
+    if let Some(pid) = init {
+        // SAFETY: kill(2) has no memory effects; the pid was checked to be this boot's PID 1.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    if is_alive(boot) {
+        // SAFETY: as above; the start time was checked, so the pid was not reused.
+        unsafe { libc::kill(boot.launcher_pid, libc::SIGKILL) };
+    }
+    let started = Instant::now();
+    loop {
+        let init_gone = init.is_none_or(|pid| stat(pid).is_none_or(|s| s.state == 'Z'));
+        if init_gone && !is_alive(boot) {
+            return Ok(());
+        }
+        if started.elapsed() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "node processes (launcher pid {}) still running after {:?}",
+                    boot.launcher_pid, deadline
+                ),
+            ));
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether some socket listens on `addr:port` (or on the wildcard address at that port).
+pub fn is_listening(addr: Ipv4Addr, port: u16) -> bool {
+    let Ok(table) = fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    table.lines().skip(1).any(|line| {
+        let mut fields = line.split_whitespace();
+        let (Some(local), Some(_remote), Some(state)) =
+            (fields.nth(1), fields.next(), fields.next())
+        else {
+            return false;
+        };
+        if state != "0A" {
+            return false;
+        }
+        let Some((ip_hex, port_hex)) = local.split_once(':') else {
+            return false;
+        };
+        let (Ok(ip), Ok(p)) = (
+            u32::from_str_radix(ip_hex, 16),
+            u16::from_str_radix(port_hex, 16),
+        ) else {
+            return false;
+        };
+        // The kernel prints the network-order address as a native integer.
+        let ip = Ipv4Addr::from(ip.to_ne_bytes());
+        p == port && (ip == addr || ip.is_unspecified())
+    })
+}
+
+/// What /proc/PID/stat says of a process.
+#[derive(Debug, Clone, Copy)]
+struct Stat {
+    state: char,
+    ppid: i32,
+    start: u64,
+}
+
+fn stat(pid: i32) -> Option<Stat> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: split after the last ')'.
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(Stat {
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        // Field 22 of stat is the start time; `rest` begins at field 3.
+        start: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// A process's start time, in clock ticks since boot.
+pub fn start_time(pid: i32) -> Option<u64> {
+    stat(pid).map(|s| s.start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_our_own_stat() {
+        let me = std::process::id() as i32;
+        let s = stat(me).unwrap();
+        assert_eq!(s.state, 'R');
+        assert_eq!(s.ppid, unsafe { libc::getppid() });
+        assert!(s.start > 0);
+    }
+
+    #[test]
+    fn sees_a_listener_on_loopback() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(is_listening(Ipv4Addr::LOCALHOST, port));
+        assert!(!is_listening(Ipv4Addr::new(127, 0, 0, 2), port));
+        drop(listener);
+        assert!(!is_listening(Ipv4Addr::LOCALHOST, port));
+    }
+}

@@ -1,0 +1,4 @@
+//! The providers nodeup drives, one folder or file each. Every one implements `NodeDriver` and is
+//! registered by name in `driver`.
+
+pub mod local;
