@@ -1,1 +1,24 @@
+//! nodeup's integration tests: one binary, against test-bed nodes (real OpenSSH sshd).
 
+mod cli_nodes;
+mod local_nodes;
+mod relay;
+
+use std::process::Output;
+
+/// The text of a command's stdout, with stderr shown when the assertion that uses it fails.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Asserts that a command succeeded, showing its stderr if not.
+#[track_caller]
+pub fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -24,8 +24,12 @@ use serde::Deserialize;
 
 use crate::driver::{Features, NodeDriver, ProviderError, Result};
 use crate::model::{CreateNode, Node, NodeAuth, NodeImage, NodeLocation, NodeSize, NodeState};
+/// A process's start time in clock ticks since boot (from /proc/PID/stat), which tells a live
+/// process from a later one that reused its pid.
+pub use process::start_time;
 pub use rootfs::Image;
 use rootfs::Rootfs;
+pub use state::CLAIMS_DIR;
 use state::{NodeRecord, StateDir};
 
 /// The provider's name.
@@ -165,12 +169,25 @@ impl LocalDriver {
         blocking(move || create(&state, &request, &options)).await
     }
 
-    /// Destroys every node in the state directory (what a test bed's teardown and sweep do).
-    pub async fn destroy_all(&self) -> Result<()> {
-        for node in self.list_nodes().await? {
-            self.destroy_node(&node).await?;
+    /// Destroys every node in the state directory, blocking the calling thread: what a test bed's
+    /// teardown (in `Drop`) and its sweep of crashed runs do. Every node is tried; the first error
+    /// is returned.
+    pub fn destroy_all_blocking(&self) -> Result<()> {
+        let records = self
+            .state
+            .records()
+            .map_err(failed("reading the state directory"))?;
+        let mut first_error = None;
+        for record in records {
+            match change(&self.state, &record.id, Action::Destroy) {
+                // Destroyed meanwhile by another process: what we wanted.
+                Ok(()) | Err(ProviderError::NotFound { .. }) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     fn record(&self, id: &str) -> Result<NodeRecord> {

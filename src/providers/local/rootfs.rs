@@ -357,8 +357,8 @@ mod tests {
             ("MaxStartups".to_string(), "1:100:1".to_string()),
         ];
         let text = rootfs(&overrides).sshd_config_text();
-        assert!(text.contains("permitrootlogin no\n"));
-        assert!(!text.contains("PermitRootLogin"));
+        assert!(text.contains("PermitRootLogin no\n"), "{text}");
+        assert!(!text.contains("prohibit-password"), "{text}");
         assert!(text.contains("MaxStartups 1:100:1\n"));
         assert!(text.contains("ListenAddress 127.100.0.2:22\n"));
         assert!(text.contains("Banner /etc/ssh/banner\n"));
