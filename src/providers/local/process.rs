@@ -93,24 +93,33 @@ pub fn init_pid(node_dir: &Path, boot: &Boot) -> Option<i32> {
 }
 
 /// Ends this boot: kills PID 1 of the node (the kernel then kills every process of its PID namespace
-/// and its mount namespace goes with them) and the launcher, and waits until they are gone.
+/// and its mount namespace goes with them) and waits until the launcher has reaped it and exited.
+///
+/// The launcher is left to exit by itself rather than killed: the launcher reaps PID 1 at once,
+/// while a PID 1 orphaned by a killed launcher would stay a zombie until the host's init reaps it.
 pub fn halt(node_dir: &Path, boot: &Boot, deadline: Duration) -> io::Result<()> {
     let init = init_pid(node_dir, boot).map(|pid| (pid, start_time(pid)));
-    if let Some((pid, _)) = init {
+    match init {
         // SAFETY: kill(2) has no memory effects; the pid was checked to be this boot's PID 1.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
-    if is_alive(boot) {
+        Some((pid, _)) => unsafe { libc::kill(pid, libc::SIGKILL) },
+        // Not forked yet (or already gone): the launcher's death signal reaches its child.
         // SAFETY: as above; the start time was checked, so the pid was not reused.
-        unsafe { libc::kill(boot.launcher_pid, libc::SIGKILL) };
-    }
+        None if is_alive(boot) => unsafe { libc::kill(boot.launcher_pid, libc::SIGKILL) },
+        None => 0,
+    };
     let started = Instant::now();
+    let mut launcher_killed = init.is_none();
     loop {
         // Gone means reaped, not a zombie: until then the kernel still shows it in the node's
-        // namespaces. The launcher reaps it, or the host's init once the launcher is gone.
+        // PID namespace.
         let init_gone = init.is_none_or(|(pid, start)| start_time(pid) != start);
         if init_gone && !is_alive(boot) {
             return Ok(());
+        }
+        if !launcher_killed && started.elapsed() > Duration::from_secs(2) {
+            // SAFETY: as above.
+            unsafe { libc::kill(boot.launcher_pid, libc::SIGKILL) };
+            launcher_killed = true;
         }
         if started.elapsed() > deadline {
             return Err(io::Error::new(
@@ -121,7 +130,7 @@ pub fn halt(node_dir: &Path, boot: &Boot, deadline: Duration) -> io::Result<()> 
                 ),
             ));
         }
-        thread::sleep(Duration::from_millis(5));
+        thread::sleep(Duration::from_millis(2));
     }
 }
 
