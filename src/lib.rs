@@ -9,3 +9,8 @@
 pub mod driver;
 pub mod model;
 pub mod providers;
+
+/// The README's Rust examples, compiled by `cargo test` so that the manual stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
