@@ -9,6 +9,7 @@
 pub mod driver;
 pub mod model;
 pub mod providers;
+pub mod ssh;
 
 /// The README's Rust examples, compiled by `cargo test` so that the manual stays true.
 #[cfg(doctest)]

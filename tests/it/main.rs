@@ -3,6 +3,7 @@
 mod cli_nodes;
 mod local_nodes;
 mod relay;
+mod ssh;
 
 use std::process::Output;
 

@@ -1,0 +1,323 @@
+//! Running a command: stdout and stderr streamed apart as they arrive, kept as bytes with a bounded
+//! tail, a wall-clock limit that ends the remote command, and the exit status or signal. The channel
+//! is read until it closes, since the exit status can come before the last output.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::{ChannelMsg, Sig};
+
+use super::{quote, Error, SshSession};
+
+/// How long after the time limit the local side gives up on a command the node did not end.
+const BACKSTOP: Duration = Duration::from_secs(5);
+
+/// Which output stream bytes came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// Receives output as it arrives (the CLI prints it, prefixed by the host).
+pub type OutputSink = Arc<dyn Fn(Stream, &[u8]) + Send + Sync>;
+
+/// How a command runs.
+#[derive(Clone)]
+pub struct ExecOptions {
+    /// End the command after this long.
+    pub timeout: Option<Duration>,
+    /// How many bytes of each stream to keep (the tail); the rest is counted.
+    pub max_output: usize,
+    /// Where output goes as it arrives.
+    pub sink: Option<OutputSink>,
+    /// Bytes to send on the command's standard input (then end of file).
+    pub stdin: Option<Vec<u8>>,
+}
+
+impl Default for ExecOptions {
+    fn default() -> Self {
+        ExecOptions {
+            timeout: None,
+            max_output: 64 * 1024,
+            sink: None,
+            stdin: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for ExecOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecOptions")
+            .field("timeout", &self.timeout)
+            .field("max_output", &self.max_output)
+            .field("sink", &self.sink.is_some())
+            .finish()
+    }
+}
+
+/// The tail of one output stream, and how much there was in all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Captured {
+    tail: Vec<u8>,
+    total: u64,
+    limit: usize,
+}
+
+impl Captured {
+    fn new(limit: usize) -> Self {
+        Captured {
+            tail: Vec::new(),
+            total: 0,
+            limit,
+        }
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        self.total += data.len() as u64;
+        self.tail.extend_from_slice(data);
+        // Trim in batches, so that appending stays linear.
+        if self.tail.len() > self.limit.saturating_mul(2).max(4096) {
+            let cut = self.tail.len() - self.limit;
+            self.tail.drain(..cut);
+        }
+    }
+
+    /// The kept bytes: the last `max_output` bytes of the stream, or all of it.
+    pub fn bytes(&self) -> &[u8] {
+        &self.tail[self.tail.len().saturating_sub(self.limit)..]
+    }
+
+    /// The kept bytes as text (invalid UTF-8 replaced, never dropped).
+    pub fn text(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(self.bytes())
+    }
+
+    /// How many bytes the stream had in all.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// How many bytes were not kept.
+    pub fn dropped(&self) -> u64 {
+        self.total - self.bytes().len() as u64
+    }
+}
+
+/// How a remote command ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitStatus {
+    /// It exited with this status.
+    Code(u32),
+    /// A signal ended it.
+    Signal {
+        /// The signal's name, e.g. `KILL`.
+        name: String,
+        /// Whether it dumped core.
+        core_dumped: bool,
+    },
+}
+
+impl ExitStatus {
+    /// The exit code, when it exited.
+    pub fn code(&self) -> Option<u32> {
+        match self {
+            ExitStatus::Code(c) => Some(*c),
+            ExitStatus::Signal { .. } => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit status {c}"),
+            ExitStatus::Signal { name, .. } => write!(f, "killed by signal {name}"),
+        }
+    }
+}
+
+/// What a command printed and how it ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Standard output.
+    pub stdout: Captured,
+    /// Standard error.
+    pub stderr: Captured,
+    /// How it ended; `None` when it did not (timed out, channel closed without a status).
+    pub status: Option<ExitStatus>,
+}
+
+impl SshSession {
+    /// Runs `command` (a shell command line) and waits for it to end.
+    ///
+    /// A non-zero exit status is not an error here: the caller decides. Errors are a channel that
+    /// closes without a status, the time limit, and a lost connection.
+    pub async fn exec(&self, command: &str, options: &ExecOptions) -> Result<ExecOutput, Error> {
+        // The time limit is enforced on the node by coreutils' `timeout` (which ends the command's
+        // whole process group; sshd refuses SSH signal requests in root sessions), and here too,
+        // a little later, should the node lack `timeout` or not answer.
+        let wrapped;
+        let remote = match options.timeout {
+            Some(limit) => {
+                let secs = format!("{:.3}", limit.as_secs_f64());
+                let inner = quote(command);
+                wrapped = format!(
+                    "if command -v timeout >/dev/null 2>&1; then exec timeout -k 2 {secs} sh -c {inner}; \
+                     else exec sh -c {inner}; fi"
+                );
+                wrapped.as_str()
+            }
+            None => command,
+        };
+        let started = tokio::time::Instant::now();
+        let mut channel = self.channel().await?;
+        channel
+            .exec(true, remote)
+            .await
+            .map_err(|e| self.channel_error("starting a command", e))?;
+        if let Some(input) = &options.stdin {
+            channel
+                .data(&input[..])
+                .await
+                .map_err(|e| self.channel_error("sending standard input", e))?;
+        }
+        // End of input, so that a command reading stdin does not wait forever.
+        let _ = channel.eof().await;
+
+        let mut output = ExecOutput {
+            stdout: Captured::new(options.max_output),
+            stderr: Captured::new(options.max_output),
+            status: None,
+        };
+        let mut closed = false;
+        let mut refused = false;
+        let read = async {
+            while let Some(msg) = channel.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => {
+                        if let Some(sink) = &options.sink {
+                            sink(Stream::Stdout, &data);
+                        }
+                        output.stdout.push(&data);
+                    }
+                    ChannelMsg::ExtendedData { data, ext: 1 } => {
+                        if let Some(sink) = &options.sink {
+                            sink(Stream::Stderr, &data);
+                        }
+                        output.stderr.push(&data);
+                    }
+                    ChannelMsg::ExitStatus { exit_status } => {
+                        output.status = Some(ExitStatus::Code(exit_status));
+                    }
+                    ChannelMsg::ExitSignal {
+                        signal_name,
+                        core_dumped,
+                        ..
+                    } => {
+                        output.status = Some(ExitStatus::Signal {
+                            name: signal_name_of(&signal_name),
+                            core_dumped,
+                        });
+                    }
+                    ChannelMsg::Failure => refused = true,
+                    ChannelMsg::Close => {
+                        closed = true;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        };
+        let timed_out = match options.timeout {
+            Some(limit) => tokio::time::timeout(limit + BACKSTOP, read).await.is_err(),
+            None => {
+                read.await;
+                false
+            }
+        };
+        // `timeout` exits 124 when it ended the command, 137 when it had to kill it.
+        let ended_remotely = options.timeout.is_some_and(|limit| {
+            started.elapsed() >= limit && matches!(output.status, Some(ExitStatus::Code(124 | 137)))
+        });
+        if timed_out || ended_remotely {
+            // End the remote command (sshd delivers the signal to it), then the channel.
+            let _ = channel.signal(Sig::KILL).await;
+            let _ = channel.close().await;
+            return Err(Error::CommandTimeout {
+                command: command.to_string(),
+                addr: self.addr(),
+                after: options.timeout.unwrap_or_default(),
+                output: Box::new(output),
+            });
+        }
+        if refused && output.status.is_none() {
+            return Err(self.channel_error(
+                "starting a command (refused by the server)",
+                russh::Error::RequestDenied,
+            ));
+        }
+        if output.status.is_none() {
+            if !closed || self.is_closed() {
+                return Err(Error::ConnectionLost {
+                    addr: self.addr(),
+                    source: Box::new(russh::Error::Disconnect),
+                });
+            }
+            return Err(Error::NoExitStatus {
+                command: command.to_string(),
+                addr: self.addr(),
+                output: Box::new(output),
+            });
+        }
+        Ok(output)
+    }
+}
+
+fn signal_name_of(sig: &Sig) -> String {
+    match sig {
+        Sig::ABRT => "ABRT",
+        Sig::ALRM => "ALRM",
+        Sig::FPE => "FPE",
+        Sig::HUP => "HUP",
+        Sig::ILL => "ILL",
+        Sig::INT => "INT",
+        Sig::KILL => "KILL",
+        Sig::PIPE => "PIPE",
+        Sig::QUIT => "QUIT",
+        Sig::SEGV => "SEGV",
+        Sig::TERM => "TERM",
+        Sig::USR1 => "USR1",
+        Sig::Custom(name) => name,
+    }
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_tail_and_counts_the_rest() {
+        let mut c = Captured::new(10);
+        for _ in 0..1000 {
+            c.push(b"0123456789abcdef");
+        }
+        c.push(b"THE-END");
+        assert_eq!(c.total(), 16_007);
+        assert_eq!(c.bytes(), b"defTHE-END");
+        assert_eq!(c.dropped(), 16_007 - 10);
+        assert!(c.tail.len() <= 4096 + 16);
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_not_dropped() {
+        let mut c = Captured::new(100);
+        c.push(b"ok \xff\xfe end");
+        assert_eq!(c.text(), "ok \u{fffd}\u{fffd} end");
+    }
+}

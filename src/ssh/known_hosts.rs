@@ -1,0 +1,211 @@
+//! Host-key checking: an OpenSSH-format known_hosts file, keys the provider reported for the node
+//! ("pinned"), and the policies strict / accept-new / off.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use russh::keys::{HashAlg, PublicKey};
+
+use super::Error;
+
+/// What to do with a host whose key is not recorded yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HostKeyPolicy {
+    /// Refuse it: only recorded (or pinned) keys are accepted.
+    #[default]
+    Strict,
+    /// Record it on first use (trust on first use); a changed key is still refused. The default for
+    /// nodes nodeup itself just created.
+    AcceptNew,
+    /// Accept any key, record nothing. For throw-away test setups only.
+    Off,
+}
+
+impl std::str::FromStr for HostKeyPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "strict" | "yes" => Ok(HostKeyPolicy::Strict),
+            "accept-new" => Ok(HostKeyPolicy::AcceptNew),
+            "off" | "no" => Ok(HostKeyPolicy::Off),
+            other => Err(format!(
+                "unknown host-key policy {other:?}: use strict, accept-new or off"
+            )),
+        }
+    }
+}
+
+/// How one connection checks the host's key.
+#[derive(Debug, Clone, Default)]
+pub struct HostKeyCheck {
+    /// The policy for keys not recorded yet.
+    pub policy: HostKeyPolicy,
+    /// The known_hosts file read (and, under accept-new, appended to).
+    pub known_hosts: PathBuf,
+    /// Keys the provider reported for this node (OpenSSH lines). When given, the presented key must
+    /// be one of them, whatever the policy but `Off`; it is then recorded as under accept-new.
+    pub pinned: Vec<String>,
+}
+
+/// Serializes appends to known_hosts files from this process (many nodes at once).
+static LEARN: Mutex<()> = Mutex::new(());
+
+impl HostKeyCheck {
+    /// Checks `key` presented by `host:port`; records it when the policy says so.
+    pub fn verify(&self, host: &str, port: u16, key: &PublicKey) -> Result<(), Error> {
+        if self.policy == HostKeyPolicy::Off {
+            return Ok(());
+        }
+        let recorded_as = if port == 22 {
+            host.to_string()
+        } else {
+            format!("[{host}]:{port}")
+        };
+        let presented = key.fingerprint(HashAlg::Sha256).to_string();
+        let path = &self.known_hosts;
+        let known_error = |source| Error::KnownHosts {
+            path: path.clone(),
+            source: Box::new(source),
+        };
+        let recorded = if path.exists() {
+            russh::keys::known_hosts::known_host_keys_path(host, port, path).map_err(known_error)?
+        } else {
+            Vec::new()
+        };
+        if recorded.iter().any(|(_, k)| k == key) {
+            return Ok(());
+        }
+        if let Some((line, _)) = recorded.first() {
+            // Recorded with another key (of this type or another): refuse, as a changed key.
+            return Err(Error::HostKeyChanged {
+                host: recorded_as,
+                presented,
+                path: path.clone(),
+                line: *line,
+            });
+        }
+        let pinned_match = self
+            .pinned
+            .iter()
+            .filter_map(|line| PublicKey::from_openssh(line.trim()).ok())
+            .any(|k| k.key_data() == key.key_data());
+        if !self.pinned.is_empty() && !pinned_match {
+            return Err(Error::HostKeyNotPinned {
+                host: recorded_as,
+                presented,
+            });
+        }
+        if self.policy == HostKeyPolicy::Strict && !pinned_match {
+            return Err(Error::HostKeyUnknown {
+                host: recorded_as,
+                presented,
+                path: path.clone(),
+            });
+        }
+        let _guard = LEARN.lock().unwrap_or_else(|e| e.into_inner());
+        russh::keys::known_hosts::learn_known_hosts_path(host, port, key, path)
+            .map_err(known_error)?;
+        tracing::info!(host = %recorded_as, key = %presented, file = %path.display(), "recorded a new host key");
+        Ok(())
+    }
+
+    /// Forgets every key recorded for `host:port` (after the user asked for a reinstall).
+    pub fn forget(&self, host: &str, port: u16) -> std::io::Result<()> {
+        let pattern = if port == 22 {
+            host.to_string()
+        } else {
+            format!("[{host}]:{port}")
+        };
+        let _guard = LEARN.lock().unwrap_or_else(|e| e.into_inner());
+        let Ok(text) = std::fs::read_to_string(&self.known_hosts) else {
+            return Ok(());
+        };
+        let kept: String = text
+            .lines()
+            .filter(|line| {
+                let hosts = line.split_whitespace().next().unwrap_or("");
+                !hosts.split(',').any(|h| h == pattern)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&self.known_hosts, kept)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use russh::keys::{Algorithm, PrivateKey};
+
+    fn key() -> PublicKey {
+        PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
+            .unwrap()
+            .public_key()
+            .clone()
+    }
+
+    fn check(policy: HostKeyPolicy, dir: &tempfile::TempDir) -> HostKeyCheck {
+        HostKeyCheck {
+            policy,
+            known_hosts: dir.path().join("known_hosts"),
+            pinned: vec![],
+        }
+    }
+
+    #[test]
+    fn strict_refuses_unknown_and_accept_new_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key();
+        let err = check(HostKeyPolicy::Strict, &dir)
+            .verify("10.0.0.1", 22, &k)
+            .unwrap_err();
+        assert!(matches!(err, Error::HostKeyUnknown { .. }), "{err}");
+        check(HostKeyPolicy::AcceptNew, &dir)
+            .verify("10.0.0.1", 22, &k)
+            .unwrap();
+        check(HostKeyPolicy::Strict, &dir)
+            .verify("10.0.0.1", 22, &k)
+            .unwrap();
+        let text = std::fs::read_to_string(dir.path().join("known_hosts")).unwrap();
+        assert!(text.trim_start().starts_with("10.0.0.1 ssh-ed25519 "), "{text}");
+    }
+
+    #[test]
+    fn a_changed_key_is_refused_under_every_policy_but_off() {
+        let dir = tempfile::tempdir().unwrap();
+        check(HostKeyPolicy::AcceptNew, &dir)
+            .verify("h", 2222, &key())
+            .unwrap();
+        for policy in [HostKeyPolicy::AcceptNew, HostKeyPolicy::Strict] {
+            let err = check(policy, &dir).verify("h", 2222, &key()).unwrap_err();
+            assert!(
+                matches!(err, Error::HostKeyChanged { line: 2, .. }),
+                "{err}"
+            );
+            assert!(err.to_string().contains("ssh-keygen -R [h]:2222"), "{err}");
+        }
+        check(HostKeyPolicy::Off, &dir)
+            .verify("h", 2222, &key())
+            .unwrap();
+        // Forgetting the host makes room for its new key.
+        check(HostKeyPolicy::AcceptNew, &dir)
+            .forget("h", 2222)
+            .unwrap();
+        check(HostKeyPolicy::AcceptNew, &dir)
+            .verify("h", 2222, &key())
+            .unwrap();
+    }
+
+    #[test]
+    fn pinned_keys_are_required_and_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key();
+        let mut c = check(HostKeyPolicy::Strict, &dir);
+        c.pinned = vec![k.to_openssh().unwrap()];
+        let err = c.verify("h", 22, &key()).unwrap_err();
+        assert!(matches!(err, Error::HostKeyNotPinned { .. }), "{err}");
+        c.verify("h", 22, &k).unwrap();
+        c.pinned.clear();
+        c.verify("h", 22, &k).unwrap();
+    }
+}

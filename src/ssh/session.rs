@@ -1,0 +1,295 @@
+//! One SSH session to a node: connect with a deadline, check the host key, authenticate with the
+//! credentials in order, keep the connection alive. Every step of a node runs over one session.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::client::{self, AuthResult, Handle};
+use russh::keys::agent::client::AgentClient;
+use russh::keys::agent::AgentIdentity;
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use tokio::net::TcpStream;
+use tokio::sync::OnceCell;
+
+use super::auth::rsa_hash;
+use super::{Credentials, Error, HostKeyCheck};
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// The node's address and SSH port.
+    pub addr: SocketAddr,
+    /// The name the host key is recorded under (the address, unless given).
+    pub host: Option<String>,
+    /// The user to log in as.
+    pub user: String,
+    /// The deadline for the TCP connection and, again, for the SSH handshake and login.
+    pub timeout: Duration,
+    /// How often to send a keepalive when the connection is idle; three unanswered end it.
+    pub keepalive: Duration,
+    /// How the host key is checked.
+    pub host_keys: HostKeyCheck,
+}
+
+impl ConnectOptions {
+    /// Options with nodeup's defaults: 10 s timeout, keepalive every 5 s.
+    pub fn new(addr: SocketAddr, user: &str, host_keys: HostKeyCheck) -> Self {
+        ConnectOptions {
+            addr,
+            host: None,
+            user: user.to_string(),
+            timeout: Duration::from_secs(10),
+            keepalive: Duration::from_secs(5),
+            host_keys,
+        }
+    }
+}
+
+/// russh's callbacks: the host key check, and the pre-authentication banner.
+struct Client {
+    host: String,
+    port: u16,
+    check: HostKeyCheck,
+    /// Why the host key was refused, for the error the caller sees.
+    refusal: Arc<Mutex<Option<Error>>>,
+}
+
+impl client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let key = match key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
+            PublicKeyOrCertificate::Certificate(cert) => cert.public_key().clone().into(),
+        };
+        match self.check.verify(&self.host, self.port, &key) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                *self.refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                Ok(false)
+            }
+        }
+    }
+
+    async fn auth_banner(
+        &mut self,
+        banner: &str,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        tracing::debug!(host = %self.host, "banner: {}", banner.trim_end());
+        Ok(())
+    }
+}
+
+/// A logged-in SSH session to one node.
+pub struct SshSession {
+    handle: Handle<Client>,
+    addr: SocketAddr,
+    user: String,
+    sftp: OnceCell<russh_sftp::client::SftpSession>,
+}
+
+impl std::fmt::Debug for SshSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshSession")
+            .field("addr", &self.addr)
+            .field("user", &self.user)
+            .finish()
+    }
+}
+
+impl SshSession {
+    /// Connects, checks the host key, and logs in with the first credential the node accepts.
+    pub async fn connect(options: &ConnectOptions, creds: &Credentials) -> Result<Self, Error> {
+        let addr = options.addr;
+        let timeout = |what| Error::Timeout {
+            addr,
+            what,
+            after: options.timeout,
+        };
+        let stream = tokio::time::timeout(options.timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| timeout("connecting to"))?
+            .map_err(|source| Error::Connect { addr, source })?;
+        let _ = stream.set_nodelay(true);
+
+        let config = Arc::new(client::Config {
+            keepalive_interval: Some(options.keepalive),
+            keepalive_max: 3,
+            inactivity_timeout: None,
+            ..Default::default()
+        });
+        let refusal = Arc::new(Mutex::new(None));
+        let handler = Client {
+            host: options
+                .host
+                .clone()
+                .unwrap_or_else(|| addr.ip().to_string()),
+            port: addr.port(),
+            check: options.host_keys.clone(),
+            refusal: refusal.clone(),
+        };
+        let login = async {
+            let mut handle = client::connect_stream(config, stream, handler)
+                .await
+                .map_err(|source| {
+                    let refused = refusal.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    refused.unwrap_or(Error::Handshake { addr, source: Box::new(source) })
+                })?;
+            authenticate(&mut handle, addr, &options.user, creds).await?;
+            Ok::<_, Error>(handle)
+        };
+        let handle = tokio::time::timeout(options.timeout, login)
+            .await
+            .map_err(|_| timeout("SSH handshake with"))??;
+        tracing::debug!(%addr, user = %options.user, "logged in");
+        Ok(SshSession {
+            handle,
+            addr,
+            user: options.user.clone(),
+            sftp: OnceCell::new(),
+        })
+    }
+
+    /// The address connected to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The user logged in as.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// Whether the connection is gone.
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    /// Opens a session channel.
+    pub(super) async fn channel(&self) -> Result<russh::Channel<client::Msg>, Error> {
+        self.handle
+            .channel_open_session()
+            .await
+            .map_err(|source| self.channel_error("opening a session channel", source))
+    }
+
+    /// The SFTP session of this connection, opened on first use.
+    pub(super) async fn sftp(&self) -> Result<&russh_sftp::client::SftpSession, Error> {
+        self.sftp
+            .get_or_try_init(|| async {
+                let channel = self.channel().await?;
+                channel
+                    .request_subsystem(true, "sftp")
+                    .await
+                    .map_err(|source| self.channel_error("starting the sftp subsystem", source))?;
+                russh_sftp::client::SftpSession::new(channel.into_stream())
+                    .await
+                    .map_err(|source| Error::Sftp {
+                        what: "starting the session".into(),
+                        addr: self.addr,
+                        source: Box::new(source),
+                    })
+            })
+            .await
+    }
+
+    /// A channel failure: a lost connection when the session is gone.
+    pub(super) fn channel_error(&self, what: &str, source: russh::Error) -> Error {
+        if self.handle.is_closed() {
+            Error::ConnectionLost {
+                addr: self.addr,
+                source: Box::new(source),
+            }
+        } else {
+            Error::Channel {
+                what: what.to_string(),
+                addr: self.addr,
+                source: Box::new(source),
+            }
+        }
+    }
+
+    /// Says goodbye to the server.
+    pub async fn close(self) {
+        let _ = self
+            .handle
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await;
+    }
+}
+
+async fn authenticate(
+    handle: &mut Handle<Client>,
+    addr: SocketAddr,
+    user: &str,
+    creds: &Credentials,
+) -> Result<(), Error> {
+    let lost = |source| Error::Handshake { addr, source: Box::new(source) };
+    let mut tried = Vec::new();
+    let best_rsa = if creds.keys.iter().any(|(_, k)| k.algorithm().is_rsa()) {
+        handle.best_supported_rsa_hash().await.map_err(lost)?
+    } else {
+        None
+    };
+    for (path, key) in &creds.keys {
+        tried.push(format!(
+            "publickey {} ({})",
+            key.public_key().fingerprint(HashAlg::Sha256),
+            path.display()
+        ));
+        let with_hash = PrivateKeyWithHashAlg::new(key.clone(), rsa_hash(key, best_rsa));
+        let result = handle
+            .authenticate_publickey(user, with_hash)
+            .await
+            .map_err(lost)?;
+        if matches!(result, AuthResult::Success) {
+            return Ok(());
+        }
+    }
+    if creds.agent {
+        match AgentClient::connect_env().await {
+            Ok(mut agent) => {
+                let identities = agent.request_identities().await.unwrap_or_default();
+                for identity in identities {
+                    let AgentIdentity::PublicKey { key, comment } = identity else {
+                        continue;
+                    };
+                    tried.push(format!(
+                        "agent key {} {comment}",
+                        key.fingerprint(HashAlg::Sha256)
+                    ));
+                    let hash = key.algorithm().is_rsa().then_some(HashAlg::Sha256);
+                    match handle
+                        .authenticate_publickey_with(user, key, hash, &mut agent)
+                        .await
+                    {
+                        Ok(AuthResult::Success) => return Ok(()),
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!("agent signing failed: {e}"),
+                    }
+                }
+            }
+            Err(e) => tracing::debug!("no ssh-agent: {e}"),
+        }
+    }
+    if let Some(password) = &creds.password {
+        tried.push("password".into());
+        let result = handle
+            .authenticate_password(user, password.0.clone())
+            .await
+            .map_err(lost)?;
+        if matches!(result, AuthResult::Success) {
+            return Ok(());
+        }
+    }
+    Err(Error::AuthRejected {
+        user: user.to_string(),
+        addr,
+        tried,
+    })
+}
