@@ -6,7 +6,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
 
-use crate::model::{CreateNode, Node, NodeImage, NodeLocation, NodeSize};
+use crate::model::{
+    CreateNode, CreateVolume, KeyPair, Node, NodeImage, NodeLocation, NodeSize, StorageVolume,
+    VolumeSnapshot,
+};
 
 /// What goes wrong in a provider call. Shared by every driver.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +141,172 @@ pub trait NodeDriver: Send + Sync {
         Err(self.not_supported("list_locations"))
     }
 
+    /// One image, by id.
+    async fn get_image(&self, id: &str) -> Result<NodeImage> {
+        self.list_images()
+            .await?
+            .into_iter()
+            .find(|i| i.id == id)
+            .ok_or_else(|| ProviderError::NotFound {
+                provider: self.name().to_string(),
+                kind: "image",
+                id: id.to_string(),
+            })
+    }
+
+    /// Makes an image from a node.
+    async fn create_image(&self, node: &Node, name: &str) -> Result<NodeImage> {
+        let _ = (node, name);
+        Err(self.not_supported("create_image"))
+    }
+
+    /// Copies an image into another location.
+    async fn copy_image(&self, image: &NodeImage, location: &str, name: &str) -> Result<NodeImage> {
+        let _ = (image, location, name);
+        Err(self.not_supported("copy_image"))
+    }
+
+    /// Deletes an image.
+    async fn delete_image(&self, image: &NodeImage) -> Result<()> {
+        let _ = image;
+        Err(self.not_supported("delete_image"))
+    }
+
+    /// The key pairs the provider keeps.
+    async fn list_key_pairs(&self) -> Result<Vec<KeyPair>> {
+        Err(self.not_supported("list_key_pairs"))
+    }
+
+    /// One key pair, by name.
+    async fn get_key_pair(&self, name: &str) -> Result<KeyPair> {
+        self.list_key_pairs()
+            .await?
+            .into_iter()
+            .find(|k| k.name == name)
+            .ok_or_else(|| ProviderError::NotFound {
+                provider: self.name().to_string(),
+                kind: "key pair",
+                id: name.to_string(),
+            })
+    }
+
+    /// Has the provider generate a key pair; the private key is returned once.
+    async fn create_key_pair(&self, name: &str) -> Result<KeyPair> {
+        let _ = name;
+        Err(self.not_supported("create_key_pair"))
+    }
+
+    /// Imports a public key (one OpenSSH line).
+    async fn import_key_pair_from_string(&self, name: &str, public_key: &str) -> Result<KeyPair> {
+        let _ = (name, public_key);
+        Err(self.not_supported("import_key_pair_from_string"))
+    }
+
+    /// Imports a public key from a file.
+    async fn import_key_pair_from_file(
+        &self,
+        name: &str,
+        path: &std::path::Path,
+    ) -> Result<KeyPair> {
+        let key = std::fs::read_to_string(path).map_err(|e| ProviderError::InvalidRequest {
+            provider: self.name().to_string(),
+            message: format!("cannot read the public key file {}: {e}", path.display()),
+        })?;
+        self.import_key_pair_from_string(name, key.trim()).await
+    }
+
+    /// Deletes a key pair.
+    async fn delete_key_pair(&self, key_pair: &KeyPair) -> Result<()> {
+        let _ = key_pair;
+        Err(self.not_supported("delete_key_pair"))
+    }
+
+    /// Creates a volume.
+    async fn create_volume(&self, request: &CreateVolume) -> Result<StorageVolume> {
+        let _ = request;
+        Err(self.not_supported("create_volume"))
+    }
+
+    /// The volumes.
+    async fn list_volumes(&self) -> Result<Vec<StorageVolume>> {
+        Err(self.not_supported("list_volumes"))
+    }
+
+    /// One volume, by id.
+    async fn get_volume(&self, id: &str) -> Result<StorageVolume> {
+        self.list_volumes()
+            .await?
+            .into_iter()
+            .find(|v| v.id == id)
+            .ok_or_else(|| ProviderError::NotFound {
+                provider: self.name().to_string(),
+                kind: "volume",
+                id: id.to_string(),
+            })
+    }
+
+    /// Attaches a volume to a node.
+    async fn attach_volume(&self, node: &Node, volume: &StorageVolume) -> Result<()> {
+        let _ = (node, volume);
+        Err(self.not_supported("attach_volume"))
+    }
+
+    /// Detaches a volume from its node.
+    async fn detach_volume(&self, volume: &StorageVolume) -> Result<()> {
+        let _ = volume;
+        Err(self.not_supported("detach_volume"))
+    }
+
+    /// Destroys a volume.
+    async fn destroy_volume(&self, volume: &StorageVolume) -> Result<()> {
+        let _ = volume;
+        Err(self.not_supported("destroy_volume"))
+    }
+
+    /// Takes a snapshot of a volume.
+    async fn create_volume_snapshot(
+        &self,
+        volume: &StorageVolume,
+        name: Option<&str>,
+    ) -> Result<VolumeSnapshot> {
+        let _ = (volume, name);
+        Err(self.not_supported("create_volume_snapshot"))
+    }
+
+    /// Every volume snapshot.
+    async fn list_snapshots(&self) -> Result<Vec<VolumeSnapshot>> {
+        Err(self.not_supported("list_snapshots"))
+    }
+
+    /// The snapshots of one volume.
+    async fn list_volume_snapshots(&self, volume: &StorageVolume) -> Result<Vec<VolumeSnapshot>> {
+        Ok(self
+            .list_snapshots()
+            .await?
+            .into_iter()
+            .filter(|s| s.volume_id == volume.id)
+            .collect())
+    }
+
+    /// One snapshot, by id.
+    async fn get_snapshot(&self, id: &str) -> Result<VolumeSnapshot> {
+        self.list_snapshots()
+            .await?
+            .into_iter()
+            .find(|s| s.id == id)
+            .ok_or_else(|| ProviderError::NotFound {
+                provider: self.name().to_string(),
+                kind: "snapshot",
+                id: id.to_string(),
+            })
+    }
+
+    /// Destroys a snapshot.
+    async fn destroy_volume_snapshot(&self, snapshot: &VolumeSnapshot) -> Result<()> {
+        let _ = snapshot;
+        Err(self.not_supported("destroy_volume_snapshot"))
+    }
+
     /// The error a provider answers for an operation it does not have.
     fn not_supported(&self, operation: &'static str) -> ProviderError {
         ProviderError::NotSupported {
@@ -156,6 +325,9 @@ fn registry() -> &'static Mutex<BTreeMap<String, DriverFactory>> {
         let mut map: BTreeMap<String, DriverFactory> = BTreeMap::new();
         map.insert("local".to_string(), || {
             Ok(Arc::new(crate::providers::local::LocalDriver::from_env()?))
+        });
+        map.insert("dummy".to_string(), || {
+            Ok(Arc::new(crate::providers::dummy::DummyDriver::new()))
         });
         Mutex::new(map)
     })

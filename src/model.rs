@@ -166,3 +166,83 @@ pub struct CreateNode {
     /// Provider-specific options, as a driver documents them.
     pub extra: BTreeMap<String, serde_json::Value>,
 }
+
+/// An SSH key pair the provider keeps (to be installed on new nodes).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyPair {
+    /// The provider's name (or id) for the key.
+    pub name: String,
+    /// The public key, one OpenSSH line.
+    pub public_key: String,
+    /// The key's fingerprint, as the provider reports it.
+    pub fingerprint: Option<String>,
+    /// The private key, only when the provider generated it (`create_key_pair`). Never printed by
+    /// `Debug`.
+    #[serde(skip_serializing)]
+    pub private_key: Option<String>,
+    /// Provider-specific facts (`id` where the provider has ids besides names).
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyPair")
+            .field("name", &self.name)
+            .field("public_key", &self.public_key)
+            .field("fingerprint", &self.fingerprint)
+            .field("private_key", &self.private_key.as_ref().map(|_| "***"))
+            .field("extra", &self.extra)
+            .finish()
+    }
+}
+
+/// A block storage volume.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StorageVolume {
+    /// The provider's id.
+    pub id: String,
+    /// The volume's name.
+    pub name: String,
+    /// Its size in GB.
+    pub size_gb: u64,
+    /// The provider's state for it (`available`, `in-use`, ...), lower case.
+    pub state: String,
+    /// The node it is attached to, if any.
+    pub attached_to: Option<String>,
+    /// Provider-specific facts (`type`, `description`, `region` ...).
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// A snapshot of a volume.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeSnapshot {
+    /// The provider's id.
+    pub id: String,
+    /// The snapshot's name.
+    pub name: Option<String>,
+    /// The id of the volume it was taken from.
+    pub volume_id: String,
+    /// Its size in GB.
+    pub size_gb: u64,
+    /// The provider's state for it, lower case.
+    pub state: String,
+    /// When it was taken (RFC 3339), when known.
+    pub created: Option<String>,
+    /// Provider-specific facts.
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// What `create_volume` takes.
+#[derive(Debug, Clone, Default)]
+pub struct CreateVolume {
+    /// Size in GB.
+    pub size_gb: u64,
+    /// The volume's name.
+    pub name: String,
+    /// The location (region) id.
+    pub location: Option<String>,
+    /// The volume type (provider-specific, e.g. `classic`, `high-speed`).
+    pub volume_type: Option<String>,
+    /// A description.
+    pub description: Option<String>,
+}

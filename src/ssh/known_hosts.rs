@@ -167,7 +167,10 @@ mod tests {
             .verify("10.0.0.1", 22, &k)
             .unwrap();
         let text = std::fs::read_to_string(dir.path().join("known_hosts")).unwrap();
-        assert!(text.trim_start().starts_with("10.0.0.1 ssh-ed25519 "), "{text}");
+        assert!(
+            text.trim_start().starts_with("10.0.0.1 ssh-ed25519 "),
+            "{text}"
+        );
     }
 
     #[test]

@@ -138,7 +138,10 @@ impl SshSession {
                 .await
                 .map_err(|source| {
                     let refused = refusal.lock().unwrap_or_else(|p| p.into_inner()).take();
-                    refused.unwrap_or(Error::Handshake { addr, source: Box::new(source) })
+                    refused.unwrap_or(Error::Handshake {
+                        addr,
+                        source: Box::new(source),
+                    })
                 })?;
             authenticate(&mut handle, addr, &options.user, creds).await?;
             Ok::<_, Error>(handle)
@@ -229,7 +232,10 @@ async fn authenticate(
     user: &str,
     creds: &Credentials,
 ) -> Result<(), Error> {
-    let lost = |source| Error::Handshake { addr, source: Box::new(source) };
+    let lost = |source| Error::Handshake {
+        addr,
+        source: Box::new(source),
+    };
     let mut tried = Vec::new();
     let best_rsa = if creds.keys.iter().any(|(_, k)| k.algorithm().is_rsa()) {
         handle.best_supported_rsa_hash().await.map_err(lost)?
