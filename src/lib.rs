@@ -4,9 +4,16 @@
 //! Crate map:
 //! - [`model`]: nodes, node states, sizes, images, locations and the credentials `create_node` takes.
 //! - [`driver`]: the `NodeDriver` trait, its `Features`, the error drivers share, the registry.
-//! - [`providers`]: one module per provider (`local`: sandboxed sshd nodes on this machine).
+//! - [`providers`]: one module per provider (`local`: sandboxed sshd nodes on this machine;
+//!   `dummy`: in memory, for tests).
+//! - [`ssh`]: sessions to nodes on russh: host keys, auth, exec, sftp; errors with a retry class.
+//! - [`deploy`]: deployment steps (ssh-key, file, script, several in order).
+//! - [`engine`]: `deploy_node`, `wait_until_running`, `run_steps`: retries, resumption,
+//!   cancellation.
 
+pub mod deploy;
 pub mod driver;
+pub mod engine;
 pub mod model;
 pub mod providers;
 pub mod ssh;

@@ -158,6 +158,34 @@ impl SshSession {
     /// A non-zero exit status is not an error here: the caller decides. Errors are a channel that
     /// closes without a status, the time limit, and a lost connection.
     pub async fn exec(&self, command: &str, options: &ExecOptions) -> Result<ExecOutput, Error> {
+        self.run(command, options, None).await
+    }
+
+    /// Runs a probe: like [`SshSession::exec`], but when the first line of stdout does not start
+    /// with `marker`, stops there (closing the channel) and returns what came, with no status.
+    /// A cloud image's "Please login as ..." account prints its message and then sleeps: this
+    /// tells it apart at once.
+    pub async fn probe(
+        &self,
+        command: &str,
+        marker: &str,
+        options: &ExecOptions,
+    ) -> Result<ExecOutput, Error> {
+        let wrong = |stdout: &Captured| {
+            let bytes = stdout.bytes();
+            let first = bytes.split(|b| *b == b'\n').next().unwrap_or(bytes);
+            let complete = bytes.contains(&b'\n') || first.len() >= marker.len();
+            complete && !first.starts_with(marker.as_bytes())
+        };
+        self.run(command, options, Some(&wrong)).await
+    }
+
+    async fn run(
+        &self,
+        command: &str,
+        options: &ExecOptions,
+        stop: Option<&(dyn Fn(&Captured) -> bool + Sync)>,
+    ) -> Result<ExecOutput, Error> {
         // The time limit is enforced on the node by coreutils' `timeout` (which ends the command's
         // whole process group; sshd refuses SSH signal requests in root sessions), and here too,
         // a little later, should the node lack `timeout` or not answer.
@@ -196,6 +224,7 @@ impl SshSession {
         };
         let mut closed = false;
         let mut refused = false;
+        let mut stopped = false;
         let read = async {
             while let Some(msg) = channel.wait().await {
                 match msg {
@@ -204,6 +233,10 @@ impl SshSession {
                             sink(Stream::Stdout, &data);
                         }
                         output.stdout.push(&data);
+                        if stop.is_some_and(|stop| stop(&output.stdout)) {
+                            stopped = true;
+                            break;
+                        }
                     }
                     ChannelMsg::ExtendedData { data, ext: 1 } => {
                         if let Some(sink) = &options.sink {
@@ -254,6 +287,10 @@ impl SshSession {
                 after: options.timeout.unwrap_or_default(),
                 output: Box::new(output),
             });
+        }
+        if stopped {
+            let _ = channel.close().await;
+            return Ok(output);
         }
         if refused && output.status.is_none() {
             return Err(self.channel_error(

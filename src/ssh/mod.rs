@@ -23,7 +23,7 @@ pub use auth::{default_key_files, Credentials, Password};
 pub use exec::{Captured, ExecOptions, ExecOutput, ExitStatus, OutputSink, Stream};
 pub use known_hosts::{HostKeyCheck, HostKeyPolicy};
 pub use session::{ConnectOptions, SshSession};
-pub use sftp::UploadOptions;
+pub use sftp::{temp_name, UploadOptions};
 
 /// Quotes one word for a POSIX shell (single quotes), whatever it holds but NUL.
 pub fn quote(word: &str) -> String {
@@ -252,8 +252,12 @@ impl Error {
             | Error::KnownHosts { .. }
             | Error::Key { .. }
             | Error::NoExitStatus { .. }
-            | Error::CommandTimeout { .. }
-            | Error::Sftp { .. } => ErrorClass::Fatal,
+            | Error::CommandTimeout { .. } => ErrorClass::Fatal,
+            // The SFTP channel itself broke (not a status the server answered): the connection.
+            Error::Sftp { source, .. } => match **source {
+                russh_sftp::client::error::Error::IO(_) => ErrorClass::Reconnect,
+                _ => ErrorClass::Fatal,
+            },
         }
     }
 }

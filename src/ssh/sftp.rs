@@ -25,6 +25,17 @@ pub fn parent_of(path: &str) -> &str {
     }
 }
 
+/// A temporary name for writing `path`: in the same directory, hidden, unpredictable.
+pub fn temp_name(path: &str) -> String {
+    let dir = parent_of(path);
+    let name = path.rsplit('/').next().unwrap_or(path);
+    format!(
+        "{}/.{name}.nodeup-{:016x}",
+        dir.trim_end_matches('/'),
+        rand::random::<u64>()
+    )
+}
+
 impl SshSession {
     fn sftp_error(&self, what: String) -> impl FnOnce(SftpError) -> Error + '_ {
         move |source| Error::Sftp {
@@ -35,25 +46,31 @@ impl SshSession {
     }
 
     /// Writes `data` to `path` atomically: a temporary file with an unpredictable name in the same
-    /// directory, created exclusively with mode 0600, written, given its mode, then renamed over
-    /// `path`.
+    /// directory ([`temp_name`]), created exclusively with mode 0600, written, given its mode, then
+    /// renamed over `path`.
     pub async fn upload(
         &self,
         data: &[u8],
         path: &str,
         options: &UploadOptions,
     ) -> Result<(), Error> {
+        self.upload_via(data, path, &temp_name(path), options).await
+    }
+
+    /// [`SshSession::upload`] through a temporary file the caller named (so that it can remove it
+    /// should the connection be lost before the rename).
+    pub async fn upload_via(
+        &self,
+        data: &[u8],
+        path: &str,
+        tmp: &str,
+        options: &UploadOptions,
+    ) -> Result<(), Error> {
         let sftp = self.sftp().await?;
-        let dir = parent_of(path);
         if options.create_parents {
-            self.create_dir_all(dir, 0o755).await?;
+            self.create_dir_all(parent_of(path), 0o755).await?;
         }
-        let name = path.rsplit('/').next().unwrap_or(path);
-        let tmp = format!(
-            "{}/.{name}.nodeup-{:016x}",
-            dir.trim_end_matches('/'),
-            rand::random::<u64>()
-        );
+        let tmp = tmp.to_string();
         let attrs = FileAttributes {
             permissions: Some(0o600),
             ..FileAttributes::empty()

@@ -7,6 +7,7 @@
 //! owner is gone is destroyed node by node and deleted. Nothing is ever found by process name.
 
 pub mod relay;
+pub mod relayed;
 
 use std::fs;
 use std::io;
@@ -20,6 +21,7 @@ use nodeup::model::{CreateNode, Node, NodeAuth, NodeState};
 use nodeup::providers::local::{self, LocalDriver, LocalOptions};
 
 pub use relay::{Faults, Relay};
+pub use relayed::RelayedDriver;
 
 /// Where every test bed keeps its state directory.
 pub const TESTBED_ROOT: &str = "/tmp/nodeup-testbed";
@@ -88,6 +90,16 @@ impl TestBed {
     /// The public half of `client_key`, one OpenSSH line.
     pub fn client_public_key(&self) -> &str {
         &self.client_public_key
+    }
+
+    /// A test node for a node of this test bed created some other way (by `deploy_node`, say).
+    pub fn adopt(&self, node: Node) -> TestNode {
+        TestNode {
+            known_hosts: self.dir.join(format!("known_hosts-{}", node.name)),
+            node,
+            driver: self.driver.clone(),
+            client_key: self.client_key.clone(),
+        }
     }
 
     /// Creates a node and, unless the spec says not to, waits until sshd listens.

@@ -30,7 +30,7 @@ pub struct Faults {
 /// A running relay. Dropping it stops it and closes every connection it holds.
 pub struct Relay {
     addr: SocketAddr,
-    faults: Arc<Mutex<Faults>>,
+    faults: Arc<Mutex<(Faults, Option<Faults>)>>,
     accepted: Arc<AtomicUsize>,
     tasks: JoinSet<()>,
 }
@@ -47,7 +47,7 @@ impl Relay {
         let socket = TcpSocket::new_v4()?;
         socket.bind("127.0.0.1:0".parse().map_err(io::Error::other)?)?;
         let addr = socket.local_addr()?;
-        let faults = Arc::new(Mutex::new(Faults::default()));
+        let faults = Arc::new(Mutex::new((Faults::default(), None)));
         let accepted = Arc::new(AtomicUsize::new(0));
         let mut tasks = JoinSet::new();
         let (faults2, accepted2) = (faults.clone(), accepted.clone());
@@ -71,7 +71,10 @@ impl Relay {
             let mut connections = JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
                 accepted2.fetch_add(1, Ordering::SeqCst);
-                let faults = faults2.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let faults = {
+                    let mut f = faults2.lock().unwrap_or_else(|e| e.into_inner());
+                    f.1.take().unwrap_or_else(|| f.0.clone())
+                };
                 connections.spawn(relay_connection(client, target, faults));
                 // Forget connections that ended.
                 while connections.try_join_next().is_some() {}
@@ -92,7 +95,12 @@ impl Relay {
 
     /// Replaces the faults for connections accepted from now on.
     pub fn set_faults(&self, faults: Faults) {
-        *self.faults.lock().unwrap_or_else(|e| e.into_inner()) = faults;
+        self.faults.lock().unwrap_or_else(|e| e.into_inner()).0 = faults;
+    }
+
+    /// Faults for the next connection accepted only; later ones get the standing faults again.
+    pub fn set_faults_once(&self, faults: Faults) {
+        self.faults.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(faults);
     }
 
     /// How many connections the relay has accepted.

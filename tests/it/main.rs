@@ -1,6 +1,7 @@
 //! nodeup's integration tests: one binary, against test-bed nodes (real OpenSSH sshd).
 
 mod cli_nodes;
+mod deploy;
 mod local_nodes;
 mod relay;
 mod ssh;

@@ -1,0 +1,303 @@
+//! Deployment steps: what runs on a node once nodeup is logged in.
+//!
+//! A [`Step`] is an SSH key to authorize, a file to upload, a script to run, or several steps in
+//! order. Steps are checked ([`Step::validate`]) before any node is created; each step runs over the
+//! node's one SSH session and gives a [`StepResult`].
+
+mod file;
+mod script;
+mod ssh_key;
+
+use std::time::Duration;
+
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::ssh::{self, Captured, ExitStatus, OutputSink, SshSession};
+
+pub use file::FileStep;
+pub use script::{ScriptSource, ScriptStep};
+pub use ssh_key::SshKeyStep;
+
+/// One deployment step.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Add a public key to the login user's authorized_keys.
+    SshKey(SshKeyStep),
+    /// Upload a local file.
+    File(FileStep),
+    /// Run a script.
+    Script(ScriptStep),
+    /// Several steps, in order.
+    Multi(Vec<Step>),
+}
+
+impl Step {
+    /// The step's kind as users write it: `ssh-key`, `file`, `script`, `multi`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Step::SshKey(_) => "ssh-key",
+            Step::File(_) => "file",
+            Step::Script(_) => "script",
+            Step::Multi(_) => "multi",
+        }
+    }
+
+    /// The steps to run, in order, with `Multi` unfolded.
+    pub fn flatten(&self) -> Vec<&Step> {
+        match self {
+            Step::Multi(steps) => steps.iter().flat_map(Step::flatten).collect(),
+            step => vec![step],
+        }
+    }
+
+    /// Checks what can be checked before a node exists: local files are readable, keys parse.
+    /// Errors name the step (1-based, in flattened order).
+    pub fn validate(&self) -> Result<(), Error> {
+        for (i, step) in self.flatten().into_iter().enumerate() {
+            let invalid = |message: String| Error::Invalid {
+                step: i + 1,
+                kind: step.kind(),
+                message,
+            };
+            match step {
+                Step::SshKey(s) => s.validate().map_err(invalid)?,
+                Step::File(s) => s.validate().map_err(invalid)?,
+                Step::Script(s) => s.validate().map_err(invalid)?,
+                Step::Multi(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one step.
+    pub async fn run(&self, ctx: &Context<'_>) -> Result<StepResult, Error> {
+        let started = tokio::time::Instant::now();
+        let mut result = match self {
+            Step::SshKey(s) => s.run(ctx).await?,
+            Step::File(s) => s.run(ctx).await?,
+            Step::Script(s) => s.run(ctx).await?,
+            Step::Multi(steps) => {
+                for step in steps {
+                    Box::pin(step.run(ctx)).await?;
+                }
+                StepResult::default()
+            }
+        };
+        result.kind = self.kind();
+        result.duration = started.elapsed();
+        Ok(result)
+    }
+}
+
+/// What a step runs with: the session, and facts about the login user.
+pub struct Context<'a> {
+    /// The node's session.
+    pub session: &'a SshSession,
+    /// The login user's home directory on the node.
+    pub home: String,
+    /// Whether the login user is root (then `sudo` is not needed).
+    pub is_root: bool,
+    /// Where script output goes as it arrives.
+    pub sink: Option<OutputSink>,
+    /// Remote temporary paths a step has made and not yet removed. Should the connection be lost,
+    /// whoever resumes removes them ([`remove_leftovers`]).
+    pub leftovers: &'a Mutex<Vec<String>>,
+}
+
+impl Context<'_> {
+    /// `sudo -n` when a step asks for root and the login user is not root; nothing otherwise.
+    pub fn sudo(&self, wanted: bool) -> &'static str {
+        if wanted && !self.is_root {
+            "sudo -n "
+        } else {
+            ""
+        }
+    }
+
+    /// A fresh directory (0700, unpredictable name) under the login user's home, tracked as a
+    /// leftover until [`Context::remove`] removes it.
+    pub async fn private_dir(&self) -> Result<String, Error> {
+        let dir = format!(
+            "{}/.nodeup-{:016x}",
+            self.home.trim_end_matches('/'),
+            rand::random::<u64>()
+        );
+        self.track(&dir);
+        self.check(
+            &format!("mkdir -m 0700 -- {}", ssh::quote(&dir)),
+            "creating a private directory",
+        )
+        .await?;
+        Ok(dir)
+    }
+
+    /// Records a remote temporary path, to be removed should the step not finish.
+    pub fn track(&self, path: &str) {
+        self.leftovers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path.to_string());
+    }
+
+    /// Forgets a temporary path that is gone (renamed into place, or removed).
+    pub fn untrack(&self, path: &str) {
+        self.leftovers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| p != path);
+    }
+
+    /// Removes a temporary path (as root when `sudo` says so) and forgets it.
+    pub async fn remove(&self, path: &str, sudo: bool) -> Result<(), Error> {
+        self.check(
+            &format!("{}rm -rf -- {}", self.sudo(sudo), ssh::quote(path)),
+            &format!("removing {path}"),
+        )
+        .await?;
+        self.untrack(path);
+        Ok(())
+    }
+
+    /// Runs a helper command that must succeed; its stderr goes into the error.
+    pub async fn check(&self, command: &str, what: &str) -> Result<(), Error> {
+        let out = self
+            .session
+            .exec(command, &ssh::ExecOptions::default())
+            .await?;
+        if out.status == Some(ExitStatus::Code(0)) {
+            return Ok(());
+        }
+        Err(Error::Helper {
+            what: what.to_string(),
+            status: out.status.map(|s| s.to_string()).unwrap_or_default(),
+            stderr: out.stderr.text().trim().to_string(),
+        })
+    }
+}
+
+/// Removes the temporary paths a step left when its connection was lost: as root when the login
+/// user is not root (a root script may have written into them), else as the user.
+pub async fn remove_leftovers(ctx: &Context<'_>) -> Result<(), Error> {
+    let paths: Vec<String> = ctx
+        .leftovers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for path in paths {
+        if ctx.remove(&path, true).await.is_err() {
+            ctx.remove(&path, false).await?;
+        }
+    }
+    Ok(())
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StepResult {
+    /// The step's kind.
+    pub kind: &'static str,
+    /// For scripts: how the script ended.
+    pub status: Option<ExitStatus>,
+    /// For scripts: standard output (the kept tail).
+    #[serde(serialize_with = "captured_text")]
+    pub stdout: Captured,
+    /// For scripts: standard error (the kept tail).
+    #[serde(serialize_with = "captured_text")]
+    pub stderr: Captured,
+    /// How long the step took.
+    #[serde(serialize_with = "seconds")]
+    pub duration: Duration,
+    /// A short note: `key already present`, `uploaded 1024 bytes to /etc/motd`, ...
+    pub note: String,
+}
+
+fn captured_text<S: serde::Serializer>(c: &Captured, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&c.text())
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// What goes wrong with a step.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The step is not valid; nothing was run.
+    #[error("step {step} ({kind}): {message}")]
+    Invalid {
+        /// 1-based, in flattened order.
+        step: usize,
+        /// The step's kind.
+        kind: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// The script ended with a status the step does not accept.
+    #[error("the script ended with {status}{}", stderr_tail(.result))]
+    ScriptFailed {
+        /// How it ended.
+        status: ExitStatus,
+        /// Its output.
+        result: Box<StepResult>,
+    },
+    /// A command nodeup runs for the step (mkdir, mv, sudo ...) failed.
+    #[error("{what} failed ({status}): {stderr}")]
+    Helper {
+        /// What was being done.
+        what: String,
+        /// How the command ended.
+        status: String,
+        /// What it said.
+        stderr: String,
+    },
+    /// A local file the step names could not be read.
+    #[error("{0}")]
+    Local(String),
+    /// SSH failed under the step.
+    #[error(transparent)]
+    Ssh(#[from] ssh::Error),
+}
+
+impl Error {
+    /// What to do about it: a lost connection can be resumed; the rest is final.
+    pub fn class(&self) -> ssh::ErrorClass {
+        match self {
+            Error::Ssh(e) => match e.class() {
+                ssh::ErrorClass::Reconnect | ssh::ErrorClass::Retry => ssh::ErrorClass::Reconnect,
+                _ => ssh::ErrorClass::Fatal,
+            },
+            _ => ssh::ErrorClass::Fatal,
+        }
+    }
+
+    /// The output the step had produced, when it ran a command.
+    pub fn output(&self) -> Option<(Option<&ExitStatus>, &Captured, &Captured)> {
+        match self {
+            Error::ScriptFailed { status, result } => {
+                Some((Some(status), &result.stdout, &result.stderr))
+            }
+            Error::Ssh(ssh::Error::CommandTimeout { output, .. })
+            | Error::Ssh(ssh::Error::NoExitStatus { output, .. }) => {
+                Some((output.status.as_ref(), &output.stdout, &output.stderr))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn stderr_tail(result: &StepResult) -> String {
+    let text = result.stderr.text();
+    let text = text.trim();
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!("; stderr: {text}")
+    }
+}
+
+/// Reads a local file a step names, with an error that names it.
+pub(crate) fn read_local(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}

@@ -1,0 +1,166 @@
+//! The script step: upload a script (inline text or a local file) to a fresh private directory,
+//! run it with quoted arguments and an environment, keep its output and exit status, remove it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{read_local, Context, Error, StepResult};
+use crate::ssh::{quote, ExecOptions, ExitStatus, UploadOptions};
+
+/// Where a script's text comes from.
+#[derive(Debug, Clone)]
+pub enum ScriptSource {
+    /// The script itself. Without a `#!` line it runs under `/bin/sh`.
+    Inline(String),
+    /// A local file holding it.
+    File(PathBuf),
+}
+
+/// Runs a script on the node.
+///
+/// The script is uploaded to a new 0700 directory with an unpredictable name under the login
+/// user's home, run there with `args` (each quoted for the shell) and `env`, as root with `sudo`
+/// when the login user is not root, within `timeout`, and removed afterwards unless `keep`.
+/// An exit status not in `exit_codes` fails the step.
+#[derive(Debug, Clone)]
+pub struct ScriptStep {
+    /// The script.
+    pub source: ScriptSource,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Environment variables for it.
+    pub env: Vec<(String, String)>,
+    /// Run it as root (when the login user is not root).
+    pub sudo: bool,
+    /// End it after this long.
+    pub timeout: Option<Duration>,
+    /// The exit statuses that count as success.
+    pub exit_codes: Vec<u32>,
+    /// Leave the script on the node.
+    pub keep: bool,
+    /// The script's file name on the node (default `script`).
+    pub name: Option<String>,
+}
+
+impl ScriptStep {
+    /// A step running this text.
+    pub fn inline(text: &str) -> Self {
+        Self::with_source(ScriptSource::Inline(text.to_string()))
+    }
+
+    /// A step running the script in this local file.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        Self::with_source(ScriptSource::File(path.into()))
+    }
+
+    fn with_source(source: ScriptSource) -> Self {
+        ScriptStep {
+            source,
+            args: Vec::new(),
+            env: Vec::new(),
+            sudo: false,
+            timeout: None,
+            exit_codes: vec![0],
+            keep: false,
+            name: None,
+        }
+    }
+
+    pub(super) fn validate(&self) -> Result<(), String> {
+        if let ScriptSource::File(path) = &self.source {
+            read_local(path)?;
+        }
+        for (name, _) in &self.env {
+            let valid = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(format!(
+                    "environment variable name {name:?} is not valid: use letters, digits and _, not starting with a digit"
+                ));
+            }
+        }
+        if let Some(name) = &self.name {
+            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                return Err(format!("script name {name:?} must be a plain file name"));
+            }
+        }
+        if self.exit_codes.is_empty() {
+            return Err(
+                "exit_codes is empty: list the statuses that count as success, e.g. [0]".into(),
+            );
+        }
+        if self.timeout.is_some_and(|t| t.is_zero()) {
+            return Err("the timeout must be longer than zero".into());
+        }
+        Ok(())
+    }
+
+    pub(super) async fn run(&self, ctx: &Context<'_>) -> Result<StepResult, Error> {
+        let text = match &self.source {
+            ScriptSource::Inline(text) => text.clone().into_bytes(),
+            ScriptSource::File(path) => read_local(path).map_err(Error::Local)?,
+        };
+        let dir = ctx.private_dir().await?;
+        let path = format!("{dir}/{}", self.name.as_deref().unwrap_or("script"));
+        let sudo = ctx.sudo(self.sudo);
+        let ran = async {
+            let options = UploadOptions {
+                mode: Some(0o700),
+                create_parents: false,
+            };
+            ctx.session.upload(&text, &path, &options).await?;
+            let mut command = String::from(sudo);
+            if !self.env.is_empty() {
+                command.push_str("env");
+                for (name, value) in &self.env {
+                    command.push(' ');
+                    command.push_str(&quote(&format!("{name}={value}")));
+                }
+                command.push(' ');
+            }
+            command.push_str(&quote(&path));
+            for arg in &self.args {
+                command.push(' ');
+                command.push_str(&quote(arg));
+            }
+            let options = ExecOptions {
+                timeout: self.timeout,
+                sink: ctx.sink.clone(),
+                ..Default::default()
+            };
+            Ok::<_, Error>(ctx.session.exec(&command, &options).await?)
+        }
+        .await;
+        if !self.keep {
+            // Always, even when the script failed; files its root run left in there too.
+            let removed = ctx.remove(&dir, self.sudo).await;
+            if let (Ok(_), Err(e)) = (&ran, removed) {
+                return Err(e);
+            }
+        }
+        let output = ran?;
+        let status = output.status.clone().unwrap_or(ExitStatus::Code(u32::MAX));
+        let result = StepResult {
+            kind: "script",
+            status: Some(status.clone()),
+            stdout: output.stdout,
+            stderr: output.stderr,
+            duration: Duration::ZERO,
+            note: if self.keep {
+                format!("kept at {path}")
+            } else {
+                String::new()
+            },
+        };
+        match status {
+            ExitStatus::Code(code) if self.exit_codes.contains(&code) => Ok(result),
+            status => Err(Error::ScriptFailed {
+                status,
+                result: Box::new(result),
+            }),
+        }
+    }
+}

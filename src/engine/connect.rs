@@ -1,0 +1,214 @@
+//! Logging in to a node that may still be booting: retries by error class, never by message text.
+//!
+//! Not reachable yet (refused, unreachable, timed out, closed before the banner): retry soon, with
+//! short jittered backoff, so that the first try after sshd starts listening comes within a few
+//! hundred milliseconds. Authentication rejected, or a login the image refuses: try the next
+//! username at once, and come back to all of them while the time lasts (images install keys late).
+//! Unreadable key, wrong passphrase, changed host key: fail at once.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::ssh::{
+    self, ConnectOptions, Credentials, ErrorClass, ExecOptions, ExitStatus, HostKeyCheck,
+    SshSession,
+};
+
+/// How to log in.
+#[derive(Debug, Clone)]
+pub struct LoginOptions {
+    /// The usernames to try, in order.
+    pub users: Vec<String>,
+    /// The deadline of each connection attempt (TCP, then handshake and login).
+    pub attempt_timeout: Duration,
+    /// Keepalive interval of the session.
+    pub keepalive: Duration,
+    /// How host keys are checked.
+    pub host_keys: HostKeyCheck,
+    /// The name the host key is recorded under (the address when `None`).
+    pub host_name: Option<String>,
+}
+
+/// What one username got, for the error a user reads.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LoginAttempt {
+    /// The username.
+    pub user: String,
+    /// How many times it was tried.
+    pub tries: u32,
+    /// The last error it got.
+    pub last_error: String,
+}
+
+/// A logged-in session and what the probe learnt of the user.
+#[derive(Debug)]
+pub struct LoggedIn {
+    /// The session.
+    pub session: SshSession,
+    /// The user that worked.
+    pub user: String,
+    /// Its home directory.
+    pub home: String,
+    /// Whether it is root.
+    pub is_root: bool,
+}
+
+fn record(attempts: &mut Vec<LoginAttempt>, user: &str, error: &ssh::Error) {
+    let text = error_chain(error);
+    match attempts.iter_mut().find(|a| a.user == user) {
+        Some(a) => {
+            a.tries += 1;
+            a.last_error = text;
+        }
+        None => attempts.push(LoginAttempt {
+            user: user.to_string(),
+            tries: 1,
+            last_error: text,
+        }),
+    }
+}
+
+/// An error and its causes on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Logs in to `addr` as the first of `options.users` that works, until `deadline`.
+/// Every attempt's outcome is recorded in `attempts`.
+pub async fn login(
+    addr: SocketAddr,
+    creds: &Credentials,
+    options: &LoginOptions,
+    deadline: Instant,
+    attempts: &mut Vec<LoginAttempt>,
+) -> Result<LoggedIn, ssh::Error> {
+    let mut unreachable = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_millis(300))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    let mut rejected = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(3))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        let mut last = None;
+        let mut all_rejected = true;
+        for user in &options.users {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let connect = ConnectOptions {
+                addr,
+                host: options.host_name.clone(),
+                user: user.clone(),
+                timeout: options
+                    .attempt_timeout
+                    .min(left.max(Duration::from_millis(100))),
+                keepalive: options.keepalive,
+                host_keys: options.host_keys.clone(),
+            };
+            match try_user(&connect, creds).await {
+                Ok(logged_in) => {
+                    tracing::info!(%addr, user, "logged in");
+                    return Ok(logged_in);
+                }
+                Err(e) => {
+                    tracing::debug!(%addr, user, "login attempt failed: {}", error_chain(&e));
+                    record(attempts, user, &e);
+                    match e.class() {
+                        ErrorClass::NextUser => last = Some(e),
+                        ErrorClass::Retry | ErrorClass::Reconnect => {
+                            // Not reachable: the same for every user; wait a little and retry.
+                            all_rejected = false;
+                            last = Some(e);
+                            break;
+                        }
+                        ErrorClass::Fatal => return Err(e),
+                    }
+                }
+            }
+        }
+        let pause = if all_rejected {
+            rejected.next()
+        } else {
+            unreachable.next()
+        }
+        .unwrap_or(Duration::from_millis(300));
+        let Some(error) = last else {
+            return Err(ssh::Error::AuthRejected {
+                user: String::new(),
+                addr,
+                tried: vec!["nothing: no usernames were given".into()],
+            });
+        };
+        if Instant::now() + pause >= deadline {
+            return Err(error);
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// One attempt as one user: connect, then a probe that proves the account works and tells its
+/// home and uid (a cloud image's "Please login as ..." forced command fails it).
+async fn try_user(options: &ConnectOptions, creds: &Credentials) -> Result<LoggedIn, ssh::Error> {
+    let session = SshSession::connect(options, creds).await?;
+    let probe = ExecOptions {
+        timeout: Some(options.timeout),
+        max_output: 4096,
+        ..Default::default()
+    };
+    let out = session
+        .probe(
+            r#"printf 'nodeup-ok %s\n%s\n' "$(id -u)" "$HOME""#,
+            "nodeup-ok ",
+            &probe,
+        )
+        .await?;
+    let text = out.stdout.text();
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or("");
+    match (first.strip_prefix("nodeup-ok "), &out.status) {
+        (Some(uid), Some(ExitStatus::Code(0))) => {
+            let home = lines
+                .next()
+                .filter(|h| h.starts_with('/'))
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("/home/{}", options.user));
+            Ok(LoggedIn {
+                session,
+                user: options.user.clone(),
+                home,
+                is_root: uid.trim() == "0",
+            })
+        }
+        _ => {
+            let said = format!("{} {}", text.trim(), out.stderr.text().trim());
+            let status = out
+                .status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "no status".into());
+            session.close().await;
+            Err(ssh::Error::LoginRefused {
+                user: options.user.clone(),
+                addr: options.addr,
+                message: format!(
+                    "the account does not run commands ({status}): {}",
+                    said.trim()
+                ),
+            })
+        }
+    }
+}

@@ -1,0 +1,655 @@
+//! `deploy_node`: create → wait until running → log in → run the steps, resuming after a lost
+//! connection; on failure an error that carries the node; on cancellation the at-exit hook.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::connect::{error_chain, login, LoginAttempt, LoginOptions};
+use super::wait::{wait_until_running, Interface, WaitError, WaitOptions};
+use crate::deploy::{self, Context, Step, StepResult};
+use crate::driver::{NodeDriver, ProviderError};
+use crate::model::{CreateNode, Node, NodeAuth};
+use crate::ssh::{
+    self, Credentials, ErrorClass, HostKeyCheck, HostKeyPolicy, OutputSink, Password,
+};
+
+/// Called with the driver and the node when a deployment is cancelled after the node exists.
+pub type AtExit = Arc<dyn Fn(Arc<dyn NodeDriver>, Node) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// The at-exit hook that destroys the node (what the CLI uses).
+pub fn destroy_at_exit() -> AtExit {
+    Arc::new(|driver, node| {
+        Box::pin(async move {
+            match driver.destroy_node(&node).await {
+                Ok(()) => tracing::warn!(node = %node.name, "deployment cancelled: node destroyed"),
+                Err(e) => {
+                    tracing::error!(node = %node.name, "deployment cancelled; destroying the node failed: {e}")
+                }
+            }
+        })
+    })
+}
+
+/// What happens, for progress output.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The node was created.
+    Created(Node),
+    /// Waiting for the node to run.
+    Waiting,
+    /// The node runs; logging in at this address.
+    Running(Node, SocketAddr),
+    /// Logged in as this user.
+    LoggedIn(String),
+    /// The connection was lost; logging in again to resume at this step (1-based).
+    Reconnecting(usize),
+    /// Step `index` (1-based) of `total`, of this kind, starts.
+    StepStarted {
+        /// 1-based.
+        index: usize,
+        /// How many steps.
+        total: usize,
+        /// The step's kind.
+        kind: &'static str,
+    },
+    /// Step `index` of `total` finished after `elapsed`.
+    StepFinished {
+        /// 1-based.
+        index: usize,
+        /// How many steps.
+        total: usize,
+        /// The step's kind.
+        kind: &'static str,
+        /// How long it took.
+        elapsed: Duration,
+    },
+}
+
+/// Receives progress events.
+pub type Progress = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// Every parameter of Libcloud's `deploy_node`, under Rust names, and what nodeup adds.
+#[derive(Clone)]
+pub struct DeployOptions {
+    /// The first username to log in as (Libcloud's `ssh_username`, default root).
+    pub ssh_username: String,
+    /// Usernames to try after it.
+    pub alternate_usernames: Vec<String>,
+    /// Also try the image's login user (`extra.login_user`) after those.
+    pub try_image_user: bool,
+    /// The SSH port; the node's own (`extra.ssh_port`, else 22) when `None`.
+    pub port: Option<u16>,
+    /// The deadline of each connection attempt.
+    pub ssh_timeout: Duration,
+    /// Private key files; the user's default keys and agent when empty and no password is given.
+    pub ssh_keys: Vec<PathBuf>,
+    /// The passphrase of encrypted key files.
+    pub ssh_key_passphrase: Option<Password>,
+    /// A password to log in with.
+    pub password: Option<Password>,
+    /// With no key file and no password: use the user's default keys (~/.ssh) and ssh-agent.
+    pub default_credentials: bool,
+    /// A credential handed to `create_node` (when the provider accepts that kind).
+    pub auth: Option<NodeAuth>,
+    /// How long to wait for the node to run and accept a login.
+    pub timeout: Duration,
+    /// How many connections the steps may use in all (a lost connection is resumed on the next).
+    pub max_tries: u32,
+    /// Which addresses to log in on.
+    pub interface: Interface,
+    /// The longest pause between two polls of the provider.
+    pub poll_period: Duration,
+    /// Called when the deployment is cancelled after the node exists.
+    pub at_exit: Option<AtExit>,
+    /// What to do with a host key not seen before (accept-new suits nodes created here).
+    pub host_key_policy: HostKeyPolicy,
+    /// The known_hosts file.
+    pub known_hosts: PathBuf,
+    /// Cancels the deployment.
+    pub cancel: CancellationToken,
+    /// Receives script output as it arrives.
+    pub output: Option<OutputSink>,
+    /// Receives progress events.
+    pub progress: Option<Progress>,
+}
+
+impl Default for DeployOptions {
+    fn default() -> Self {
+        DeployOptions {
+            ssh_username: "root".into(),
+            alternate_usernames: Vec::new(),
+            try_image_user: true,
+            port: None,
+            ssh_timeout: Duration::from_secs(10),
+            ssh_keys: Vec::new(),
+            ssh_key_passphrase: None,
+            password: None,
+            default_credentials: true,
+            auth: None,
+            timeout: Duration::from_secs(300),
+            max_tries: 3,
+            interface: Interface::Public,
+            poll_period: Duration::from_secs(2),
+            at_exit: None,
+            host_key_policy: HostKeyPolicy::AcceptNew,
+            known_hosts: default_known_hosts(),
+            cancel: CancellationToken::new(),
+            output: None,
+            progress: None,
+        }
+    }
+}
+
+/// nodeup's own known_hosts file: `$NODEUP_STATE_DIR/known_hosts`, else under
+/// `$XDG_STATE_HOME/nodeup` or `~/.local/state/nodeup`.
+pub fn default_known_hosts() -> PathBuf {
+    let local = crate::providers::local::LocalDriver::default_state_dir();
+    local
+        .parent()
+        .map(|p| p.join("known_hosts"))
+        .unwrap_or_else(|| PathBuf::from("known_hosts"))
+}
+
+impl DeployOptions {
+    fn emit(&self, event: Event) {
+        if let Some(progress) = &self.progress {
+            progress(&event);
+        }
+    }
+
+    /// The credentials to log in with, loaded (and passphrases checked) now.
+    pub fn credentials(&self) -> Result<Credentials, ssh::Error> {
+        let mut creds = if !self.ssh_keys.is_empty() {
+            Credentials::from_key_files(
+                &self.ssh_keys,
+                self.ssh_key_passphrase.as_ref().map(|p| p.0.as_str()),
+            )?
+        } else if self.password.is_some()
+            || matches!(self.auth, Some(NodeAuth::Password(_)))
+            || !self.default_credentials
+        {
+            Credentials::default()
+        } else {
+            Credentials::defaults()
+        };
+        creds.password = self.password.clone().or(match &self.auth {
+            Some(NodeAuth::Password(p)) => Some(Password(p.clone())),
+            _ => None,
+        });
+        Ok(creds)
+    }
+}
+
+/// A finished deployment.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    /// The node, as last listed.
+    pub node: Node,
+    /// The user it logged in as.
+    pub user: String,
+    /// Each step's result, in order.
+    pub steps: Vec<StepResult>,
+    /// How many times the connection was lost and resumed.
+    pub reconnects: u32,
+}
+
+/// Why a deployment failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    /// Bad input; nothing was created.
+    #[error("{0}")]
+    Invalid(String),
+    /// A key file or passphrase cannot be used; nothing was created.
+    #[error(transparent)]
+    Credentials(ssh::Error),
+    /// The provider failed.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// The node did not come up.
+    #[error(transparent)]
+    Wait(#[from] WaitError),
+    /// No login worked.
+    #[error("could not log in: {0}")]
+    Login(ssh::Error),
+    /// A step failed.
+    #[error(transparent)]
+    Step(deploy::Error),
+    /// The deployment was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// A failed deployment: the node (so that the caller can destroy or keep it), the failing step,
+/// what each username got, and the steps that finished.
+#[derive(Debug)]
+pub struct DeploymentError {
+    /// The node, when it was created.
+    pub node: Option<Node>,
+    /// The failing step: 1-based index and kind.
+    pub step: Option<(usize, &'static str)>,
+    /// Why.
+    pub cause: Cause,
+    /// What each username got.
+    pub attempts: Vec<LoginAttempt>,
+    /// The steps that finished before the failure.
+    pub completed: Vec<StepResult>,
+}
+
+impl std::fmt::Display for DeploymentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.node, self.step) {
+            (Some(node), Some((index, kind))) => write!(
+                f,
+                "deployment of node {} ({}) failed at step {index} ({kind})",
+                node.name, node.id
+            ),
+            (Some(node), None) => {
+                write!(f, "deployment of node {} ({}) failed", node.name, node.id)
+            }
+            (None, _) => f.write_str("deployment failed before any node was created"),
+        }?;
+        if matches!(self.cause, Cause::Login(_)) && !self.attempts.is_empty() {
+            let tried: Vec<String> = self
+                .attempts
+                .iter()
+                .map(|a| format!("{} ({} tries): {}", a.user, a.tries, a.last_error))
+                .collect();
+            write!(f, "; logins tried: {}", tried.join("; "))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for DeploymentError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.cause)
+    }
+}
+
+impl DeploymentError {
+    fn before_create(cause: Cause) -> Self {
+        DeploymentError {
+            node: None,
+            step: None,
+            cause,
+            attempts: Vec::new(),
+            completed: Vec::new(),
+        }
+    }
+
+    /// Whether nothing was created (bad input or configuration).
+    pub fn is_before_create(&self) -> bool {
+        self.node.is_none()
+    }
+}
+
+/// Where and how to run steps on a node that exists.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Its SSH address.
+    pub addr: SocketAddr,
+    /// The usernames to try, in order.
+    pub users: Vec<String>,
+    /// Host keys the provider reported for it.
+    pub pinned_host_keys: Vec<String>,
+}
+
+/// A failure of [`run_steps`]: everything of a [`DeploymentError`] but the node.
+#[derive(Debug)]
+pub struct RunFailure {
+    /// The failing step: 1-based index and kind.
+    pub step: Option<(usize, &'static str)>,
+    /// Why.
+    pub cause: Cause,
+    /// What each username got.
+    pub attempts: Vec<LoginAttempt>,
+    /// The steps that finished.
+    pub completed: Vec<StepResult>,
+}
+
+/// What [`run_steps`] did.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// The user it logged in as.
+    pub user: String,
+    /// Each step's result.
+    pub steps: Vec<StepResult>,
+    /// How many times the connection was lost and resumed.
+    pub reconnects: u32,
+}
+
+/// Logs in to `target` and runs `steps` over one connection; a lost connection is resumed, up to
+/// `options.max_tries` connections in all, at the step that did not finish (finished steps never
+/// run again).
+pub async fn run_steps(
+    target: &Target,
+    steps: &Step,
+    creds: &Credentials,
+    options: &DeployOptions,
+) -> Result<Run, RunFailure> {
+    let mut attempts = Vec::new();
+    let mut results: Vec<StepResult> = Vec::new();
+    let flat = steps.flatten();
+    let mut login_options = LoginOptions {
+        users: target.users.clone(),
+        attempt_timeout: options.ssh_timeout,
+        keepalive: Duration::from_secs(5),
+        host_keys: HostKeyCheck {
+            policy: options.host_key_policy,
+            known_hosts: options.known_hosts.clone(),
+            pinned: target.pinned_host_keys.clone(),
+        },
+        host_name: None,
+    };
+    let fail = |cause, step, attempts: Vec<LoginAttempt>, completed: Vec<StepResult>| RunFailure {
+        step,
+        cause,
+        attempts,
+        completed,
+    };
+    let deadline = Instant::now() + options.timeout;
+    let mut logged_in =
+        match login(target.addr, creds, &login_options, deadline, &mut attempts).await {
+            Ok(l) => l,
+            Err(e) => return Err(fail(Cause::Login(e), None, attempts, results)),
+        };
+    options.emit(Event::LoggedIn(logged_in.user.clone()));
+    let mut connections = 1;
+    let mut index = 0;
+    let leftovers = std::sync::Mutex::new(Vec::new());
+    while index < flat.len() {
+        let step = flat[index];
+        let (number, total, kind) = (index + 1, flat.len(), step.kind());
+        options.emit(Event::StepStarted {
+            index: number,
+            total,
+            kind,
+        });
+        let ctx = Context {
+            session: &logged_in.session,
+            home: logged_in.home.clone(),
+            is_root: logged_in.is_root,
+            sink: options.output.clone(),
+            leftovers: &leftovers,
+        };
+        match step.run(&ctx).await {
+            Ok(result) => {
+                options.emit(Event::StepFinished {
+                    index: number,
+                    total,
+                    kind,
+                    elapsed: result.duration,
+                });
+                results.push(result);
+                index += 1;
+            }
+            Err(e) if e.class() == ErrorClass::Reconnect && connections < options.max_tries => {
+                tracing::warn!(
+                    step = number,
+                    "connection lost ({}); resuming",
+                    error_chain(&e)
+                );
+                options.emit(Event::Reconnecting(number));
+                connections += 1;
+                // The user that worked, again; within a fresh time budget.
+                login_options.users = vec![logged_in.user.clone()];
+                let deadline = Instant::now() + options.timeout;
+                logged_in = match login(target.addr, creds, &login_options, deadline, &mut attempts)
+                    .await
+                {
+                    Ok(l) => l,
+                    Err(e) => {
+                        return Err(fail(
+                            Cause::Login(e),
+                            Some((number, kind)),
+                            attempts,
+                            results,
+                        ))
+                    }
+                };
+                // What the interrupted step left (a half-written temporary file, a script's
+                // private directory) goes before the step runs again.
+                let ctx = Context {
+                    session: &logged_in.session,
+                    home: logged_in.home.clone(),
+                    is_root: logged_in.is_root,
+                    sink: None,
+                    leftovers: &leftovers,
+                };
+                if let Err(e) = deploy::remove_leftovers(&ctx).await {
+                    tracing::warn!(
+                        "removing what the interrupted step left: {}",
+                        error_chain(&e)
+                    );
+                }
+            }
+            Err(e) => {
+                return Err(fail(
+                    Cause::Step(e),
+                    Some((number, kind)),
+                    attempts,
+                    results,
+                ))
+            }
+        }
+    }
+    let user = logged_in.user.clone();
+    logged_in.session.close().await;
+    Ok(Run {
+        user,
+        steps: results,
+        reconnects: connections - 1,
+    })
+}
+
+/// Calls the at-exit hook if dropped while armed (the deployment future was dropped).
+struct ExitGuard {
+    driver: Arc<dyn NodeDriver>,
+    node: Node,
+    hook: Option<AtExit>,
+}
+
+impl ExitGuard {
+    fn disarm(mut self) -> Node {
+        self.hook = None;
+        self.node.clone()
+    }
+
+    async fn fire(mut self) -> Node {
+        if let Some(hook) = self.hook.take() {
+            hook(self.driver.clone(), self.node.clone()).await;
+        }
+        self.node.clone()
+    }
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        if let Some(hook) = self.hook.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(hook(self.driver.clone(), self.node.clone()));
+                }
+                Err(_) => tracing::error!(
+                    node = %self.node.name,
+                    "deployment dropped outside a runtime: the at-exit hook could not run"
+                ),
+            }
+        }
+    }
+}
+
+/// Creates a node, waits until it runs, logs in and runs `steps` on it.
+///
+/// Before anything is created: the steps are validated, key files loaded and passphrases checked,
+/// and there must be a way to log in. After the node exists, a failure returns a
+/// [`DeploymentError`] carrying it (the node is left for the caller to destroy or keep), and a
+/// cancellation (`options.cancel`, or the future dropped) calls `options.at_exit`.
+pub async fn deploy_node(
+    driver: Arc<dyn NodeDriver>,
+    request: &CreateNode,
+    steps: &Step,
+    options: &DeployOptions,
+) -> Result<Deployment, DeploymentError> {
+    steps
+        .validate()
+        .map_err(|e| DeploymentError::before_create(Cause::Invalid(e.to_string())))?;
+    let features = driver.features();
+    let creds = options
+        .credentials()
+        .map_err(|e| DeploymentError::before_create(Cause::Credentials(e)))?;
+    if creds.is_empty() && !features.generates_password {
+        return Err(DeploymentError::before_create(Cause::Invalid(
+            "no way to log in: give a private key file (--key), a password, or run an ssh-agent; \
+             ~/.ssh has no default key"
+                .into(),
+        )));
+    }
+    let mut request = request.clone();
+    if let Some(auth) = &options.auth {
+        let accepted = match auth {
+            NodeAuth::SshKey(_) => features.ssh_key,
+            NodeAuth::Password(_) => features.password,
+        };
+        if !accepted {
+            return Err(DeploymentError::before_create(Cause::Invalid(format!(
+                "provider {} does not accept {} when creating a node",
+                driver.name(),
+                match auth {
+                    NodeAuth::SshKey(_) => "an SSH key",
+                    NodeAuth::Password(_) => "a password",
+                }
+            ))));
+        }
+        request.auth = Some(auth.clone());
+    }
+    if options.cancel.is_cancelled() {
+        return Err(DeploymentError::before_create(Cause::Cancelled));
+    }
+
+    let node = driver
+        .create_node(&request)
+        .await
+        .map_err(|e| DeploymentError::before_create(Cause::Provider(e)))?;
+    tracing::info!(node = %node.name, id = %node.id, "node created");
+    options.emit(Event::Created(node.clone()));
+    let guard = ExitGuard {
+        driver: driver.clone(),
+        node: node.clone(),
+        hook: options.at_exit.clone(),
+    };
+    let outcome = tokio::select! {
+        biased;
+        _ = options.cancel.cancelled() => None,
+        result = provision(driver.as_ref(), &node, steps, creds, options) => Some(result),
+    };
+    match outcome {
+        None => {
+            let node = guard.fire().await;
+            Err(DeploymentError {
+                node: Some(node),
+                step: None,
+                cause: Cause::Cancelled,
+                attempts: Vec::new(),
+                completed: Vec::new(),
+            })
+        }
+        Some(Ok(deployment)) => {
+            guard.disarm();
+            Ok(deployment)
+        }
+        Some(Err(mut error)) => {
+            let node = guard.disarm();
+            error.node.get_or_insert(node);
+            Err(error)
+        }
+    }
+}
+
+async fn provision(
+    driver: &dyn NodeDriver,
+    node: &Node,
+    steps: &Step,
+    mut creds: Credentials,
+    options: &DeployOptions,
+) -> Result<Deployment, DeploymentError> {
+    let failed = |cause| DeploymentError {
+        node: Some(node.clone()),
+        step: None,
+        cause,
+        attempts: Vec::new(),
+        completed: Vec::new(),
+    };
+    options.emit(Event::Waiting);
+    let wait = WaitOptions {
+        timeout: options.timeout,
+        poll_period: options.poll_period,
+        interface: options.interface,
+    };
+    let ready = wait_until_running(driver, std::slice::from_ref(&node.id), &wait)
+        .await
+        .map_err(|e| failed(Cause::Wait(e)))?;
+    let Some(ready) = ready.into_iter().next() else {
+        return Err(failed(Cause::Wait(WaitError::Gone(node.id.clone()))));
+    };
+    let node = ready.node;
+    if driver.features().generates_password {
+        if let Some(pw) = node.extra.get("password").and_then(|v| v.as_str()) {
+            creds.password.get_or_insert(Password(pw.to_string()));
+        }
+    }
+    let mut users = vec![options.ssh_username.clone()];
+    for user in &options.alternate_usernames {
+        if !users.contains(user) {
+            users.push(user.clone());
+        }
+    }
+    if options.try_image_user {
+        if let Some(user) = node.login_user() {
+            if !users.iter().any(|u| u == user) {
+                users.push(user.to_string());
+            }
+        }
+    }
+    let pinned = node
+        .extra
+        .get("host_keys")
+        .and_then(|v| v.as_array())
+        .map(|keys| {
+            keys.iter()
+                .filter_map(|k| k.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let addr = SocketAddr::new(
+        ready.addresses[0],
+        options.port.unwrap_or_else(|| node.ssh_port()),
+    );
+    options.emit(Event::Running(node.clone(), addr));
+    let target = Target {
+        addr,
+        users,
+        pinned_host_keys: pinned,
+    };
+    match run_steps(&target, steps, &creds, options).await {
+        Ok(run) => Ok(Deployment {
+            node,
+            user: run.user,
+            steps: run.steps,
+            reconnects: run.reconnects,
+        }),
+        Err(f) => Err(DeploymentError {
+            node: Some(node),
+            step: f.step,
+            cause: f.cause,
+            attempts: f.attempts,
+            completed: f.completed,
+        }),
+    }
+}

@@ -1,0 +1,233 @@
+//! Waiting until nodes run and have an address: one `list_nodes` call per poll for all of them,
+//! polls that start fast and slow down to the poll period, a node in error ending the wait at once.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::driver::{NodeDriver, ProviderError};
+use crate::model::{Node, NodeState};
+
+/// Which addresses to log in on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Interface {
+    /// `public_ips`.
+    #[default]
+    Public,
+    /// `private_ips`.
+    Private,
+}
+
+/// How to wait.
+#[derive(Debug, Clone, Copy)]
+pub struct WaitOptions {
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// The longest pause between two polls (the first polls come sooner).
+    pub poll_period: Duration,
+    /// Which addresses count.
+    pub interface: Interface,
+}
+
+impl Default for WaitOptions {
+    fn default() -> Self {
+        WaitOptions {
+            timeout: Duration::from_secs(300),
+            poll_period: Duration::from_secs(2),
+            interface: Interface::Public,
+        }
+    }
+}
+
+/// A node that runs, with its addresses on the chosen interface, IPv4 first.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// The node as last listed.
+    pub node: Node,
+    /// Its addresses: IPv4 ones first, then IPv6.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// Why a wait ended without every node ready.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    /// Time ran out.
+    #[error("timed out after {after:?} waiting for {}", describe(.waiting))]
+    Timeout {
+        /// The limit.
+        after: Duration,
+        /// The nodes not ready, with their last state (`None`: not listed).
+        waiting: Vec<(String, Option<NodeState>)>,
+    },
+    /// A node went into the error state.
+    #[error("node {name} ({id}) failed: {reason}")]
+    NodeFailed {
+        /// Its id.
+        id: String,
+        /// Its name.
+        name: String,
+        /// What the provider said.
+        reason: String,
+    },
+    /// A node that was listed is gone.
+    #[error("node {0} disappeared while starting")]
+    Gone(String),
+    /// Listing nodes failed.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+}
+
+fn describe(waiting: &[(String, Option<NodeState>)]) -> String {
+    waiting
+        .iter()
+        .map(|(id, state)| match state {
+            Some(state) => format!("node {id} (still {state})"),
+            None => format!("node {id} (not listed)"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Orders addresses IPv4 first, then IPv6, keeping the provider's order within each.
+pub fn preferred(addresses: &[IpAddr]) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = addresses.iter().filter(|a| a.is_ipv4()).copied().collect();
+    out.extend(addresses.iter().filter(|a| a.is_ipv6()));
+    out
+}
+
+/// Waits until every node in `ids` is `Running` with an address on the chosen interface.
+pub async fn wait_until_running(
+    driver: &dyn NodeDriver,
+    ids: &[String],
+    options: &WaitOptions,
+) -> Result<Vec<Ready>, WaitError> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(100).min(options.poll_period);
+    let mut seen = vec![false; ids.len()];
+    loop {
+        let nodes = driver.list_nodes().await?;
+        let mut ready = Vec::with_capacity(ids.len());
+        let mut waiting = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let Some(node) = nodes.iter().find(|n| &n.id == id) else {
+                if seen[i] {
+                    return Err(WaitError::Gone(id.clone()));
+                }
+                waiting.push((id.clone(), None));
+                continue;
+            };
+            seen[i] = true;
+            if node.state == NodeState::Error {
+                let reason = node
+                    .extra
+                    .get("error")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("the provider gave no reason")
+                    .to_string();
+                return Err(WaitError::NodeFailed {
+                    id: id.clone(),
+                    name: node.name.clone(),
+                    reason,
+                });
+            }
+            let addresses = preferred(match options.interface {
+                Interface::Public => &node.public_ips,
+                Interface::Private => &node.private_ips,
+            });
+            if node.state == NodeState::Running && !addresses.is_empty() {
+                ready.push(Ready {
+                    node: node.clone(),
+                    addresses,
+                });
+            } else {
+                waiting.push((id.clone(), Some(node.state)));
+            }
+        }
+        if waiting.is_empty() {
+            return Ok(ready);
+        }
+        if started.elapsed() + pause > options.timeout {
+            return Err(WaitError::Timeout {
+                after: options.timeout,
+                waiting,
+            });
+        }
+        tracing::debug!(?waiting, "waiting for nodes");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(options.poll_period);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::CreateNode;
+    use crate::providers::dummy::DummyDriver;
+
+    async fn two(driver: &DummyDriver) -> Vec<String> {
+        let mut ids = Vec::new();
+        for name in ["a", "b"] {
+            let node = driver
+                .create_node(&CreateNode {
+                    name: name.into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            ids.push(node.id);
+        }
+        ids
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn returns_when_all_run_and_prefers_ipv4() {
+        let driver = DummyDriver::new();
+        let ids = two(&driver).await;
+        let ready = wait_until_running(&driver, &ids, &WaitOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(ready.len(), 2);
+        assert!(ready[0].addresses[0].is_ipv4());
+        let mixed: Vec<IpAddr> = vec!["::1".parse().unwrap(), "10.0.0.1".parse().unwrap()];
+        assert_eq!(preferred(&mixed)[0], "10.0.0.1".parse::<IpAddr>().unwrap());
+        let v6_only: Vec<IpAddr> = vec!["2001:db8::1".parse().unwrap()];
+        assert_eq!(preferred(&v6_only), v6_only);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn times_out_naming_the_nodes_still_pending() {
+        let driver = DummyDriver::new();
+        let ids = two(&driver).await;
+        driver.set_state(&ids[1], NodeState::Pending).unwrap();
+        let options = WaitOptions {
+            timeout: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let err = wait_until_running(&driver, &ids, &options)
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() <= Duration::from_secs(30));
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("node {} (still pending)", ids[1])),
+            "{text}"
+        );
+        assert!(!text.contains(&format!("node {} (", ids[0])), "{text}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_error_state_ends_the_wait_at_once() {
+        let driver = DummyDriver::new();
+        let ids = two(&driver).await;
+        driver.set_state(&ids[0], NodeState::Pending).unwrap();
+        driver.set_state(&ids[1], NodeState::Error).unwrap();
+        let started = Instant::now();
+        let err = wait_until_running(&driver, &ids, &WaitOptions::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, WaitError::NodeFailed { .. }), "{err}");
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+}

@@ -1,0 +1,599 @@
+//! deploy_node on local nodes (real sshd): steps, users, retries, failures, cancellation, resume.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nodeup::deploy::{FileStep, ScriptStep, SshKeyStep, Step};
+use nodeup::driver::NodeDriver;
+use nodeup::engine::{deploy_node, destroy_at_exit, AtExit, Cause, DeployOptions, Event};
+use nodeup::model::{CreateNode, Node, NodeAuth};
+use nodeup::ssh::{self, ExitStatus, Password};
+use testbed::{Faults, RelayedDriver, TestBed};
+
+use crate::{assert_ok, stdout};
+
+fn options(bed: &TestBed) -> DeployOptions {
+    DeployOptions {
+        ssh_keys: vec![bed.client_key().to_path_buf()],
+        known_hosts: bed.dir().join("known_hosts"),
+        timeout: Duration::from_secs(60),
+        poll_period: Duration::from_millis(200),
+        ..Default::default()
+    }
+}
+
+fn request(bed: &TestBed, name: &str, image: &str) -> CreateNode {
+    CreateNode {
+        name: name.into(),
+        image: Some(image.into()),
+        auth: Some(NodeAuth::SshKey(bed.client_public_key().into())),
+        ..Default::default()
+    }
+}
+
+fn keygen(dir: &Path, name: &str, passphrase: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", passphrase, "-f"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    path
+}
+
+/// Logs in with OpenSSH and a given key: proves the key works.
+fn ssh_with_key(node: &Node, key: &Path, user: &str, command: &str) -> std::process::Output {
+    Command::new("ssh")
+        .args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .arg("-i")
+        .arg(key)
+        .args(["-p", &node.ssh_port().to_string()])
+        .arg(format!("{user}@{}", node.public_ips[0]))
+        .args(["--", command])
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_step_kinds_as_root() {
+    let bed = TestBed::new().unwrap();
+    let local = bed.dir().join("files");
+    std::fs::create_dir(&local).unwrap();
+    std::fs::write(local.join("motd"), "welcome\n").unwrap();
+    std::fs::write(local.join("tool.sh"), "#!/bin/sh\necho tool\n").unwrap();
+    std::fs::set_permissions(
+        local.join("tool.sh"),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
+    let deployer = keygen(&local, "deployer", "");
+    let deployer_pub = std::fs::read_to_string(deployer.with_extension("pub")).unwrap();
+
+    let mut script = ScriptStep::inline(
+        "#!/bin/sh\nprintf '%s|' \"$@\"; echo; echo \"env=$APP_ENV\"; echo warning >&2; pwd\n",
+    );
+    script.args = vec!["two words".into(), "it's".into(), "$(reboot)".into()];
+    script.env = vec![("APP_ENV".into(), "production value".into())];
+    let steps = Step::Multi(vec![
+        Step::SshKey(SshKeyStep::new(&deployer_pub)),
+        Step::File(FileStep {
+            mode: Some(0o640),
+            ..FileStep::new(local.join("motd"), "/etc/motd")
+        }),
+        Step::File(FileStep::new(
+            local.join("tool.sh"),
+            "/opt/tools/bin/tool.sh",
+        )),
+        Step::Script(script),
+        Step::SshKey(SshKeyStep::new(&deployer_pub)),
+    ]);
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let options = DeployOptions {
+        progress: Some(Arc::new(move |e: &Event| {
+            seen.lock().unwrap().push(format!("{e:?}"))
+        })),
+        ..options(&bed)
+    };
+    let driver: Arc<dyn NodeDriver> = Arc::new(bed.driver().clone());
+    let done = deploy_node(
+        driver,
+        &request(&bed, "all-kinds", "debian"),
+        &steps,
+        &options,
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.user, "root");
+    assert_eq!(done.steps.len(), 5);
+    assert_eq!(done.reconnects, 0);
+    let node = bed.adopt(done.node.clone());
+
+    assert_eq!(node.read_file("/etc/motd").unwrap(), b"welcome\n");
+    let motd = node.metadata("/etc/motd").unwrap();
+    assert_eq!((motd.mode() & 0o7777, motd.uid()), (0o640, 0));
+    assert_eq!(
+        node.metadata("/opt/tools/bin/tool.sh").unwrap().mode() & 0o7777,
+        0o750
+    );
+    assert!(
+        !Path::new("/opt/tools/bin/tool.sh").exists(),
+        "the host is untouched"
+    );
+
+    let script = &done.steps[3];
+    assert_eq!(script.status, Some(ExitStatus::Code(0)));
+    assert_eq!(
+        script.stdout.text(),
+        "two words|it's|$(reboot)|\nenv=production value\n/root\n"
+    );
+    assert_eq!(script.stderr.text(), "warning\n");
+    let leftovers = node.exec("ls -A /root").unwrap();
+    assert!(
+        !stdout(&leftovers).contains(".nodeup-"),
+        "script directory removed: {}",
+        stdout(&leftovers)
+    );
+
+    // The new key logs in; it was added once although the step ran twice.
+    let out = ssh_with_key(&done.node, &deployer, "root", "id -un");
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "root\n");
+    let keys = String::from_utf8(node.read_file("/root/.ssh/authorized_keys").unwrap()).unwrap();
+    assert_eq!(
+        keys.matches(deployer_pub.split_whitespace().nth(1).unwrap())
+            .count(),
+        1
+    );
+    assert!(
+        done.steps[4].note.contains("already"),
+        "{}",
+        done.steps[4].note
+    );
+
+    let events = events.lock().unwrap().join("\n");
+    assert!(events.contains("LoggedIn(\"root\")"), "{events}");
+    assert!(
+        events.contains("StepStarted { index: 5, total: 5, kind: \"ssh-key\" }"),
+        "{events}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_refused_then_the_login_user_works_with_sudo() {
+    let bed = TestBed::new().unwrap();
+    let local = bed.dir().join("files");
+    std::fs::create_dir(&local).unwrap();
+    std::fs::write(local.join("motd"), "managed by nodeup\n").unwrap();
+    let extra = keygen(&local, "extra", "");
+    let extra_pub = std::fs::read_to_string(extra.with_extension("pub")).unwrap();
+
+    let mut as_root = ScriptStep::inline("id -u; echo root-was-here > /root/marker");
+    as_root.sudo = true;
+    let steps = Step::Multi(vec![
+        // An authorized_keys without its final newline: the key must still go on a line of its own.
+        Step::Script(ScriptStep::inline(
+            "printf %s \"$(cat ~/.ssh/authorized_keys)\" > ~/.ssh/authorized_keys.new && mv ~/.ssh/authorized_keys.new ~/.ssh/authorized_keys",
+        )),
+        Step::SshKey(SshKeyStep::new(&extra_pub)),
+        Step::File(FileStep { mode: Some(0o644), sudo: true, ..FileStep::new(local.join("motd"), "/etc/motd") }),
+        Step::Script(as_root),
+        Step::Script(ScriptStep::inline("id -un")),
+    ]);
+    let options = DeployOptions {
+        alternate_usernames: vec!["debian".into()],
+        try_image_user: false,
+        ..options(&bed)
+    };
+    let driver: Arc<dyn NodeDriver> = Arc::new(bed.driver().clone());
+    let started = std::time::Instant::now();
+    let done = deploy_node(
+        driver,
+        &request(&bed, "sudoer", "cloud-debian"),
+        &steps,
+        &options,
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.user, "debian");
+    // The refusing root account sleeps 10 s after its message; the probe does not wait for it.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let node = bed.adopt(done.node.clone());
+
+    let motd = node.metadata("/etc/motd").unwrap();
+    assert_eq!((motd.mode() & 0o7777, motd.uid()), (0o644, 0));
+    assert_eq!(node.read_file("/etc/motd").unwrap(), b"managed by nodeup\n");
+    assert_eq!(done.steps[3].stdout.text(), "0\n");
+    assert_eq!(node.read_file("/root/marker").unwrap(), b"root-was-here\n");
+    assert_eq!(done.steps[4].stdout.text(), "debian\n");
+
+    let keys =
+        String::from_utf8(node.read_file("/home/debian/.ssh/authorized_keys").unwrap()).unwrap();
+    let lines: Vec<&str> = keys.lines().collect();
+    assert_eq!(lines.len(), 2, "{keys:?}");
+    assert!(
+        lines[1].starts_with("ssh-ed25519 ") && keys.ends_with('\n'),
+        "{keys:?}"
+    );
+    let out = ssh_with_key(&done.node, &extra, "debian", "true");
+    assert_ok(&out);
+    let home = node.exec("ls -A /home/debian").unwrap();
+    assert!(!stdout(&home).contains(".nodeup-"), "{}", stdout(&home));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_user_is_tried_and_every_attempt_is_reported() {
+    let bed = TestBed::new().unwrap();
+    let driver: Arc<dyn NodeDriver> = Arc::new(bed.driver().clone());
+    let steps = Step::Script(ScriptStep::inline("id -un"));
+    // root is refused by the image, "admin" does not exist: the image's user, debian, works.
+    let options = DeployOptions {
+        alternate_usernames: vec!["admin".into()],
+        ..options(&bed)
+    };
+    let done = deploy_node(
+        driver.clone(),
+        &request(&bed, "imageuser", "cloud-debian"),
+        &steps,
+        &options,
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.user, "debian");
+
+    // Nobody gets in: the error names what each username got.
+    let options = DeployOptions {
+        alternate_usernames: vec!["admin".into()],
+        try_image_user: false,
+        timeout: Duration::from_secs(3),
+        ..options
+    };
+    let err = deploy_node(
+        driver.clone(),
+        &request(&bed, "nobody", "cloud-debian"),
+        &steps,
+        &options,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err.cause, Cause::Login(_)), "{err}");
+    let node = err.node.clone().expect("the error carries the node");
+    let users: Vec<&str> = err.attempts.iter().map(|a| a.user.as_str()).collect();
+    assert_eq!(users, ["root", "admin"]);
+    assert!(
+        err.attempts[0]
+            .last_error
+            .contains("Please login as the user"),
+        "{:?}",
+        err.attempts
+    );
+    assert!(
+        err.attempts[1]
+            .last_error
+            .contains("authentication rejected"),
+        "{:?}",
+        err.attempts
+    );
+    assert!(
+        err.attempts.iter().all(|a| a.tries >= 2),
+        "users are tried again: {:?}",
+        err.attempts
+    );
+    assert!(err.to_string().contains("logins tried"), "{err}");
+    driver.destroy_node(&node).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sshd_listening_3s_late_is_waited_for() {
+    let bed = TestBed::new().unwrap();
+    let driver: Arc<dyn NodeDriver> = Arc::new(bed.driver().clone());
+    let mut req = request(&bed, "late", "debian");
+    req.extra.insert("listen_delay_ms".into(), 3000.into());
+    let steps = Step::Script(ScriptStep::inline("echo up"));
+    let started = std::time::Instant::now();
+    let done = deploy_node(driver, &req, &steps, &options(&bed))
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert_eq!(done.steps[0].stdout.text(), "up\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_script_fails_the_deployment_with_its_output_and_the_node() {
+    let bed = TestBed::new().unwrap();
+    let driver: Arc<dyn NodeDriver> = Arc::new(bed.driver().clone());
+    let mut accepted = ScriptStep::inline("echo partial; exit 3");
+    accepted.exit_codes = vec![0, 3];
+    let steps = Step::Multi(vec![
+        Step::Script(accepted),
+        Step::Script(ScriptStep::inline(
+            "echo before; echo 'disk full' >&2; exit 7",
+        )),
+        Step::Script(ScriptStep::inline("touch /root/never")),
+    ]);
+    let err = deploy_node(
+        driver.clone(),
+        &request(&bed, "failing", "debian"),
+        &steps,
+        &options(&bed),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.step, Some((2, "script")));
+    let Cause::Step(step_error) = &err.cause else {
+        panic!("{err}")
+    };
+    let (status, out, errout) = step_error.output().unwrap();
+    assert_eq!(status, Some(&ExitStatus::Code(7)));
+    assert_eq!(out.text(), "before\n");
+    assert_eq!(errout.text(), "disk full\n");
+    assert!(
+        nodeup::engine::error_chain(&err).contains("disk full"),
+        "{}",
+        nodeup::engine::error_chain(&err)
+    );
+    assert_eq!(err.completed.len(), 1);
+    assert_eq!(err.completed[0].status, Some(ExitStatus::Code(3)));
+    let node = bed.adopt(err.node.clone().unwrap());
+    assert!(
+        node.read_file("/root/never").is_err(),
+        "later steps do not run"
+    );
+    driver.destroy_node(&node.node).await.unwrap();
+    assert!(driver.list_nodes().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_host_key_is_refused_at_once() {
+    let bed = TestBed::new().unwrap();
+    let driver: Arc<dyn NodeDriver> = Arc::new(bed.driver().clone());
+    let steps = Step::Script(ScriptStep::inline("true"));
+    let first = deploy_node(
+        driver.clone(),
+        &request(&bed, "victim", "debian"),
+        &steps,
+        &options(&bed),
+    )
+    .await
+    .unwrap();
+    driver.destroy_node(&first.node).await.unwrap();
+    // A new node at the same address has other host keys, as an impostor would.
+    let started = std::time::Instant::now();
+    let err = deploy_node(
+        driver.clone(),
+        &request(&bed, "victim", "debian"),
+        &steps,
+        &options(&bed),
+    )
+    .await
+    .unwrap_err();
+    let node = err.node.clone().unwrap();
+    assert_eq!(node.public_ips, first.node.public_ips);
+    assert!(
+        matches!(err.cause, Cause::Login(ssh::Error::HostKeyChanged { .. })),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "no retry on a changed key"
+    );
+    assert!(nodeup::engine::error_chain(&err).contains("ssh-keygen -R"));
+    driver.destroy_node(&node).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_keys_need_the_right_passphrase_before_anything_is_created() {
+    let bed = TestBed::new().unwrap();
+    let driver: Arc<dyn NodeDriver> = Arc::new(bed.driver().clone());
+    let key = keygen(bed.dir(), "locked", "correct horse");
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let steps = Step::Script(ScriptStep::inline("echo unlocked"));
+    let mut req = request(&bed, "locked", "debian");
+    req.auth = Some(NodeAuth::SshKey(public));
+
+    for passphrase in [None, Some("wrong")] {
+        let options = DeployOptions {
+            ssh_keys: vec![key.clone()],
+            ssh_key_passphrase: passphrase.map(|p| Password(p.into())),
+            ..options(&bed)
+        };
+        let err = deploy_node(driver.clone(), &req, &steps, &options)
+            .await
+            .unwrap_err();
+        assert!(err.is_before_create(), "{err}");
+        assert!(matches!(err.cause, Cause::Credentials(_)), "{err}");
+        assert!(
+            nodeup::engine::error_chain(&err).contains("locked"),
+            "names the key file"
+        );
+        assert!(
+            driver.list_nodes().await.unwrap().is_empty(),
+            "nothing was created"
+        );
+    }
+    let options = DeployOptions {
+        ssh_keys: vec![key.clone()],
+        ssh_key_passphrase: Some(Password("correct horse".into())),
+        ..options(&bed)
+    };
+    let done = deploy_node(driver.clone(), &req, &steps, &options)
+        .await
+        .unwrap();
+    assert_eq!(done.steps[0].stdout.text(), "unlocked\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_after_create_calls_the_hook_and_the_node_is_gone() {
+    let bed = TestBed::new().unwrap();
+    let driver: Arc<dyn NodeDriver> = Arc::new(bed.driver().clone());
+    let steps = Step::Script(ScriptStep::inline("sleep 60"));
+    let called = Arc::new(AtomicBool::new(false));
+    let flag = called.clone();
+    let destroy = destroy_at_exit();
+    let hook: AtExit = Arc::new(move |driver, node| {
+        flag.store(true, Ordering::SeqCst);
+        destroy(driver, node)
+    });
+    let options = options(&bed);
+    let cancel = options.cancel.clone();
+    let options = DeployOptions {
+        at_exit: Some(hook.clone()),
+        progress: Some(Arc::new(move |e: &Event| {
+            if matches!(e, Event::StepStarted { .. }) {
+                cancel.cancel();
+            }
+        })),
+        ..options
+    };
+    let err = deploy_node(
+        driver.clone(),
+        &request(&bed, "cancelled", "debian"),
+        &steps,
+        &options,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err.cause, Cause::Cancelled), "{err}");
+    assert!(called.load(Ordering::SeqCst));
+    assert!(err.node.is_some());
+    assert!(
+        driver.list_nodes().await.unwrap().is_empty(),
+        "the hook destroyed the node"
+    );
+
+    // The deployment future dropped (a caller's own timeout): the hook runs too.
+    called.store(false, Ordering::SeqCst);
+    let mut req = request(&bed, "dropped", "debian");
+    req.extra.insert("listen_delay_ms".into(), 60_000.into());
+    let options = DeployOptions {
+        at_exit: Some(hook),
+        ..self::options(&bed)
+    };
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(1500),
+        deploy_node(driver.clone(), &req, &steps, &options),
+    )
+    .await;
+    assert!(dropped.is_err());
+    for _ in 0..100 {
+        if driver.list_nodes().await.unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(called.load(Ordering::SeqCst));
+    assert!(
+        driver.list_nodes().await.unwrap().is_empty(),
+        "the hook destroyed the node"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_reset_mid_step_resumes_without_rerunning_steps() {
+    let bed = TestBed::new().unwrap();
+    let big: Vec<u8> = (0..2 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let local = bed.dir().join("big.bin");
+    std::fs::write(&local, &big).unwrap();
+    // The first connection is reset after 400 kB: in the middle of the upload.
+    let faults = Faults {
+        reset_after: Some(400_000),
+        ..Faults::default()
+    };
+    let relayed = Arc::new(RelayedDriver::new(bed.driver().clone(), Some(faults)));
+    let driver: Arc<dyn NodeDriver> = relayed.clone();
+    let steps = Step::Multi(vec![
+        Step::Script(ScriptStep::inline("echo a >> /root/runs")),
+        Step::File(FileStep {
+            mode: Some(0o600),
+            ..FileStep::new(&local, "/srv/big.bin")
+        }),
+        Step::Script(ScriptStep::inline("echo b >> /root/runs")),
+    ]);
+    let done = deploy_node(
+        driver,
+        &request(&bed, "resumer", "debian"),
+        &steps,
+        &options(&bed),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.reconnects, 1);
+    let relay = relayed.relay(&done.node.id).unwrap();
+    assert!(relay.accepted() >= 2);
+    let node = bed.adopt(bed.driver().get_node(&done.node.id).await.unwrap());
+    assert_eq!(
+        node.read_file("/root/runs").unwrap(),
+        b"a\nb\n",
+        "each step ran once"
+    );
+    assert!(
+        node.read_file("/srv/big.bin").unwrap() == big,
+        "the file arrived whole"
+    );
+    let listing = node.exec("ls -A /srv").unwrap();
+    assert_eq!(stdout(&listing), "big.bin\n", "no temporary file left");
+}
+
+#[tokio::test]
+async fn bad_steps_and_no_credentials_create_nothing() {
+    let bed = TestBed::new().unwrap();
+    let driver: Arc<dyn NodeDriver> = Arc::new(bed.driver().clone());
+    let steps = Step::Multi(vec![
+        Step::Script(ScriptStep::inline("true")),
+        Step::File(FileStep::new(bed.dir().join("missing.conf"), "/etc/x")),
+    ]);
+    let err = deploy_node(
+        driver.clone(),
+        &request(&bed, "x", "debian"),
+        &steps,
+        &options(&bed),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.is_before_create());
+    let text = nodeup::engine::error_chain(&err);
+    assert!(
+        text.contains("step 2 (file)") && text.contains("missing.conf"),
+        "{text}"
+    );
+
+    let steps = Step::Script(ScriptStep::inline("true"));
+    let options = DeployOptions {
+        ssh_keys: vec![],
+        default_credentials: false,
+        ..options(&bed)
+    };
+    let err = deploy_node(
+        driver.clone(),
+        &request(&bed, "x", "debian"),
+        &steps,
+        &options,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.is_before_create());
+    assert!(err.cause.to_string().contains("no way to log in"), "{err}");
+    assert!(driver.list_nodes().await.unwrap().is_empty());
+}
