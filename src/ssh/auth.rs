@@ -25,8 +25,8 @@ impl fmt::Debug for Password {
 pub struct Credentials {
     /// Loaded private keys, with the file each came from.
     pub keys: Vec<(PathBuf, Arc<PrivateKey>)>,
-    /// Try the identities of the agent at `$SSH_AUTH_SOCK`.
-    pub agent: bool,
+    /// Try the identities of the ssh-agent listening on this socket (`$SSH_AUTH_SOCK`).
+    pub agent: Option<PathBuf>,
     /// A password.
     pub password: Option<Password>,
 }
@@ -41,7 +41,7 @@ impl Credentials {
             .collect::<Result<_, Error>>()?;
         Ok(Credentials {
             keys,
-            agent: false,
+            agent: None,
             password: None,
         })
     }
@@ -61,14 +61,14 @@ impl Credentials {
             .collect();
         Credentials {
             keys,
-            agent: std::env::var_os("SSH_AUTH_SOCK").is_some(),
+            agent: std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from),
             password: None,
         }
     }
 
     /// Whether there is any way to log in at all.
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty() && !self.agent && self.password.is_none()
+        self.keys.is_empty() && self.agent.is_none() && self.password.is_none()
     }
 }
 

@@ -257,8 +257,8 @@ async fn authenticate(
             return Ok(());
         }
     }
-    if creds.agent {
-        match AgentClient::connect_env().await {
+    if let Some(socket) = &creds.agent {
+        match AgentClient::connect_uds(socket).await {
             Ok(mut agent) => {
                 let identities = agent.request_identities().await.unwrap_or_default();
                 for identity in identities {
@@ -280,7 +280,10 @@ async fn authenticate(
                     }
                 }
             }
-            Err(e) => tracing::debug!("no ssh-agent: {e}"),
+            Err(e) => {
+                tracing::debug!("no ssh-agent at {}: {e}", socket.display());
+                tried.push(format!("agent at {} (unreachable: {e})", socket.display()));
+            }
         }
     }
     if let Some(password) = &creds.password {

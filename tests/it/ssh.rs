@@ -286,3 +286,55 @@ async fn auth_failures_say_what_was_tried() {
     let out = ssh.exec("id -un", &ExecOptions::default()).await.unwrap();
     assert_eq!(out.stdout.text(), "debian\n");
 }
+
+#[tokio::test]
+async fn the_agent_signs_for_keys_it_holds() {
+    let bed = TestBed::new().unwrap();
+    let node = bed.node(NodeSpec::new("agented")).await.unwrap();
+    let socket = bed.dir().join("agent.sock");
+    // A real ssh-agent in the foreground (-D) on a socket of ours, holding the test bed's key;
+    // killed when the test ends, however it ends.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _agent = Kill(
+        std::process::Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    for _ in 0..100 {
+        if socket.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let added = std::process::Command::new("ssh-add")
+        .arg(bed.client_key())
+        .env("SSH_AUTH_SOCK", &socket)
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{added:?}");
+
+    let check = HostKeyCheck {
+        policy: HostKeyPolicy::AcceptNew,
+        known_hosts: bed.dir().join("known_hosts"),
+        pinned: vec![],
+    };
+    let creds = Credentials {
+        agent: Some(socket.clone()),
+        ..Default::default()
+    };
+    let ssh = SshSession::connect(&ConnectOptions::new(node.addr(), "root", check), &creds)
+        .await
+        .unwrap();
+    let out = ssh.exec("id -un", &ExecOptions::default()).await.unwrap();
+    assert_eq!(out.stdout.text(), "root\n");
+}
