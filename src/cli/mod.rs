@@ -1,6 +1,10 @@
 //! The command line: clap definitions, one file per subcommand, and the exit-code mapping.
 
+pub mod catalog;
+pub mod deploy;
 pub mod nodes;
+pub mod output;
+pub mod run;
 
 use std::process::ExitCode;
 
@@ -23,9 +27,25 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create a node and provision it with a step file.
+    Deploy(deploy::DeployArgs),
+    /// Provision machines that exist already with a step file.
+    Run(run::RunArgs),
     /// Create, list, reboot and destroy nodes.
     #[command(subcommand)]
     Nodes(nodes::NodesCommand),
+    /// List the providers.
+    Providers {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a provider's images.
+    Images(catalog::CatalogArgs),
+    /// List a provider's sizes.
+    Sizes(catalog::CatalogArgs),
+    /// List a provider's locations.
+    Locations(catalog::CatalogArgs),
 }
 
 /// What went wrong, sorted by exit code: 2 for bad input or configuration (nothing was created),
@@ -68,6 +88,15 @@ impl Failure {
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
+        Command::Deploy(args) => deploy::run(args).await,
+        Command::Run(args) => run::run(args).await,
         Command::Nodes(cmd) => nodes::run(cmd).await,
+        Command::Providers { json } => {
+            catalog::providers(json);
+            Ok(())
+        }
+        Command::Images(args) => catalog::list(catalog::Catalog::Images, args).await,
+        Command::Sizes(args) => catalog::list(catalog::Catalog::Sizes, args).await,
+        Command::Locations(args) => catalog::list(catalog::Catalog::Locations, args).await,
     }
 }

@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 use nodeup::driver::{self, NodeDriver};
 use nodeup::model::{CreateNode, Node, NodeAuth, NodeState};
 
+use super::output::print_json;
 use super::Failure;
 
 /// `nodeup nodes` subcommands.
@@ -61,7 +62,7 @@ pub struct CreateArgs {
     #[arg(long)]
     no_wait: bool,
     /// How long to wait for the node to run, e.g. 90s, 5m.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = nodeup::deploy::stepfile::parse_duration)]
     wait_timeout: Duration,
     /// Print the node as JSON.
     #[arg(long)]
@@ -238,14 +239,6 @@ async fn resolve(args: &NodeArgs) -> Result<(Arc<dyn NodeDriver>, Node), Failure
     }
 }
 
-fn print_json<T: serde::Serialize + ?Sized>(value: &T) {
-    // Serializing our own plain data types cannot fail.
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    );
-}
-
 fn print_table(nodes: &[Node]) {
     let rows: Vec<[String; 6]> = nodes
         .iter()
@@ -292,28 +285,4 @@ fn print_table(nodes: &[Node]) {
     for row in &rows {
         line(row.each_ref().map(String::as_str));
     }
-}
-
-/// Parses `90s`, `5m`, `1h`, `500ms` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration: write e.g. 30s, 5m, 1h or 500ms"))?;
-    let seconds = match unit.trim() {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?}: use ms, s, m or h"
-            ))
-        }
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }

@@ -7,6 +7,7 @@
 mod file;
 mod script;
 mod ssh_key;
+pub mod stepfile;
 
 use std::time::Duration;
 

@@ -95,6 +95,12 @@ pub struct DeployOptions {
     pub password: Option<Password>,
     /// With no key file and no password: use the user's default keys (~/.ssh) and ssh-agent.
     pub default_credentials: bool,
+    /// With no way to log in at all and a provider that installs SSH keys: generate a temporary
+    /// ed25519 key for this node (kept in memory only) and log in with it.
+    pub temporary_key: bool,
+    /// With no `auth` and a provider that installs SSH keys: hand it the public half of the first
+    /// key, so that the new node lets nodeup in.
+    pub authorize_key: bool,
     /// A credential handed to `create_node` (when the provider accepts that kind).
     pub auth: Option<NodeAuth>,
     /// How long to wait for the node to run and accept a login.
@@ -131,6 +137,8 @@ impl Default for DeployOptions {
             ssh_key_passphrase: None,
             password: None,
             default_credentials: true,
+            temporary_key: true,
+            authorize_key: true,
             auth: None,
             timeout: Duration::from_secs(300),
             max_tries: 3,
@@ -501,9 +509,24 @@ pub async fn deploy_node(
         .validate()
         .map_err(|e| DeploymentError::before_create(Cause::Invalid(e.to_string())))?;
     let features = driver.features();
-    let creds = options
+    let mut creds = options
         .credentials()
         .map_err(|e| DeploymentError::before_create(Cause::Credentials(e)))?;
+    if creds.is_empty() && features.ssh_key && options.temporary_key && options.auth.is_none() {
+        let key = russh::keys::PrivateKey::random(
+            &mut rand::rng(),
+            russh::keys::Algorithm::Ed25519,
+        )
+        .map_err(|e| {
+            DeploymentError::before_create(Cause::Invalid(format!(
+                "generating a temporary key: {e}"
+            )))
+        })?;
+        tracing::info!("no key given: logging in with a temporary ed25519 key");
+        creds
+            .keys
+            .push((PathBuf::from("(temporary key)"), Arc::new(key)));
+    }
     if creds.is_empty() && !features.generates_password {
         return Err(DeploymentError::before_create(Cause::Invalid(
             "no way to log in: give a private key file (--key), a password, or run an ssh-agent; \
@@ -512,7 +535,15 @@ pub async fn deploy_node(
         )));
     }
     let mut request = request.clone();
-    if let Some(auth) = &options.auth {
+    let handed_key = match (&options.auth, creds.keys.first()) {
+        (None, Some((_, key))) if options.authorize_key && features.ssh_key => key
+            .public_key()
+            .to_openssh()
+            .ok()
+            .map(NodeAuth::SshKey),
+        _ => None,
+    };
+    if let Some(auth) = options.auth.as_ref().or(handed_key.as_ref()) {
         let accepted = match auth {
             NodeAuth::SshKey(_) => features.ssh_key,
             NodeAuth::Password(_) => features.password,

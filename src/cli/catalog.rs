@@ -1,0 +1,85 @@
+//! `nodeup providers`, `nodeup images|sizes|locations --provider P`: what a provider offers.
+
+use clap::Args;
+
+use nodeup::driver;
+
+use super::nodes::ProviderArg;
+use super::output::print_json;
+use super::Failure;
+
+/// `nodeup images|sizes|locations`.
+#[derive(Debug, Args)]
+pub struct CatalogArgs {
+    #[command(flatten)]
+    provider: ProviderArg,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What to list.
+#[derive(Debug, Clone, Copy)]
+pub enum Catalog {
+    /// Images.
+    Images,
+    /// Sizes.
+    Sizes,
+    /// Locations.
+    Locations,
+}
+
+/// Prints the registered providers.
+pub fn providers(json: bool) {
+    let names = driver::providers();
+    if json {
+        print_json(&names);
+    } else {
+        for name in names {
+            println!("{name}");
+        }
+    }
+}
+
+/// Lists images, sizes or locations.
+pub async fn list(what: Catalog, args: CatalogArgs) -> Result<(), Failure> {
+    let driver = driver::get_driver(&args.provider.provider)?;
+    let rows: Vec<(String, String)> = match what {
+        Catalog::Images => {
+            let images = driver.list_images().await?;
+            if args.json {
+                print_json(&images);
+                return Ok(());
+            }
+            images.into_iter().map(|i| (i.id, i.name)).collect()
+        }
+        Catalog::Sizes => {
+            let sizes = driver.list_sizes().await?;
+            if args.json {
+                print_json(&sizes);
+                return Ok(());
+            }
+            sizes
+                .into_iter()
+                .map(|s| {
+                    let cpus = s.vcpus.map(|c| format!("{c} vCPU, ")).unwrap_or_default();
+                    (s.id, format!("{} ({cpus}{} MiB)", s.name, s.ram_mib))
+                })
+                .collect()
+        }
+        Catalog::Locations => {
+            let locations = driver.list_locations().await?;
+            if args.json {
+                print_json(&locations);
+                return Ok(());
+            }
+            locations.into_iter().map(|l| (l.id, l.name)).collect()
+        }
+    };
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(2).max(2);
+    println!("{:width$}  NAME", "ID");
+    for (id, name) in rows {
+        println!("{id:width$}  {name}");
+    }
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! `nodeup deploy STEPFILE`: create a node and provision it; on failure destroy it (unless
+//! --keep-on-failure) and say which; Ctrl+C or SIGTERM once cancels and cleans up, twice stops at once.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use clap::Args;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use nodeup::deploy::stepfile::{self, parse_duration, StepFile};
+use nodeup::driver::{self, NodeDriver};
+use nodeup::engine::{self, destroy_at_exit, Cause, DeployOptions, Event};
+use nodeup::model::{CreateNode, Node};
+use nodeup::ssh::{HostKeyPolicy, Password};
+
+use super::output::{self, print_json};
+use super::Failure;
+
+/// Login options shared by `deploy` and `run`; each overrides the step file's `[ssh]`.
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    /// The first username to log in as (default: the step file's, else root).
+    #[arg(long, value_name = "USER")]
+    pub ssh_user: Option<String>,
+    /// A username to try after it (repeatable).
+    #[arg(long = "alt-user", value_name = "USER")]
+    pub alt_users: Vec<String>,
+    /// A private key file (repeatable). Its passphrase, if any, comes from NODEUP_KEY_PASSPHRASE.
+    #[arg(long = "key", value_name = "PATH")]
+    pub keys: Vec<PathBuf>,
+    /// The known_hosts file to check host keys against.
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// strict, accept-new or off.
+    #[arg(long, value_name = "POLICY")]
+    pub host_key_policy: Option<HostKeyPolicy>,
+    /// How long to wait for the node to run and accept a login, e.g. 5m.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// How many connections the steps may use in all (a lost one is resumed on the next).
+    #[arg(long)]
+    pub max_tries: Option<u32>,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `nodeup deploy`.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The step file.
+    pub stepfile: PathBuf,
+    /// The provider (default: the step file's, else local).
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// The node's name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The image id.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// The size id.
+    #[arg(long)]
+    pub size: Option<String>,
+    /// The location id.
+    #[arg(long)]
+    pub location: Option<String>,
+    /// Keep the node when a step fails (it is destroyed otherwise).
+    #[arg(long)]
+    pub keep_on_failure: bool,
+    #[command(flatten)]
+    pub ssh: SshArgs,
+}
+
+/// Deploy options from the step file's `[ssh]`, then the command line over it.
+pub fn options(file: &StepFile, ssh: &SshArgs, policy: HostKeyPolicy) -> DeployOptions {
+    let mut options = DeployOptions {
+        host_key_policy: policy,
+        ..Default::default()
+    };
+    if let Some(user) = ssh.ssh_user.clone().or(file.ssh.username.clone()) {
+        options.ssh_username = user;
+    }
+    options.alternate_usernames = file.ssh.alternate_usernames.clone();
+    options.alternate_usernames.extend(ssh.alt_users.iter().cloned());
+    options.ssh_keys = if ssh.keys.is_empty() {
+        file.ssh.keys.clone()
+    } else {
+        ssh.keys.clone()
+    };
+    options.ssh_key_passphrase = std::env::var("NODEUP_KEY_PASSPHRASE").ok().map(Password);
+    options.password = std::env::var("NODEUP_SSH_PASSWORD").ok().map(Password);
+    options.port = file.ssh.port;
+    if let Some(t) = file.ssh.timeout {
+        options.ssh_timeout = t;
+    }
+    if let Some(t) = ssh.timeout.or(file.node.timeout) {
+        options.timeout = t;
+    }
+    if let Some(n) = ssh.max_tries.or(file.ssh.max_tries) {
+        options.max_tries = n;
+    }
+    if let Some(p) = ssh.host_key_policy.or(file.ssh.host_key_policy) {
+        options.host_key_policy = p;
+    }
+    if let Some(k) = ssh.known_hosts.clone().or(file.ssh.known_hosts.clone()) {
+        options.known_hosts = k;
+    }
+    if let Some(i) = file.ssh.interface {
+        options.interface = i;
+    }
+    options
+}
+
+/// Cancels `token` on the first Ctrl+C or SIGTERM; on the second, says what is left and exits.
+pub fn cancel_on_signals(token: CancellationToken, created: Arc<Mutex<Vec<Node>>>) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("cannot watch SIGTERM: {e}");
+                    return;
+                }
+            };
+        for round in 0..2 {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            if round == 0 {
+                eprintln!("cancelling: cleaning up what was created (again to stop at once)");
+                token.cancel();
+            } else {
+                let left = created.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                for node in left {
+                    eprintln!(
+                        "stopping now: node {} ({}) may be left; destroy it with `nodeup nodes destroy {} --provider {}`",
+                        node.name, node.id, node.id, node.provider
+                    );
+                }
+                std::process::exit(1);
+            }
+        }
+    });
+}
+
+/// Runs `nodeup deploy`.
+pub async fn run(args: DeployArgs) -> Result<(), Failure> {
+    let file = stepfile::load(&args.stepfile).map_err(|e| Failure::Usage(e.into()))?;
+    let provider = args
+        .provider
+        .clone()
+        .or(file.node.provider.clone())
+        .unwrap_or_else(|| "local".into());
+    let name = args.name.clone().or(file.node.name.clone()).ok_or_else(|| {
+        Failure::Usage(anyhow!(
+            "{}: no node name: set `name` under [node] or pass --name",
+            args.stepfile.display()
+        ))
+    })?;
+    let driver = driver::get_driver(&provider)?;
+    let request = CreateNode {
+        name: name.clone(),
+        image: args.image.clone().or(file.node.image.clone()),
+        size: args.size.clone().or(file.node.size.clone()),
+        location: args.location.clone().or(file.node.location.clone()),
+        auth: None,
+        extra: file.node.options.clone(),
+    };
+    let started = Instant::now();
+    let created = Arc::new(Mutex::new(Vec::new()));
+    let mut options = options(&file, &args.ssh, HostKeyPolicy::AcceptNew);
+    options.at_exit = Some(destroy_at_exit());
+    options.output = Some(output::script_output(None));
+    let print = output::progress(None, started);
+    let record = created.clone();
+    options.progress = Some(Arc::new(move |event: &Event| {
+        if let Event::Created(node) = event {
+            record
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(node.clone());
+        }
+        print(event);
+    }));
+    cancel_on_signals(options.cancel.clone(), created);
+
+    eprintln!("creating node {name} on {provider}");
+    match engine::deploy_node(driver.clone(), &request, &file.steps, &options).await {
+        Ok(done) => {
+            eprintln!(
+                "deployed node {} ({}) as {}: {} steps in {:.1}s",
+                done.node.name,
+                done.node.id,
+                done.user,
+                done.steps.len(),
+                started.elapsed().as_secs_f64()
+            );
+            if args.ssh.json {
+                print_json(&json!({
+                    "ok": true,
+                    "node": done.node,
+                    "user": done.user,
+                    "reconnects": done.reconnects,
+                    "steps": output::steps_json(&done.steps),
+                }));
+            }
+            Ok(())
+        }
+        Err(error) => {
+            let cleanup = match (&error.node, &error.cause) {
+                (None, _) => "nothing was created".to_string(),
+                // The at-exit hook destroyed it already.
+                (Some(node), Cause::Cancelled) => format!("node {} was destroyed", node.name),
+                (Some(node), _) if args.keep_on_failure => format!(
+                    "node {} ({}) was kept: log in to look, then `nodeup nodes destroy {} --provider {}`",
+                    node.name, node.id, node.id, provider
+                ),
+                (Some(node), _) => destroy(driver.as_ref(), node).await,
+            };
+            eprintln!("{cleanup}");
+            if args.ssh.json {
+                print_json(&json!({
+                    "ok": false,
+                    "error": engine::error_chain(&error),
+                    "node": error.node,
+                    "node_kept": error.node.is_some() && args.keep_on_failure && !matches!(error.cause, Cause::Cancelled),
+                    "failed_step": output::failed_step_json(error.step, &error.cause),
+                    "logins": error.attempts,
+                    "steps": output::steps_json(&error.completed),
+                }));
+            }
+            let before_create = error.is_before_create();
+            let error = anyhow::Error::new(error);
+            Err(if before_create {
+                Failure::Usage(error)
+            } else {
+                Failure::Failed(error)
+            })
+        }
+    }
+}
+
+async fn destroy(driver: &dyn NodeDriver, node: &Node) -> String {
+    match driver.destroy_node(node).await {
+        Ok(()) => format!("node {} ({}) was destroyed", node.name, node.id),
+        Err(e) => format!(
+            "destroying node {} ({}) failed ({e}): destroy it with `nodeup nodes destroy {} --provider {}`",
+            node.name, node.id, node.id, node.provider
+        ),
+    }
+}

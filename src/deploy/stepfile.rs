@@ -1,0 +1,688 @@
+//! Step files (TOML) → a validated plan: where the node comes from, how to log in, the steps.
+//!
+//! Every error names the file, the line and column, and the key, and says how to fix it; unknown
+//! keys are errors; every local file a step names is read (and every key parsed) here, before
+//! anything is created. Paths are relative to the step file; `~/` is the user's home.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{FileStep, ScriptSource, ScriptStep, SshKeyStep, Step};
+use crate::engine::Interface;
+use crate::ssh::HostKeyPolicy;
+
+/// A step file that parsed and checked.
+#[derive(Debug, Clone)]
+pub struct StepFile {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// `[node]`: where the node comes from (used by `deploy`).
+    pub node: NodeSection,
+    /// `[ssh]`: how to log in.
+    pub ssh: SshSection,
+    /// The `[[step]]`s, in order, as one multi-step.
+    pub steps: Step,
+    /// The line each step starts on, in order.
+    pub step_lines: Vec<usize>,
+}
+
+/// `[node]`.
+#[derive(Debug, Clone, Default)]
+pub struct NodeSection {
+    /// The provider (default `local`).
+    pub provider: Option<String>,
+    /// The node's name.
+    pub name: Option<String>,
+    /// The image id.
+    pub image: Option<String>,
+    /// The size id.
+    pub size: Option<String>,
+    /// The location id.
+    pub location: Option<String>,
+    /// How long to wait for the node to run and accept a login.
+    pub timeout: Option<Duration>,
+    /// Provider-specific options, passed as `CreateNode::extra`.
+    pub options: BTreeMap<String, serde_json::Value>,
+}
+
+/// `[ssh]`.
+#[derive(Debug, Clone, Default)]
+pub struct SshSection {
+    /// The first username to try.
+    pub username: Option<String>,
+    /// The usernames to try after it.
+    pub alternate_usernames: Vec<String>,
+    /// Private key files.
+    pub keys: Vec<PathBuf>,
+    /// The SSH port (default: what the node reports, else 22).
+    pub port: Option<u16>,
+    /// The deadline of each connection attempt.
+    pub timeout: Option<Duration>,
+    /// How many connections the steps may use in all.
+    pub max_tries: Option<u32>,
+    /// The host-key policy.
+    pub host_key_policy: Option<HostKeyPolicy>,
+    /// The known_hosts file.
+    pub known_hosts: Option<PathBuf>,
+    /// Which addresses to log in on.
+    pub interface: Option<Interface>,
+}
+
+/// A step file error: `FILE:LINE:COLUMN: message`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}:{line}:{column}: {message}", path.display())]
+pub struct StepFileError {
+    /// The step file.
+    pub path: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong, naming the key, and how to fix it.
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    node: Option<RawNode>,
+    ssh: Option<RawSsh>,
+    #[serde(default)]
+    step: Vec<Spanned<RawStep>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    provider: Option<Spanned<String>>,
+    name: Option<Spanned<String>>,
+    image: Option<Spanned<String>>,
+    size: Option<Spanned<String>>,
+    location: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    options: Option<toml::Table>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSsh {
+    username: Option<Spanned<String>>,
+    alternate_usernames: Option<Vec<Spanned<String>>>,
+    keys: Option<Vec<Spanned<String>>>,
+    port: Option<Spanned<u16>>,
+    timeout: Option<Spanned<String>>,
+    max_tries: Option<Spanned<u32>>,
+    host_key_policy: Option<Spanned<String>>,
+    known_hosts: Option<Spanned<String>>,
+    interface: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Mode {
+    Number(u32),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    #[serde(rename = "ssh-key")]
+    ssh_key: Option<Spanned<String>>,
+    file: Option<Spanned<String>>,
+    target: Option<Spanned<String>>,
+    mode: Option<Spanned<Mode>>,
+    sudo: Option<Spanned<bool>>,
+    script: Option<Spanned<String>>,
+    inline: Option<Spanned<String>>,
+    args: Option<Spanned<Vec<String>>>,
+    env: Option<Spanned<BTreeMap<String, String>>>,
+    timeout: Option<Spanned<String>>,
+    exit_codes: Option<Spanned<Vec<u32>>>,
+    keep: Option<Spanned<bool>>,
+    name: Option<Spanned<String>>,
+}
+
+/// Parses `90s`, `5m`, `1h`, `500ms` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: write e.g. 30s, 5m, 1h or 500ms"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}: use ms, s, m or h"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// Expands `~/` to the home directory; a relative path is taken relative to `base`.
+pub fn resolve_path(base: &Path, path: &str) -> PathBuf {
+    if let Some(rest) = path.strip_prefix("~/") {
+        if let Some(home) = std::env::var_os("HOME") {
+            return PathBuf::from(home).join(rest);
+        }
+    }
+    base.join(path)
+}
+
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+    base: PathBuf,
+}
+
+impl Ctx<'_> {
+    fn error(&self, span: Range<usize>, message: String) -> StepFileError {
+        let before = &self.text[..span.start.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        StepFileError {
+            path: self.path.to_path_buf(),
+            line,
+            column,
+            message,
+        }
+    }
+
+    fn duration(&self, value: &Spanned<String>, key: &str) -> Result<Duration, StepFileError> {
+        let d = parse_duration(value.get_ref())
+            .map_err(|e| self.error(value.span(), format!("`{key}`: {e}")))?;
+        if d.is_zero() {
+            return Err(self.error(value.span(), format!("`{key}` must be longer than zero")));
+        }
+        Ok(d)
+    }
+
+    fn local_file(&self, value: &Spanned<String>, key: &str) -> Result<PathBuf, StepFileError> {
+        let path = resolve_path(&self.base, value.get_ref());
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                return Err(self.error(
+                    value.span(),
+                    format!("`{key}`: {} is not a file", path.display()),
+                ))
+            }
+            Err(e) => {
+                return Err(self.error(
+                    value.span(),
+                    format!(
+                        "`{key}`: cannot read {} ({e}); paths are relative to the step file",
+                        path.display()
+                    ),
+                ))
+            }
+        }
+        std::fs::File::open(&path).map_err(|e| {
+            self.error(
+                value.span(),
+                format!("`{key}`: cannot read {} ({e})", path.display()),
+            )
+        })?;
+        Ok(path)
+    }
+}
+
+/// Reads and checks a step file.
+pub fn load(path: &Path) -> Result<StepFile, StepFileError> {
+    let text = std::fs::read_to_string(path).map_err(|e| StepFileError {
+        path: path.to_path_buf(),
+        line: 1,
+        column: 1,
+        message: format!("cannot read the step file: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Checks the text of a step file read from `path` (for relative paths and messages).
+pub fn parse(path: &Path, text: &str) -> Result<StepFile, StepFileError> {
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let base = if base.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base
+    };
+    let ctx = Ctx { path, text, base };
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let message = e.message().trim().to_string();
+        let message = if message.starts_with("unknown field") {
+            format!("{message}; unknown keys are errors (a typo?)")
+        } else {
+            message
+        };
+        ctx.error(span, message)
+    })?;
+
+    let node = match raw.node {
+        None => NodeSection::default(),
+        Some(n) => {
+            let options = match n.options {
+                Some(table) => serde_json::to_value(table)
+                    .ok()
+                    .and_then(|v| v.as_object().cloned())
+                    .map(|m| m.into_iter().collect())
+                    .unwrap_or_default(),
+                None => BTreeMap::new(),
+            };
+            NodeSection {
+                provider: n.provider.map(Spanned::into_inner),
+                name: n.name.map(Spanned::into_inner),
+                image: n.image.map(Spanned::into_inner),
+                size: n.size.map(Spanned::into_inner),
+                location: n.location.map(Spanned::into_inner),
+                timeout: n
+                    .timeout
+                    .as_ref()
+                    .map(|t| ctx.duration(t, "node.timeout"))
+                    .transpose()?,
+                options,
+            }
+        }
+    };
+
+    let ssh = match raw.ssh {
+        None => SshSection::default(),
+        Some(s) => {
+            let mut keys = Vec::new();
+            for key in s.keys.unwrap_or_default() {
+                keys.push(ctx.local_file(&key, "ssh.keys")?);
+            }
+            let host_key_policy = s
+                .host_key_policy
+                .as_ref()
+                .map(|p| {
+                    p.get_ref()
+                        .parse::<HostKeyPolicy>()
+                        .map_err(|e| ctx.error(p.span(), format!("`ssh.host_key_policy`: {e}")))
+                })
+                .transpose()?;
+            let interface = s
+                .interface
+                .as_ref()
+                .map(|i| match i.get_ref().as_str() {
+                    "public" => Ok(Interface::Public),
+                    "private" => Ok(Interface::Private),
+                    other => Err(ctx.error(
+                        i.span(),
+                        format!("`ssh.interface`: {other:?} is neither \"public\" nor \"private\""),
+                    )),
+                })
+                .transpose()?;
+            if let Some(tries) = &s.max_tries {
+                if *tries.get_ref() == 0 {
+                    return Err(ctx.error(
+                        tries.span(),
+                        "`ssh.max_tries` must be at least 1".into(),
+                    ));
+                }
+            }
+            SshSection {
+                username: s.username.map(Spanned::into_inner),
+                alternate_usernames: s
+                    .alternate_usernames
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(Spanned::into_inner)
+                    .collect(),
+                keys,
+                port: s.port.map(Spanned::into_inner),
+                timeout: s
+                    .timeout
+                    .as_ref()
+                    .map(|t| ctx.duration(t, "ssh.timeout"))
+                    .transpose()?,
+                max_tries: s.max_tries.map(Spanned::into_inner),
+                host_key_policy,
+                known_hosts: s
+                    .known_hosts
+                    .map(|k| resolve_path(&ctx.base, k.get_ref())),
+                interface,
+            }
+        }
+    };
+
+    let mut steps = Vec::new();
+    let mut step_lines = Vec::new();
+    for (i, raw_step) in raw.step.iter().enumerate() {
+        let line = ctx.error(raw_step.span(), String::new()).line;
+        steps.push(step(&ctx, i + 1, raw_step)?);
+        step_lines.push(line);
+    }
+    if steps.is_empty() {
+        return Err(ctx.error(
+            text.len()..text.len(),
+            "no steps: add at least one [[step]] (ssh-key, file, script or inline)".into(),
+        ));
+    }
+    Ok(StepFile {
+        path: path.to_path_buf(),
+        node,
+        ssh,
+        steps: Step::Multi(steps),
+        step_lines,
+    })
+}
+
+fn step(ctx: &Ctx<'_>, number: usize, raw: &Spanned<RawStep>) -> Result<Step, StepFileError> {
+    let s = raw.get_ref();
+    let err = |span: Range<usize>, message: String| ctx.error(span, format!("step {number}: {message}"));
+    let kinds: Vec<(&str, Range<usize>)> = [
+        ("ssh-key", s.ssh_key.as_ref().map(Spanned::span)),
+        ("file", s.file.as_ref().map(Spanned::span)),
+        ("script", s.script.as_ref().map(Spanned::span)),
+        ("inline", s.inline.as_ref().map(Spanned::span)),
+    ]
+    .into_iter()
+    .filter_map(|(k, span)| span.map(|sp| (k, sp)))
+    .collect();
+    let kind = match kinds.as_slice() {
+        [(kind, _)] => *kind,
+        [] => {
+            return Err(err(
+                raw.span(),
+                "says neither what to do: give one of `ssh-key`, `file`, `script` or `inline`".into(),
+            ))
+        }
+        [_, (second, span), ..] => {
+            return Err(err(
+                span.clone(),
+                format!(
+                    "`{second}` with `{}`: a step does one thing; split it into two [[step]]s",
+                    kinds[0].0
+                ),
+            ))
+        }
+    };
+    // Keys that only some kinds take.
+    let only = |key: &str, span: Option<Range<usize>>, kinds: &[&str]| match span {
+        Some(span) if !kinds.contains(&kind) => Err(err(
+            span,
+            format!("`{key}` does not apply to a {kind} step (it goes with {})", kinds.join(" or ")),
+        )),
+        _ => Ok(()),
+    };
+    only("target", s.target.as_ref().map(Spanned::span), &["file"])?;
+    only("mode", s.mode.as_ref().map(Spanned::span), &["file"])?;
+    only("sudo", s.sudo.as_ref().map(Spanned::span), &["file", "script", "inline"])?;
+    for (key, span) in [
+        ("args", s.args.as_ref().map(Spanned::span)),
+        ("env", s.env.as_ref().map(Spanned::span)),
+        ("timeout", s.timeout.as_ref().map(Spanned::span)),
+        ("exit_codes", s.exit_codes.as_ref().map(Spanned::span)),
+        ("keep", s.keep.as_ref().map(Spanned::span)),
+        ("name", s.name.as_ref().map(Spanned::span)),
+    ] {
+        only(key, span, &["script", "inline"])?;
+    }
+    let sudo = s.sudo.as_ref().is_some_and(|b| *b.get_ref());
+
+    match kind {
+        "ssh-key" => {
+            let value = s.ssh_key.as_ref().map(Spanned::get_ref);
+            let span = s.ssh_key.as_ref().map(Spanned::span).unwrap_or_default();
+            let value = value.map(String::as_str).unwrap_or_default();
+            let key = if value.starts_with("ssh-") || value.starts_with("ecdsa-") {
+                value.to_string()
+            } else {
+                let path = ctx
+                    .local_file(s.ssh_key.as_ref().ok_or_else(|| err(span.clone(), "no key".into()))?, "ssh-key")
+                    .map_err(|e| StepFileError {
+                        message: format!("step {number}: {}", e.message),
+                        ..e
+                    })?;
+                std::fs::read_to_string(&path)
+                    .map_err(|e| err(span.clone(), format!("`ssh-key`: cannot read {}: {e}", path.display())))?
+            };
+            let step = SshKeyStep::new(&key);
+            step.validate().map_err(|e| err(span, format!("`ssh-key`: {e}")))?;
+            Ok(Step::SshKey(step))
+        }
+        "file" => {
+            let file = s.file.as_ref().ok_or_else(|| err(raw.span(), "no file".into()))?;
+            let source = ctx.local_file(file, "file").map_err(|e| StepFileError {
+                message: format!("step {number}: {}", e.message),
+                ..e
+            })?;
+            let Some(target) = &s.target else {
+                return Err(err(
+                    file.span(),
+                    "`file` needs a `target`: the path on the node, e.g. target = \"/etc/motd\"".into(),
+                ));
+            };
+            if target.get_ref().trim().is_empty() || target.get_ref().ends_with('/') {
+                return Err(err(
+                    target.span(),
+                    "`target` must be a file path on the node, e.g. \"/etc/motd\"".into(),
+                ));
+            }
+            let mode = match &s.mode {
+                None => None,
+                Some(m) => {
+                    let parsed = match m.get_ref() {
+                        Mode::Number(n) => Some(*n),
+                        Mode::Text(t) => u32::from_str_radix(t.trim_start_matches("0o"), 8).ok(),
+                    };
+                    match parsed {
+                        Some(mode) if mode <= 0o7777 => Some(mode),
+                        _ => {
+                            return Err(err(
+                                m.span(),
+                                "`mode` must be octal permission bits: write \"0644\" or 0o644".into(),
+                            ))
+                        }
+                    }
+                }
+            };
+            Ok(Step::File(FileStep {
+                source,
+                target: target.get_ref().clone(),
+                mode,
+                sudo,
+            }))
+        }
+        _ => {
+            let source = match (&s.script, &s.inline) {
+                (Some(script), _) => ScriptSource::File(ctx.local_file(script, "script").map_err(|e| {
+                    StepFileError {
+                        message: format!("step {number}: {}", e.message),
+                        ..e
+                    }
+                })?),
+                (None, Some(inline)) => {
+                    if inline.get_ref().trim().is_empty() {
+                        return Err(err(inline.span(), "`inline` is empty".into()));
+                    }
+                    ScriptSource::Inline(inline.get_ref().clone())
+                }
+                (None, None) => return Err(err(raw.span(), "no script".into())),
+            };
+            let mut step = ScriptStep {
+                source,
+                args: s.args.as_ref().map(|a| a.get_ref().clone()).unwrap_or_default(),
+                env: s
+                    .env
+                    .as_ref()
+                    .map(|e| e.get_ref().clone().into_iter().collect())
+                    .unwrap_or_default(),
+                sudo,
+                timeout: s
+                    .timeout
+                    .as_ref()
+                    .map(|t| ctx.duration(t, "timeout"))
+                    .transpose()
+                    .map_err(|e| StepFileError {
+                        message: format!("step {number}: {}", e.message),
+                        ..e
+                    })?,
+                exit_codes: vec![0],
+                keep: s.keep.as_ref().is_some_and(|k| *k.get_ref()),
+                name: s.name.as_ref().map(|n| n.get_ref().clone()),
+            };
+            if let Some(codes) = &s.exit_codes {
+                step.exit_codes = codes.get_ref().clone();
+            }
+            let span = s
+                .env
+                .as_ref()
+                .map(Spanned::span)
+                .or(s.exit_codes.as_ref().map(Spanned::span))
+                .or(s.name.as_ref().map(Spanned::span))
+                .unwrap_or(raw.span());
+            step.validate().map_err(|e| err(span, e))?;
+            Ok(Step::Script(step))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        dir
+    }
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test";
+
+    #[test]
+    fn the_example_parses() {
+        let dir = dir_with(&[
+            ("keys/deployer.pub", KEY),
+            ("files/motd", "hi\n"),
+            ("scripts/bootstrap.sh", "#!/bin/sh\n"),
+        ]);
+        let text = r#"
+[node]
+provider = "local"
+name = "web-1"
+image = "cloud-debian"
+size = "small"
+location = "local"
+
+[ssh]
+username = "root"
+alternate_usernames = ["debian"]
+timeout = "10s"
+
+[[step]]
+ssh-key = "keys/deployer.pub"
+
+[[step]]
+file = "files/motd"
+target = "/etc/motd"
+mode = "0644"
+sudo = true
+
+[[step]]
+script = "scripts/bootstrap.sh"
+args = ["--role", "web"]
+env = { APP_ENV = "production" }
+sudo = true
+timeout = "5m"
+exit_codes = [0]
+"#;
+        let file = parse(&dir.path().join("deploy.toml"), text).unwrap();
+        assert_eq!(file.node.name.as_deref(), Some("web-1"));
+        assert_eq!(file.ssh.alternate_usernames, ["debian"]);
+        assert_eq!(file.ssh.timeout, Some(Duration::from_secs(10)));
+        assert_eq!(file.step_lines, [14, 17, 23]);
+        let steps = file.steps.flatten();
+        assert_eq!(steps.len(), 3);
+        match steps[1] {
+            Step::File(f) => {
+                assert_eq!(f.mode, Some(0o644));
+                assert!(f.sudo);
+                assert_eq!(f.source, dir.path().join("files/motd"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match steps[2] {
+            Step::Script(s) => {
+                assert_eq!(s.args, ["--role", "web"]);
+                assert_eq!(s.env, [("APP_ENV".to_string(), "production".to_string())]);
+                assert_eq!(s.timeout, Some(Duration::from_secs(300)));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn error_of(text: &str, files: &[(&str, &str)]) -> String {
+        let dir = dir_with(files);
+        parse(Path::new("site.toml"), text)
+            .err()
+            .map(|e| e.to_string())
+            .or_else(|| {
+                parse(&dir.path().join("site.toml"), text)
+                    .err()
+                    .map(|e| e.to_string().replace(&dir.path().display().to_string(), "DIR"))
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn errors_name_file_line_column_and_key() {
+        let e = error_of("[[step]]\ninline = \"true\"\ncolour = \"blue\"\n", &[]);
+        assert!(e.starts_with("site.toml:3:1: unknown field `colour`"), "{e}");
+        let e = error_of("[ssh]\ntimeout = \"ten\"\n[[step]]\ninline = \"x\"\n", &[]);
+        assert!(e.starts_with("site.toml:2:11: `ssh.timeout`: \"ten\" is not a duration"), "{e}");
+        let e = error_of("[[step]]\ninline = \"x\"\n\n[[step]]\nfile = \"missing.txt\"\ntarget = \"/x\"\n", &[]);
+        assert!(e.starts_with("site.toml:5:8: step 2: `file`: cannot read"), "{e}");
+        assert!(e.contains("missing.txt"), "{e}");
+        let e = error_of("[[step]]\ninline = \"x\"\ntarget = \"/etc/x\"\n", &[]);
+        assert!(e.contains("3:10: step 1: `target` does not apply to a inline step"), "{e}");
+        let e = error_of("[[step]]\ninline = \"x\"\nscript = \"y\"\n", &[]);
+        assert!(e.contains("a step does one thing"), "{e}");
+        let e = error_of("[[step]]\nsudo = true\n", &[]);
+        assert!(e.contains("step 1: says neither what to do"), "{e}");
+        let e = error_of("[node]\nname = \"x\"\n", &[]);
+        assert!(e.contains("no steps"), "{e}");
+        let e = error_of("[[step]]\ninline = \"x\"\nenv = { \"BAD NAME\" = \"1\" }\n", &[]);
+        assert!(e.contains("3:7: step 1: environment variable name"), "{e}");
+        let e = error_of("[[step]\n", &[]);
+        assert!(e.starts_with("site.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn modes_and_keys() {
+        let dir = dir_with(&[("f", "x"), ("bad.pub", "not a key")]);
+        let path = dir.path().join("s.toml");
+        let parsed = parse(&path, "[[step]]\nfile = \"f\"\ntarget = \"/f\"\nmode = 0o600\n").unwrap();
+        assert!(matches!(parsed.steps.flatten()[0], Step::File(f) if f.mode == Some(0o600)));
+        let e = parse(&path, "[[step]]\nfile = \"f\"\ntarget = \"/f\"\nmode = \"0999\"\n").unwrap_err();
+        assert_eq!((e.line, e.column), (4, 8));
+        let e = parse(&path, "[[step]]\nssh-key = \"bad.pub\"\n").unwrap_err();
+        assert!(e.message.contains("does not parse"), "{e}");
+        let literal = format!("[[step]]\nssh-key = \"{KEY}\"\n");
+        parse(&path, &literal).unwrap();
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+}
