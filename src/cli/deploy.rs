@@ -85,7 +85,9 @@ pub fn options(file: &StepFile, ssh: &SshArgs, policy: HostKeyPolicy) -> DeployO
         options.ssh_username = user;
     }
     options.alternate_usernames = file.ssh.alternate_usernames.clone();
-    options.alternate_usernames.extend(ssh.alt_users.iter().cloned());
+    options
+        .alternate_usernames
+        .extend(ssh.alt_users.iter().cloned());
     options.ssh_keys = if ssh.keys.is_empty() {
         file.ssh.keys.clone()
     } else {
@@ -156,12 +158,16 @@ pub async fn run(args: DeployArgs) -> Result<(), Failure> {
         .clone()
         .or(file.node.provider.clone())
         .unwrap_or_else(|| "local".into());
-    let name = args.name.clone().or(file.node.name.clone()).ok_or_else(|| {
-        Failure::Usage(anyhow!(
-            "{}: no node name: set `name` under [node] or pass --name",
-            args.stepfile.display()
-        ))
-    })?;
+    let name = args
+        .name
+        .clone()
+        .or(file.node.name.clone())
+        .ok_or_else(|| {
+            Failure::Usage(anyhow!(
+                "{}: no node name: set `name` under [node] or pass --name",
+                args.stepfile.display()
+            ))
+        })?;
     let driver = driver::get_driver(&provider)?;
     let request = CreateNode {
         name: name.clone(),

@@ -36,10 +36,7 @@ pub fn progress(prefix: Option<String>, started: Instant) -> Progress {
                 elapsed.as_secs_f64()
             ),
         };
-        eprintln!(
-            "{tag}{line} ({:.1}s)",
-            started.elapsed().as_secs_f64()
-        );
+        eprintln!("{tag}{line} ({:.1}s)", started.elapsed().as_secs_f64());
     })
 }
 

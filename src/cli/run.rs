@@ -89,7 +89,9 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
             .await
             .ok()
             .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| Failure::Usage(anyhow!("--host {text}: cannot resolve {}", spec.host)))?;
+            .ok_or_else(|| {
+                Failure::Usage(anyhow!("--host {text}: cannot resolve {}", spec.host))
+            })?;
         hosts.push((text.clone(), spec, addr));
     }
     // Machines that exist already are checked strictly, against the user's own known_hosts.
@@ -142,11 +144,15 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     }
     let mut results: Vec<(usize, Value, bool)> = Vec::new();
     while let Some(joined) = tasks.join_next().await {
-        let (i, host, result) = joined.map_err(|e| Failure::Failed(anyhow!("a task failed: {e}")))?;
+        let (i, host, result) =
+            joined.map_err(|e| Failure::Failed(anyhow!("a task failed: {e}")))?;
         let (value, ok) = match result {
             None => {
                 eprintln!("[{host}] cancelled");
-                (json!({ "host": host, "ok": false, "error": "cancelled" }), false)
+                (
+                    json!({ "host": host, "ok": false, "error": "cancelled" }),
+                    false,
+                )
             }
             Some(Ok(run)) => {
                 eprintln!(

@@ -331,10 +331,9 @@ pub fn parse(path: &Path, text: &str) -> Result<StepFile, StepFileError> {
                 .transpose()?;
             if let Some(tries) = &s.max_tries {
                 if *tries.get_ref() == 0 {
-                    return Err(ctx.error(
-                        tries.span(),
-                        "`ssh.max_tries` must be at least 1".into(),
-                    ));
+                    return Err(
+                        ctx.error(tries.span(), "`ssh.max_tries` must be at least 1".into())
+                    );
                 }
             }
             SshSection {
@@ -354,9 +353,7 @@ pub fn parse(path: &Path, text: &str) -> Result<StepFile, StepFileError> {
                     .transpose()?,
                 max_tries: s.max_tries.map(Spanned::into_inner),
                 host_key_policy,
-                known_hosts: s
-                    .known_hosts
-                    .map(|k| resolve_path(&ctx.base, k.get_ref())),
+                known_hosts: s.known_hosts.map(|k| resolve_path(&ctx.base, k.get_ref())),
                 interface,
             }
         }
@@ -386,7 +383,8 @@ pub fn parse(path: &Path, text: &str) -> Result<StepFile, StepFileError> {
 
 fn step(ctx: &Ctx<'_>, number: usize, raw: &Spanned<RawStep>) -> Result<Step, StepFileError> {
     let s = raw.get_ref();
-    let err = |span: Range<usize>, message: String| ctx.error(span, format!("step {number}: {message}"));
+    let err =
+        |span: Range<usize>, message: String| ctx.error(span, format!("step {number}: {message}"));
     let kinds: Vec<(&str, Range<usize>)> = [
         ("ssh-key", s.ssh_key.as_ref().map(Spanned::span)),
         ("file", s.file.as_ref().map(Spanned::span)),
@@ -401,7 +399,8 @@ fn step(ctx: &Ctx<'_>, number: usize, raw: &Spanned<RawStep>) -> Result<Step, St
         [] => {
             return Err(err(
                 raw.span(),
-                "says neither what to do: give one of `ssh-key`, `file`, `script` or `inline`".into(),
+                "says neither what to do: give one of `ssh-key`, `file`, `script` or `inline`"
+                    .into(),
             ))
         }
         [_, (second, span), ..] => {
@@ -418,13 +417,20 @@ fn step(ctx: &Ctx<'_>, number: usize, raw: &Spanned<RawStep>) -> Result<Step, St
     let only = |key: &str, span: Option<Range<usize>>, kinds: &[&str]| match span {
         Some(span) if !kinds.contains(&kind) => Err(err(
             span,
-            format!("`{key}` does not apply to a {kind} step (it goes with {})", kinds.join(" or ")),
+            format!(
+                "`{key}` does not apply to a {kind} step (it goes with {})",
+                kinds.join(" or ")
+            ),
         )),
         _ => Ok(()),
     };
     only("target", s.target.as_ref().map(Spanned::span), &["file"])?;
     only("mode", s.mode.as_ref().map(Spanned::span), &["file"])?;
-    only("sudo", s.sudo.as_ref().map(Spanned::span), &["file", "script", "inline"])?;
+    only(
+        "sudo",
+        s.sudo.as_ref().map(Spanned::span),
+        &["file", "script", "inline"],
+    )?;
     for (key, span) in [
         ("args", s.args.as_ref().map(Spanned::span)),
         ("env", s.env.as_ref().map(Spanned::span)),
@@ -446,20 +452,33 @@ fn step(ctx: &Ctx<'_>, number: usize, raw: &Spanned<RawStep>) -> Result<Step, St
                 value.to_string()
             } else {
                 let path = ctx
-                    .local_file(s.ssh_key.as_ref().ok_or_else(|| err(span.clone(), "no key".into()))?, "ssh-key")
+                    .local_file(
+                        s.ssh_key
+                            .as_ref()
+                            .ok_or_else(|| err(span.clone(), "no key".into()))?,
+                        "ssh-key",
+                    )
                     .map_err(|e| StepFileError {
                         message: format!("step {number}: {}", e.message),
                         ..e
                     })?;
-                std::fs::read_to_string(&path)
-                    .map_err(|e| err(span.clone(), format!("`ssh-key`: cannot read {}: {e}", path.display())))?
+                std::fs::read_to_string(&path).map_err(|e| {
+                    err(
+                        span.clone(),
+                        format!("`ssh-key`: cannot read {}: {e}", path.display()),
+                    )
+                })?
             };
             let step = SshKeyStep::new(&key);
-            step.validate().map_err(|e| err(span, format!("`ssh-key`: {e}")))?;
+            step.validate()
+                .map_err(|e| err(span, format!("`ssh-key`: {e}")))?;
             Ok(Step::SshKey(step))
         }
         "file" => {
-            let file = s.file.as_ref().ok_or_else(|| err(raw.span(), "no file".into()))?;
+            let file = s
+                .file
+                .as_ref()
+                .ok_or_else(|| err(raw.span(), "no file".into()))?;
             let source = ctx.local_file(file, "file").map_err(|e| StepFileError {
                 message: format!("step {number}: {}", e.message),
                 ..e
@@ -467,7 +486,8 @@ fn step(ctx: &Ctx<'_>, number: usize, raw: &Spanned<RawStep>) -> Result<Step, St
             let Some(target) = &s.target else {
                 return Err(err(
                     file.span(),
-                    "`file` needs a `target`: the path on the node, e.g. target = \"/etc/motd\"".into(),
+                    "`file` needs a `target`: the path on the node, e.g. target = \"/etc/motd\""
+                        .into(),
                 ));
             };
             if target.get_ref().trim().is_empty() || target.get_ref().ends_with('/') {
@@ -488,7 +508,8 @@ fn step(ctx: &Ctx<'_>, number: usize, raw: &Spanned<RawStep>) -> Result<Step, St
                         _ => {
                             return Err(err(
                                 m.span(),
-                                "`mode` must be octal permission bits: write \"0644\" or 0o644".into(),
+                                "`mode` must be octal permission bits: write \"0644\" or 0o644"
+                                    .into(),
                             ))
                         }
                     }
@@ -503,12 +524,14 @@ fn step(ctx: &Ctx<'_>, number: usize, raw: &Spanned<RawStep>) -> Result<Step, St
         }
         _ => {
             let source = match (&s.script, &s.inline) {
-                (Some(script), _) => ScriptSource::File(ctx.local_file(script, "script").map_err(|e| {
-                    StepFileError {
-                        message: format!("step {number}: {}", e.message),
-                        ..e
-                    }
-                })?),
+                (Some(script), _) => {
+                    ScriptSource::File(ctx.local_file(script, "script").map_err(|e| {
+                        StepFileError {
+                            message: format!("step {number}: {}", e.message),
+                            ..e
+                        }
+                    })?)
+                }
                 (None, Some(inline)) => {
                     if inline.get_ref().trim().is_empty() {
                         return Err(err(inline.span(), "`inline` is empty".into()));
@@ -519,7 +542,11 @@ fn step(ctx: &Ctx<'_>, number: usize, raw: &Spanned<RawStep>) -> Result<Step, St
             };
             let mut step = ScriptStep {
                 source,
-                args: s.args.as_ref().map(|a| a.get_ref().clone()).unwrap_or_default(),
+                args: s
+                    .args
+                    .as_ref()
+                    .map(|a| a.get_ref().clone())
+                    .unwrap_or_default(),
                 env: s
                     .env
                     .as_ref()
@@ -569,7 +596,8 @@ mod tests {
         dir
     }
 
-    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test";
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test";
 
     #[test]
     fn the_example_parses() {
@@ -639,9 +667,10 @@ exit_codes = [0]
             .err()
             .map(|e| e.to_string())
             .or_else(|| {
-                parse(&dir.path().join("site.toml"), text)
-                    .err()
-                    .map(|e| e.to_string().replace(&dir.path().display().to_string(), "DIR"))
+                parse(&dir.path().join("site.toml"), text).err().map(|e| {
+                    e.to_string()
+                        .replace(&dir.path().display().to_string(), "DIR")
+                })
             })
             .unwrap_or_default()
     }
@@ -649,21 +678,39 @@ exit_codes = [0]
     #[test]
     fn errors_name_file_line_column_and_key() {
         let e = error_of("[[step]]\ninline = \"true\"\ncolour = \"blue\"\n", &[]);
-        assert!(e.starts_with("site.toml:3:1: unknown field `colour`"), "{e}");
+        assert!(
+            e.starts_with("site.toml:3:1: unknown field `colour`"),
+            "{e}"
+        );
         let e = error_of("[ssh]\ntimeout = \"ten\"\n[[step]]\ninline = \"x\"\n", &[]);
-        assert!(e.starts_with("site.toml:2:11: `ssh.timeout`: \"ten\" is not a duration"), "{e}");
-        let e = error_of("[[step]]\ninline = \"x\"\n\n[[step]]\nfile = \"missing.txt\"\ntarget = \"/x\"\n", &[]);
-        assert!(e.starts_with("site.toml:5:8: step 2: `file`: cannot read"), "{e}");
+        assert!(
+            e.starts_with("site.toml:2:11: `ssh.timeout`: \"ten\" is not a duration"),
+            "{e}"
+        );
+        let e = error_of(
+            "[[step]]\ninline = \"x\"\n\n[[step]]\nfile = \"missing.txt\"\ntarget = \"/x\"\n",
+            &[],
+        );
+        assert!(
+            e.starts_with("site.toml:5:8: step 2: `file`: cannot read"),
+            "{e}"
+        );
         assert!(e.contains("missing.txt"), "{e}");
         let e = error_of("[[step]]\ninline = \"x\"\ntarget = \"/etc/x\"\n", &[]);
-        assert!(e.contains("3:10: step 1: `target` does not apply to a inline step"), "{e}");
+        assert!(
+            e.contains("3:10: step 1: `target` does not apply to a inline step"),
+            "{e}"
+        );
         let e = error_of("[[step]]\ninline = \"x\"\nscript = \"y\"\n", &[]);
         assert!(e.contains("a step does one thing"), "{e}");
         let e = error_of("[[step]]\nsudo = true\n", &[]);
         assert!(e.contains("step 1: says neither what to do"), "{e}");
         let e = error_of("[node]\nname = \"x\"\n", &[]);
         assert!(e.contains("no steps"), "{e}");
-        let e = error_of("[[step]]\ninline = \"x\"\nenv = { \"BAD NAME\" = \"1\" }\n", &[]);
+        let e = error_of(
+            "[[step]]\ninline = \"x\"\nenv = { \"BAD NAME\" = \"1\" }\n",
+            &[],
+        );
         assert!(e.contains("3:7: step 1: environment variable name"), "{e}");
         let e = error_of("[[step]\n", &[]);
         assert!(e.starts_with("site.toml:1:"), "{e}");
@@ -673,9 +720,17 @@ exit_codes = [0]
     fn modes_and_keys() {
         let dir = dir_with(&[("f", "x"), ("bad.pub", "not a key")]);
         let path = dir.path().join("s.toml");
-        let parsed = parse(&path, "[[step]]\nfile = \"f\"\ntarget = \"/f\"\nmode = 0o600\n").unwrap();
+        let parsed = parse(
+            &path,
+            "[[step]]\nfile = \"f\"\ntarget = \"/f\"\nmode = 0o600\n",
+        )
+        .unwrap();
         assert!(matches!(parsed.steps.flatten()[0], Step::File(f) if f.mode == Some(0o600)));
-        let e = parse(&path, "[[step]]\nfile = \"f\"\ntarget = \"/f\"\nmode = \"0999\"\n").unwrap_err();
+        let e = parse(
+            &path,
+            "[[step]]\nfile = \"f\"\ntarget = \"/f\"\nmode = \"0999\"\n",
+        )
+        .unwrap_err();
         assert_eq!((e.line, e.column), (4, 8));
         let e = parse(&path, "[[step]]\nssh-key = \"bad.pub\"\n").unwrap_err();
         assert!(e.message.contains("does not parse"), "{e}");

@@ -513,15 +513,13 @@ pub async fn deploy_node(
         .credentials()
         .map_err(|e| DeploymentError::before_create(Cause::Credentials(e)))?;
     if creds.is_empty() && features.ssh_key && options.temporary_key && options.auth.is_none() {
-        let key = russh::keys::PrivateKey::random(
-            &mut rand::rng(),
-            russh::keys::Algorithm::Ed25519,
-        )
-        .map_err(|e| {
-            DeploymentError::before_create(Cause::Invalid(format!(
-                "generating a temporary key: {e}"
-            )))
-        })?;
+        let key =
+            russh::keys::PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
+                .map_err(|e| {
+                    DeploymentError::before_create(Cause::Invalid(format!(
+                        "generating a temporary key: {e}"
+                    )))
+                })?;
         tracing::info!("no key given: logging in with a temporary ed25519 key");
         creds
             .keys
@@ -536,11 +534,9 @@ pub async fn deploy_node(
     }
     let mut request = request.clone();
     let handed_key = match (&options.auth, creds.keys.first()) {
-        (None, Some((_, key))) if options.authorize_key && features.ssh_key => key
-            .public_key()
-            .to_openssh()
-            .ok()
-            .map(NodeAuth::SshKey),
+        (None, Some((_, key))) if options.authorize_key && features.ssh_key => {
+            key.public_key().to_openssh().ok().map(NodeAuth::SshKey)
+        }
         _ => None,
     };
     if let Some(auth) = options.auth.as_ref().or(handed_key.as_ref()) {

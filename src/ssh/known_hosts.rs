@@ -75,15 +75,6 @@ impl HostKeyCheck {
         if recorded.iter().any(|(_, k)| k == key) {
             return Ok(());
         }
-        if let Some((line, _)) = recorded.first() {
-            // Recorded with another key (of this type or another): refuse, as a changed key.
-            return Err(Error::HostKeyChanged {
-                host: recorded_as,
-                presented,
-                path: path.clone(),
-                line: *line,
-            });
-        }
         let pinned_match = self
             .pinned
             .iter()
@@ -95,12 +86,30 @@ impl HostKeyCheck {
                 presented,
             });
         }
-        if self.policy == HostKeyPolicy::Strict && !pinned_match {
-            return Err(Error::HostKeyUnknown {
-                host: recorded_as,
-                presented,
-                path: path.clone(),
-            });
+        match recorded.first() {
+            // The provider vouches for this key (its API told us): it replaces what was recorded
+            // for the address, which a node destroyed earlier may have left.
+            Some(_) if pinned_match => {
+                tracing::info!(host = %recorded_as, "replacing the recorded host key with the one the provider reported");
+                self.forget(host, port).map_err(|e| known_error(e.into()))?;
+            }
+            // Recorded with another key (of this type or another): refuse, as a changed key.
+            Some((line, _)) => {
+                return Err(Error::HostKeyChanged {
+                    host: recorded_as,
+                    presented,
+                    path: path.clone(),
+                    line: *line,
+                })
+            }
+            None if self.policy == HostKeyPolicy::Strict && !pinned_match => {
+                return Err(Error::HostKeyUnknown {
+                    host: recorded_as,
+                    presented,
+                    path: path.clone(),
+                })
+            }
+            None => {}
         }
         let _guard = LEARN.lock().unwrap_or_else(|e| e.into_inner());
         russh::keys::known_hosts::learn_known_hosts_path(host, port, key, path)
@@ -210,5 +219,13 @@ mod tests {
         c.verify("h", 22, &k).unwrap();
         c.pinned.clear();
         c.verify("h", 22, &k).unwrap();
+        // A new node at the same address, its key reported by the provider: replaces the old one.
+        let new = key();
+        assert!(c.verify("h", 22, &new).is_err());
+        c.pinned = vec![new.to_openssh().unwrap()];
+        c.verify("h", 22, &new).unwrap();
+        c.pinned.clear();
+        c.verify("h", 22, &new).unwrap();
+        assert!(c.verify("h", 22, &k).is_err(), "the old key is forgotten");
     }
 }

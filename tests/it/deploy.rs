@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use nodeup::deploy::{FileStep, ScriptStep, SshKeyStep, Step};
 use nodeup::driver::NodeDriver;
-use nodeup::engine::{deploy_node, destroy_at_exit, AtExit, Cause, DeployOptions, Event};
+use nodeup::engine::{
+    deploy_node, destroy_at_exit, run_steps, AtExit, Cause, DeployOptions, Event, Target,
+};
 use nodeup::model::{CreateNode, Node, NodeAuth};
 use nodeup::ssh::{self, ExitStatus, Password};
-use testbed::{Faults, RelayedDriver, TestBed};
+use testbed::{Faults, NodeSpec, RelayedDriver, TestBed};
 
 use crate::{assert_ok, stdout};
 
@@ -366,41 +368,49 @@ async fn a_failing_script_fails_the_deployment_with_its_output_and_the_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_changed_host_key_is_refused_at_once() {
+async fn a_changed_host_key_is_refused_at_once_unless_the_provider_vouches_for_it() {
     let bed = TestBed::new().unwrap();
-    let driver: Arc<dyn NodeDriver> = Arc::new(bed.driver().clone());
+    let node = bed.node(NodeSpec::new("victim")).await.unwrap();
     let steps = Step::Script(ScriptStep::inline("true"));
-    let first = deploy_node(
-        driver.clone(),
-        &request(&bed, "victim", "debian"),
-        &steps,
-        &options(&bed),
-    )
-    .await
-    .unwrap();
-    driver.destroy_node(&first.node).await.unwrap();
-    // A new node at the same address has other host keys, as an impostor would.
+    let options = options(&bed);
+    // known_hosts records another key for the node's address: the node presents a changed key.
+    let bogus = keygen(bed.dir(), "bogus", "");
+    let bogus = std::fs::read_to_string(bogus.with_extension("pub")).unwrap();
+    std::fs::write(&options.known_hosts, format!("{} {bogus}", node.ip())).unwrap();
+    let creds = options.credentials().unwrap();
+    let mut target = Target {
+        addr: node.addr(),
+        users: vec!["root".into()],
+        pinned_host_keys: vec![],
+    };
     let started = std::time::Instant::now();
-    let err = deploy_node(
-        driver.clone(),
-        &request(&bed, "victim", "debian"),
-        &steps,
-        &options(&bed),
-    )
-    .await
-    .unwrap_err();
-    let node = err.node.clone().unwrap();
-    assert_eq!(node.public_ips, first.node.public_ips);
+    let err = run_steps(&target, &steps, &creds, &options)
+        .await
+        .unwrap_err();
     assert!(
         matches!(err.cause, Cause::Login(ssh::Error::HostKeyChanged { .. })),
-        "{err}"
+        "{:?}",
+        err.cause
     );
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "no retry on a changed key"
     );
-    assert!(nodeup::engine::error_chain(&err).contains("ssh-keygen -R"));
-    driver.destroy_node(&node).await.unwrap();
+    assert!(nodeup::engine::error_chain(&err.cause).contains("ssh-keygen -R"));
+
+    // The provider reports the node's keys (a new node at a reused address): they win.
+    target.pinned_host_keys = node.node.extra["host_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    run_steps(&target, &steps, &creds, &options).await.unwrap();
+    let known = std::fs::read_to_string(&options.known_hosts).unwrap();
+    assert!(
+        !known.contains(bogus.split_whitespace().nth(1).unwrap()),
+        "the stale key is gone"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -579,10 +589,11 @@ async fn bad_steps_and_no_credentials_create_nothing() {
         "{text}"
     );
 
-    let steps = Step::Script(ScriptStep::inline("true"));
+    let steps = Step::Script(ScriptStep::inline("id -un"));
     let options = DeployOptions {
         ssh_keys: vec![],
         default_credentials: false,
+        temporary_key: false,
         ..options(&bed)
     };
     let err = deploy_node(
@@ -596,4 +607,21 @@ async fn bad_steps_and_no_credentials_create_nothing() {
     assert!(err.is_before_create());
     assert!(err.cause.to_string().contains("no way to log in"), "{err}");
     assert!(driver.list_nodes().await.unwrap().is_empty());
+
+    // With a temporary key allowed, nodeup makes one, hands it to the provider and logs in.
+    let options = DeployOptions {
+        temporary_key: true,
+        ..options
+    };
+    let mut req = request(&bed, "temp-key", "cloud-debian");
+    req.auth = None;
+    let done = deploy_node(driver.clone(), &req, &steps, &options)
+        .await
+        .unwrap();
+    assert_eq!(done.steps[0].stdout.text(), "debian\n");
+    let node = bed.adopt(done.node);
+    let keys =
+        String::from_utf8(node.read_file("/home/debian/.ssh/authorized_keys").unwrap()).unwrap();
+    assert!(!keys.contains(bed.client_public_key().split_whitespace().nth(1).unwrap()));
+    assert_eq!(keys.lines().count(), 1, "only the temporary key: {keys}");
 }

@@ -1,5 +1,6 @@
 //! nodeup's integration tests: one binary, against test-bed nodes (real OpenSSH sshd).
 
+mod cli_deploy;
 mod cli_nodes;
 mod deploy;
 mod local_nodes;

@@ -4,7 +4,6 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nodeup::driver::NodeDriver;
 use nodeup::ssh::{
     ConnectOptions, Credentials, Error, ErrorClass, ExecOptions, ExitStatus, HostKeyCheck,
     HostKeyPolicy, SshSession, Stream, UploadOptions,
@@ -240,19 +239,31 @@ async fn host_keys_are_checked() {
     .await
     .unwrap();
 
-    // A node re-created at the same address has new keys: refused, with the fix.
-    let addr = node.addr();
-    bed.driver().destroy_node(&node.node).await.unwrap();
-    let again = bed.node(NodeSpec::new("keyed")).await.unwrap();
-    assert_eq!(again.addr(), addr, "the address is reused");
-    let err = SshSession::connect(
-        &ConnectOptions::new(addr, "root", check(HostKeyPolicy::AcceptNew, vec![])),
-        &creds,
-    )
-    .await
-    .unwrap_err();
-    assert!(matches!(err, Error::HostKeyChanged { .. }), "{err}");
-    assert!(err.to_string().contains("ssh-keygen -R"), "{err}");
+    // The recorded key differs from the one the node presents (an impostor, or a re-created
+    // node the provider does not vouch for): refused, with the fix.
+    let impostor = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(bed.dir().join("impostor"))
+        .status()
+        .unwrap();
+    assert!(impostor.success());
+    let other = std::fs::read_to_string(bed.dir().join("impostor.pub")).unwrap();
+    let other = other
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    std::fs::write(&known_hosts, format!("{} {other}\n", node.ip())).unwrap();
+    for policy in [HostKeyPolicy::AcceptNew, HostKeyPolicy::Strict] {
+        let err = SshSession::connect(
+            &ConnectOptions::new(node.addr(), "root", check(policy, vec![])),
+            &creds,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, Error::HostKeyChanged { .. }), "{err}");
+        assert!(err.to_string().contains("ssh-keygen -R"), "{err}");
+    }
 }
 
 #[tokio::test]
