@@ -191,14 +191,7 @@ impl LocalDriver {
     }
 
     fn record(&self, id: &str) -> Result<NodeRecord> {
-        self.state
-            .record(id)
-            .map_err(failed(format!("reading the record of node {id}")))?
-            .ok_or_else(|| ProviderError::NotFound {
-                provider: PROVIDER.into(),
-                kind: "node",
-                id: id.into(),
-            })
+        read_record(&self.state, id)
     }
 
     async fn change(&self, node: &Node, action: Action) -> Result<()> {
@@ -458,18 +451,23 @@ fn create(state: &StateDir, request: &CreateNode, options: &LocalOptions) -> Res
     }
 }
 
-fn change(state: &StateDir, id: &str, action: Action) -> Result<()> {
-    let _lock = state
-        .lock()
-        .map_err(failed("locking the state directory"))?;
-    let mut record = state
+/// A node's record; `NotFound` when there is none.
+fn read_record(state: &StateDir, id: &str) -> Result<NodeRecord> {
+    state
         .record(id)
         .map_err(failed(format!("reading the record of node {id}")))?
         .ok_or_else(|| ProviderError::NotFound {
             provider: PROVIDER.into(),
             kind: "node",
             id: id.into(),
-        })?;
+        })
+}
+
+fn change(state: &StateDir, id: &str, action: Action) -> Result<()> {
+    let _lock = state
+        .lock()
+        .map_err(failed("locking the state directory"))?;
+    let mut record = read_record(state, id)?;
     let dir = state.node_dir(id);
     let context = |what: &str| format!("{what} node {} ({id})", record.name);
     if matches!(action, Action::Reboot | Action::Start) {
