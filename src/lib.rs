@@ -14,6 +14,7 @@
 pub mod deploy;
 pub mod driver;
 pub mod engine;
+pub mod http;
 pub mod model;
 pub mod providers;
 pub mod ssh;

@@ -1,0 +1,375 @@
+//! The one HTTP client every provider uses: timeouts, retries with jittered backoff (429 always,
+//! since it was not processed; 5xx and transport failures only for idempotent requests, so that a
+//! create is never sent twice behind the caller's back), `Retry-After` honoured, and the debug
+//! trace: with `NODEUP_DEBUG=FILE`, every request is appended to FILE as a runnable curl line and
+//! every response after it, with every secret replaced by `***`.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::time::Instant;
+
+/// One header of a request.
+#[derive(Clone)]
+pub struct Header {
+    /// Its name.
+    pub name: String,
+    /// Its value.
+    pub value: String,
+    /// Shown as `***` in the trace and in errors.
+    pub secret: bool,
+}
+
+/// A request, built afresh for each attempt (a signature may depend on the time).
+#[derive(Clone)]
+pub struct Request {
+    /// GET, POST, PUT, DELETE.
+    pub method: reqwest::Method,
+    /// The full URL, exactly as sent.
+    pub url: String,
+    /// Headers.
+    pub headers: Vec<Header>,
+    /// The exact body bytes, if any.
+    pub body: Option<Vec<u8>>,
+    /// Whether sending it twice does no harm (GET, DELETE, most PUTs): then 5xx answers and
+    /// transport failures are retried too.
+    pub idempotent: bool,
+}
+
+impl Request {
+    /// A request without headers or body; idempotent unless it is a POST.
+    pub fn new(method: reqwest::Method, url: String) -> Self {
+        let idempotent = method != reqwest::Method::POST;
+        Request {
+            method,
+            url,
+            headers: Vec::new(),
+            body: None,
+            idempotent,
+        }
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: impl Into<String>, secret: bool) -> Self {
+        self.headers.push(Header {
+            name: name.into(),
+            value: value.into(),
+            secret,
+        });
+        self
+    }
+}
+
+/// An answer.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// The HTTP status.
+    pub status: u16,
+    /// Headers, lower-case names.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the status is 2xx.
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// A request that got no answer.
+#[derive(Debug, thiserror::Error)]
+#[error("{method} {url}: {}", if *.maybe_processed { "no answer (the server may have acted on it)" } else { "could not connect" })]
+pub struct TransportError {
+    /// The method.
+    pub method: reqwest::Method,
+    /// The URL.
+    pub url: String,
+    /// Whether the request may have reached the server (so a POST may have taken effect).
+    pub maybe_processed: bool,
+    /// Why.
+    #[source]
+    pub source: reqwest::Error,
+}
+
+/// How hard to retry.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts in all.
+    pub max_tries: u32,
+    /// The first pause.
+    pub min_delay: Duration,
+    /// The longest pause.
+    pub max_delay: Duration,
+    /// No retry starts after this long since the first attempt.
+    pub budget: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_tries: 6,
+            min_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+            budget: Duration::from_secs(90),
+        }
+    }
+}
+
+/// The HTTP client.
+#[derive(Clone)]
+pub struct HttpClient {
+    client: reqwest::Client,
+    trace: Option<Arc<Mutex<File>>>,
+    /// The retry policy.
+    pub retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient")
+            .field("trace", &self.trace.is_some())
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+impl HttpClient {
+    /// A client with 10 s to connect and 60 s per request, tracing to `$NODEUP_DEBUG` if set.
+    pub fn new() -> std::io::Result<Self> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .user_agent(concat!("nodeup/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(std::io::Error::other)?;
+        let trace = match std::env::var_os("NODEUP_DEBUG") {
+            Some(path) if !path.is_empty() => Some(Arc::new(Mutex::new(open_trace(Path::new(&path))?))),
+            _ => None,
+        };
+        Ok(HttpClient {
+            client,
+            trace,
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    fn trace(&self, text: &str) {
+        if let Some(file) = &self.trace {
+            let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = file.write_all(text.as_bytes());
+            let _ = file.flush();
+        }
+    }
+
+    /// Sends the request `build` makes (once per attempt), retrying as the policy and the request's
+    /// idempotence allow. Any answer that is not retried is returned, whatever its status.
+    pub async fn send(&self, build: impl Fn() -> Request) -> Result<Response, TransportError> {
+        let started = Instant::now();
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(self.retry.min_delay)
+            .with_max_delay(self.retry.max_delay)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let request = build();
+            self.trace(&curl_line(&request, attempt));
+            let mut builder = self
+                .client
+                .request(request.method.clone(), &request.url);
+            for h in &request.headers {
+                builder = builder.header(&h.name, &h.value);
+            }
+            if let Some(body) = &request.body {
+                builder = builder.body(body.clone());
+            }
+            let sent_at = Instant::now();
+            let outcome = match builder.send().await {
+                Ok(answer) => {
+                    let status = answer.status().as_u16();
+                    let headers = answer
+                        .headers()
+                        .iter()
+                        .map(|(n, v)| {
+                            (
+                                n.as_str().to_ascii_lowercase(),
+                                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                            )
+                        })
+                        .collect();
+                    match answer.bytes().await {
+                        Ok(body) => Ok(Response {
+                            status,
+                            headers,
+                            body: body.to_vec(),
+                        }),
+                        Err(source) => Err(TransportError {
+                            method: request.method.clone(),
+                            url: request.url.clone(),
+                            maybe_processed: true,
+                            source,
+                        }),
+                    }
+                }
+                Err(source) => Err(TransportError {
+                    method: request.method.clone(),
+                    url: request.url.clone(),
+                    maybe_processed: !source.is_connect(),
+                    source,
+                }),
+            };
+            let elapsed = sent_at.elapsed();
+            let retry_after;
+            match &outcome {
+                Ok(response) => {
+                    self.trace(&format!(
+                        "# -> {} in {} ms{}\n# {}\n",
+                        response.status,
+                        elapsed.as_millis(),
+                        response
+                            .header("x-ovh-queryid")
+                            .map(|q| format!(" (X-Ovh-QueryID: {q})"))
+                            .unwrap_or_default(),
+                        redact_body(&response.body).replace('\n', "\n# ")
+                    ));
+                    let retryable = response.status == 429
+                        || (request.idempotent && matches!(response.status, 500 | 502 | 503 | 504));
+                    if !retryable {
+                        return outcome;
+                    }
+                    retry_after = response.header("retry-after").and_then(parse_retry_after);
+                }
+                Err(e) => {
+                    self.trace(&format!("# -> no answer after {} ms: {e}\n", elapsed.as_millis()));
+                    if e.maybe_processed && !request.idempotent {
+                        return outcome;
+                    }
+                    retry_after = None;
+                }
+            }
+            let pause = retry_after
+                .unwrap_or_else(|| backoff.next().unwrap_or(self.retry.max_delay))
+                .min(self.retry.max_delay.max(retry_after.unwrap_or_default()));
+            if attempt >= self.retry.max_tries || started.elapsed() + pause > self.retry.budget {
+                return outcome;
+            }
+            tracing::debug!(url = %request.url, attempt, ?pause, "retrying");
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+fn open_trace(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// `Retry-After`: seconds, or an HTTP date.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    if let Ok(seconds) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = httpdate::parse_http_date(value.trim()).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+/// The request as a curl command line, secrets as `***`, every argument single-quoted.
+pub fn curl_line(request: &Request, attempt: u32) -> String {
+    let mut line = format!(
+        "# attempt {attempt}\ncurl -sS -X {} {}",
+        request.method,
+        crate::ssh::quote(&request.url)
+    );
+    for h in &request.headers {
+        let value = if h.secret { "***" } else { h.value.as_str() };
+        line.push_str(" -H ");
+        line.push_str(&crate::ssh::quote(&format!("{}: {value}", h.name)));
+    }
+    if let Some(body) = &request.body {
+        line.push_str(" --data-binary ");
+        line.push_str(&crate::ssh::quote(&redact_body(body)));
+    }
+    line.push('\n');
+    line
+}
+
+/// A body with the values of secret-looking JSON keys replaced by `***`.
+pub fn redact_body(body: &[u8]) -> String {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(mut value) => {
+            redact_value(&mut value);
+            serde_json::to_string(&value).unwrap_or_default()
+        }
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    }
+}
+
+fn redact_value(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                let k = key.to_ascii_lowercase();
+                if ["password", "secret", "consumerkey", "token", "privatekey"]
+                    .iter()
+                    .any(|s| k.contains(s))
+                {
+                    *v = serde_json::Value::String("***".into());
+                } else {
+                    redact_value(v);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_value),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn curl_lines_hide_secrets() {
+        let request = Request::new(reqwest::Method::POST, "https://api.example/1.0/x?a=b".into())
+            .header("X-Ovh-Application", "app-key", false)
+            .header("X-Ovh-Consumer", "consumer-secret", true);
+        let mut request = request;
+        request.body = Some(br#"{"name":"n","adminPassword":"hunter2","nested":{"consumerKey":"ck"}}"#.to_vec());
+        let line = curl_line(&request, 1);
+        assert!(line.contains("curl -sS -X POST 'https://api.example/1.0/x?a=b'"), "{line}");
+        assert!(line.contains("-H 'X-Ovh-Application: app-key'"), "{line}");
+        assert!(line.contains("-H 'X-Ovh-Consumer: ***'"), "{line}");
+        assert!(!line.contains("consumer-secret") && !line.contains("hunter2") && !line.contains("\"ck\""), "{line}");
+        assert!(line.contains(r#""name":"n""#), "{line}");
+    }
+
+    #[test]
+    fn retry_after_in_seconds_and_dates() {
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}
