@@ -316,18 +316,27 @@ pub trait NodeDriver: Send + Sync {
     }
 }
 
-/// Builds a driver from the environment (credentials, state directory, endpoint).
-pub type DriverFactory = fn() -> Result<Arc<dyn NodeDriver>>;
+/// A provider's own settings (the step file's `[provider]` table: a project id, an endpoint ...;
+/// never credentials, which come from the environment or the provider's own config files).
+pub type ProviderConfig = BTreeMap<String, serde_json::Value>;
+
+/// Builds a driver from its settings and the environment.
+pub type DriverFactory = fn(&ProviderConfig) -> Result<Arc<dyn NodeDriver>>;
 
 fn registry() -> &'static Mutex<BTreeMap<String, DriverFactory>> {
     static REGISTRY: OnceLock<Mutex<BTreeMap<String, DriverFactory>>> = OnceLock::new();
     REGISTRY.get_or_init(|| {
         let mut map: BTreeMap<String, DriverFactory> = BTreeMap::new();
-        map.insert("local".to_string(), || {
+        map.insert("local".to_string(), |_| {
             Ok(Arc::new(crate::providers::local::LocalDriver::from_env()?))
         });
-        map.insert("dummy".to_string(), || {
+        map.insert("dummy".to_string(), |_| {
             Ok(Arc::new(crate::providers::dummy::DummyDriver::new()))
+        });
+        map.insert("ovh".to_string(), |config| {
+            Ok(Arc::new(crate::providers::ovh::OvhDriver::from_config(
+                config,
+            )?))
         });
         Mutex::new(map)
     })
@@ -351,15 +360,20 @@ pub fn providers() -> Vec<String> {
         .collect()
 }
 
-/// Builds the driver registered under `name`.
+/// Builds the driver registered under `name`, with no settings.
 pub fn get_driver(name: &str) -> Result<Arc<dyn NodeDriver>> {
+    get_driver_with(name, &ProviderConfig::new())
+}
+
+/// Builds the driver registered under `name` with its settings.
+pub fn get_driver_with(name: &str, config: &ProviderConfig) -> Result<Arc<dyn NodeDriver>> {
     let factory = registry()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get(name)
         .copied();
     match factory {
-        Some(factory) => factory(),
+        Some(factory) => factory(config),
         None => Err(ProviderError::InvalidRequest {
             provider: name.to_string(),
             message: format!(

@@ -157,7 +157,9 @@ impl HttpClient {
             .build()
             .map_err(std::io::Error::other)?;
         let trace = match std::env::var_os("NODEUP_DEBUG") {
-            Some(path) if !path.is_empty() => Some(Arc::new(Mutex::new(open_trace(Path::new(&path))?))),
+            Some(path) if !path.is_empty() => {
+                Some(Arc::new(Mutex::new(open_trace(Path::new(&path))?)))
+            }
             _ => None,
         };
         Ok(HttpClient {
@@ -190,9 +192,7 @@ impl HttpClient {
             attempt += 1;
             let request = build();
             self.trace(&curl_line(&request, attempt));
-            let mut builder = self
-                .client
-                .request(request.method.clone(), &request.url);
+            let mut builder = self.client.request(request.method.clone(), &request.url);
             for h in &request.headers {
                 builder = builder.header(&h.name, &h.value);
             }
@@ -235,8 +235,7 @@ impl HttpClient {
                 }),
             };
             let elapsed = sent_at.elapsed();
-            let retry_after;
-            match &outcome {
+            let retry_after = match &outcome {
                 Ok(response) => {
                     self.trace(&format!(
                         "# -> {} in {} ms{}\n# {}\n",
@@ -253,16 +252,19 @@ impl HttpClient {
                     if !retryable {
                         return outcome;
                     }
-                    retry_after = response.header("retry-after").and_then(parse_retry_after);
+                    response.header("retry-after").and_then(parse_retry_after)
                 }
                 Err(e) => {
-                    self.trace(&format!("# -> no answer after {} ms: {e}\n", elapsed.as_millis()));
+                    self.trace(&format!(
+                        "# -> no answer after {} ms: {e}\n",
+                        elapsed.as_millis()
+                    ));
                     if e.maybe_processed && !request.idempotent {
                         return outcome;
                     }
-                    retry_after = None;
+                    None
                 }
-            }
+            };
             let pause = retry_after
                 .unwrap_or_else(|| backoff.next().unwrap_or(self.retry.max_delay))
                 .min(self.retry.max_delay.max(retry_after.unwrap_or_default()));
@@ -353,23 +355,39 @@ mod tests {
 
     #[test]
     fn curl_lines_hide_secrets() {
-        let request = Request::new(reqwest::Method::POST, "https://api.example/1.0/x?a=b".into())
-            .header("X-Ovh-Application", "app-key", false)
-            .header("X-Ovh-Consumer", "consumer-secret", true);
+        let request = Request::new(
+            reqwest::Method::POST,
+            "https://api.example/1.0/x?a=b".into(),
+        )
+        .header("X-Ovh-Application", "app-key", false)
+        .header("X-Ovh-Consumer", "consumer-secret", true);
         let mut request = request;
-        request.body = Some(br#"{"name":"n","adminPassword":"hunter2","nested":{"consumerKey":"ck"}}"#.to_vec());
+        request.body = Some(
+            br#"{"name":"n","adminPassword":"hunter2","nested":{"consumerKey":"ck"}}"#.to_vec(),
+        );
         let line = curl_line(&request, 1);
-        assert!(line.contains("curl -sS -X POST 'https://api.example/1.0/x?a=b'"), "{line}");
+        assert!(
+            line.contains("curl -sS -X POST 'https://api.example/1.0/x?a=b'"),
+            "{line}"
+        );
         assert!(line.contains("-H 'X-Ovh-Application: app-key'"), "{line}");
         assert!(line.contains("-H 'X-Ovh-Consumer: ***'"), "{line}");
-        assert!(!line.contains("consumer-secret") && !line.contains("hunter2") && !line.contains("\"ck\""), "{line}");
+        assert!(
+            !line.contains("consumer-secret")
+                && !line.contains("hunter2")
+                && !line.contains("\"ck\""),
+            "{line}"
+        );
         assert!(line.contains(r#""name":"n""#), "{line}");
     }
 
     #[test]
     fn retry_after_in_seconds_and_dates() {
         assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 }

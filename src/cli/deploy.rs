@@ -168,7 +168,7 @@ pub async fn run(args: DeployArgs) -> Result<(), Failure> {
                 args.stepfile.display()
             ))
         })?;
-    let driver = driver::get_driver(&provider)?;
+    let driver = driver::get_driver_with(&provider, &file.provider)?;
     let request = CreateNode {
         name: name.clone(),
         image: args.image.clone().or(file.node.image.clone()),

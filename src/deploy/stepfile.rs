@@ -25,6 +25,8 @@ pub struct StepFile {
     pub node: NodeSection,
     /// `[ssh]`: how to log in.
     pub ssh: SshSection,
+    /// `[provider]`: the provider's own settings (a project id ...), never credentials.
+    pub provider: BTreeMap<String, serde_json::Value>,
     /// The `[[step]]`s, in order, as one multi-step.
     pub steps: Step,
     /// The line each step starts on, in order.
@@ -91,6 +93,7 @@ pub struct StepFileError {
 #[serde(deny_unknown_fields)]
 struct RawFile {
     node: Option<RawNode>,
+    provider: Option<toml::Table>,
     ssh: Option<RawSsh>,
     #[serde(default)]
     step: Vec<Spanned<RawStep>>,
@@ -146,6 +149,14 @@ struct RawStep {
     exit_codes: Option<Spanned<Vec<u32>>>,
     keep: Option<Spanned<bool>>,
     name: Option<Spanned<String>>,
+}
+
+fn table_to_json(table: toml::Table) -> BTreeMap<String, serde_json::Value> {
+    serde_json::to_value(table)
+        .ok()
+        .and_then(|v| v.as_object().cloned())
+        .map(|m| m.into_iter().collect())
+        .unwrap_or_default()
 }
 
 /// Parses `90s`, `5m`, `1h`, `500ms` or a bare number of seconds.
@@ -277,14 +288,7 @@ pub fn parse(path: &Path, text: &str) -> Result<StepFile, StepFileError> {
     let node = match raw.node {
         None => NodeSection::default(),
         Some(n) => {
-            let options = match n.options {
-                Some(table) => serde_json::to_value(table)
-                    .ok()
-                    .and_then(|v| v.as_object().cloned())
-                    .map(|m| m.into_iter().collect())
-                    .unwrap_or_default(),
-                None => BTreeMap::new(),
-            };
+            let options = n.options.map(table_to_json).unwrap_or_default();
             NodeSection {
                 provider: n.provider.map(Spanned::into_inner),
                 name: n.name.map(Spanned::into_inner),
@@ -372,10 +376,12 @@ pub fn parse(path: &Path, text: &str) -> Result<StepFile, StepFileError> {
             "no steps: add at least one [[step]] (ssh-key, file, script or inline)".into(),
         ));
     }
+    let provider = raw.provider.map(table_to_json).unwrap_or_default();
     Ok(StepFile {
         path: path.to_path_buf(),
         node,
         ssh,
+        provider,
         steps: Step::Multi(steps),
         step_lines,
     })

@@ -474,7 +474,7 @@ mod tests {
     async fn the_registry_finds_built_in_and_third_party_drivers() {
         assert_eq!(get_driver("dummy").unwrap().name(), "dummy");
         assert!(get_driver("custom").is_err());
-        register("custom", || Ok(Arc::new(Custom)));
+        register("custom", |_| Ok(Arc::new(Custom)));
         assert!(providers().contains(&"custom".to_string()));
         let custom = get_driver("custom").unwrap();
         let err = custom.list_images().await.unwrap_err();

@@ -3,3 +3,4 @@
 
 pub mod dummy;
 pub mod local;
+pub mod ovh;

@@ -1,0 +1,976 @@
+//! The OVH Public Cloud driver: `/cloud/project/{project}/...` instances, flavors, images, regions,
+//! SSH keys, volumes and volume snapshots.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{CallError, Client, Credentials, PROVIDER};
+use crate::driver::{Features, NodeDriver, ProviderError, Result};
+use crate::model::{
+    CreateNode, CreateVolume, KeyPair, Node, NodeAuth, NodeImage, NodeLocation, NodeSize,
+    NodeState, StorageVolume, VolumeSnapshot,
+};
+
+/// An instance, as listed (ids) or in detail (objects).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Instance {
+    /// Its id (`instanceId` in the outdated POST shape).
+    #[serde(alias = "instanceId")]
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its status (ACTIVE, BUILD ...).
+    pub status: String,
+    /// Its region.
+    pub region: Option<String>,
+    /// When it was created.
+    pub created: Option<String>,
+    /// The flavor id (list shape).
+    pub flavor_id: Option<String>,
+    /// The image id (list shape).
+    pub image_id: Option<String>,
+    /// The SSH key id (list shape).
+    pub ssh_key_id: Option<String>,
+    /// Its addresses.
+    #[serde(default)]
+    pub ip_addresses: Vec<IpAddress>,
+    /// The flavor (detail shape).
+    pub flavor: Option<Flavor>,
+    /// The image (detail shape).
+    pub image: Option<Image>,
+    /// The SSH key (detail shape).
+    pub ssh_key: Option<SshKey>,
+}
+
+/// One address of an instance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpAddress {
+    /// The address.
+    pub ip: String,
+    /// `public` or `private`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// 4 or 6.
+    pub version: Option<u8>,
+    /// The network.
+    pub network_id: Option<String>,
+}
+
+/// A flavor (size).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Flavor {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its region.
+    pub region: Option<String>,
+    /// Virtual CPUs.
+    pub vcpus: Option<u32>,
+    /// Memory, MB.
+    pub ram: Option<u64>,
+    /// Disk, GB.
+    pub disk: Option<u64>,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// linux or windows.
+    pub os_type: Option<String>,
+}
+
+/// An image.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Image {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its region.
+    pub region: Option<String>,
+    /// public or private.
+    pub visibility: Option<String>,
+    /// Its status.
+    pub status: Option<String>,
+    /// The login user (e.g. `debian`).
+    pub user: Option<String>,
+    /// linux or windows.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+}
+
+/// An SSH key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SshKey {
+    /// Its id (absent in the outdated POST /instance shape).
+    #[serde(default)]
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// The public key.
+    pub public_key: String,
+    /// Its regions.
+    pub regions: Option<Vec<String>>,
+    /// Its fingerprint.
+    #[serde(rename = "fingerPrint")]
+    pub fingerprint: Option<String>,
+}
+
+/// A volume.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Volume {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: Option<String>,
+    /// Its description.
+    pub description: Option<String>,
+    /// Its region.
+    pub region: Option<String>,
+    /// GB.
+    pub size: u64,
+    /// Its status.
+    pub status: String,
+    /// classic or high-speed.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// Instance ids.
+    #[serde(default)]
+    pub attached_to: Vec<String>,
+    /// When created.
+    #[serde(alias = "created")]
+    pub creation_date: Option<String>,
+}
+
+/// A volume snapshot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    /// Its id.
+    pub id: String,
+    /// The volume's id.
+    pub volume_id: String,
+    /// Its status.
+    pub status: String,
+    /// Its region.
+    pub region: Option<String>,
+    /// Its name.
+    pub name: Option<String>,
+    /// Its description.
+    pub description: Option<String>,
+    /// GB.
+    pub size: u64,
+    /// When taken.
+    pub creation_date: Option<String>,
+}
+
+/// Maps an OVH instance status to a node state; strings nodeup does not know map to `Unknown`.
+pub fn state_of(status: &str) -> NodeState {
+    match status {
+        "ACTIVE" => NodeState::Running,
+        "BUILD" | "BUILDING" | "REBUILD" | "PASSWORD" | "RESUMING" | "UNSHELVING" | "RESIZE"
+        | "RESIZED" | "VERIFY_RESIZE" | "REVERT_RESIZE" | "MIGRATING" | "SNAPSHOTTING"
+        | "RESCUING" | "UNRESCUING" => NodeState::Pending,
+        "REBOOT" | "HARD_REBOOT" => NodeState::Rebooting,
+        "SHUTOFF" | "STOPPED" | "SUSPENDED" | "PAUSED" | "SHELVED" | "SHELVED_OFFLOADED"
+        | "SHELVING" | "RESCUE" | "RESCUED" => NodeState::Stopped,
+        "DELETED" | "DELETING" | "SOFT_DELETED" => NodeState::Terminated,
+        "ERROR" => NodeState::Error,
+        _ => NodeState::Unknown,
+    }
+}
+
+/// Splits addresses into public and private; unparsable ones are skipped.
+pub fn addresses(ips: &[IpAddress]) -> (Vec<IpAddr>, Vec<IpAddr>) {
+    let mut public = Vec::new();
+    let mut private = Vec::new();
+    for a in ips {
+        let Ok(ip) = a.ip.parse::<IpAddr>() else {
+            continue;
+        };
+        match a.kind.as_deref() {
+            Some("private") => private.push(ip),
+            _ => public.push(ip),
+        }
+    }
+    (public, private)
+}
+
+/// The Public Cloud driver of one project.
+#[derive(Debug)]
+pub struct OvhDriver {
+    client: Client,
+    project: String,
+    /// Image id → login user, as learnt.
+    image_users: Mutex<HashMap<String, Option<String>>>,
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(value: Value, what: &str) -> Result<T> {
+    serde_json::from_value(value).map_err(|e| ProviderError::Failed {
+        provider: PROVIDER.into(),
+        context: format!("{what}: unexpected answer"),
+        source: Box::new(e),
+    })
+}
+
+impl OvhDriver {
+    /// A driver for `project` with these credentials.
+    pub fn new(creds: Credentials, project: &str) -> Result<Self> {
+        Ok(OvhDriver {
+            client: Client::new(creds)?,
+            project: project.to_string(),
+            image_users: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Credentials from the environment and ovh.conf; the project from `config["project"]`, else
+    /// `OVH_CLOUD_PROJECT_SERVICE`.
+    pub fn from_config(config: &BTreeMap<String, Value>) -> Result<Self> {
+        let project = config
+            .get("project")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| std::env::var("OVH_CLOUD_PROJECT_SERVICE").ok())
+            .ok_or_else(|| ProviderError::InvalidRequest {
+                provider: PROVIDER.into(),
+                message: "no Public Cloud project: set OVH_CLOUD_PROJECT_SERVICE, or `project` \
+                          under [provider] in the step file"
+                    .into(),
+            })?;
+        Self::new(Credentials::from_env()?, &project)
+    }
+
+    /// The API client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn path(&self, rest: &str) -> String {
+        format!("/cloud/project/{}{rest}", self.project)
+    }
+
+    async fn call(&self, method: Method, rest: &str, body: Option<&Value>) -> Result<Value> {
+        let path = self.path(rest);
+        self.client
+            .call(method.clone(), &path, body)
+            .await
+            .map_err(|e| e.into_provider(format!("{method} {path}")))
+    }
+
+    async fn image_user(&self, image_id: &str) -> Option<String> {
+        if let Some(known) = self
+            .image_users
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(image_id)
+        {
+            return known.clone();
+        }
+        let user = match self
+            .call(Method::GET, &format!("/image/{image_id}"), None)
+            .await
+        {
+            Ok(v) => decode::<Image>(v, "image").ok().and_then(|i| i.user),
+            Err(_) => None,
+        };
+        self.image_users
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(image_id.to_string(), user.clone());
+        user
+    }
+
+    async fn to_node(&self, instance: Instance) -> Node {
+        let (public_ips, private_ips) = addresses(&instance.ip_addresses);
+        let image_id = instance
+            .image_id
+            .clone()
+            .or(instance.image.as_ref().map(|i| i.id.clone()));
+        let login_user = match (&instance.image, &image_id) {
+            (Some(Image { user: Some(u), .. }), _) => Some(u.clone()),
+            (_, Some(id)) => self.image_user(id).await,
+            _ => None,
+        };
+        let mut extra = BTreeMap::new();
+        extra.insert("status".to_string(), json!(instance.status));
+        for (key, value) in [
+            ("region", &instance.region),
+            ("created", &instance.created),
+            ("login_user", &login_user),
+            (
+                "ssh_key_id",
+                &instance
+                    .ssh_key_id
+                    .clone()
+                    .or(instance.ssh_key.as_ref().map(|k| k.id.clone())),
+            ),
+        ] {
+            if let Some(v) = value {
+                extra.insert(key.to_string(), json!(v));
+            }
+        }
+        Node {
+            id: instance.id,
+            name: instance.name,
+            state: state_of(&instance.status),
+            public_ips,
+            private_ips,
+            image: image_id,
+            size: instance.flavor_id.or(instance.flavor.map(|f| f.id)),
+            provider: PROVIDER.into(),
+            extra,
+        }
+    }
+
+    async fn instances(&self) -> Result<Vec<Instance>> {
+        decode(
+            self.call(Method::GET, "/instance", None).await?,
+            "instances",
+        )
+    }
+
+    /// The id of an SSH key with this public key in `region`, imported if there is none.
+    async fn ensure_key(&self, public_key: &str, region: &str) -> Result<String> {
+        let blob = |k: &str| k.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+        let wanted = blob(public_key);
+        let keys: Vec<SshKey> = decode(
+            self.call(Method::GET, &format!("/sshkey?region={region}"), None)
+                .await?,
+            "ssh keys",
+        )?;
+        if let Some(key) = keys.iter().find(|k| blob(&k.public_key) == wanted) {
+            return Ok(key.id.clone());
+        }
+        let parsed = russh::keys::PublicKey::from_openssh(public_key.trim()).map_err(|e| {
+            ProviderError::InvalidRequest {
+                provider: PROVIDER.into(),
+                message: format!("the SSH public key does not parse: {e}"),
+            }
+        })?;
+        let fingerprint = parsed.fingerprint(russh::keys::HashAlg::Sha256).to_string();
+        let name = format!(
+            "nodeup-{}",
+            fingerprint
+                .trim_start_matches("SHA256:")
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .take(12)
+                .collect::<String>()
+        );
+        let key: SshKey = decode(
+            self.call(
+                Method::POST,
+                "/sshkey",
+                Some(&json!({"name": name, "publicKey": public_key.trim(), "region": region})),
+            )
+            .await?,
+            "ssh key",
+        )?;
+        Ok(key.id)
+    }
+}
+
+fn need<'a>(value: &'a Option<String>, what: &str, list: &str) -> Result<&'a str> {
+    value
+        .as_deref()
+        .ok_or_else(|| ProviderError::InvalidRequest {
+            provider: PROVIDER.into(),
+            message: format!("give {what} (`nodeup {list} --provider ovh` lists them)"),
+        })
+}
+
+#[async_trait]
+impl NodeDriver for OvhDriver {
+    fn name(&self) -> &str {
+        PROVIDER
+    }
+
+    fn features(&self) -> Features {
+        Features {
+            ssh_key: true,
+            password: false,
+            generates_password: false,
+        }
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<Node>> {
+        let mut nodes = Vec::new();
+        for instance in self.instances().await? {
+            nodes.push(self.to_node(instance).await);
+        }
+        Ok(nodes)
+    }
+
+    async fn get_node(&self, id: &str) -> Result<Node> {
+        let instance: Instance = decode(
+            self.call(Method::GET, &format!("/instance/{id}"), None)
+                .await?,
+            "instance",
+        )?;
+        Ok(self.to_node(instance).await)
+    }
+
+    async fn create_node(&self, request: &CreateNode) -> Result<Node> {
+        let region = need(&request.location, "a location (region)", "locations")?;
+        let flavor = need(&request.size, "a size (flavor id)", "sizes")?;
+        let image = need(&request.image, "an image id", "images")?;
+        let mut body = json!({
+            "name": request.name, "flavorId": flavor, "region": region, "imageId": image,
+        });
+        for (key, value) in &request.extra {
+            match key.as_str() {
+                "user_data" => body["userData"] = value.clone(),
+                "ssh_key_id" => body["sshKeyId"] = value.clone(),
+                "monthly_billing" => body["monthlyBilling"] = value.clone(),
+                other => {
+                    return Err(ProviderError::InvalidRequest {
+                        provider: PROVIDER.into(),
+                        message: format!(
+                            "unknown OVH option {other:?}: known are user_data, ssh_key_id, monthly_billing"
+                        ),
+                    })
+                }
+            }
+        }
+        match &request.auth {
+            Some(NodeAuth::SshKey(key)) => {
+                body["sshKeyId"] = json!(self.ensure_key(key, region).await?)
+            }
+            Some(NodeAuth::Password(_)) => {
+                return Err(ProviderError::InvalidRequest {
+                    provider: PROVIDER.into(),
+                    message: "OVH instances take an SSH key, not a password".into(),
+                })
+            }
+            None => {}
+        }
+        // There is no idempotency key: an instance of this name that was not there before the
+        // POST, found after an answer that got lost, is the one the POST created.
+        let before: Vec<String> = self
+            .instances()
+            .await?
+            .into_iter()
+            .filter(|i| i.name == request.name)
+            .map(|i| i.id)
+            .collect();
+        let path = self.path("/instance");
+        let mut last = None;
+        for attempt in 1..=3 {
+            match self.client.call(Method::POST, &path, Some(&body)).await {
+                Ok(value) => {
+                    let instance: Instance = decode(value, "instance")?;
+                    return Ok(self.to_node(instance).await);
+                }
+                Err(e) if e.maybe_processed() => {
+                    tracing::warn!(attempt, "POST {path}: {e}; looking the instance up by name");
+                    let created = self
+                        .instances()
+                        .await?
+                        .into_iter()
+                        .find(|i| i.name == request.name && !before.contains(&i.id));
+                    if let Some(instance) = created {
+                        return Ok(self.to_node(instance).await);
+                    }
+                    last = Some(e);
+                }
+                Err(e) => return Err(e.into_provider(format!("POST {path}"))),
+            }
+        }
+        Err(last
+            .map(|e| e.into_provider(format!("POST {path}")))
+            .unwrap_or_else(|| {
+                CallError::Decode {
+                    what: path.clone(),
+                    detail: "no attempt".into(),
+                }
+                .into_provider(path)
+            }))
+    }
+
+    async fn destroy_node(&self, node: &Node) -> Result<()> {
+        self.call(Method::DELETE, &format!("/instance/{}", node.id), None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn reboot_node(&self, node: &Node) -> Result<()> {
+        let body = json!({"type": "soft"});
+        self.call(
+            Method::POST,
+            &format!("/instance/{}/reboot", node.id),
+            Some(&body),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn stop_node(&self, node: &Node) -> Result<()> {
+        self.call(Method::POST, &format!("/instance/{}/stop", node.id), None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn start_node(&self, node: &Node) -> Result<()> {
+        self.call(Method::POST, &format!("/instance/{}/start", node.id), None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn list_images(&self) -> Result<Vec<NodeImage>> {
+        let images: Vec<Image> = decode(self.call(Method::GET, "/image", None).await?, "images")?;
+        Ok(images.into_iter().map(to_image).collect())
+    }
+
+    async fn get_image(&self, id: &str) -> Result<NodeImage> {
+        let image: Image = decode(
+            self.call(Method::GET, &format!("/image/{id}"), None)
+                .await?,
+            "image",
+        )?;
+        Ok(to_image(image))
+    }
+
+    async fn create_image(&self, node: &Node, name: &str) -> Result<NodeImage> {
+        let body = json!({"snapshotName": name});
+        self.call(
+            Method::POST,
+            &format!("/instance/{}/snapshot", node.id),
+            Some(&body),
+        )
+        .await?;
+        // The snapshot shows up among the images once OVH has taken it.
+        let images = self.list_images().await?;
+        Ok(images
+            .into_iter()
+            .find(|i| i.name == name)
+            .unwrap_or(NodeImage {
+                id: String::new(),
+                name: name.into(),
+                extra: [("status".to_string(), json!("pending"))].into(),
+            }))
+    }
+
+    async fn delete_image(&self, image: &NodeImage) -> Result<()> {
+        self.call(Method::DELETE, &format!("/snapshot/{}", image.id), None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn list_sizes(&self) -> Result<Vec<NodeSize>> {
+        let flavors: Vec<Flavor> =
+            decode(self.call(Method::GET, "/flavor", None).await?, "flavors")?;
+        Ok(flavors
+            .into_iter()
+            .map(|f| {
+                let mut extra = BTreeMap::new();
+                for (k, v) in [
+                    ("region", &f.region),
+                    ("type", &f.kind),
+                    ("os_type", &f.os_type),
+                ] {
+                    if let Some(v) = v {
+                        extra.insert(k.to_string(), json!(v));
+                    }
+                }
+                NodeSize {
+                    id: f.id,
+                    name: f.name,
+                    ram_mib: f.ram.unwrap_or(0),
+                    disk_gb: f.disk,
+                    vcpus: f.vcpus,
+                    price: None,
+                    extra,
+                }
+            })
+            .collect())
+    }
+
+    async fn list_locations(&self) -> Result<Vec<NodeLocation>> {
+        let regions: Vec<String> =
+            decode(self.call(Method::GET, "/region", None).await?, "regions")?;
+        Ok(regions
+            .into_iter()
+            .map(|r| NodeLocation {
+                id: r.clone(),
+                name: r,
+                country: None,
+            })
+            .collect())
+    }
+
+    async fn list_key_pairs(&self) -> Result<Vec<KeyPair>> {
+        let keys: Vec<SshKey> = decode(self.call(Method::GET, "/sshkey", None).await?, "ssh keys")?;
+        Ok(keys.into_iter().map(to_key_pair).collect())
+    }
+
+    async fn create_key_pair(&self, name: &str) -> Result<KeyPair> {
+        // OVH keeps public keys only: the pair is made here, and its private half returned once.
+        let key =
+            russh::keys::PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
+                .map_err(|e| ProviderError::Failed {
+                    provider: PROVIDER.into(),
+                    context: "generating a key pair".into(),
+                    source: Box::new(e),
+                })?;
+        let public = key.public_key().to_openssh().unwrap_or_default();
+        let mut pair = self.import_key_pair_from_string(name, &public).await?;
+        pair.private_key = key
+            .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+            .ok()
+            .map(|z| z.to_string());
+        Ok(pair)
+    }
+
+    async fn import_key_pair_from_string(&self, name: &str, public_key: &str) -> Result<KeyPair> {
+        russh::keys::PublicKey::from_openssh(public_key.trim()).map_err(|e| {
+            ProviderError::InvalidRequest {
+                provider: PROVIDER.into(),
+                message: format!("the public key does not parse: {e}"),
+            }
+        })?;
+        let key: SshKey = decode(
+            self.call(
+                Method::POST,
+                "/sshkey",
+                Some(&json!({"name": name, "publicKey": public_key.trim()})),
+            )
+            .await?,
+            "ssh key",
+        )?;
+        Ok(to_key_pair(key))
+    }
+
+    async fn delete_key_pair(&self, key_pair: &KeyPair) -> Result<()> {
+        let id = match key_pair.extra.get("id").and_then(Value::as_str) {
+            Some(id) => id.to_string(),
+            None => self
+                .get_key_pair(&key_pair.name)
+                .await?
+                .extra
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+        };
+        self.call(Method::DELETE, &format!("/sshkey/{id}"), None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn create_volume(&self, request: &CreateVolume) -> Result<StorageVolume> {
+        let region = need(&request.location, "a location (region)", "locations")?;
+        let mut body = json!({"region": region, "size": request.size_gb, "name": request.name});
+        body["type"] = json!(request.volume_type.as_deref().unwrap_or("classic"));
+        if let Some(d) = &request.description {
+            body["description"] = json!(d);
+        }
+        let volume: Volume = decode(
+            self.call(Method::POST, "/volume", Some(&body)).await?,
+            "volume",
+        )?;
+        Ok(to_volume(volume))
+    }
+
+    async fn list_volumes(&self) -> Result<Vec<StorageVolume>> {
+        let volumes: Vec<Volume> =
+            decode(self.call(Method::GET, "/volume", None).await?, "volumes")?;
+        Ok(volumes.into_iter().map(to_volume).collect())
+    }
+
+    async fn get_volume(&self, id: &str) -> Result<StorageVolume> {
+        let volume: Volume = decode(
+            self.call(Method::GET, &format!("/volume/{id}"), None)
+                .await?,
+            "volume",
+        )?;
+        Ok(to_volume(volume))
+    }
+
+    async fn attach_volume(&self, node: &Node, volume: &StorageVolume) -> Result<()> {
+        let body = json!({"instanceId": node.id});
+        self.call(
+            Method::POST,
+            &format!("/volume/{}/attach", volume.id),
+            Some(&body),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn detach_volume(&self, volume: &StorageVolume) -> Result<()> {
+        let current = self.get_volume(&volume.id).await?;
+        let Some(instance) = current.attached_to else {
+            return Ok(());
+        };
+        let body = json!({"instanceId": instance});
+        self.call(
+            Method::POST,
+            &format!("/volume/{}/detach", volume.id),
+            Some(&body),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn destroy_volume(&self, volume: &StorageVolume) -> Result<()> {
+        self.call(Method::DELETE, &format!("/volume/{}", volume.id), None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn create_volume_snapshot(
+        &self,
+        volume: &StorageVolume,
+        name: Option<&str>,
+    ) -> Result<VolumeSnapshot> {
+        let body = match name {
+            Some(n) => json!({"name": n}),
+            None => json!({}),
+        };
+        let snapshot: Snapshot = decode(
+            self.call(
+                Method::POST,
+                &format!("/volume/{}/snapshot", volume.id),
+                Some(&body),
+            )
+            .await?,
+            "snapshot",
+        )?;
+        Ok(to_snapshot(snapshot))
+    }
+
+    async fn list_snapshots(&self) -> Result<Vec<VolumeSnapshot>> {
+        let snapshots: Vec<Snapshot> = decode(
+            self.call(Method::GET, "/volume/snapshot", None).await?,
+            "snapshots",
+        )?;
+        Ok(snapshots.into_iter().map(to_snapshot).collect())
+    }
+
+    async fn get_snapshot(&self, id: &str) -> Result<VolumeSnapshot> {
+        let snapshot: Snapshot = decode(
+            self.call(Method::GET, &format!("/volume/snapshot/{id}"), None)
+                .await?,
+            "snapshot",
+        )?;
+        Ok(to_snapshot(snapshot))
+    }
+
+    async fn destroy_volume_snapshot(&self, snapshot: &VolumeSnapshot) -> Result<()> {
+        self.call(
+            Method::DELETE,
+            &format!("/volume/snapshot/{}", snapshot.id),
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+fn to_image(i: Image) -> NodeImage {
+    let mut extra = BTreeMap::new();
+    for (k, v) in [
+        ("region", &i.region),
+        ("visibility", &i.visibility),
+        ("status", &i.status),
+        ("login_user", &i.user),
+        ("type", &i.kind),
+    ] {
+        if let Some(v) = v {
+            extra.insert(k.to_string(), json!(v));
+        }
+    }
+    NodeImage {
+        id: i.id,
+        name: i.name,
+        extra,
+    }
+}
+
+fn to_key_pair(k: SshKey) -> KeyPair {
+    let fingerprint = k.fingerprint.clone().or_else(|| {
+        russh::keys::PublicKey::from_openssh(k.public_key.trim())
+            .ok()
+            .map(|p| p.fingerprint(russh::keys::HashAlg::Sha256).to_string())
+    });
+    let mut extra = BTreeMap::from([("id".to_string(), json!(k.id))]);
+    if let Some(regions) = k.regions {
+        extra.insert("regions".into(), json!(regions));
+    }
+    KeyPair {
+        name: k.name,
+        public_key: k.public_key,
+        fingerprint,
+        private_key: None,
+        extra,
+    }
+}
+
+fn to_volume(v: Volume) -> StorageVolume {
+    let mut extra = BTreeMap::new();
+    for (k, val) in [
+        ("region", &v.region),
+        ("type", &v.kind),
+        ("description", &v.description),
+        ("created", &v.creation_date),
+    ] {
+        if let Some(val) = val {
+            extra.insert(k.to_string(), json!(val));
+        }
+    }
+    StorageVolume {
+        id: v.id,
+        name: v.name.unwrap_or_default(),
+        size_gb: v.size,
+        state: v.status.to_ascii_lowercase(),
+        attached_to: v.attached_to.into_iter().next(),
+        extra,
+    }
+}
+
+fn to_snapshot(s: Snapshot) -> VolumeSnapshot {
+    let mut extra = BTreeMap::new();
+    for (k, v) in [("region", &s.region), ("description", &s.description)] {
+        if let Some(v) = v {
+            extra.insert(k.to_string(), json!(v));
+        }
+    }
+    VolumeSnapshot {
+        id: s.id,
+        name: s.name.filter(|n| !n.is_empty()),
+        volume_id: s.volume_id,
+        size_gb: s.size,
+        state: s.status.to_ascii_lowercase(),
+        created: s.creation_date,
+        extra,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/fixtures/libcloud-ovh")
+            .join(name);
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn every_fixture_parses() {
+        let instances: Vec<Instance> =
+            serde_json::from_value(fixture("instance_get.json")).unwrap();
+        assert_eq!(instances.len(), 2);
+        let (public, private) = addresses(&instances[0].ip_addresses);
+        assert_eq!(public, vec!["92.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert!(private.is_empty());
+        let detail: Instance = serde_json::from_value(fixture("instance_get_detail.json")).unwrap();
+        assert_eq!(
+            detail.image.as_ref().unwrap().user.as_deref(),
+            Some("ubuntu")
+        );
+        assert_eq!(detail.flavor.as_ref().unwrap().ram, Some(2000));
+        assert_eq!(detail.ssh_key.as_ref().unwrap().name, "testkey");
+        let post: Instance = serde_json::from_value(fixture("instance_post.json")).unwrap();
+        assert_eq!(post.id, "df4e55cb-90e6-4f20-a604-7084f311f498");
+        assert_eq!(state_of(&post.status), NodeState::Pending);
+        let flavors: Vec<Flavor> = serde_json::from_value(fixture("flavor_get.json")).unwrap();
+        assert_eq!(flavors[0].vcpus, Some(2));
+        let _: Flavor = serde_json::from_value(fixture("flavor_get_detail.json")).unwrap();
+        let images: Vec<Image> = serde_json::from_value(fixture("image_get.json")).unwrap();
+        assert_eq!(images[0].name, "Debian 8");
+        let _: Image = serde_json::from_value(fixture("image_get_detail.json")).unwrap();
+        let regions: Vec<String> = serde_json::from_value(fixture("region_get.json")).unwrap();
+        assert_eq!(regions, ["SBG1", "BHS1", "GRA1"]);
+        let keys: Vec<SshKey> = serde_json::from_value(fixture("ssh_get.json")).unwrap();
+        assert_eq!(keys[0].id, "ham-id");
+        let _: SshKey = serde_json::from_value(fixture("ssh_get_detail.json")).unwrap();
+        let volumes: Vec<Volume> = serde_json::from_value(fixture("volume_get.json")).unwrap();
+        assert_eq!(to_volume(volumes[0].clone()).state, "creating");
+        let _: Volume = serde_json::from_value(fixture("volume_get_detail.json")).unwrap();
+        let snaps: Vec<Snapshot> =
+            serde_json::from_value(fixture("volume_snapshot_get.json")).unwrap();
+        assert_eq!(snaps[1].volume_id, "bar");
+        let _: Snapshot =
+            serde_json::from_value(fixture("volume_snapshot_get_details.json")).unwrap();
+        let time: i64 = serde_json::from_value(fixture("auth_time_get.json")).unwrap();
+        assert_eq!(time, 1437075564);
+        let pricing = fixture("pricing_get.json");
+        assert_eq!(pricing["instances"][0]["flavorId"], "foo-id");
+    }
+
+    #[test]
+    fn every_status_maps_and_unknown_ones_do_not_crash() {
+        for status in [
+            "ACTIVE",
+            "BUILD",
+            "BUILDING",
+            "DELETED",
+            "DELETING",
+            "ERROR",
+            "HARD_REBOOT",
+            "MIGRATING",
+            "PASSWORD",
+            "PAUSED",
+            "REBOOT",
+            "REBUILD",
+            "RESCUE",
+            "RESCUED",
+            "RESCUING",
+            "RESIZE",
+            "RESIZED",
+            "RESUMING",
+            "REVERT_RESIZE",
+            "SHELVED",
+            "SHELVED_OFFLOADED",
+            "SHELVING",
+            "SHUTOFF",
+            "SNAPSHOTTING",
+            "SOFT_DELETED",
+            "STOPPED",
+            "SUSPENDED",
+            "UNKNOWN",
+            "UNRESCUING",
+            "UNSHELVING",
+            "VERIFY_RESIZE",
+        ] {
+            let _ = state_of(status);
+        }
+        assert_eq!(state_of("ACTIVE"), NodeState::Running);
+        assert_eq!(state_of("ERROR"), NodeState::Error);
+        assert_eq!(state_of("SHUTOFF"), NodeState::Stopped);
+        assert_eq!(state_of("SOMETHING_NEW"), NodeState::Unknown);
+    }
+
+    #[test]
+    fn addresses_split_by_type_and_version() {
+        let ips: Vec<IpAddress> = serde_json::from_value(json!([
+            {"ip": "10.0.0.5", "type": "private", "version": 4},
+            {"ip": "2001:db8::5", "type": "public", "version": 6},
+            {"ip": "51.0.0.5", "type": "public", "version": 4},
+            {"ip": "not an ip", "type": "public", "version": 4}
+        ]))
+        .unwrap();
+        let (public, private) = addresses(&ips);
+        assert_eq!(public.len(), 2);
+        assert_eq!(private, vec!["10.0.0.5".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            crate::engine::preferred(&public)[0],
+            "51.0.0.5".parse::<IpAddr>().unwrap()
+        );
+    }
+}

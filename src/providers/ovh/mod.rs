@@ -1,0 +1,419 @@
+//! OVHcloud: credentials read the way OVH's own clients read them, the signed API client, and the
+//! Public Cloud driver (`cloud`).
+//!
+//! Credentials: `OVH_ENDPOINT`, `OVH_APPLICATION_KEY`, `OVH_APPLICATION_SECRET`, `OVH_CONSUMER_KEY`,
+//! over `ovh.conf` files (`/etc/ovh.conf`, then `~/.ovh.conf`, then `./ovh.conf`, later ones winning;
+//! `[default] endpoint=`, then a section per endpoint). The endpoint is a name (`ovh-eu` ...) or a
+//! base URL (`https://eu.api.ovh.com/1.0`, or a fake's).
+
+pub mod cloud;
+pub mod sign;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use reqwest::Method;
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+use crate::driver::ProviderError;
+use crate::http::{HttpClient, Request, Response, TransportError};
+
+pub use cloud::OvhDriver;
+
+/// The provider's name.
+pub const PROVIDER: &str = "ovh";
+
+/// The endpoints OVH's clients know by name.
+pub const ENDPOINTS: [(&str, &str); 7] = [
+    ("ovh-eu", "https://eu.api.ovh.com/1.0"),
+    ("ovh-ca", "https://ca.api.ovh.com/1.0"),
+    ("ovh-us", "https://api.us.ovhcloud.com/1.0"),
+    ("kimsufi-eu", "https://eu.api.kimsufi.com/1.0"),
+    ("kimsufi-ca", "https://ca.api.kimsufi.com/1.0"),
+    ("soyoustart-eu", "https://eu.api.soyoustart.com/1.0"),
+    ("soyoustart-ca", "https://ca.api.soyoustart.com/1.0"),
+];
+
+/// A secret string: `Debug` shows `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// OVH API credentials.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// An endpoint name or a base URL.
+    pub endpoint: String,
+    /// The application key.
+    pub application_key: String,
+    /// The application secret.
+    pub application_secret: Secret,
+    /// The consumer key (absent only while asking for one).
+    pub consumer_key: Option<Secret>,
+}
+
+impl Credentials {
+    /// From the environment over `ovh.conf` files; what is missing is named with where to set it.
+    pub fn from_env() -> Result<Self, ProviderError> {
+        let mut endpoint = None;
+        let mut values: BTreeMap<&str, String> = BTreeMap::new();
+        let files = config_files();
+        let mut configs = Vec::new();
+        for path in &files {
+            if let Ok(text) = std::fs::read_to_string(path) {
+                match ini::Ini::load_from_str(&text) {
+                    Ok(ini) => configs.push(ini),
+                    Err(e) => {
+                        return Err(invalid(format!("{} does not parse: {e}", path.display())))
+                    }
+                }
+            }
+        }
+        for ini in &configs {
+            if let Some(e) = ini.get_from(Some("default"), "endpoint") {
+                endpoint = Some(e.to_string());
+            }
+        }
+        if let Ok(e) = std::env::var("OVH_ENDPOINT") {
+            endpoint = Some(e);
+        }
+        let endpoint = endpoint.unwrap_or_else(|| "ovh-eu".to_string());
+        for ini in &configs {
+            for key in ["application_key", "application_secret", "consumer_key"] {
+                if let Some(v) = ini.get_from(Some(endpoint.as_str()), key) {
+                    values.insert(key, v.to_string());
+                }
+            }
+        }
+        for (key, var) in [
+            ("application_key", "OVH_APPLICATION_KEY"),
+            ("application_secret", "OVH_APPLICATION_SECRET"),
+            ("consumer_key", "OVH_CONSUMER_KEY"),
+        ] {
+            if let Ok(v) = std::env::var(var) {
+                values.insert(key, v);
+            }
+        }
+        let need = |key: &str, var: &str| {
+            values.get(key).cloned().ok_or_else(|| {
+                invalid(format!(
+                    "no {key}: set {var}, or `{key}=` under [{endpoint}] in ovh.conf \
+                     (./ovh.conf, ~/.ovh.conf or /etc/ovh.conf)"
+                ))
+            })
+        };
+        Ok(Credentials {
+            application_key: need("application_key", "OVH_APPLICATION_KEY")?,
+            application_secret: Secret(need("application_secret", "OVH_APPLICATION_SECRET")?),
+            consumer_key: values.get("consumer_key").cloned().map(Secret),
+            endpoint,
+        })
+    }
+
+    /// The base URL of the endpoint.
+    pub fn base_url(&self) -> Result<String, ProviderError> {
+        if self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://") {
+            return Ok(self.endpoint.trim_end_matches('/').to_string());
+        }
+        ENDPOINTS
+            .iter()
+            .find(|(name, _)| *name == self.endpoint)
+            .map(|(_, url)| url.to_string())
+            .ok_or_else(|| {
+                invalid(format!(
+                    "unknown OVH endpoint {:?}: use one of {} or a base URL",
+                    self.endpoint,
+                    ENDPOINTS.map(|e| e.0).join(", ")
+                ))
+            })
+    }
+}
+
+fn config_files() -> Vec<PathBuf> {
+    let mut files = vec![PathBuf::from("/etc/ovh.conf")];
+    if let Some(home) = std::env::var_os("HOME") {
+        files.push(PathBuf::from(home).join(".ovh.conf"));
+    }
+    files.push(PathBuf::from("ovh.conf"));
+    files
+}
+
+fn invalid(message: String) -> ProviderError {
+    ProviderError::InvalidRequest {
+        provider: PROVIDER.into(),
+        message,
+    }
+}
+
+/// An error the OVH API answered.
+#[derive(Debug, thiserror::Error)]
+#[error("OVH answered {status}{}: {message}{}", code.as_ref().map(|c| format!(" {c}")).unwrap_or_default(), query_id.as_ref().map(|q| format!(" (X-Ovh-QueryID: {q})")).unwrap_or_default())]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: u16,
+    /// `errorCode` (older bodies) or `class` (newer ones).
+    pub code: Option<String>,
+    /// `message`.
+    pub message: String,
+    /// `X-Ovh-QueryID`, for OVH support.
+    pub query_id: Option<String>,
+}
+
+impl ApiError {
+    fn from_response(response: &Response) -> Self {
+        let body: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+        let code = body
+            .get("errorCode")
+            .or_else(|| body.get("class"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let message = body
+            .get("message")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| String::from_utf8_lossy(&response.body).trim().to_string());
+        ApiError {
+            status: response.status,
+            code,
+            message,
+            query_id: response.header("x-ovh-queryid").map(str::to_string),
+        }
+    }
+
+    /// Whether the credentials are at fault (a configuration error: nothing can work).
+    pub fn is_credentials(&self) -> bool {
+        self.status == 401
+            || matches!(
+                self.code.as_deref(),
+                Some(
+                    "INVALID_KEY"
+                        | "INVALID_CREDENTIAL"
+                        | "NOT_CREDENTIAL"
+                        | "NOT_GRANTED_CALL"
+                        | "INVALID_SIGNATURE"
+                )
+            )
+    }
+}
+
+/// Why an OVH call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// OVH answered with an error.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// No answer.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// An answer that is not the JSON expected.
+    #[error("{what}: unexpected answer: {detail}")]
+    Decode {
+        /// The call.
+        what: String,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+impl CallError {
+    /// The provider error for it, with the call named.
+    pub fn into_provider(self, context: String) -> ProviderError {
+        match self {
+            CallError::Api(e) if e.is_credentials() => invalid(format!(
+                "{context}: {e}. Check OVH_APPLICATION_KEY, OVH_APPLICATION_SECRET and \
+                 OVH_CONSUMER_KEY (or ovh.conf); `nodeup ovh consumer-key` asks for a new consumer key"
+            )),
+            CallError::Api(e) if e.status == 404 => ProviderError::NotFound {
+                provider: PROVIDER.into(),
+                kind: "object",
+                id: format!("{context} ({e})"),
+            },
+            other => ProviderError::Failed {
+                provider: PROVIDER.into(),
+                context,
+                source: Box::new(other),
+            },
+        }
+    }
+
+    /// Whether the request may have been acted on although no success came back.
+    pub fn maybe_processed(&self) -> bool {
+        match self {
+            CallError::Transport(t) => t.maybe_processed,
+            CallError::Api(e) => e.status >= 500,
+            CallError::Decode { .. } => true,
+        }
+    }
+}
+
+/// The signed OVH API client.
+#[derive(Debug)]
+pub struct Client {
+    http: HttpClient,
+    base: String,
+    creds: Credentials,
+    delta: OnceCell<i64>,
+}
+
+impl Client {
+    /// A client for these credentials.
+    pub fn new(creds: Credentials) -> Result<Self, ProviderError> {
+        let base = creds.base_url()?;
+        let http = HttpClient::new().map_err(|e| ProviderError::Failed {
+            provider: PROVIDER.into(),
+            context: "setting up HTTP".into(),
+            source: Box::new(e),
+        })?;
+        Ok(Client {
+            http,
+            base,
+            creds,
+            delta: OnceCell::new(),
+        })
+    }
+
+    /// The HTTP client (to adjust its retry policy).
+    pub fn http_mut(&mut self) -> &mut HttpClient {
+        &mut self.http
+    }
+
+    fn now() -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    }
+
+    /// `server time - local time`, asked once (`GET /auth/time`).
+    async fn delta(&self) -> Result<i64, CallError> {
+        self.delta
+            .get_or_try_init(|| async {
+                let url = format!("{}/auth/time", self.base);
+                let app = self.creds.application_key.clone();
+                let response = self
+                    .http
+                    .send(|| {
+                        Request::new(Method::GET, url.clone()).header(
+                            "X-Ovh-Application",
+                            app.clone(),
+                            false,
+                        )
+                    })
+                    .await?;
+                if !response.is_success() {
+                    return Err(ApiError::from_response(&response).into());
+                }
+                let server: i64 =
+                    serde_json::from_slice(&response.body).map_err(|e| CallError::Decode {
+                        what: "GET /auth/time".into(),
+                        detail: e.to_string(),
+                    })?;
+                Ok(server - Self::now())
+            })
+            .await
+            .copied()
+    }
+
+    /// Calls `METHOD path` (path under the base URL, e.g. `/cloud/project/x/instance`), signed,
+    /// with a JSON body, and returns the JSON answer (`null` for an empty one).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, CallError> {
+        let response = self.call_raw(method.clone(), path, body, true).await?;
+        if !response.is_success() {
+            return Err(ApiError::from_response(&response).into());
+        }
+        if response.body.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&response.body).map_err(|e| CallError::Decode {
+            what: format!("{method} {path}"),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Sends a request, signed when `signed`, and returns the answer whatever its status.
+    pub async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        signed: bool,
+    ) -> Result<Response, CallError> {
+        let delta = if signed { self.delta().await? } else { 0 };
+        let url = format!("{}{}", self.base, path);
+        let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
+        let consumer = self.creds.consumer_key.clone();
+        let build = || {
+            let mut request = Request::new(method.clone(), url.clone()).header(
+                "X-Ovh-Application",
+                self.creds.application_key.clone(),
+                false,
+            );
+            if body.is_some() {
+                request = request.header("Content-Type", "application/json", false);
+            }
+            if let (true, Some(consumer)) = (signed, &consumer) {
+                let timestamp = Self::now() + delta;
+                let signature = sign::signature(
+                    &self.creds.application_secret.0,
+                    &consumer.0,
+                    method.as_str(),
+                    &url,
+                    body.as_deref().unwrap_or_default(),
+                    timestamp,
+                );
+                request = request
+                    .header("X-Ovh-Consumer", consumer.0.clone(), true)
+                    .header("X-Ovh-Timestamp", timestamp.to_string(), false)
+                    .header("X-Ovh-Signature", signature, true);
+            }
+            request.body = body.clone();
+            request
+        };
+        Ok(self.http.send(build).await?)
+    }
+
+    /// Asks for a consumer key with these access rules; returns `(consumer key, validation URL)`.
+    pub async fn request_consumer_key(
+        &self,
+        rules: &[(&str, &str)],
+    ) -> Result<(String, String), CallError> {
+        let body = serde_json::json!({
+            "accessRules": rules.iter().map(|(m, p)| serde_json::json!({"method": m, "path": p})).collect::<Vec<_>>(),
+        });
+        let response = self
+            .call_raw(Method::POST, "/auth/credential", Some(&body), false)
+            .await?;
+        if !response.is_success() {
+            return Err(ApiError::from_response(&response).into());
+        }
+        let value: Value =
+            serde_json::from_slice(&response.body).map_err(|e| CallError::Decode {
+                what: "POST /auth/credential".into(),
+                detail: e.to_string(),
+            })?;
+        let field = |name: &str| {
+            value
+                .get(name)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| CallError::Decode {
+                    what: "POST /auth/credential".into(),
+                    detail: format!("no {name}"),
+                })
+        };
+        Ok((field("consumerKey")?, field("validationUrl")?))
+    }
+}
