@@ -1,0 +1,1118 @@
+//! A faithful fake of the OVH API (Public Cloud), on 127.0.0.1, over its own state.
+//!
+//! It checks `X-Ovh-Application`, `X-Ovh-Consumer` and `X-Ovh-Signature` as OVH does (over the raw
+//! URL and raw body received, the timestamp within a window of its own `/auth/time`, which runs
+//! ahead of this machine's clock so that clients must use the server-time delta), answers with OVH's
+//! error bodies and an `X-Ovh-QueryID`, and moves instances through BUILD → ACTIVE, their address
+//! appearing later still. Each instance is a local node of the test bed (image `cloud-debian`: root
+//! refused as on OVH's images, the image's user `debian` holding the instance's SSH key); DELETE
+//! destroys it. Faults: a share of 500 and 429 answers, slow answers, dropped answers after an
+//! instance was created.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use nodeup::driver::NodeDriver;
+use nodeup::model::{CreateNode, NodeAuth};
+use nodeup::providers::local::LocalDriver;
+use nodeup::providers::ovh::sign;
+use rand::{RngExt, SeedableRng};
+use serde_json::{json, Value};
+
+/// Faults the fake injects.
+#[derive(Debug, Clone, Default)]
+pub struct OvhFaults {
+    /// The share (0 to 1) of authenticated requests answered 500, before anything is done.
+    pub error_500: f64,
+    /// The share answered 429 (with `Retry-After: 0`).
+    pub error_429: f64,
+    /// Every answer waits this long.
+    pub slow: Duration,
+    /// This many `POST /instance` answers are dropped after the instance was created.
+    pub drop_create_answers: u32,
+}
+
+/// How the fake behaves.
+#[derive(Debug, Clone)]
+pub struct OvhConfig {
+    /// How long an instance stays in BUILD.
+    pub build_time: Duration,
+    /// How long after ACTIVE its address appears.
+    pub address_delay: Duration,
+    /// How far the fake's clock runs ahead of this machine's (seconds).
+    pub clock_offset: i64,
+    /// Faults.
+    pub faults: OvhFaults,
+}
+
+impl Default for OvhConfig {
+    fn default() -> Self {
+        OvhConfig {
+            build_time: Duration::from_millis(600),
+            address_delay: Duration::from_millis(300),
+            clock_offset: 3600,
+            faults: OvhFaults::default(),
+        }
+    }
+}
+
+/// The fake's credentials and project.
+#[derive(Debug, Clone)]
+pub struct OvhAccount {
+    /// The application key.
+    pub application_key: String,
+    /// The application secret.
+    pub application_secret: String,
+    /// The consumer key.
+    pub consumer_key: String,
+    /// The Public Cloud project.
+    pub project: String,
+}
+
+struct Instance {
+    id: String,
+    name: String,
+    region: String,
+    flavor_id: String,
+    image_id: String,
+    ssh_key_id: Option<String>,
+    created: Instant,
+    created_at: String,
+    node: Option<nodeup::model::Node>,
+    stopped: bool,
+}
+
+#[derive(Default)]
+struct Data {
+    instances: Vec<Instance>,
+    keys: Vec<Value>,
+    volumes: Vec<Value>,
+    snapshots: Vec<Value>,
+    images: Vec<Value>,
+    requests: u64,
+}
+
+struct Fake {
+    account: OvhAccount,
+    config: Mutex<OvhConfig>,
+    data: Mutex<Data>,
+    rng: Mutex<rand::rngs::StdRng>,
+    driver: LocalDriver,
+}
+
+type Shared = Arc<Fake>;
+
+/// A running fake OVH API. Dropping it stops the server (the instances' local nodes go with the
+/// test bed that holds them).
+pub struct FakeOvh {
+    addr: SocketAddr,
+    fake: Shared,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeOvh {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn random_hex(len: usize) -> String {
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| char::from_digit(rng.random_range(0..16u32), 16).unwrap_or('0'))
+        .collect()
+}
+
+fn random_token(len: usize) -> String {
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+impl FakeOvh {
+    /// Starts the fake on 127.0.0.1 (a port the kernel picks); its instances are nodes of `driver`.
+    pub async fn start(driver: LocalDriver, config: OvhConfig) -> std::io::Result<FakeOvh> {
+        Self::start_on(
+            "127.0.0.1:0".parse().map_err(std::io::Error::other)?,
+            driver,
+            config,
+        )
+        .await
+    }
+
+    /// Starts the fake on `listen`.
+    pub async fn start_on(
+        listen: SocketAddr,
+        driver: LocalDriver,
+        config: OvhConfig,
+    ) -> std::io::Result<FakeOvh> {
+        let account = OvhAccount {
+            application_key: random_token(16),
+            application_secret: random_token(32),
+            consumer_key: random_token(32),
+            project: random_hex(32),
+        };
+        let images = vec![
+            json!({"id": "d3b1a8c0-0001-4e2b-9a62-debian000012", "name": "Debian 12", "region": "GRA1",
+                   "type": "linux", "visibility": "public", "status": "active", "user": "debian",
+                   "minDisk": 0, "minRam": 0, "size": 2.1, "creationDate": "2024-06-10T10:00:00Z"}),
+            json!({"id": "d3b1a8c0-0002-4e2b-9a62-debian000012", "name": "Debian 12", "region": "SBG5",
+                   "type": "linux", "visibility": "public", "status": "active", "user": "debian",
+                   "minDisk": 0, "minRam": 0, "size": 2.1, "creationDate": "2024-06-10T10:00:00Z"}),
+        ];
+        let fake = Arc::new(Fake {
+            account,
+            config: Mutex::new(config),
+            data: Mutex::new(Data {
+                images,
+                ..Default::default()
+            }),
+            rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(7)),
+            driver,
+        });
+        let project_routes = Router::new()
+            .route("/instance", get(list_instances).post(create_instance))
+            .route("/instance/{id}", get(get_instance).delete(delete_instance))
+            .route("/instance/{id}/{action}", post(instance_action))
+            .route("/flavor", get(list_flavors))
+            .route("/image", get(list_images))
+            .route("/image/{id}", get(get_image))
+            .route("/snapshot/{id}", axum::routing::delete(delete_image))
+            .route("/region", get(list_regions))
+            .route("/sshkey", get(list_keys).post(create_key))
+            .route("/sshkey/{id}", get(get_key).delete(delete_key))
+            .route("/volume", get(list_volumes).post(create_volume))
+            .route("/volume/snapshot", get(list_snapshots))
+            .route(
+                "/volume/snapshot/{id}",
+                get(get_snapshot).delete(delete_snapshot),
+            )
+            .route("/volume/{id}", get(get_volume).delete(delete_volume))
+            .route("/volume/{id}/{action}", post(volume_action));
+        let app = Router::new()
+            .route("/1.0/auth/time", get(auth_time))
+            .route("/1.0/auth/credential", post(auth_credential))
+            .nest("/1.0/cloud/project/{project}", project_routes)
+            .fallback(not_found)
+            .layer(middleware::from_fn_with_state(fake.clone(), check))
+            .with_state(fake.clone());
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(FakeOvh { addr, fake, server })
+    }
+
+    /// The base URL clients use (`OVH_ENDPOINT`).
+    pub fn base_url(&self) -> String {
+        format!("http://{}/1.0", self.addr)
+    }
+
+    /// The account.
+    pub fn account(&self) -> &OvhAccount {
+        &self.fake.account
+    }
+
+    /// The environment a client needs: OVH_ENDPOINT, the three keys, OVH_CLOUD_PROJECT_SERVICE.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let a = &self.fake.account;
+        vec![
+            ("OVH_ENDPOINT".into(), self.base_url()),
+            ("OVH_APPLICATION_KEY".into(), a.application_key.clone()),
+            (
+                "OVH_APPLICATION_SECRET".into(),
+                a.application_secret.clone(),
+            ),
+            ("OVH_CONSUMER_KEY".into(), a.consumer_key.clone()),
+            ("OVH_CLOUD_PROJECT_SERVICE".into(), a.project.clone()),
+        ]
+    }
+
+    /// Replaces the faults.
+    pub fn set_faults(&self, faults: OvhFaults) {
+        self.fake
+            .config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .faults = faults;
+    }
+
+    /// The names of the instances the fake holds.
+    pub fn instance_names(&self) -> Vec<String> {
+        self.fake
+            .data
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .instances
+            .iter()
+            .map(|i| i.name.clone())
+            .collect()
+    }
+
+    /// How many requests got past the authentication check.
+    pub fn authenticated_requests(&self) -> u64 {
+        self.fake
+            .data
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .requests
+    }
+}
+
+fn ovh_error(status: StatusCode, code: Option<&str>, message: &str) -> Response {
+    let body = match code {
+        Some(code) => json!({
+            "errorCode": code,
+            "httpCode": format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or("")),
+            "message": message,
+        }),
+        None => json!({"message": message}),
+    };
+    (status, Json(body)).into_response()
+}
+
+fn bad_request(message: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"class": "Client::BadRequest", "message": message})),
+    )
+        .into_response()
+}
+
+fn missing(what: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"class": "Client::NotFound", "message": format!("The requested object ({what}) does not exist")})),
+    )
+        .into_response()
+}
+
+/// Authentication, faults and the query id, around every route.
+async fn check(State(fake): State<Shared>, request: Request, next: Next) -> Response {
+    let query_id = format!(
+        "FR.ws-{}.{}",
+        rand::rng().random_range(1..9),
+        random_hex(16)
+    );
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 16 << 20).await else {
+        return with_query_id(bad_request("body too large"), &query_id);
+    };
+    let path = parts.uri.path().to_string();
+    let public = path == "/1.0/auth/time" || path == "/1.0/auth/credential";
+    let faults = fake
+        .config
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .faults
+        .clone();
+    if !faults.slow.is_zero() {
+        tokio::time::sleep(faults.slow).await;
+    }
+    let app = parts
+        .headers
+        .get("x-ovh-application")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if app != fake.account.application_key {
+        return with_query_id(
+            ovh_error(
+                StatusCode::FORBIDDEN,
+                Some("INVALID_KEY"),
+                "Invalid application key",
+            ),
+            &query_id,
+        );
+    }
+    if !public {
+        if let Err(response) =
+            check_signature(&fake, &parts.method, &parts.headers, &parts.uri, &bytes)
+        {
+            return with_query_id(response, &query_id);
+        }
+        let (fail_500, fail_429) = {
+            let mut rng = fake.rng.lock().unwrap_or_else(|e| e.into_inner());
+            let roll: f64 = rng.random();
+            (
+                roll < faults.error_500,
+                roll >= faults.error_500 && roll < faults.error_500 + faults.error_429,
+            )
+        };
+        if fail_500 {
+            return with_query_id(
+                ovh_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Some("INTERNAL_SERVER_ERROR"),
+                    "Internal server error",
+                ),
+                &query_id,
+            );
+        }
+        if fail_429 {
+            let mut response = ovh_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                Some("TOO_MANY_REQUESTS"),
+                "Too many requests",
+            );
+            response
+                .headers_mut()
+                .insert("retry-after", "0".parse().expect("a valid header"));
+            return with_query_id(response, &query_id);
+        }
+        fake.data.lock().unwrap_or_else(|e| e.into_inner()).requests += 1;
+    }
+    let request = Request::from_parts(parts, Body::from(bytes));
+    with_query_id(next.run(request).await, &query_id)
+}
+
+fn with_query_id(mut response: Response, query_id: &str) -> Response {
+    if let Ok(value) = query_id.parse() {
+        response.headers_mut().insert("x-ovh-queryid", value);
+    }
+    response
+}
+
+#[allow(clippy::result_large_err)]
+fn check_signature(
+    fake: &Fake,
+    method: &Method,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+    body: &Bytes,
+) -> Result<(), Response> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let consumer = header("x-ovh-consumer");
+    if consumer.is_empty() {
+        return Err(ovh_error(
+            StatusCode::UNAUTHORIZED,
+            None,
+            "You must login first",
+        ));
+    }
+    if consumer != fake.account.consumer_key {
+        return Err(ovh_error(
+            StatusCode::FORBIDDEN,
+            Some("INVALID_CREDENTIAL"),
+            "This credential is not valid",
+        ));
+    }
+    let offset = fake
+        .config
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clock_offset;
+    let server_now = now_secs() + offset;
+    let Ok(timestamp) = header("x-ovh-timestamp").parse::<i64>() else {
+        return Err(ovh_error(
+            StatusCode::BAD_REQUEST,
+            Some("QUERY_TIME_OUT"),
+            "Query out of time",
+        ));
+    };
+    if (timestamp - server_now).abs() > 30 {
+        return Err(ovh_error(
+            StatusCode::BAD_REQUEST,
+            Some("QUERY_TIME_OUT"),
+            "Query out of time",
+        ));
+    }
+    // The raw URL as received: scheme and host, then the path and query exactly as sent.
+    let host = header("host");
+    let raw = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let url = format!("http://{host}{raw}");
+    let expected = sign::signature(
+        &fake.account.application_secret,
+        consumer,
+        method.as_str(),
+        &url,
+        body,
+        timestamp,
+    );
+    if header("x-ovh-signature") != expected {
+        return Err(ovh_error(
+            StatusCode::BAD_REQUEST,
+            Some("INVALID_SIGNATURE"),
+            "Invalid signature",
+        ));
+    }
+    Ok(())
+}
+
+async fn auth_time(State(fake): State<Shared>) -> Json<i64> {
+    let offset = fake
+        .config
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clock_offset;
+    Json(now_secs() + offset)
+}
+
+async fn auth_credential(State(fake): State<Shared>, body: Bytes) -> Response {
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return bad_request("Invalid JSON");
+    };
+    if !request.get("accessRules").is_some_and(Value::is_array) {
+        return bad_request("Missing parameter accessRules");
+    }
+    let token = random_token(32);
+    Json(json!({
+        "validationUrl": format!("http://fake-ovh/auth/?credentialToken={token}"),
+        "consumerKey": fake.account.consumer_key,
+        "state": "pendingValidation",
+    }))
+    .into_response()
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    ovh_error(
+        StatusCode::NOT_FOUND,
+        None,
+        &format!("Got an invalid (or empty) URL: {}", uri.path()),
+    )
+}
+
+#[allow(clippy::result_large_err)]
+fn project_ok(fake: &Fake, project: &str) -> Result<(), Response> {
+    if project == fake.account.project {
+        Ok(())
+    } else {
+        Err(missing(&format!("serviceName = {project}")))
+    }
+}
+
+const FLAVORS: [(&str, &str, u32, u64, u64); 2] = [
+    ("b2-7-gra1", "b2-7", 2, 7000, 50),
+    ("d2-2-gra1", "d2-2", 1, 2000, 25),
+];
+const REGIONS: [&str; 2] = ["GRA1", "SBG5"];
+
+fn flavor_json(f: &(&str, &str, u32, u64, u64)) -> Value {
+    json!({"id": f.0, "name": f.1, "region": "GRA1", "vcpus": f.2, "ram": f.3, "disk": f.4,
+           "type": "ovh.ssd.eg", "osType": "linux", "available": true,
+           "inboundBandwidth": 250, "outboundBandwidth": 250})
+}
+
+impl Instance {
+    fn status(&self, build_time: Duration) -> &'static str {
+        if self.node.is_none() {
+            "ERROR"
+        } else if self.stopped {
+            "SHUTOFF"
+        } else if self.created.elapsed() < build_time {
+            "BUILD"
+        } else {
+            "ACTIVE"
+        }
+    }
+}
+
+async fn list_instances(State(fake): State<Shared>, Path(project): Path<String>) -> Response {
+    if let Err(r) = project_ok(&fake, &project) {
+        return r;
+    }
+    let data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+    let list: Vec<Value> = data
+        .instances
+        .iter()
+        .map(|i| instance_json_locked(&fake, &data, i, false))
+        .collect();
+    Json(list).into_response()
+}
+
+/// `instance_json` while the data lock is held.
+fn instance_json_locked(fake: &Fake, data: &Data, i: &Instance, detail: bool) -> Value {
+    let (build, address_delay) = {
+        let c = fake.config.lock().unwrap_or_else(|e| e.into_inner());
+        (c.build_time, c.address_delay)
+    };
+    let status = i.status(build);
+    let addresses: Vec<Value> = match &i.node {
+        Some(node) if status == "ACTIVE" && i.created.elapsed() >= build + address_delay => node
+            .public_ips
+            .iter()
+            .map(|ip| json!({"ip": ip.to_string(), "type": "public", "version": 4, "networkId": "", "gatewayIp": null}))
+            .collect(),
+        _ => vec![],
+    };
+    let mut value = json!({
+        "id": i.id, "name": i.name, "status": status, "region": i.region,
+        "created": i.created_at, "ipAddresses": addresses, "monthlyBilling": null,
+        "planCode": "b2-7.consumption", "operationIds": [],
+    });
+    if detail {
+        value["flavor"] = FLAVORS
+            .iter()
+            .find(|f| f.0 == i.flavor_id)
+            .map(flavor_json)
+            .unwrap_or(Value::Null);
+        value["image"] = data
+            .images
+            .iter()
+            .find(|img| img["id"] == i.image_id.as_str())
+            .cloned()
+            .unwrap_or(Value::Null);
+        value["sshKey"] = i
+            .ssh_key_id
+            .as_ref()
+            .and_then(|id| data.keys.iter().find(|k| k["id"] == id.as_str()).cloned())
+            .unwrap_or(Value::Null);
+    } else {
+        value["flavorId"] = json!(i.flavor_id);
+        value["imageId"] = json!(i.image_id);
+        value["sshKeyId"] = json!(i.ssh_key_id);
+    }
+    value
+}
+
+async fn get_instance(
+    State(fake): State<Shared>,
+    Path((project, id)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = project_ok(&fake, &project) {
+        return r;
+    }
+    let data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+    match data.instances.iter().find(|i| i.id == id) {
+        Some(i) => Json(instance_json_locked(&fake, &data, i, true)).into_response(),
+        None => missing(&format!("instanceId = {id}")),
+    }
+}
+
+async fn create_instance(
+    State(fake): State<Shared>,
+    Path(project): Path<String>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = project_ok(&fake, &project) {
+        return r;
+    }
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return bad_request("Invalid JSON");
+    };
+    let field = |name: &str| {
+        request
+            .get(name)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let (Some(name), Some(flavor_id), Some(region), Some(image_id)) = (
+        field("name"),
+        field("flavorId"),
+        field("region"),
+        field("imageId"),
+    ) else {
+        return bad_request("Missing parameter: name, flavorId, region and imageId are required");
+    };
+    if !REGIONS.contains(&region.as_str()) {
+        return bad_request(&format!("Region {region} does not exist or is not enabled"));
+    }
+    if !FLAVORS.iter().any(|f| f.0 == flavor_id) {
+        return bad_request(&format!("Flavor {flavor_id} does not exist"));
+    }
+    let ssh_key_id = field("sshKeyId");
+    let public_key = {
+        let data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+        if !data.images.iter().any(|i| i["id"] == image_id.as_str()) {
+            return bad_request(&format!("Image {image_id} does not exist"));
+        }
+        match &ssh_key_id {
+            Some(id) => match data.keys.iter().find(|k| k["id"] == id.as_str()) {
+                Some(key) => key["publicKey"].as_str().map(str::to_string),
+                None => return bad_request(&format!("SSH key {id} does not exist")),
+            },
+            None => None,
+        }
+    };
+    let id = format!(
+        "{}-{}-{}-{}-{}",
+        random_hex(8),
+        random_hex(4),
+        random_hex(4),
+        random_hex(4),
+        random_hex(12)
+    );
+    // The instance's machine: a local node whose image refuses root as OVH's images do.
+    let node = fake
+        .driver
+        .create_node(&CreateNode {
+            name: format!("ovh-{}", &id[..8]),
+            image: Some("cloud-debian".into()),
+            auth: public_key.map(NodeAuth::SshKey),
+            ..Default::default()
+        })
+        .await;
+    let node = match node {
+        Ok(node) if node.ssh_port() == 22 => Some(node),
+        Ok(node) => {
+            let _ = fake.driver.destroy_node(&node).await;
+            None
+        }
+        Err(e) => {
+            eprintln!("fake-ovh: creating the instance's local node: {e}");
+            None
+        }
+    };
+    let instance = Instance {
+        id: id.clone(),
+        name,
+        region,
+        flavor_id,
+        image_id,
+        ssh_key_id,
+        created: Instant::now(),
+        created_at: humantime_now(),
+        node,
+        stopped: false,
+    };
+    let value = {
+        let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+        let value = instance_json_locked(&fake, &data, &instance, true);
+        data.instances.push(instance);
+        value
+    };
+    let drop_answer = {
+        let mut config = fake.config.lock().unwrap_or_else(|e| e.into_inner());
+        let drop = config.faults.drop_create_answers > 0;
+        if drop {
+            config.faults.drop_create_answers -= 1;
+        }
+        drop
+    };
+    if drop_answer {
+        // The instance exists, but its answer is lost on the way: the body breaks off.
+        let stream = futures::stream::iter(vec![
+            Ok::<_, std::io::Error>(Bytes::from_static(b"{\"id\":")),
+            Err(std::io::Error::other("connection lost")),
+        ]);
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/json")
+            .body(Body::from_stream(stream))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    }
+    Json(value).into_response()
+}
+
+fn humantime_now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+async fn delete_instance(
+    State(fake): State<Shared>,
+    Path((project, id)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = project_ok(&fake, &project) {
+        return r;
+    }
+    let instance = {
+        let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(pos) = data.instances.iter().position(|i| i.id == id) else {
+            return missing(&format!("instanceId = {id}"));
+        };
+        data.instances.remove(pos)
+    };
+    if let Some(node) = instance.node {
+        if let Err(e) = fake.driver.destroy_node(&node).await {
+            eprintln!("fake-ovh: destroying the instance's local node: {e}");
+        }
+    }
+    Json(Value::Null).into_response()
+}
+
+async fn instance_action(
+    State(fake): State<Shared>,
+    Path((project, id, action)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = project_ok(&fake, &project) {
+        return r;
+    }
+    let node = {
+        let data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+        match data.instances.iter().find(|i| i.id == id) {
+            Some(i) => i.node.clone(),
+            None => return missing(&format!("instanceId = {id}")),
+        }
+    };
+    let result = match (action.as_str(), &node) {
+        ("reboot", Some(node)) => fake.driver.reboot_node(node).await,
+        ("stop", Some(node)) => fake.driver.stop_node(node).await,
+        ("start", Some(node)) => fake.driver.start_node(node).await,
+        ("snapshot", _) => {
+            let name = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v["snapshotName"].as_str().map(str::to_string));
+            let Some(name) = name else {
+                return bad_request("Missing parameter snapshotName");
+            };
+            let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+            data.images.push(
+                json!({"id": random_hex(32), "name": name, "region": "GRA1", "type": "linux",
+                "visibility": "private", "status": "active", "user": "debian"}),
+            );
+            Ok(())
+        }
+        (_, None) => return bad_request("The instance is in error"),
+        _ => return missing(&format!("action = {action}")),
+    };
+    if let Err(e) = result {
+        return ovh_error(StatusCode::INTERNAL_SERVER_ERROR, None, &e.to_string());
+    }
+    let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(i) = data.instances.iter_mut().find(|i| i.id == id) {
+        match action.as_str() {
+            "stop" => i.stopped = true,
+            "start" => i.stopped = false,
+            _ => {}
+        }
+    }
+    Json(Value::Null).into_response()
+}
+
+async fn list_flavors(State(fake): State<Shared>, Path(project): Path<String>) -> Response {
+    if let Err(r) = project_ok(&fake, &project) {
+        return r;
+    }
+    Json(FLAVORS.iter().map(flavor_json).collect::<Vec<_>>()).into_response()
+}
+
+async fn list_images(State(fake): State<Shared>, Path(project): Path<String>) -> Response {
+    if let Err(r) = project_ok(&fake, &project) {
+        return r;
+    }
+    Json(
+        fake.data
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .images
+            .clone(),
+    )
+    .into_response()
+}
+
+async fn get_image(
+    State(fake): State<Shared>,
+    Path((project, id)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = project_ok(&fake, &project) {
+        return r;
+    }
+    let data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+    match data.images.iter().find(|i| i["id"] == id.as_str()) {
+        Some(image) => Json(image.clone()).into_response(),
+        None => missing(&format!("imageId = {id}")),
+    }
+}
+
+async fn delete_image(
+    State(fake): State<Shared>,
+    Path((project, id)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = project_ok(&fake, &project) {
+        return r;
+    }
+    let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+    let before = data.images.len();
+    data.images
+        .retain(|i| !(i["id"] == id.as_str() && i["visibility"] == "private"));
+    if data.images.len() == before {
+        return missing(&format!("snapshotId = {id}"));
+    }
+    Json(Value::Null).into_response()
+}
+
+async fn list_regions(State(fake): State<Shared>, Path(project): Path<String>) -> Response {
+    if let Err(r) = project_ok(&fake, &project) {
+        return r;
+    }
+    Json(REGIONS).into_response()
+}
+
+async fn list_keys(
+    State(fake): State<Shared>,
+    Path(project): Path<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Response {
+    if let Err(r) = project_ok(&fake, &project) {
+        return r;
+    }
+    let data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+    let keys: Vec<Value> = data
+        .keys
+        .iter()
+        .filter(|k| {
+            query.get("region").is_none_or(|r| {
+                k["regions"]
+                    .as_array()
+                    .is_some_and(|rs| rs.iter().any(|x| x == r.as_str()))
+            })
+        })
+        .cloned()
+        .collect();
+    Json(keys).into_response()
+}
+
+async fn create_key(
+    State(fake): State<Shared>,
+    Path(project): Path<String>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = project_ok(&fake, &project) {
+        return r;
+    }
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return bad_request("Invalid JSON");
+    };
+    let (Some(name), Some(public_key)) = (request["name"].as_str(), request["publicKey"].as_str())
+    else {
+        return bad_request("Missing parameter: name and publicKey are required");
+    };
+    let Ok(parsed) = fingerprint(public_key) else {
+        return bad_request("Invalid public key");
+    };
+    let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+    if data.keys.iter().any(|k| k["name"] == name) {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({"class": "Client::Conflict", "message": format!("SSH key {name} already exists")})),
+        )
+            .into_response();
+    }
+    let regions: Vec<&str> = match request["region"].as_str() {
+        Some(r) => vec![r],
+        None => REGIONS.to_vec(),
+    };
+    let key = json!({"id": random_hex(24), "name": name, "publicKey": public_key, "regions": regions, "fingerPrint": parsed});
+    data.keys.push(key.clone());
+    Json(key).into_response()
+}
+
+/// A key's fingerprint, or an error when it is not a public key line.
+fn fingerprint(line: &str) -> Result<String, ()> {
+    russh::keys::PublicKey::from_openssh(line.trim())
+        .map(|k| k.fingerprint(russh::keys::HashAlg::Sha256).to_string())
+        .map_err(|_| ())
+}
+
+async fn get_key(
+    State(fake): State<Shared>,
+    Path((project, id)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = project_ok(&fake, &project) {
+        return r;
+    }
+    let data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+    match data.keys.iter().find(|k| k["id"] == id.as_str()) {
+        Some(k) => Json(k.clone()).into_response(),
+        None => missing(&format!("sshKeyId = {id}")),
+    }
+}
+
+async fn delete_key(
+    State(fake): State<Shared>,
+    Path((project, id)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = project_ok(&fake, &project) {
+        return r;
+    }
+    let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+    let before = data.keys.len();
+    data.keys.retain(|k| k["id"] != id.as_str());
+    if data.keys.len() == before {
+        return missing(&format!("sshKeyId = {id}"));
+    }
+    Json(Value::Null).into_response()
+}
+
+async fn list_volumes(State(fake): State<Shared>, Path(project): Path<String>) -> Response {
+    if let Err(r) = project_ok(&fake, &project) {
+        return r;
+    }
+    Json(
+        fake.data
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .volumes
+            .clone(),
+    )
+    .into_response()
+}
+
+async fn create_volume(
+    State(fake): State<Shared>,
+    Path(project): Path<String>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = project_ok(&fake, &project) {
+        return r;
+    }
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return bad_request("Invalid JSON");
+    };
+    let (Some(region), Some(size)) = (request["region"].as_str(), request["size"].as_u64()) else {
+        return bad_request("Missing parameter: region and size are required");
+    };
+    let kind = request["type"].as_str().unwrap_or("classic");
+    if !["classic", "high-speed", "high-speed-gen2"].contains(&kind) {
+        return bad_request(&format!("Invalid volume type {kind}"));
+    }
+    let volume = json!({
+        "id": format!("{}-{}", random_hex(8), random_hex(12)), "name": request["name"], "description": request["description"],
+        "region": region, "size": size, "status": "available", "type": kind, "attachedTo": [],
+        "bootable": false, "creationDate": humantime_now(),
+    });
+    fake.data
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .volumes
+        .push(volume.clone());
+    Json(volume).into_response()
+}
+
+async fn get_volume(
+    State(fake): State<Shared>,
+    Path((project, id)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = project_ok(&fake, &project) {
+        return r;
+    }
+    let data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+    match data.volumes.iter().find(|v| v["id"] == id.as_str()) {
+        Some(v) => Json(v.clone()).into_response(),
+        None => missing(&format!("volumeId = {id}")),
+    }
+}
+
+async fn delete_volume(
+    State(fake): State<Shared>,
+    Path((project, id)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = project_ok(&fake, &project) {
+        return r;
+    }
+    let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(pos) = data.volumes.iter().position(|v| v["id"] == id.as_str()) else {
+        return missing(&format!("volumeId = {id}"));
+    };
+    if data.volumes[pos]["attachedTo"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty())
+    {
+        return bad_request("Volume is attached; detach it first");
+    }
+    data.volumes.remove(pos);
+    Json(Value::Null).into_response()
+}
+
+async fn volume_action(
+    State(fake): State<Shared>,
+    Path((project, id, action)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = project_ok(&fake, &project) {
+        return r;
+    }
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+    let instances: Vec<String> = data.instances.iter().map(|i| i.id.clone()).collect();
+    let Some(volume) = data.volumes.iter_mut().find(|v| v["id"] == id.as_str()) else {
+        return missing(&format!("volumeId = {id}"));
+    };
+    match action.as_str() {
+        "attach" | "detach" => {
+            let Some(instance) = request["instanceId"].as_str() else {
+                return bad_request("Missing parameter instanceId");
+            };
+            if !instances.iter().any(|i| i == instance) {
+                return missing(&format!("instanceId = {instance}"));
+            }
+            if action == "attach" {
+                volume["attachedTo"] = json!([instance]);
+                volume["status"] = json!("in-use");
+            } else {
+                volume["attachedTo"] = json!([]);
+                volume["status"] = json!("available");
+            }
+            Json(volume.clone()).into_response()
+        }
+        "snapshot" => {
+            let snapshot = json!({
+                "id": format!("{}-{}", random_hex(8), random_hex(12)), "volumeId": id,
+                "status": "available", "region": volume["region"], "name": request["name"].as_str().unwrap_or(""),
+                "description": request["description"].as_str().unwrap_or(""), "size": volume["size"],
+                "creationDate": humantime_now(),
+            });
+            data.snapshots.push(snapshot.clone());
+            Json(snapshot).into_response()
+        }
+        _ => missing(&format!("action = {action}")),
+    }
+}
+
+async fn list_snapshots(State(fake): State<Shared>, Path(project): Path<String>) -> Response {
+    if let Err(r) = project_ok(&fake, &project) {
+        return r;
+    }
+    Json(
+        fake.data
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .snapshots
+            .clone(),
+    )
+    .into_response()
+}
+
+async fn get_snapshot(
+    State(fake): State<Shared>,
+    Path((project, id)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = project_ok(&fake, &project) {
+        return r;
+    }
+    let data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+    match data.snapshots.iter().find(|s| s["id"] == id.as_str()) {
+        Some(s) => Json(s.clone()).into_response(),
+        None => missing(&format!("snapshotId = {id}")),
+    }
+}
+
+async fn delete_snapshot(
+    State(fake): State<Shared>,
+    Path((project, id)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = project_ok(&fake, &project) {
+        return r;
+    }
+    let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+    let before = data.snapshots.len();
+    data.snapshots.retain(|s| s["id"] != id.as_str());
+    if data.snapshots.len() == before {
+        return missing(&format!("snapshotId = {id}"));
+    }
+    Json(Value::Null).into_response()
+}
