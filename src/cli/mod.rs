@@ -4,6 +4,7 @@ pub mod catalog;
 pub mod deploy;
 pub mod nodes;
 pub mod output;
+pub mod ovh;
 pub mod run;
 
 use std::process::ExitCode;
@@ -34,6 +35,9 @@ pub enum Command {
     /// Create, list, reboot and destroy nodes.
     #[command(subcommand)]
     Nodes(nodes::NodesCommand),
+    /// OVH helpers.
+    #[command(subcommand)]
+    Ovh(ovh::OvhCommand),
     /// List the providers.
     Providers {
         /// Print JSON.
@@ -91,6 +95,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Deploy(args) => deploy::run(args).await,
         Command::Run(args) => run::run(args).await,
         Command::Nodes(cmd) => nodes::run(cmd).await,
+        Command::Ovh(cmd) => ovh::run(cmd).await,
         Command::Providers { json } => {
             catalog::providers(json);
             Ok(())

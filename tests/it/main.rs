@@ -4,6 +4,7 @@ mod cli_deploy;
 mod cli_nodes;
 mod deploy;
 mod local_nodes;
+mod ovh;
 mod relay;
 mod ssh;
 

@@ -256,6 +256,11 @@ impl OvhDriver {
         &self.client
     }
 
+    /// The API client, to adjust (its retry policy, say).
+    pub fn client_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
     fn path(&self, rest: &str) -> String {
         format!("/cloud/project/{}{rest}", self.project)
     }

@@ -1,0 +1,357 @@
+//! The OVH driver and `nodeup deploy` against the fake OVH API, whose instances are local nodes.
+
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use nodeup::driver::{NodeDriver, ProviderError};
+use nodeup::model::{CreateNode, CreateVolume, NodeAuth};
+use nodeup::providers::ovh::{Credentials, OvhDriver, Secret};
+use serde_json::Value;
+use testbed::fake_ovh::{FakeOvh, OvhConfig, OvhFaults};
+use testbed::TestBed;
+
+const IMAGE: &str = "d3b1a8c0-0001-4e2b-9a62-debian000012";
+
+fn driver(fake: &FakeOvh) -> OvhDriver {
+    let a = fake.account();
+    let creds = Credentials {
+        endpoint: fake.base_url(),
+        application_key: a.application_key.clone(),
+        application_secret: Secret(a.application_secret.clone()),
+        consumer_key: Some(Secret(a.consumer_key.clone())),
+    };
+    OvhDriver::new(creds, &a.project).unwrap()
+}
+
+fn stepfile(bed: &TestBed, name: &str, script: &str) -> std::path::PathBuf {
+    let path = bed.dir().join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[node]\nprovider = \"ovh\"\nname = \"{name}\"\nimage = \"{IMAGE}\"\nsize = \"b2-7-gra1\"\nlocation = \"GRA1\"\n\n[[step]]\ninline = \"{script}\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn nodeup(bed: &TestBed, fake: &FakeOvh, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodeup"));
+    cmd.args(args)
+        .arg("--key")
+        .arg(bed.client_key())
+        .arg("--known-hosts")
+        .arg(bed.dir().join("known_hosts"))
+        .env("NODEUP_STATE_DIR", bed.nodeup_state_dir())
+        .env("HOME", bed.dir())
+        .current_dir(bed.dir());
+    for (k, v) in fake.env() {
+        cmd.env(k, v);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_on_ovh_logs_in_as_the_image_user_and_cleans_up_on_failure() {
+    let bed = TestBed::new().unwrap();
+    let fake = FakeOvh::start(bed.driver().clone(), OvhConfig::default())
+        .await
+        .unwrap();
+    let trace = bed.dir().join("trace");
+    let file = stepfile(&bed, "ovh-web", "id -un; hostname");
+    let out = nodeup(
+        &bed,
+        &fake,
+        &[("NODEUP_DEBUG", trace.to_str().unwrap())],
+        &["deploy", file.to_str().unwrap(), "--json"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        result["user"], "debian",
+        "root is refused; the image's user works"
+    );
+    assert_eq!(result["node"]["provider"], "ovh");
+    assert_eq!(result["node"]["extra"]["login_user"], "debian");
+    assert_eq!(result["node"]["state"], "running");
+    assert!(result["steps"][0]["stdout"]
+        .as_str()
+        .unwrap()
+        .starts_with("debian\novh-"));
+    assert_eq!(fake.instance_names(), ["ovh-web"]);
+
+    // The trace: runnable curl lines, and no secret in it.
+    let text = std::fs::read_to_string(&trace).unwrap();
+    assert!(text.contains("curl -sS -X POST"), "{text}");
+    let a = fake.account();
+    for secret in [&a.consumer_key, &a.application_secret] {
+        assert!(
+            !text.contains(secret.as_str()),
+            "a secret leaked into the trace"
+        );
+    }
+    assert!(text.contains("X-Ovh-Signature: ***"));
+
+    // A failing step: the instance and its machine are destroyed.
+    let file = stepfile(&bed, "ovh-bad", "echo nope >&2; exit 4");
+    let out = nodeup(&bed, &fake, &[], &["deploy", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("was destroyed"));
+    assert_eq!(fake.instance_names(), ["ovh-web"]);
+    assert_eq!(
+        bed.driver().list_nodes().await.unwrap().len(),
+        1,
+        "no local node left behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_pairs_volumes_and_snapshots_round_trip() {
+    let bed = TestBed::new().unwrap();
+    let fake = FakeOvh::start(bed.driver().clone(), OvhConfig::default())
+        .await
+        .unwrap();
+    let ovh = driver(&fake);
+
+    let imported = ovh
+        .import_key_pair_from_string("mine", bed.client_public_key())
+        .await
+        .unwrap();
+    assert_eq!(imported.public_key, bed.client_public_key());
+    let created = ovh.create_key_pair("generated").await.unwrap();
+    assert!(created
+        .private_key
+        .as_deref()
+        .unwrap()
+        .contains("OPENSSH PRIVATE KEY"));
+    let names: Vec<String> = ovh
+        .list_key_pairs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.name)
+        .collect();
+    assert_eq!(names, ["mine", "generated"]);
+    assert_eq!(
+        ovh.get_key_pair("mine").await.unwrap().public_key,
+        bed.client_public_key()
+    );
+    ovh.delete_key_pair(&imported).await.unwrap();
+    assert!(matches!(
+        ovh.get_key_pair("mine").await,
+        Err(ProviderError::NotFound { .. })
+    ));
+
+    let volume = ovh
+        .create_volume(&CreateVolume {
+            size_gb: 10,
+            name: "data".into(),
+            location: Some("GRA1".into()),
+            volume_type: Some("high-speed".into()),
+            description: Some("app data".into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(volume.extra["type"], "high-speed");
+    let node = ovh
+        .create_node(&CreateNode {
+            name: "with-volume".into(),
+            image: Some(IMAGE.into()),
+            size: Some("d2-2-gra1".into()),
+            location: Some("GRA1".into()),
+            auth: Some(NodeAuth::SshKey(bed.client_public_key().into())),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    ovh.attach_volume(&node, &volume).await.unwrap();
+    let attached = ovh.get_volume(&volume.id).await.unwrap();
+    assert_eq!(attached.attached_to.as_deref(), Some(node.id.as_str()));
+    assert_eq!(attached.state, "in-use");
+    let snapshot = ovh
+        .create_volume_snapshot(&volume, Some("nightly"))
+        .await
+        .unwrap();
+    assert_eq!(ovh.list_volume_snapshots(&volume).await.unwrap().len(), 1);
+    assert_eq!(
+        ovh.get_snapshot(&snapshot.id)
+            .await
+            .unwrap()
+            .name
+            .as_deref(),
+        Some("nightly")
+    );
+    ovh.destroy_volume_snapshot(&snapshot).await.unwrap();
+    assert!(ovh.list_snapshots().await.unwrap().is_empty());
+    ovh.detach_volume(&volume).await.unwrap();
+    ovh.destroy_volume(&volume).await.unwrap();
+    assert!(ovh.list_volumes().await.unwrap().is_empty());
+
+    let image = ovh.create_image(&node, "golden").await.unwrap();
+    assert_eq!(image.name, "golden");
+    ovh.delete_image(&image).await.unwrap();
+    assert!(ovh
+        .list_images()
+        .await
+        .unwrap()
+        .iter()
+        .all(|i| i.name != "golden"));
+    assert_eq!(ovh.list_locations().await.unwrap().len(), 2);
+    assert_eq!(ovh.list_sizes().await.unwrap()[0].vcpus, Some(2));
+    ovh.destroy_node(&node).await.unwrap();
+    assert!(
+        bed.driver().list_nodes().await.unwrap().is_empty(),
+        "DELETE destroyed the machine"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_429_500_and_a_lost_answer_still_give_exactly_one_instance() {
+    let bed = TestBed::new().unwrap();
+    let config = OvhConfig {
+        faults: OvhFaults {
+            error_500: 0.25,
+            error_429: 0.25,
+            drop_create_answers: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let fake = FakeOvh::start(bed.driver().clone(), config).await.unwrap();
+    let mut ovh = driver(&fake);
+    ovh.client_mut().http_mut().retry.min_delay = std::time::Duration::from_millis(10);
+    let ovh: Arc<dyn NodeDriver> = Arc::new(ovh);
+    let node = ovh
+        .create_node(&CreateNode {
+            name: "exactly-one".into(),
+            image: Some(IMAGE.into()),
+            size: Some("b2-7-gra1".into()),
+            location: Some("GRA1".into()),
+            auth: Some(NodeAuth::SshKey(bed.client_public_key().into())),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(fake.instance_names(), ["exactly-one"]);
+    assert_eq!(bed.driver().list_nodes().await.unwrap().len(), 1);
+    let listed = ovh.get_node(&node.id).await.unwrap();
+    assert_eq!(listed.name, "exactly-one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_give_a_clear_error_and_create_nothing() {
+    let bed = TestBed::new().unwrap();
+    let fake = FakeOvh::start(bed.driver().clone(), OvhConfig::default())
+        .await
+        .unwrap();
+    let file = stepfile(&bed, "never", "true");
+    let out = nodeup(
+        &bed,
+        &fake,
+        &[("OVH_CONSUMER_KEY", "not-the-key")],
+        &["deploy", file.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("INVALID_CREDENTIAL") && stderr.contains("This credential is not valid"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("X-Ovh-QueryID: FR."), "{stderr}");
+    assert!(
+        stderr.contains("OVH_CONSUMER_KEY"),
+        "says what to fix: {stderr}"
+    );
+    assert!(!stderr.contains("not-the-key"), "no secret in errors");
+
+    let out = nodeup(
+        &bed,
+        &fake,
+        &[("OVH_APPLICATION_SECRET", "wrong")],
+        &["deploy", file.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("INVALID_SIGNATURE"));
+
+    let out = nodeup(
+        &bed,
+        &fake,
+        &[("OVH_CLOUD_PROJECT_SERVICE", "")],
+        &["deploy", file.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(fake.instance_names().is_empty());
+    assert!(bed.driver().list_nodes().await.unwrap().is_empty());
+}
+
+// Multi-threaded: the fake serves while the test waits for the nodeup process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ovh_conf_files_are_read_like_ovhs_clients_do() {
+    let bed = TestBed::new().unwrap();
+    let fake = FakeOvh::start(bed.driver().clone(), OvhConfig::default())
+        .await
+        .unwrap();
+    let a = fake.account();
+    std::fs::write(
+        bed.dir().join("ovh.conf"),
+        format!(
+            "[default]\nendpoint={}\n\n[{}]\napplication_key={}\napplication_secret={}\nconsumer_key={}\n",
+            fake.base_url(), fake.base_url(), a.application_key, a.application_secret, a.consumer_key
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nodeup"))
+        .args(["sizes", "--provider", "ovh", "--json"])
+        .env("HOME", bed.dir())
+        .env("OVH_CLOUD_PROJECT_SERVICE", &a.project)
+        .env_remove("OVH_ENDPOINT")
+        .env_remove("OVH_APPLICATION_KEY")
+        .env_remove("OVH_APPLICATION_SECRET")
+        .env_remove("OVH_CONSUMER_KEY")
+        .current_dir(bed.dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sizes: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(sizes.as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_key_prints_the_key_and_the_validation_url() {
+    let bed = TestBed::new().unwrap();
+    let fake = FakeOvh::start(bed.driver().clone(), OvhConfig::default())
+        .await
+        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodeup"));
+    cmd.args(["ovh", "consumer-key", "--rule", "GET:/cloud/*"])
+        .current_dir(bed.dir())
+        .env("HOME", bed.dir());
+    for (k, v) in fake.env() {
+        cmd.env(k, v);
+    }
+    let out = cmd.env_remove("OVH_CONSUMER_KEY").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("consumer key: {}", fake.account().consumer_key)),
+        "{text}"
+    );
+    assert!(text.contains("credentialToken="), "{text}");
+    let out = Command::new(env!("CARGO_BIN_EXE_nodeup"))
+        .args(["ovh", "consumer-key", "--rule", "FETCH:/x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
