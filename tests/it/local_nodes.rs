@@ -336,3 +336,44 @@ async fn exec_and_files_from_outside() {
     let out = node.ssh_run("root", "cat /root/note").unwrap();
     assert_eq!(stdout(&out), "from exec\n");
 }
+
+#[tokio::test]
+async fn reinstall_gives_a_fresh_filesystem_new_host_keys_and_runs_user_data_once() {
+    let bed = TestBed::new().unwrap();
+    let mut node = bed
+        .node(NodeSpec::new("metal").image("cloud-debian"))
+        .await
+        .unwrap();
+    let out = node
+        .ssh_run("debian", "echo old | sudo tee /etc/old-file")
+        .unwrap();
+    assert_ok(&out);
+    let old_keys = node.node.extra["host_keys"].clone();
+    let spec = nodeup::providers::local::Reinstall {
+        hostname: Some("metal-fresh".into()),
+        root_key: Some(bed.client_public_key().into()),
+        user_data: Some(b"#!/bin/sh\necho ran >> /root/first-boot\n".to_vec()),
+    };
+    node.node = bed.driver().reinstall(&node.node, &spec).await.unwrap();
+    assert_ne!(node.node.extra["host_keys"], old_keys, "new host keys");
+    node.wait_running(Duration::from_secs(20)).await.unwrap();
+    assert!(
+        node.read_file("/etc/old-file").is_err(),
+        "a fresh filesystem"
+    );
+    assert_eq!(node.read_file("/root/first-boot").unwrap(), b"ran\n");
+    // The key went to root (the config drive's key), and the host keys are the new ones.
+    let known = format!(
+        "{} {}\n",
+        node.ip(),
+        node.node.extra["host_keys"][0].as_str().unwrap()
+    );
+    std::fs::write(node.known_hosts(), known).unwrap();
+    let out = node.ssh_run("root", "hostname").unwrap();
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "metal-fresh\n");
+    // User data runs at the first boot only.
+    bed.driver().reboot_node(&node.node).await.unwrap();
+    node.wait_running(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(node.read_file("/root/first-boot").unwrap(), b"ran\n");
+}

@@ -169,6 +169,14 @@ impl LocalDriver {
         blocking(move || create(&state, &request, &options)).await
     }
 
+    /// Reinstalls a node: every process ends, its files are replaced by a fresh filesystem (image
+    /// `debian`) with new host keys, the hostname, root's key and the user data of `spec`, and it
+    /// boots again at the same address.
+    pub async fn reinstall(&self, node: &Node, spec: &Reinstall) -> Result<Node> {
+        self.change(node, Action::Reinstall(spec.clone())).await?;
+        self.get_node(&node.id).await
+    }
+
     /// Destroys every node in the state directory, blocking the calling thread: what a test bed's
     /// teardown (in `Drop`) and its sweep of crashed runs do. Every node is tried; the first error
     /// is returned.
@@ -293,12 +301,24 @@ impl NodeDriver for LocalDriver {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Action {
     Destroy,
     Reboot,
     Stop,
     Start,
+    Reinstall(Reinstall),
+}
+
+/// What a reinstall puts on a node: what a dedicated server gets from a config drive.
+#[derive(Debug, Clone, Default)]
+pub struct Reinstall {
+    /// The new hostname (the node's name when `None`).
+    pub hostname: Option<String>,
+    /// An SSH public key for root.
+    pub root_key: Option<String>,
+    /// A script run once at the first boot, as cloud-init runs user data.
+    pub user_data: Option<Vec<u8>>,
 }
 
 fn create(state: &StateDir, request: &CreateNode, options: &LocalOptions) -> Result<Node> {
@@ -414,6 +434,7 @@ fn create(state: &StateDir, request: &CreateNode, options: &LocalOptions) -> Res
             host_keys,
             listen_delay_ms: options.listen_delay.as_millis() as u64,
             stopped: false,
+            hostname: None,
             boot: None,
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -470,7 +491,10 @@ fn change(state: &StateDir, id: &str, action: Action) -> Result<()> {
     let mut record = read_record(state, id)?;
     let dir = state.node_dir(id);
     let context = |what: &str| format!("{what} node {} ({id})", record.name);
-    if matches!(action, Action::Reboot | Action::Start) {
+    if matches!(
+        action,
+        Action::Reboot | Action::Start | Action::Reinstall(_)
+    ) {
         check_requirements()?;
     }
     if let Some(boot) = record.boot.take() {
@@ -492,11 +516,54 @@ fn change(state: &StateDir, id: &str, action: Action) -> Result<()> {
             return Ok(());
         }
         Action::Stop => record.stopped = true,
+        Action::Reinstall(spec) => {
+            let fresh = || -> io::Result<Vec<String>> {
+                for sub in ["upper", "work"] {
+                    let path = dir.join(sub);
+                    if path.exists() {
+                        fs::remove_dir_all(&path)?;
+                    }
+                    fs::create_dir(&path)?;
+                }
+                let hostname = spec.hostname.clone().unwrap_or(record.name.clone());
+                let upper = dir.join("upper");
+                let keys = Rootfs {
+                    name: &hostname,
+                    address: record.address,
+                    port: record.port,
+                    image: Image::Debian,
+                    ssh_key: spec.root_key.as_deref(),
+                    password: None,
+                    banner: None,
+                    sshd_config: &[],
+                }
+                .write(&upper)?;
+                if let Some(data) = &spec.user_data {
+                    let cloud = upper.join("var/lib/cloud/instance");
+                    fs::create_dir_all(&cloud)?;
+                    state::set_mode(&cloud, 0o700)?;
+                    fs::write(cloud.join("user-data.txt"), data)?;
+                }
+                Ok(keys)
+            };
+            record.host_keys = fresh().map_err(failed(context("reinstalling")))?;
+            record.image = Image::Debian.id().to_string();
+            record.login_user = Image::Debian.login_user().to_string();
+            record.hostname = spec.hostname.clone();
+            record.stopped = false;
+            let hostname = record.hostname.clone().unwrap_or(record.name.clone());
+            let delay = Duration::from_millis(record.listen_delay_ms);
+            record.boot = Some(
+                process::boot(&dir, &hostname, state.root(), delay)
+                    .map_err(failed(context("booting")))?,
+            );
+        }
         Action::Reboot | Action::Start => {
             record.stopped = false;
             let delay = Duration::from_millis(record.listen_delay_ms);
+            let hostname = record.hostname.clone().unwrap_or(record.name.clone());
             record.boot = Some(
-                process::boot(&dir, &record.name, state.root(), delay)
+                process::boot(&dir, &hostname, state.root(), delay)
                     .map_err(failed(context("booting")))?,
             );
         }

@@ -35,6 +35,14 @@ cat /proc/sys/kernel/random/uuid >"$root/run/boot_id"
 mount --bind "$root/run/boot_id" "$root/proc/sys/kernel/random/boot_id"
 
 hostname "$node_name"
+
+# What cloud-init does with a user-data script given at (re)install: run it once, at first boot.
+user_data=/var/lib/cloud/instance/user-data.txt
+if [ -f "$root$user_data" ] && [ ! -e "$root$user_data.done" ]; then
+	chroot "$root" /bin/sh "$user_data" >"$root/var/log/cloud-init-output.log" 2>&1 || true
+	touch "$root$user_data.done"
+fi
+
 if [ "$listen_delay" != 0 ]; then
 	sleep "$listen_delay"
 fi

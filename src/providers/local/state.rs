@@ -34,6 +34,9 @@ pub struct NodeRecord {
     pub listen_delay_ms: u64,
     /// The user asked for the node to be stopped.
     pub stopped: bool,
+    /// The hostname, when a reinstall set one other than the name.
+    #[serde(default)]
+    pub hostname: Option<String>,
     /// The running boot, if any.
     pub boot: Option<Boot>,
     /// Seconds since the epoch when the node was created.
