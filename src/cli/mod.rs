@@ -5,6 +5,7 @@ pub mod deploy;
 pub mod nodes;
 pub mod output;
 pub mod ovh;
+pub mod reinstall;
 pub mod run;
 
 use std::process::ExitCode;
@@ -35,6 +36,8 @@ pub enum Command {
     /// Create, list, reboot and destroy nodes.
     #[command(subcommand)]
     Nodes(nodes::NodesCommand),
+    /// Reinstall an OVH dedicated server with your own image, then provision it.
+    Reinstall(Box<reinstall::ReinstallArgs>),
     /// OVH helpers.
     #[command(subcommand)]
     Ovh(ovh::OvhCommand),
@@ -96,6 +99,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Run(args) => run::run(args).await,
         Command::Nodes(cmd) => nodes::run(cmd).await,
         Command::Ovh(cmd) => ovh::run(cmd).await,
+        Command::Reinstall(args) => reinstall::run(*args).await,
         Command::Providers { json } => {
             catalog::providers(json);
             Ok(())

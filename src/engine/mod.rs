@@ -4,6 +4,7 @@
 
 mod connect;
 mod deploy;
+pub mod reinstall;
 mod wait;
 
 pub use connect::{error_chain, login, LoggedIn, LoginAttempt, LoginOptions};

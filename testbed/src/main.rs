@@ -1,4 +1,5 @@
-//! `testbed fake-ovh --listen 127.0.0.1:PORT`: the fake OVH API on its own. Prints, as lines a shell
+//! `testbed fake-ovh --listen 127.0.0.1:PORT [--dedicated NAME ...]`: the fake OVH API on its own,
+//! with a dedicated server per `--dedicated`. Prints, as lines a shell
 //! can `eval`, the OVH_* variables a client needs, then serves until killed (Ctrl+C or SIGTERM),
 //! destroying the local nodes behind its instances on the way out.
 
@@ -11,10 +12,11 @@ use testbed::TestBed;
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut listen = "127.0.0.1:0".to_string();
+    let mut dedicated = Vec::new();
     match args.first().map(String::as_str) {
         Some("fake-ovh") => {}
         _ => {
-            eprintln!("usage: testbed fake-ovh [--listen 127.0.0.1:PORT]");
+            eprintln!("usage: testbed fake-ovh [--listen 127.0.0.1:PORT] [--dedicated NAME ...]");
             return ExitCode::from(2);
         }
     }
@@ -22,8 +24,11 @@ async fn main() -> ExitCode {
     while let Some(arg) = rest.next() {
         match (arg.as_str(), rest.next()) {
             ("--listen", Some(addr)) => listen = addr.clone(),
+            ("--dedicated", Some(name)) => dedicated.push(name.clone()),
             _ => {
-                eprintln!("usage: testbed fake-ovh [--listen 127.0.0.1:PORT]");
+                eprintln!(
+                    "usage: testbed fake-ovh [--listen 127.0.0.1:PORT] [--dedicated NAME ...]"
+                );
                 return ExitCode::from(2);
             }
         }
@@ -46,6 +51,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    for name in &dedicated {
+        if let Err(e) = fake.add_dedicated(name).await {
+            eprintln!("fake-ovh: dedicated server {name}: {e}");
+            return ExitCode::from(1);
+        }
+    }
     for (name, value) in fake.env() {
         println!("export {name}={}", nodeup::ssh::quote(&value));
     }

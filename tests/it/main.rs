@@ -5,6 +5,7 @@ mod cli_nodes;
 mod deploy;
 mod local_nodes;
 mod ovh;
+mod reinstall;
 mod relay;
 mod ssh;
 

@@ -7,6 +7,7 @@
 //! base URL (`https://eu.api.ovh.com/1.0`, or a fake's).
 
 pub mod cloud;
+pub mod dedicated;
 pub mod sign;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,269 @@
+//! `nodeup reinstall SERVICE_NAME --image-url URL --image-type qcow2|raw ...`: reinstall an OVH
+//! dedicated server with your own image, then run a post-install step file on it.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use clap::Args;
+use serde_json::json;
+
+use nodeup::deploy::stepfile::{self, parse_duration};
+use nodeup::engine::reinstall::{
+    generate_key, reinstall, Generation, ReinstallError, ReinstallEvent, ReinstallOptions,
+    ReinstallProgress,
+};
+use nodeup::engine::{self, DeployOptions};
+use nodeup::providers::local::LocalDriver;
+use nodeup::providers::ovh::dedicated::{Byoi, Checksum, ImageType};
+use nodeup::providers::ovh::{Client, Credentials};
+use nodeup::ssh::{HostKeyPolicy, Password};
+
+use super::output::{self, print_json};
+use super::Failure;
+
+/// `nodeup reinstall`.
+#[derive(Debug, Args)]
+pub struct ReinstallArgs {
+    /// The dedicated server's service name (e.g. ns1234567.ip-1-2-3.eu).
+    pub service: String,
+    /// Where OVH downloads the image from.
+    #[arg(long)]
+    pub image_url: String,
+    /// qcow2 or raw.
+    #[arg(long)]
+    pub image_type: ImageType,
+    /// The image's checksum, TYPE:HEX (md5, sha1, sha256, sha512).
+    #[arg(long)]
+    pub checksum: Option<Checksum>,
+    /// An HTTP header for the download, K=V (repeatable).
+    #[arg(long = "http-header", value_name = "K=V")]
+    pub http_headers: Vec<String>,
+    /// The hostname the config drive sets.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// A public key file for root (its private half, the same path without .pub, logs in after);
+    /// default: a fresh ed25519 key nodeup makes for this reinstall and keeps.
+    #[arg(long, value_name = "PUB")]
+    pub ssh_key: Option<PathBuf>,
+    /// A user-data script the config drive runs at first boot.
+    #[arg(long, value_name = "FILE")]
+    pub user_data: Option<PathBuf>,
+    /// A step file to run once the server is back.
+    #[arg(long, value_name = "STEPFILE")]
+    pub then: Option<PathBuf>,
+    /// The API: `current` (reinstall with byoi_64 / byolinux_64) or `legacy` (bringYourOwnImage).
+    #[arg(long, default_value = "current")]
+    pub api: String,
+    /// The operating system for the current API: byoi_64 or byolinux_64.
+    #[arg(long, default_value = "byolinux_64")]
+    pub os: String,
+    /// The known_hosts file where the server's new host key is recorded.
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// How often to ask OVH how the install goes.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub poll: Duration,
+    /// Give up following the install after this long.
+    #[arg(long, default_value = "60m", value_parser = parse_duration)]
+    pub install_timeout: Duration,
+    /// Do not ask for confirmation (the reinstall erases the server).
+    #[arg(long)]
+    pub yes: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `nodeup reinstall`.
+pub async fn run(args: ReinstallArgs) -> Result<(), Failure> {
+    let usage = |e: String| Failure::Usage(anyhow!(e));
+    // Everything OVH would reject, and every local file, is checked before any API call.
+    let generation = match args.api.as_str() {
+        "legacy" => Generation::Legacy,
+        "current" if ["byoi_64", "byolinux_64"].contains(&args.os.as_str()) => {
+            Generation::Current(args.os.clone())
+        }
+        "current" => {
+            return Err(usage(format!(
+                "--os {:?}: use byoi_64 or byolinux_64",
+                args.os
+            )))
+        }
+        other => return Err(usage(format!("--api {other:?}: use current or legacy"))),
+    };
+    let mut http_headers = Vec::new();
+    for h in &args.http_headers {
+        let (k, v) = h
+            .split_once('=')
+            .ok_or_else(|| usage(format!("--http-header {h:?}: write NAME=VALUE")))?;
+        http_headers.push((k.to_string(), v.to_string()));
+    }
+    let user_data = args
+        .user_data
+        .as_ref()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .map_err(|e| usage(format!("--user-data {}: cannot read it: {e}", p.display())))
+        })
+        .transpose()?;
+    let then = args
+        .then
+        .as_ref()
+        .map(|p| stepfile::load(p).map_err(|e| Failure::Usage(e.into())))
+        .transpose()?;
+    let (ssh_key, login_key) = match &args.ssh_key {
+        Some(path) => {
+            let key = std::fs::read_to_string(path)
+                .map_err(|e| usage(format!("--ssh-key {}: cannot read it: {e}", path.display())))?;
+            let private = path.with_extension("");
+            (key.trim().to_string(), private.exists().then_some(private))
+        }
+        // Made once the arguments are known good, below.
+        None => (String::new(), None),
+    };
+    let mut byoi = Byoi {
+        image_url: args.image_url.clone(),
+        image_type: args.image_type,
+        checksum: args.checksum.clone(),
+        http_headers,
+        hostname: args.hostname.clone(),
+        ssh_key,
+        user_data,
+    };
+    let placeholder =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+    let mut check = byoi.clone();
+    if check.ssh_key.is_empty() {
+        check.ssh_key = placeholder.into();
+    }
+    check.validate().map_err(usage)?;
+    let creds = Credentials::from_env()?;
+    let client = Client::new(creds)?;
+
+    eprintln!(
+        "reinstalling {} erases everything on its disks and installs {}",
+        args.service, args.image_url
+    );
+    if !args.yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(usage(
+                "a reinstall erases the server: pass --yes to confirm".into(),
+            ));
+        }
+        eprint!("type the server's name to go on: ");
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut answer);
+        if answer.trim() != args.service {
+            return Err(usage("not confirmed: nothing was done".into()));
+        }
+    }
+    let (login_key, key_note) = match login_key {
+        Some(key) => (Some(key), None),
+        None if byoi.ssh_key.is_empty() => {
+            let dir = LocalDriver::default_state_dir()
+                .parent()
+                .map(|p| p.join("reinstall").join(&args.service))
+                .unwrap_or_else(|| PathBuf::from("reinstall"));
+            let (path, public) = generate_key(&dir)
+                .map_err(|e| Failure::Failed(anyhow!("making a key in {}: {e}", dir.display())))?;
+            byoi.ssh_key = public;
+            eprintln!("root's key for the new system: {} (kept)", path.display());
+            (Some(path.clone()), Some(path))
+        }
+        None => (None, None),
+    };
+
+    let started = Instant::now();
+    let mut deploy = DeployOptions {
+        host_key_policy: HostKeyPolicy::AcceptNew,
+        ssh_key_passphrase: std::env::var("NODEUP_KEY_PASSPHRASE").ok().map(Password),
+        output: Some(output::script_output(None)),
+        progress: Some(output::progress(None, started)),
+        timeout: Duration::from_secs(600),
+        ..Default::default()
+    };
+    if let Some(k) = &args.known_hosts {
+        deploy.known_hosts = k.clone();
+    }
+    let service = args.service.clone();
+    let events: ReinstallProgress = Arc::new(move |e| match e {
+        ReinstallEvent::Started { server } => eprintln!(
+            "OVH accepted the reinstall of {} ({}); it takes about 10 minutes",
+            server.name, server.ip
+        ),
+        ReinstallEvent::Status {
+            status,
+            message,
+            elapsed,
+        } => {
+            eprintln!("[{:>4}s] {status}: {message}", elapsed.as_secs())
+        }
+        ReinstallEvent::Installed { elapsed } => eprintln!(
+            "[{:>4}s] installed; waiting for {service} to boot and answer SSH",
+            elapsed.as_secs()
+        ),
+    });
+    let options = ReinstallOptions {
+        service: args.service.clone(),
+        byoi,
+        generation,
+        poll_period: args.poll,
+        install_timeout: args.install_timeout,
+        login_key,
+        then: then.map(|f| f.steps),
+        deploy,
+        events: Some(events),
+    };
+    // Ctrl+C cannot stop an install that OVH has started: say so, and how to follow it.
+    let watched = args.service.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!(
+                "stopping nodeup; OVH's install of {watched} cannot be stopped and goes on: follow it \
+                 with GET /dedicated/server/{watched}/install/status (or its task) or in the OVH control panel"
+            );
+            std::process::exit(130);
+        }
+    });
+    match reinstall(&client, &options).await {
+        Ok(report) => {
+            eprintln!(
+                "reinstalled {} ({}) in {:.0}s; logged in as {}; {} steps",
+                report.server.name,
+                report.server.ip,
+                report.install_time.as_secs_f64(),
+                report.user,
+                report.steps.len()
+            );
+            if args.json {
+                print_json(&json!({
+                    "ok": true,
+                    "server": report.server,
+                    "api": args.api,
+                    "install_time": report.install_time.as_secs_f64(),
+                    "key": key_note,
+                    "user": report.user,
+                    "steps": output::steps_json(&report.steps),
+                }));
+            }
+            Ok(())
+        }
+        Err(e) => {
+            if args.json {
+                print_json(&json!({"ok": false, "error": engine::error_chain(&e)}));
+            }
+            let before = e.is_before_any_call()
+                || matches!(&e, ReinstallError::Provider(p) if !matches!(p, nodeup::driver::ProviderError::Failed { .. }));
+            let e = anyhow::Error::new(e);
+            Err(if before {
+                Failure::Usage(e)
+            } else {
+                Failure::Failed(e)
+            })
+        }
+    }
+}
