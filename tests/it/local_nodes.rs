@@ -27,6 +27,7 @@ async fn three_nodes_are_apart_and_leave_nothing_behind() {
     let nodes = [a.unwrap(), b.unwrap(), c.unwrap()];
 
     let mut ips: Vec<_> = nodes.iter().map(|n| n.ip()).collect();
+    ips.sort();
     ips.dedup();
     assert_eq!(ips.len(), 3, "each node has its own address: {ips:?}");
     for (node, user) in nodes.iter().zip(["root", "debian", "debian"]) {

@@ -62,7 +62,7 @@ async fn relays_ssh_with_delay() {
 async fn refuses_for_a_while_then_relays() {
     let bed = TestBed::new().unwrap();
     let node = bed.node(NodeSpec::new("refuser")).await.unwrap();
-    let relay = Relay::start_refusing(node.addr(), Duration::from_millis(800))
+    let relay = Relay::start_refusing(node.addr(), Duration::from_secs(2))
         .await
         .unwrap();
     let err = TcpStream::connect(relay.addr()).await.unwrap_err();

@@ -203,13 +203,17 @@ mod tests {
         assert!(s.start > 0);
     }
 
-    #[test]
-    fn sees_a_listener_on_loopback() {
+    #[tokio::test]
+    async fn sees_a_listener_on_loopback() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         assert!(is_listening(Ipv4Addr::LOCALHOST, port));
         assert!(!is_listening(Ipv4Addr::new(127, 0, 0, 2), port));
-        drop(listener);
-        assert!(!is_listening(Ipv4Addr::LOCALHOST, port));
+        // A port held by a socket that is bound but not listening: deterministic, unlike a port
+        // just freed, which anyone on the machine may take again.
+        let bound = tokio::net::TcpSocket::new_v4().unwrap();
+        bound.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let held = bound.local_addr().unwrap().port();
+        assert!(!is_listening(Ipv4Addr::LOCALHOST, held));
     }
 }
