@@ -196,25 +196,65 @@ impl FakeOvh {
             driver,
             dedicated: Mutex::new(Vec::new()),
         });
+        type One = Path<(String, String)>;
         let project_routes = Router::new()
             .route("/instance", get(list_instances).post(create_instance))
             .route("/instance/{id}", get(get_instance).delete(delete_instance))
             .route("/instance/{id}/{action}", post(instance_action))
             .route("/flavor", get(list_flavors))
-            .route("/image", get(list_images))
-            .route("/image/{id}", get(get_image))
+            .route(
+                "/image",
+                get(|State(f): State<Shared>| async move { list_items(&f, Collection::Images) }),
+            )
+            .route(
+                "/image/{id}",
+                get(|State(f): State<Shared>, Path((_, id)): One| async move {
+                    get_item(&f, Collection::Images, &id)
+                }),
+            )
             .route("/snapshot/{id}", axum::routing::delete(delete_image))
             .route("/region", get(list_regions))
             .route("/sshkey", get(list_keys).post(create_key))
-            .route("/sshkey/{id}", get(get_key).delete(delete_key))
-            .route("/volume", get(list_volumes).post(create_volume))
-            .route("/volume/snapshot", get(list_snapshots))
+            .route(
+                "/sshkey/{id}",
+                get(|State(f): State<Shared>, Path((_, id)): One| async move {
+                    get_item(&f, Collection::Keys, &id)
+                })
+                .delete(
+                    |State(f): State<Shared>, Path((_, id)): One| async move {
+                        delete_item(&f, Collection::Keys, &id, |_| None)
+                    },
+                ),
+            )
+            .route(
+                "/volume",
+                get(|State(f): State<Shared>| async move { list_items(&f, Collection::Volumes) })
+                    .post(create_volume),
+            )
+            .route(
+                "/volume/snapshot",
+                get(|State(f): State<Shared>| async move { list_items(&f, Collection::Snapshots) }),
+            )
             .route(
                 "/volume/snapshot/{id}",
-                get(get_snapshot).delete(delete_snapshot),
+                get(|State(f): State<Shared>, Path((_, id)): One| async move {
+                    get_item(&f, Collection::Snapshots, &id)
+                })
+                .delete(
+                    |State(f): State<Shared>, Path((_, id)): One| async move {
+                        delete_item(&f, Collection::Snapshots, &id, |_| None)
+                    },
+                ),
             )
-            .route("/volume/{id}", get(get_volume).delete(delete_volume))
-            .route("/volume/{id}/{action}", post(volume_action));
+            .route(
+                "/volume/{id}",
+                get(|State(f): State<Shared>, Path((_, id)): One| async move {
+                    get_item(&f, Collection::Volumes, &id)
+                })
+                .delete(delete_volume),
+            )
+            .route("/volume/{id}/{action}", post(volume_action))
+            .route_layer(middleware::from_fn_with_state(fake.clone(), project_check));
         let app = Router::new()
             .route("/1.0/auth/time", get(auth_time))
             .route("/1.0/auth/credential", post(auth_credential))
@@ -503,12 +543,80 @@ async fn not_found(uri: axum::http::Uri) -> Response {
     )
 }
 
-fn project_ok(fake: &Fake, project: &str) -> Result<(), Response> {
-    if project == fake.account.project {
-        Ok(())
-    } else {
-        Err(missing(&format!("serviceName = {project}")))
+/// Every project route answers 404 for a project other than the fake's, as OVH does.
+async fn project_check(
+    State(fake): State<Shared>,
+    Path(params): Path<BTreeMap<String, String>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match params.get("project") {
+        Some(project) if *project == fake.account.project => next.run(request).await,
+        Some(project) => missing(&format!("serviceName = {project}")),
+        None => missing("serviceName"),
     }
+}
+
+/// The collections of plain JSON objects the fake keeps, with the generic handlers over them.
+#[derive(Clone, Copy)]
+enum Collection {
+    Images,
+    Keys,
+    Volumes,
+    Snapshots,
+}
+
+impl Collection {
+    fn of(self, data: &mut Data) -> &mut Vec<Value> {
+        match self {
+            Collection::Images => &mut data.images,
+            Collection::Keys => &mut data.keys,
+            Collection::Volumes => &mut data.volumes,
+            Collection::Snapshots => &mut data.snapshots,
+        }
+    }
+
+    /// How OVH's 404 message names the id.
+    fn id_name(self) -> &'static str {
+        match self {
+            Collection::Images => "imageId",
+            Collection::Keys => "sshKeyId",
+            Collection::Volumes => "volumeId",
+            Collection::Snapshots => "snapshotId",
+        }
+    }
+}
+
+fn list_items(fake: &Fake, c: Collection) -> Response {
+    let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+    Json(c.of(&mut data).clone()).into_response()
+}
+
+fn get_item(fake: &Fake, c: Collection, id: &str) -> Response {
+    let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+    match c.of(&mut data).iter().find(|v| v["id"] == id) {
+        Some(v) => Json(v.clone()).into_response(),
+        None => missing(&format!("{} = {id}", c.id_name())),
+    }
+}
+
+/// Deletes an item, unless `refuse` says why not.
+fn delete_item(
+    fake: &Fake,
+    c: Collection,
+    id: &str,
+    refuse: impl Fn(&Value) -> Option<Response>,
+) -> Response {
+    let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+    let items = c.of(&mut data);
+    let Some(pos) = items.iter().position(|v| v["id"] == id) else {
+        return missing(&format!("{} = {id}", c.id_name()));
+    };
+    if let Some(refused) = refuse(&items[pos]) {
+        return refused;
+    }
+    items.remove(pos);
+    Json(Value::Null).into_response()
 }
 
 const FLAVORS: [(&str, &str, u32, u64, u64); 2] = [
@@ -537,10 +645,7 @@ impl Instance {
     }
 }
 
-async fn list_instances(State(fake): State<Shared>, Path(project): Path<String>) -> Response {
-    if let Err(r) = project_ok(&fake, &project) {
-        return r;
-    }
+async fn list_instances(State(fake): State<Shared>, Path(_project): Path<String>) -> Response {
     let data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
     let list: Vec<Value> = data
         .instances
@@ -597,11 +702,8 @@ fn instance_json_locked(fake: &Fake, data: &Data, i: &Instance, detail: bool) ->
 
 async fn get_instance(
     State(fake): State<Shared>,
-    Path((project, id)): Path<(String, String)>,
+    Path((_project, id)): Path<(String, String)>,
 ) -> Response {
-    if let Err(r) = project_ok(&fake, &project) {
-        return r;
-    }
     let data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
     match data.instances.iter().find(|i| i.id == id) {
         Some(i) => Json(instance_json_locked(&fake, &data, i, true)).into_response(),
@@ -611,12 +713,9 @@ async fn get_instance(
 
 async fn create_instance(
     State(fake): State<Shared>,
-    Path(project): Path<String>,
+    Path(_project): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = project_ok(&fake, &project) {
-        return r;
-    }
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return bad_request("Invalid JSON");
     };
@@ -730,11 +829,8 @@ fn humantime_now() -> String {
 
 async fn delete_instance(
     State(fake): State<Shared>,
-    Path((project, id)): Path<(String, String)>,
+    Path((_project, id)): Path<(String, String)>,
 ) -> Response {
-    if let Err(r) = project_ok(&fake, &project) {
-        return r;
-    }
     let instance = {
         let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
         let Some(pos) = data.instances.iter().position(|i| i.id == id) else {
@@ -752,12 +848,9 @@ async fn delete_instance(
 
 async fn instance_action(
     State(fake): State<Shared>,
-    Path((project, id, action)): Path<(String, String, String)>,
+    Path((_project, id, action)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = project_ok(&fake, &project) {
-        return r;
-    }
     let node = {
         let data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
         match data.instances.iter().find(|i| i.id == id) {
@@ -800,73 +893,29 @@ async fn instance_action(
     Json(Value::Null).into_response()
 }
 
-async fn list_flavors(State(fake): State<Shared>, Path(project): Path<String>) -> Response {
-    if let Err(r) = project_ok(&fake, &project) {
-        return r;
-    }
+async fn list_flavors() -> Response {
     Json(FLAVORS.iter().map(flavor_json).collect::<Vec<_>>()).into_response()
-}
-
-async fn list_images(State(fake): State<Shared>, Path(project): Path<String>) -> Response {
-    if let Err(r) = project_ok(&fake, &project) {
-        return r;
-    }
-    Json(
-        fake.data
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .images
-            .clone(),
-    )
-    .into_response()
-}
-
-async fn get_image(
-    State(fake): State<Shared>,
-    Path((project, id)): Path<(String, String)>,
-) -> Response {
-    if let Err(r) = project_ok(&fake, &project) {
-        return r;
-    }
-    let data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
-    match data.images.iter().find(|i| i["id"] == id.as_str()) {
-        Some(image) => Json(image.clone()).into_response(),
-        None => missing(&format!("imageId = {id}")),
-    }
 }
 
 async fn delete_image(
     State(fake): State<Shared>,
-    Path((project, id)): Path<(String, String)>,
+    Path((_project, id)): Path<(String, String)>,
 ) -> Response {
-    if let Err(r) = project_ok(&fake, &project) {
-        return r;
-    }
-    let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
-    let before = data.images.len();
-    data.images
-        .retain(|i| !(i["id"] == id.as_str() && i["visibility"] == "private"));
-    if data.images.len() == before {
-        return missing(&format!("snapshotId = {id}"));
-    }
-    Json(Value::Null).into_response()
+    // Only snapshots (private images) can be deleted.
+    delete_item(&fake, Collection::Images, &id, |image| {
+        (image["visibility"] != "private").then(|| missing(&format!("snapshotId = {id}")))
+    })
 }
 
-async fn list_regions(State(fake): State<Shared>, Path(project): Path<String>) -> Response {
-    if let Err(r) = project_ok(&fake, &project) {
-        return r;
-    }
+async fn list_regions() -> Response {
     Json(REGIONS).into_response()
 }
 
 async fn list_keys(
     State(fake): State<Shared>,
-    Path(project): Path<String>,
+    Path(_project): Path<String>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Response {
-    if let Err(r) = project_ok(&fake, &project) {
-        return r;
-    }
     let data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
     let keys: Vec<Value> = data
         .keys
@@ -885,12 +934,9 @@ async fn list_keys(
 
 async fn create_key(
     State(fake): State<Shared>,
-    Path(project): Path<String>,
+    Path(_project): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = project_ok(&fake, &project) {
-        return r;
-    }
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return bad_request("Invalid JSON");
     };
@@ -925,58 +971,11 @@ fn fingerprint(line: &str) -> Result<String, ()> {
         .map_err(|_| ())
 }
 
-async fn get_key(
-    State(fake): State<Shared>,
-    Path((project, id)): Path<(String, String)>,
-) -> Response {
-    if let Err(r) = project_ok(&fake, &project) {
-        return r;
-    }
-    let data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
-    match data.keys.iter().find(|k| k["id"] == id.as_str()) {
-        Some(k) => Json(k.clone()).into_response(),
-        None => missing(&format!("sshKeyId = {id}")),
-    }
-}
-
-async fn delete_key(
-    State(fake): State<Shared>,
-    Path((project, id)): Path<(String, String)>,
-) -> Response {
-    if let Err(r) = project_ok(&fake, &project) {
-        return r;
-    }
-    let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
-    let before = data.keys.len();
-    data.keys.retain(|k| k["id"] != id.as_str());
-    if data.keys.len() == before {
-        return missing(&format!("sshKeyId = {id}"));
-    }
-    Json(Value::Null).into_response()
-}
-
-async fn list_volumes(State(fake): State<Shared>, Path(project): Path<String>) -> Response {
-    if let Err(r) = project_ok(&fake, &project) {
-        return r;
-    }
-    Json(
-        fake.data
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .volumes
-            .clone(),
-    )
-    .into_response()
-}
-
 async fn create_volume(
     State(fake): State<Shared>,
-    Path(project): Path<String>,
+    Path(_project): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = project_ok(&fake, &project) {
-        return r;
-    }
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return bad_request("Invalid JSON");
     };
@@ -1000,49 +999,23 @@ async fn create_volume(
     Json(volume).into_response()
 }
 
-async fn get_volume(
-    State(fake): State<Shared>,
-    Path((project, id)): Path<(String, String)>,
-) -> Response {
-    if let Err(r) = project_ok(&fake, &project) {
-        return r;
-    }
-    let data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
-    match data.volumes.iter().find(|v| v["id"] == id.as_str()) {
-        Some(v) => Json(v.clone()).into_response(),
-        None => missing(&format!("volumeId = {id}")),
-    }
-}
-
 async fn delete_volume(
     State(fake): State<Shared>,
-    Path((project, id)): Path<(String, String)>,
+    Path((_project, id)): Path<(String, String)>,
 ) -> Response {
-    if let Err(r) = project_ok(&fake, &project) {
-        return r;
-    }
-    let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(pos) = data.volumes.iter().position(|v| v["id"] == id.as_str()) else {
-        return missing(&format!("volumeId = {id}"));
-    };
-    if data.volumes[pos]["attachedTo"]
-        .as_array()
-        .is_some_and(|a| !a.is_empty())
-    {
-        return bad_request("Volume is attached; detach it first");
-    }
-    data.volumes.remove(pos);
-    Json(Value::Null).into_response()
+    delete_item(&fake, Collection::Volumes, &id, |volume| {
+        volume["attachedTo"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+            .then(|| bad_request("Volume is attached; detach it first"))
+    })
 }
 
 async fn volume_action(
     State(fake): State<Shared>,
-    Path((project, id, action)): Path<(String, String, String)>,
+    Path((_project, id, action)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = project_ok(&fake, &project) {
-        return r;
-    }
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
     let instances: Vec<String> = data.instances.iter().map(|i| i.id.clone()).collect();
@@ -1078,50 +1051,6 @@ async fn volume_action(
         }
         _ => missing(&format!("action = {action}")),
     }
-}
-
-async fn list_snapshots(State(fake): State<Shared>, Path(project): Path<String>) -> Response {
-    if let Err(r) = project_ok(&fake, &project) {
-        return r;
-    }
-    Json(
-        fake.data
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .snapshots
-            .clone(),
-    )
-    .into_response()
-}
-
-async fn get_snapshot(
-    State(fake): State<Shared>,
-    Path((project, id)): Path<(String, String)>,
-) -> Response {
-    if let Err(r) = project_ok(&fake, &project) {
-        return r;
-    }
-    let data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
-    match data.snapshots.iter().find(|s| s["id"] == id.as_str()) {
-        Some(s) => Json(s.clone()).into_response(),
-        None => missing(&format!("snapshotId = {id}")),
-    }
-}
-
-async fn delete_snapshot(
-    State(fake): State<Shared>,
-    Path((project, id)): Path<(String, String)>,
-) -> Response {
-    if let Err(r) = project_ok(&fake, &project) {
-        return r;
-    }
-    let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
-    let before = data.snapshots.len();
-    data.snapshots.retain(|s| s["id"] != id.as_str());
-    if data.snapshots.len() == before {
-        return missing(&format!("snapshotId = {id}"));
-    }
-    Json(Value::Null).into_response()
 }
 
 // ---- Dedicated servers and bring-your-own-image reinstalls ----
