@@ -172,10 +172,12 @@ async fn current_api_reinstall_then_a_post_install_step_file() {
         stderr.contains("erases everything"),
         "the user is warned: {stderr}"
     );
+    // OVH's status and message are shown as they change (the download is too quick to see here).
     assert!(
-        stderr.contains("doing: Downloading image"),
+        stderr.contains("] doing: Installing image"),
         "status shown: {stderr}"
     );
+    assert!(stderr.contains("] done: "), "status shown: {stderr}");
     let result: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(result["user"], "root");
     assert_eq!(result["steps"][0]["stdout"], "metal-1\nconfigured\n");
