@@ -190,11 +190,16 @@ pub async fn run(args: ReinstallArgs) -> Result<(), Failure> {
         deploy.known_hosts = k.clone();
     }
     let service = args.service.clone();
+    let started_at_ovh = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mark = started_at_ovh.clone();
     let events: ReinstallProgress = Arc::new(move |e| match e {
-        ReinstallEvent::Started { server } => eprintln!(
-            "OVH accepted the reinstall of {} ({}); it takes about 10 minutes",
-            server.name, server.ip
-        ),
+        ReinstallEvent::Started { server } => {
+            mark.store(true, std::sync::atomic::Ordering::SeqCst);
+            eprintln!(
+                "OVH accepted the reinstall of {} ({}); it takes about 10 minutes",
+                server.name, server.ip
+            )
+        }
         ReinstallEvent::Status {
             status,
             message,
@@ -222,10 +227,15 @@ pub async fn run(args: ReinstallArgs) -> Result<(), Failure> {
     let watched = args.service.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!(
-                "stopping nodeup; OVH's install of {watched} cannot be stopped and goes on: follow it \
-                 with GET /dedicated/server/{watched}/install/status (or its task) or in the OVH control panel"
-            );
+            if started_at_ovh.load(std::sync::atomic::Ordering::SeqCst) {
+                eprintln!(
+                    "stopping nodeup; OVH's install of {watched} cannot be stopped and goes on: \
+                     follow it with GET /dedicated/server/{watched}/install/status (or its task) \
+                     or in the OVH control panel, then log in as root"
+                );
+            } else {
+                eprintln!("stopping nodeup; nothing was asked of OVH yet");
+            }
             std::process::exit(130);
         }
     });

@@ -409,3 +409,50 @@ async fn bad_arguments_are_refused_before_any_api_call() {
     }
     assert_eq!(s.fake.authenticated_requests(), 0, "no API call was made");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_the_install_says_it_goes_on_and_how_to_follow_it() {
+    use std::io::{BufRead, BufReader};
+    let s = setup().await;
+    let url = format!("{}/images/debian.qcow2", s.images);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodeup"));
+    cmd.args([
+        "reinstall",
+        "ns1",
+        "--image-url",
+        &url,
+        "--image-type",
+        "qcow2",
+        "--yes",
+        "--poll",
+        "100ms",
+    ])
+    .arg("--known-hosts")
+    .arg(s.bed.dir().join("known_hosts"))
+    .env("NODEUP_STATE_DIR", s.bed.nodeup_state_dir())
+    .env("HOME", s.bed.dir())
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    for (k, v) in s.fake.env() {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("OVH accepted the reinstall") {
+            break;
+        }
+    }
+    // SAFETY: kill(2) on the child we spawned and have not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let rest = rest.join("\n");
+    assert!(rest.contains("cannot be stopped and goes on"), "{rest}");
+    assert!(
+        rest.contains("/dedicated/server/ns1/install/status"),
+        "{rest}"
+    );
+}
