@@ -19,6 +19,22 @@ pub mod model;
 pub mod providers;
 pub mod ssh;
 
+/// nodeup's own state directory: `$NODEUP_STATE_DIR`, else `$XDG_STATE_HOME/nodeup`, else
+/// `~/.local/state/nodeup` (local nodes under `local/`, nodeup's known_hosts, reinstall keys).
+pub fn state_dir() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    match (
+        std::env::var_os("NODEUP_STATE_DIR"),
+        std::env::var_os("XDG_STATE_HOME"),
+        std::env::var_os("HOME"),
+    ) {
+        (Some(dir), _, _) => PathBuf::from(dir),
+        (None, Some(xdg), _) => PathBuf::from(xdg).join("nodeup"),
+        (None, None, Some(home)) => PathBuf::from(home).join(".local/state/nodeup"),
+        (None, None, None) => PathBuf::from("/var/lib/nodeup"),
+    }
+}
+
 /// The README's Rust examples, compiled by `cargo test` so that the manual stays true.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -16,7 +16,6 @@ use nodeup::engine::reinstall::{
     ReinstallProgress,
 };
 use nodeup::engine::{self, DeployOptions};
-use nodeup::providers::local::LocalDriver;
 use nodeup::providers::ovh::dedicated::{Byoi, Checksum, ImageType};
 use nodeup::providers::ovh::{Client, Credentials};
 use nodeup::ssh::{HostKeyPolicy, Password};
@@ -164,10 +163,7 @@ pub async fn run(args: ReinstallArgs) -> Result<(), Failure> {
     let (login_key, key_note) = match login_key {
         Some(key) => (Some(key), None),
         None if byoi.ssh_key.is_empty() => {
-            let dir = LocalDriver::default_state_dir()
-                .parent()
-                .map(|p| p.join("reinstall").join(&args.service))
-                .unwrap_or_else(|| PathBuf::from("reinstall"));
+            let dir = nodeup::state_dir().join("reinstall").join(&args.service);
             let (path, public) = generate_key(&dir)
                 .map_err(|e| Failure::Failed(anyhow!("making a key in {}: {e}", dir.display())))?;
             byoi.ssh_key = public;

@@ -157,11 +157,7 @@ impl Default for DeployOptions {
 /// nodeup's own known_hosts file: `$NODEUP_STATE_DIR/known_hosts`, else under
 /// `$XDG_STATE_HOME/nodeup` or `~/.local/state/nodeup`.
 pub fn default_known_hosts() -> PathBuf {
-    let local = crate::providers::local::LocalDriver::default_state_dir();
-    local
-        .parent()
-        .map(|p| p.join("known_hosts"))
-        .unwrap_or_else(|| PathBuf::from("known_hosts"))
+    crate::state_dir().join("known_hosts")
 }
 
 impl DeployOptions {

@@ -108,19 +108,9 @@ impl LocalDriver {
         Self::new(&Self::default_state_dir())
     }
 
-    /// The default state directory (see `from_env`).
+    /// The default state directory: `local/` in [`crate::state_dir`].
     pub fn default_state_dir() -> PathBuf {
-        let base = match (
-            std::env::var_os("NODEUP_STATE_DIR"),
-            std::env::var_os("XDG_STATE_HOME"),
-            std::env::var_os("HOME"),
-        ) {
-            (Some(dir), _, _) => PathBuf::from(dir),
-            (None, Some(xdg), _) => PathBuf::from(xdg).join("nodeup"),
-            (None, None, Some(home)) => PathBuf::from(home).join(".local/state/nodeup"),
-            (None, None, None) => PathBuf::from("/var/lib/nodeup"),
-        };
-        base.join(PROVIDER)
+        crate::state_dir().join(PROVIDER)
     }
 
     /// The state directory this driver keeps its nodes in.
