@@ -61,6 +61,21 @@ impl DummyDriver {
     }
 }
 
+/// Removes the item whose key is `id`; `NotFound` when there is none.
+fn remove<T>(
+    items: &mut Vec<T>,
+    key: impl Fn(&T) -> &str,
+    kind: &'static str,
+    id: &str,
+) -> Result<()> {
+    let before = items.len();
+    items.retain(|item| key(item) != id);
+    if items.len() == before {
+        return Err(not_found(kind, id));
+    }
+    Ok(())
+}
+
 fn not_found(kind: &'static str, id: &str) -> ProviderError {
     ProviderError::NotFound {
         provider: PROVIDER.into(),
@@ -131,13 +146,12 @@ impl NodeDriver for DummyDriver {
     }
 
     async fn destroy_node(&self, node: &Node) -> Result<()> {
-        let mut s = self.lock();
-        let before = s.nodes.len();
-        s.nodes.retain(|n| n.id != node.id);
-        if s.nodes.len() == before {
-            return Err(not_found("node", &node.id));
-        }
-        Ok(())
+        remove(
+            &mut self.lock().nodes,
+            |n: &Node| n.id.as_str(),
+            "node",
+            &node.id,
+        )
     }
 
     async fn reboot_node(&self, node: &Node) -> Result<()> {
@@ -186,13 +200,12 @@ impl NodeDriver for DummyDriver {
     }
 
     async fn delete_image(&self, image: &NodeImage) -> Result<()> {
-        let mut s = self.lock();
-        let before = s.images.len();
-        s.images.retain(|i| i.id != image.id);
-        if s.images.len() == before {
-            return Err(not_found("image", &image.id));
-        }
-        Ok(())
+        remove(
+            &mut self.lock().images,
+            |i: &NodeImage| i.id.as_str(),
+            "image",
+            &image.id,
+        )
     }
 
     async fn list_sizes(&self) -> Result<Vec<NodeSize>> {
@@ -264,13 +277,12 @@ impl NodeDriver for DummyDriver {
     }
 
     async fn delete_key_pair(&self, key_pair: &KeyPair) -> Result<()> {
-        let mut s = self.lock();
-        let before = s.keys.len();
-        s.keys.retain(|k| k.name != key_pair.name);
-        if s.keys.len() == before {
-            return Err(not_found("key pair", &key_pair.name));
-        }
-        Ok(())
+        remove(
+            &mut self.lock().keys,
+            |k: &KeyPair| k.name.as_str(),
+            "key pair",
+            &key_pair.name,
+        )
     }
 
     async fn create_volume(&self, request: &CreateVolume) -> Result<StorageVolume> {
@@ -347,13 +359,12 @@ impl NodeDriver for DummyDriver {
     }
 
     async fn destroy_volume_snapshot(&self, snapshot: &VolumeSnapshot) -> Result<()> {
-        let mut s = self.lock();
-        let before = s.snapshots.len();
-        s.snapshots.retain(|x| x.id != snapshot.id);
-        if s.snapshots.len() == before {
-            return Err(not_found("snapshot", &snapshot.id));
-        }
-        Ok(())
+        remove(
+            &mut self.lock().snapshots,
+            |x: &VolumeSnapshot| x.id.as_str(),
+            "snapshot",
+            &snapshot.id,
+        )
     }
 }
 
