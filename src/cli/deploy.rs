@@ -226,7 +226,7 @@ pub async fn run(args: DeployArgs) -> Result<(), Failure> {
                     "node {} ({}) was kept: log in to look, then `nodeup nodes destroy {} --provider {}`",
                     node.name, node.id, node.id, provider
                 ),
-                (Some(node), _) => destroy(driver.as_ref(), node).await,
+                (Some(node), _) => destroy(driver.as_ref(), node, &options.known_hosts).await,
             };
             eprintln!("{cleanup}");
             if args.ssh.json {
@@ -251,8 +251,8 @@ pub async fn run(args: DeployArgs) -> Result<(), Failure> {
     }
 }
 
-async fn destroy(driver: &dyn NodeDriver, node: &Node) -> String {
-    match driver.destroy_node(node).await {
+async fn destroy(driver: &dyn NodeDriver, node: &Node, known_hosts: &std::path::Path) -> String {
+    match engine::destroy_node(driver, node, known_hosts).await {
         Ok(()) => format!("node {} ({}) was destroyed", node.name, node.id),
         Err(e) => format!(
             "destroying node {} ({}) failed ({e}): destroy it with `nodeup nodes destroy {} --provider {}`",

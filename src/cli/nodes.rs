@@ -104,7 +104,12 @@ pub async fn run(cmd: NodesCommand) -> Result<(), Failure> {
         }
         NodesCommand::Destroy(args) => {
             let (driver, node) = resolve(&args).await?;
-            driver.destroy_node(&node).await?;
+            nodeup::engine::destroy_node(
+                driver.as_ref(),
+                &node,
+                &nodeup::engine::default_known_hosts(),
+            )
+            .await?;
             eprintln!("destroyed node {} ({})", node.name, node.id);
             Ok(())
         }

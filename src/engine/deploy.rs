@@ -22,11 +22,36 @@ use crate::ssh::{
 /// Called with the driver and the node when a deployment is cancelled after the node exists.
 pub type AtExit = Arc<dyn Fn(Arc<dyn NodeDriver>, Node) -> BoxFuture<'static, ()> + Send + Sync>;
 
-/// The at-exit hook that destroys the node (what the CLI uses).
+/// Destroys a node and forgets its host keys in `known_hosts`: its addresses will belong to other
+/// machines, whose keys must not be refused as "changed".
+pub async fn destroy_node(
+    driver: &dyn NodeDriver,
+    node: &Node,
+    known_hosts: &std::path::Path,
+) -> Result<(), ProviderError> {
+    driver.destroy_node(node).await?;
+    let check = HostKeyCheck {
+        policy: HostKeyPolicy::AcceptNew,
+        known_hosts: known_hosts.to_path_buf(),
+        pinned: Vec::new(),
+    };
+    for ip in node.public_ips.iter().chain(&node.private_ips) {
+        if let Err(e) = check.forget(&ip.to_string(), node.ssh_port()) {
+            tracing::warn!(
+                "forgetting the host key of {ip} in {}: {e}",
+                known_hosts.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The at-exit hook that destroys the node (what the CLI uses), forgetting its host keys in
+/// nodeup's own known_hosts.
 pub fn destroy_at_exit() -> AtExit {
     Arc::new(|driver, node| {
         Box::pin(async move {
-            match driver.destroy_node(&node).await {
+            match destroy_node(driver.as_ref(), &node, &default_known_hosts()).await {
                 Ok(()) => tracing::warn!(node = %node.name, "deployment cancelled: node destroyed"),
                 Err(e) => {
                     tracing::error!(node = %node.name, "deployment cancelled; destroying the node failed: {e}")

@@ -183,6 +183,13 @@ async fn a_failing_step_exits_1_and_leaves_no_node_unless_kept() {
         bed.driver().list_nodes().await.unwrap().is_empty(),
         "no node is left"
     );
+    // It logged in (step 1 ran), so its host key was recorded; destroyed, the key is forgotten.
+    let address = result["node"]["public_ips"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let known = std::fs::read_to_string(bed.dir().join("known_hosts")).unwrap_or_default();
+    assert!(!known.contains(&address), "{known}");
 
     let out = nodeup(
         &bed,
