@@ -2,13 +2,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand};
 
 use nodeup::driver::{self, NodeDriver};
-use nodeup::model::{CreateNode, Node, NodeAuth, NodeState};
+use nodeup::engine::{wait_until_running, WaitOptions};
+use nodeup::model::{CreateNode, Node, NodeAuth};
 
 use super::output::print_json;
 use super::Failure;
@@ -184,37 +185,23 @@ async fn create(args: CreateArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Polls the node until it runs; a node in the error state ends the wait at once.
+/// Waits until the node runs and has an address; a node in the error state ends the wait at once.
 async fn wait_running(
     driver: &dyn NodeDriver,
     node: &Node,
     timeout: Duration,
 ) -> anyhow::Result<Node> {
-    let started = Instant::now();
-    loop {
-        let current = driver.get_node(&node.id).await?;
-        match current.state {
-            NodeState::Running => return Ok(current),
-            NodeState::Error => {
-                let reason = current
-                    .extra
-                    .get("error")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("the provider gave no reason");
-                return Err(anyhow!("node {} failed to start: {reason}", node.name));
-            }
-            _ => {}
-        }
-        if started.elapsed() > timeout {
-            return Err(anyhow!(
-                "node {} was still {} after {:?}",
-                node.name,
-                current.state,
-                timeout
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let options = WaitOptions {
+        timeout,
+        poll_period: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let ready = wait_until_running(driver, std::slice::from_ref(&node.id), &options).await?;
+    ready
+        .into_iter()
+        .next()
+        .map(|r| r.node)
+        .ok_or_else(|| anyhow!("node {} is not listed", node.name))
 }
 
 async fn resolve(args: &NodeArgs) -> Result<(Arc<dyn NodeDriver>, Node), Failure> {

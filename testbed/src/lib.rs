@@ -15,10 +15,10 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nodeup::driver::NodeDriver;
-use nodeup::model::{CreateNode, Node, NodeAuth, NodeState};
+use nodeup::model::{CreateNode, Node, NodeAuth};
 use nodeup::providers::local::{self, LocalDriver, LocalOptions};
 
 pub use relay::{Faults, Relay};
@@ -315,27 +315,22 @@ impl TestNode {
 
     /// Polls until the node is running (sshd listens).
     pub async fn wait_running(&mut self, timeout: Duration) -> io::Result<()> {
-        let started = Instant::now();
-        loop {
-            self.refresh().await?;
-            match self.node.state {
-                NodeState::Running => return Ok(()),
-                NodeState::Error => {
-                    return Err(io::Error::other(format!(
-                        "node {} failed: {:?}",
-                        self.node.name,
-                        self.node.extra.get("error")
-                    )))
-                }
-                _ if started.elapsed() > timeout => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("node {} still {}", self.node.name, self.node.state),
-                    ))
-                }
-                _ => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
+        let options = nodeup::engine::WaitOptions {
+            timeout,
+            poll_period: Duration::from_millis(10),
+            ..Default::default()
+        };
+        let ready = nodeup::engine::wait_until_running(
+            &self.driver,
+            std::slice::from_ref(&self.node.id),
+            &options,
+        )
+        .await
+        .map_err(io::Error::other)?;
+        if let Some(ready) = ready.into_iter().next() {
+            self.node = ready.node;
         }
+        Ok(())
     }
 
     /// Reads the node's state again from the driver.
@@ -410,28 +405,48 @@ impl TestNode {
     /// defaults (OpenSSH keeps the first value it is given), e.g. `("BatchMode", "no")` or
     /// `("Port", relay port)` with `("Hostname", relay address)` to go through a relay.
     pub fn ssh_with(&self, user: &str, options: &[(&str, &str)]) -> Command {
-        let mut cmd = Command::new("ssh");
-        cmd.args(["-F", "/dev/null"]);
-        for (key, value) in options {
-            cmd.arg("-o").arg(format!("{key}={value}"));
-        }
-        cmd.args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
-            .args(["-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10"])
-            .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
-            .arg("-o")
-            .arg(format!("Port={}", self.node.ssh_port()))
-            .arg("-i")
-            .arg(&self.client_key)
-            .arg(format!("{user}@{}", self.ip()))
-            .stdin(Stdio::null());
-        cmd
+        openssh(
+            self.addr(),
+            user,
+            &self.client_key,
+            &self.known_hosts,
+            options,
+        )
     }
 
     /// Runs `command` on the node over SSH as `user` (see [`TestNode::ssh`]).
     pub fn ssh_run(&self, user: &str, command: &str) -> io::Result<Output> {
         self.ssh(user).arg("--").arg(command).output()
     }
+}
+
+/// An OpenSSH client command to `user@addr` with one key (`IdentitiesOnly`), in batch mode,
+/// checking host keys strictly against `known_hosts` and reading nothing of `~/.ssh`. `options`
+/// (`-o KEY=VALUE`) come first and so win (OpenSSH keeps the first value it is given), e.g.
+/// `("StrictHostKeyChecking", "accept-new")`. Append the remote command and run it.
+pub fn openssh(
+    addr: SocketAddr,
+    user: &str,
+    key: &Path,
+    known_hosts: &Path,
+    options: &[(&str, &str)],
+) -> Command {
+    let mut cmd = Command::new("ssh");
+    cmd.args(["-F", "/dev/null"]);
+    for (k, v) in options {
+        cmd.arg("-o").arg(format!("{k}={v}"));
+    }
+    cmd.args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+        .args(["-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10"])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .arg("-o")
+        .arg(format!("Port={}", addr.port()))
+        .arg("-i")
+        .arg(key)
+        .arg(format!("{user}@{}", addr.ip()))
+        .stdin(Stdio::null());
+    cmd
 }
 
 /// What one node holds on this machine: its namespaces, its directory, its address.

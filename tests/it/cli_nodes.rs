@@ -17,30 +17,17 @@ fn nodeup(bed: &TestBed, args: &[&str]) -> Output {
 }
 
 fn ssh(bed: &TestBed, node: &Value, user: &str, command: &str) -> Output {
-    Command::new("ssh")
-        .args([
-            "-F",
-            "/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-        ])
-        .args(["-o", "StrictHostKeyChecking=accept-new"])
-        .arg("-o")
-        .arg(format!(
-            "UserKnownHostsFile={}",
-            bed.dir().join("cli_known_hosts").display()
-        ))
-        .arg("-i")
-        .arg(bed.client_key())
-        .arg(format!(
-            "{user}@{}",
-            node["public_ips"][0].as_str().unwrap()
-        ))
-        .args(["--", command])
-        .output()
-        .unwrap()
+    let node: nodeup::model::Node = serde_json::from_value(node.clone()).unwrap();
+    testbed::openssh(
+        std::net::SocketAddr::new(node.public_ips[0], node.ssh_port()),
+        user,
+        bed.client_key(),
+        &bed.dir().join("cli_known_hosts"),
+        &[("StrictHostKeyChecking", "accept-new")],
+    )
+    .args(["--", command])
+    .output()
+    .unwrap()
 }
 
 #[test]

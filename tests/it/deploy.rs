@@ -50,28 +50,17 @@ fn keygen(dir: &Path, name: &str, passphrase: &str) -> std::path::PathBuf {
 
 /// Logs in with OpenSSH and a given key: proves the key works.
 fn ssh_with_key(node: &Node, key: &Path, user: &str, command: &str) -> std::process::Output {
-    Command::new("ssh")
-        .args([
-            "-F",
-            "/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-        ])
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ])
-        .arg("-i")
-        .arg(key)
-        .args(["-p", &node.ssh_port().to_string()])
-        .arg(format!("{user}@{}", node.public_ips[0]))
-        .args(["--", command])
-        .output()
-        .unwrap()
+    let known_hosts = key.with_extension("known_hosts");
+    testbed::openssh(
+        std::net::SocketAddr::new(node.public_ips[0], node.ssh_port()),
+        user,
+        key,
+        &known_hosts,
+        &[("StrictHostKeyChecking", "accept-new")],
+    )
+    .args(["--", command])
+    .output()
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

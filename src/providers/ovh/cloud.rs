@@ -920,6 +920,8 @@ mod tests {
 
     #[test]
     fn every_status_maps_and_unknown_ones_do_not_crash() {
+        // Every status OVH documents has a state of its own; only UNKNOWN (and strings OVH may add
+        // later) map to Unknown.
         for status in [
             "ACTIVE",
             "BUILD",
@@ -948,17 +950,21 @@ mod tests {
             "SOFT_DELETED",
             "STOPPED",
             "SUSPENDED",
-            "UNKNOWN",
             "UNRESCUING",
             "UNSHELVING",
             "VERIFY_RESIZE",
         ] {
-            let _ = state_of(status);
+            assert_ne!(state_of(status), NodeState::Unknown, "{status}");
         }
+        assert_eq!(state_of("UNKNOWN"), NodeState::Unknown);
         assert_eq!(state_of("ACTIVE"), NodeState::Running);
+        assert_eq!(state_of("BUILD"), NodeState::Pending);
+        assert_eq!(state_of("HARD_REBOOT"), NodeState::Rebooting);
         assert_eq!(state_of("ERROR"), NodeState::Error);
         assert_eq!(state_of("SHUTOFF"), NodeState::Stopped);
+        assert_eq!(state_of("DELETING"), NodeState::Terminated);
         assert_eq!(state_of("SOMETHING_NEW"), NodeState::Unknown);
+        assert_eq!(state_of(""), NodeState::Unknown);
     }
 
     #[test]
