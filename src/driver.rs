@@ -327,11 +327,15 @@ fn registry() -> &'static Mutex<BTreeMap<String, DriverFactory>> {
     static REGISTRY: OnceLock<Mutex<BTreeMap<String, DriverFactory>>> = OnceLock::new();
     REGISTRY.get_or_init(|| {
         let mut map: BTreeMap<String, DriverFactory> = BTreeMap::new();
-        map.insert("local".to_string(), |_| {
-            Ok(Arc::new(crate::providers::local::LocalDriver::from_env()?))
+        map.insert("local".to_string(), |config| {
+            Ok(Arc::new(crate::providers::local::LocalDriver::from_config(
+                config,
+            )?))
         });
-        map.insert("dummy".to_string(), |_| {
-            Ok(Arc::new(crate::providers::dummy::DummyDriver::new()))
+        map.insert("dummy".to_string(), |config| {
+            Ok(Arc::new(crate::providers::dummy::DummyDriver::from_config(
+                config,
+            )?))
         });
         map.insert("ovh".to_string(), |config| {
             Ok(Arc::new(crate::providers::ovh::OvhDriver::from_config(

@@ -92,7 +92,7 @@ impl Response {
 
 /// A request that got no answer.
 #[derive(Debug, thiserror::Error)]
-#[error("{method} {url}: {}", if *.maybe_processed { "no answer (the server may have acted on it)" } else { "could not connect" })]
+#[error("{method} {url}: {}", if *.maybe_processed { "no answer (the server may have acted on it)" } else if .source.is_builder() { "the request could not be built (a header value with a newline or another character HTTP does not allow?); it was not sent" } else { "could not connect" })]
 pub struct TransportError {
     /// The method.
     pub method: reqwest::Method,
@@ -230,7 +230,7 @@ impl HttpClient {
                 Err(source) => Err(TransportError {
                     method: request.method.clone(),
                     url: request.url.clone(),
-                    maybe_processed: !source.is_connect(),
+                    maybe_processed: !source.is_connect() && !source.is_builder(),
                     source,
                 }),
             };
@@ -259,7 +259,8 @@ impl HttpClient {
                         "# -> no answer after {} ms: {e}\n",
                         elapsed.as_millis()
                     ));
-                    if e.maybe_processed && !request.idempotent {
+                    // A request that cannot be built is bad input: sending it again cannot help.
+                    if e.source.is_builder() || (e.maybe_processed && !request.idempotent) {
                         return outcome;
                     }
                     None
@@ -318,7 +319,16 @@ pub fn curl_line(request: &Request, attempt: u32) -> String {
     line
 }
 
-/// A body with the values of secret-looking JSON keys replaced by `***`.
+/// JSON keys whose values are secrets: any key containing one of these (lower-case) words.
+const SECRET_KEYS: [&str; 5] = ["password", "secret", "consumerkey", "token", "privatekey"];
+
+/// JSON keys holding HTTP headers for someone else's download (an image URL's `Authorization`):
+/// every header value under them is a secret, the header names are not.
+const HEADER_KEYS: [&str; 1] = ["httpheader"];
+
+/// A body with the values of secret-looking JSON keys replaced by `***`, and the values of HTTP
+/// headers given for a download (`httpHeaders: {"Authorization": ...}`, or the legacy
+/// `httpHeader: [{"key": ..., "value": ...}]`).
 pub fn redact_body(body: &[u8]) -> String {
     match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(mut value) => {
@@ -334,11 +344,10 @@ fn redact_value(value: &mut serde_json::Value) {
         serde_json::Value::Object(map) => {
             for (key, v) in map.iter_mut() {
                 let k = key.to_ascii_lowercase();
-                if ["password", "secret", "consumerkey", "token", "privatekey"]
-                    .iter()
-                    .any(|s| k.contains(s))
-                {
+                if SECRET_KEYS.iter().any(|s| k.contains(s)) {
                     *v = serde_json::Value::String("***".into());
+                } else if HEADER_KEYS.iter().any(|s| k.contains(s)) {
+                    redact_header_values(v);
                 } else {
                     redact_value(v);
                 }
@@ -349,9 +358,42 @@ fn redact_value(value: &mut serde_json::Value) {
     }
 }
 
+/// Replaces header values: each value of an object, or each item's `value` in a list of
+/// `{"key", "value"}` objects.
+fn redact_header_values(value: &mut serde_json::Value) {
+    let hidden = || serde_json::Value::String("***".into());
+    match value {
+        serde_json::Value::Object(map) => map.values_mut().for_each(|v| *v = hidden()),
+        serde_json::Value::Array(items) => {
+            for item in items {
+                match item.get_mut("value") {
+                    Some(v) => *v = hidden(),
+                    None => *item = hidden(),
+                }
+            }
+        }
+        other => *other = hidden(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn download_header_values_are_hidden_in_both_shapes() {
+        let current = redact_body(
+            br#"{"customizations":{"httpHeaders":{"Authorization":"Bearer s3cret"},"imageURL":"https://x"}}"#,
+        );
+        assert!(!current.contains("s3cret"), "{current}");
+        assert!(current.contains(r#""Authorization":"***""#), "{current}");
+        assert!(current.contains("https://x"), "{current}");
+        let legacy = redact_body(
+            br#"{"httpHeader":[{"key":"Authorization","value":"Bearer s3cret"}],"URL":"https://x"}"#,
+        );
+        assert!(!legacy.contains("s3cret"), "{legacy}");
+        assert!(legacy.contains(r#""key":"Authorization""#), "{legacy}");
+    }
 
     #[test]
     fn curl_lines_hide_secrets() {

@@ -3,6 +3,7 @@
 
 mod cli;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -17,9 +18,11 @@ async fn main() -> ExitCode {
         _ => "debug",
     };
     let filter = EnvFilter::try_from_env("NODEUP_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // Colour only for a person at a terminal: a CI log or a file gets plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli::run(args).await {
         Ok(()) => ExitCode::SUCCESS,

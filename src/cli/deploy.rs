@@ -10,7 +10,7 @@ use clap::Args;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use nodeup::deploy::stepfile::{self, parse_duration, StepFile};
+use nodeup::deploy::stepfile::{self, parse_positive_duration, StepFile};
 use nodeup::driver::{self, NodeDriver};
 use nodeup::engine::{self, destroy_at_exit, Cause, DeployOptions, Event};
 use nodeup::model::{CreateNode, Node};
@@ -38,10 +38,10 @@ pub struct SshArgs {
     #[arg(long, value_name = "POLICY")]
     pub host_key_policy: Option<HostKeyPolicy>,
     /// How long to wait for the node to run and accept a login, e.g. 5m.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_positive_duration)]
     pub timeout: Option<Duration>,
-    /// How many connections the steps may use in all (a lost one is resumed on the next).
-    #[arg(long)]
+    /// How many connections the steps may use in all (a lost one is resumed on the next); 1 or more.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_tries: Option<u32>,
     /// Print the result as JSON on stdout.
     #[arg(long)]
@@ -117,8 +117,57 @@ pub fn options(file: &StepFile, ssh: &SshArgs, policy: HostKeyPolicy) -> DeployO
     options
 }
 
-/// Cancels `token` on the first Ctrl+C or SIGTERM; on the second, says what is left and exits.
-pub fn cancel_on_signals(token: CancellationToken, created: Arc<Mutex<Vec<Node>>>) {
+/// What a second Ctrl+C must be able to name: the nodes created so far, and how many create
+/// calls are in flight (a node the provider is making now exists once it answers).
+#[derive(Clone)]
+pub struct Created {
+    nodes: Arc<Mutex<Vec<Node>>>,
+    in_flight: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl Default for Created {
+    fn default() -> Self {
+        Created {
+            nodes: Arc::default(),
+            in_flight: Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+}
+
+impl Created {
+    /// Follows the deployment's events: counts create calls in flight, records created nodes.
+    pub fn observe(&self, event: &Event) {
+        match event {
+            Event::Creating(_) => self.in_flight.send_modify(|n| *n += 1),
+            Event::Created(node) => {
+                self.nodes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(node.clone());
+                self.in_flight.send_modify(|n| *n = n.saturating_sub(1));
+            }
+            _ => {}
+        }
+    }
+
+    /// Waits (at most `limit`) until no create call is in flight, then returns the nodes.
+    async fn settled(&self, limit: Duration) -> Vec<Node> {
+        let mut in_flight = self.in_flight.subscribe();
+        if *in_flight.borrow() > 0 {
+            eprintln!("waiting for the provider to answer the create call, to name the node");
+            let _ = tokio::time::timeout(limit, in_flight.wait_for(|n| *n == 0)).await;
+        }
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// How long a second Ctrl+C waits for a create call in flight to answer, so that the node it
+/// makes is named rather than left unknown (an OVH create answers within its request timeout).
+const CREATE_ANSWER_WAIT: Duration = Duration::from_secs(90);
+
+/// Cancels `token` on the first Ctrl+C or SIGTERM; on the second, says what is left and exits
+/// (after any create call in flight has answered, so that its node is named too).
+pub fn cancel_on_signals(token: CancellationToken, created: Created) {
     tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -137,8 +186,7 @@ pub fn cancel_on_signals(token: CancellationToken, created: Arc<Mutex<Vec<Node>>
                 eprintln!("cancelling: cleaning up what was created (again to stop at once)");
                 token.cancel();
             } else {
-                let left = created.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                for node in left {
+                for node in created.settled(CREATE_ANSWER_WAIT).await {
                     eprintln!(
                         "stopping now: node {} ({}) may be left; destroy it with `nodeup nodes destroy {} --provider {}`",
                         node.name, node.id, node.id, node.provider
@@ -168,7 +216,8 @@ pub async fn run(args: DeployArgs) -> Result<(), Failure> {
                 args.stepfile.display()
             ))
         })?;
-    let driver = driver::get_driver_with(&provider, &file.provider)?;
+    let driver = driver::get_driver_with(&provider, &file.provider)
+        .map_err(|e| Failure::from(e).context(args.stepfile.display().to_string()))?;
     let request = CreateNode {
         name: name.clone(),
         image: args.image.clone().or(file.node.image.clone()),
@@ -178,24 +227,18 @@ pub async fn run(args: DeployArgs) -> Result<(), Failure> {
         extra: file.node.options.clone(),
     };
     let started = Instant::now();
-    let created = Arc::new(Mutex::new(Vec::new()));
+    let created = Created::default();
     let mut options = options(&file, &args.ssh, HostKeyPolicy::AcceptNew);
     options.at_exit = Some(destroy_at_exit());
     options.output = Some(output::script_output(None));
     let print = output::progress(None, started);
     let record = created.clone();
     options.progress = Some(Arc::new(move |event: &Event| {
-        if let Event::Created(node) = event {
-            record
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(node.clone());
-        }
+        record.observe(event);
         print(event);
     }));
     cancel_on_signals(options.cancel.clone(), created);
-
-    eprintln!("creating node {name} on {provider}");
+    tracing::info!("deploying node {name} on {provider}");
     match engine::deploy_node(driver.clone(), &request, &file.steps, &options).await {
         Ok(done) => {
             eprintln!(

@@ -78,6 +78,14 @@ impl From<ProviderError> for Failure {
 }
 
 impl Failure {
+    /// The same failure, its message prefixed with where it comes from (a step file, say).
+    pub fn context(self, context: String) -> Self {
+        match self {
+            Failure::Usage(e) => Failure::Usage(e.context(context)),
+            Failure::Failed(e) => Failure::Failed(e.context(context)),
+        }
+    }
+
     /// Prints the whole cause chain on stderr and gives the exit code.
     pub fn report(self) -> ExitCode {
         let (error, code) = match self {

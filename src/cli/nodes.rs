@@ -63,7 +63,7 @@ pub struct CreateArgs {
     #[arg(long)]
     no_wait: bool,
     /// How long to wait for the node to run, e.g. 90s, 5m.
-    #[arg(long, default_value = "5m", value_parser = nodeup::deploy::stepfile::parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = nodeup::deploy::stepfile::parse_positive_duration)]
     wait_timeout: Duration,
     /// Print the node as JSON.
     #[arg(long)]

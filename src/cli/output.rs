@@ -16,6 +16,7 @@ pub fn progress(prefix: Option<String>, started: Instant) -> Progress {
     let tag = prefix.map(|p| format!("[{p}] ")).unwrap_or_default();
     Arc::new(move |event: &Event| {
         let line = match event {
+            Event::Creating(name) => format!("creating node {name}"),
             Event::Created(node) => format!("created node {} ({})", node.name, node.id),
             Event::Waiting => "waiting for the node to run".to_string(),
             Event::Running(node, addr) => {

@@ -1,9 +1,10 @@
-//! `nodeup ovh consumer-key`: ask OVH for a consumer key and print the URL that validates it.
+//! `nodeup ovh consumer-key`: ask OVH for a consumer key and print the URL that validates it;
+//! `nodeup ovh projects`: the Public Cloud projects the credentials reach.
 
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
 
-use nodeup::providers::ovh::{Client, Credentials};
+use nodeup::providers::ovh::{Client, Credentials, OvhDriver};
 
 use super::Failure;
 
@@ -13,6 +14,8 @@ pub enum OvhCommand {
     /// Ask for a consumer key (with OVH_ENDPOINT, OVH_APPLICATION_KEY and OVH_APPLICATION_SECRET or
     /// ovh.conf) and print the URL to open to validate it.
     ConsumerKey(ConsumerKeyArgs),
+    /// List the Public Cloud project ids these credentials reach (for OVH_CLOUD_PROJECT_SERVICE).
+    Projects,
 }
 
 /// `nodeup ovh consumer-key`.
@@ -26,7 +29,19 @@ pub struct ConsumerKeyArgs {
 
 /// Runs `nodeup ovh ...`.
 pub async fn run(cmd: OvhCommand) -> Result<(), Failure> {
-    let OvhCommand::ConsumerKey(args) = cmd;
+    match cmd {
+        OvhCommand::ConsumerKey(args) => consumer_key(args).await,
+        OvhCommand::Projects => {
+            let client = Client::new(Credentials::from_env()?)?;
+            for project in OvhDriver::list_projects(&client).await? {
+                println!("{project}");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn consumer_key(args: ConsumerKeyArgs) -> Result<(), Failure> {
     let mut rules: Vec<(String, String)> = Vec::new();
     for rule in &args.rules {
         let (method, path) = rule

@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,10 +11,10 @@ use anyhow::anyhow;
 use clap::Args;
 use serde_json::json;
 
-use nodeup::deploy::stepfile::{self, parse_duration};
+use nodeup::deploy::stepfile::{self, parse_positive_duration};
 use nodeup::engine::reinstall::{
-    generate_key, reinstall, Generation, ReinstallError, ReinstallEvent, ReinstallOptions,
-    ReinstallProgress,
+    check_arguments, key_dir, reinstall, Generation, ReinstallError, ReinstallEvent,
+    ReinstallOptions, ReinstallProgress,
 };
 use nodeup::engine::{self, DeployOptions};
 use nodeup::providers::ovh::dedicated::{Byoi, Checksum, ImageType};
@@ -63,23 +64,80 @@ pub struct ReinstallArgs {
     #[arg(long, value_name = "FILE")]
     pub known_hosts: Option<PathBuf>,
     /// How often to ask OVH how the install goes.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
     pub poll: Duration,
     /// Give up following the install after this long.
-    #[arg(long, default_value = "60m", value_parser = parse_duration)]
+    #[arg(long, default_value = "60m", value_parser = parse_positive_duration)]
     pub install_timeout: Duration,
     /// Do not ask for confirmation (the reinstall erases the server).
     #[arg(long)]
     pub yes: bool,
+    /// Accept an image URL on a loopback or private address (a mirror the server reaches over
+    /// the vRack, or a test API); OVH itself downloads from the internet.
+    #[arg(long)]
+    pub allow_private_url: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
+/// How long logging in after the install may take (the server boots the new system first).
+const AFTER_INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Runs `nodeup reinstall`.
 pub async fn run(args: ReinstallArgs) -> Result<(), Failure> {
-    let usage = |e: String| Failure::Usage(anyhow!(e));
+    let started_at_ovh = Arc::new(AtomicBool::new(false));
+    let options = build_options(&args, started_at_ovh.clone())?;
     // Everything OVH would reject, and every local file, is checked before any API call.
+    check_arguments(&options).map_err(|e| Failure::Usage(e.into()))?;
+    let client = Client::new(Credentials::from_env()?)?;
+    confirm(&args)?;
+    watch_ctrl_c(args.service.clone(), started_at_ovh);
+    match reinstall(&client, &options).await {
+        Ok(report) => {
+            eprintln!(
+                "reinstalled {} ({}) in {:.0}s; logged in as {}; {} steps",
+                report.server.name,
+                report.server.ip,
+                report.install_time.as_secs_f64(),
+                report.user,
+                report.steps.len()
+            );
+            if args.json {
+                print_json(&json!({
+                    "ok": true,
+                    "server": report.server,
+                    "api": args.api,
+                    "install_time": report.install_time.as_secs_f64(),
+                    "key": report.key,
+                    "user": report.user,
+                    "steps": output::steps_json(&report.steps),
+                }));
+            }
+            Ok(())
+        }
+        Err(e) => {
+            if args.json {
+                print_json(&json!({"ok": false, "error": engine::error_chain(&e)}));
+            }
+            let before = e.is_before_any_call()
+                || matches!(&e, ReinstallError::Provider(p) if !matches!(p, nodeup::driver::ProviderError::Failed { .. }));
+            let e = anyhow::Error::new(e);
+            Err(if before {
+                Failure::Usage(e)
+            } else {
+                Failure::Failed(e)
+            })
+        }
+    }
+}
+
+/// The reinstall's options from the command line; local files are read here.
+fn build_options(
+    args: &ReinstallArgs,
+    started_at_ovh: Arc<AtomicBool>,
+) -> Result<ReinstallOptions, Failure> {
+    let usage = |e: String| Failure::Usage(anyhow!(e));
     let generation = match args.api.as_str() {
         "legacy" => Generation::Legacy,
         "current" if ["byoi_64", "byolinux_64"].contains(&args.os.as_str()) => {
@@ -113,17 +171,28 @@ pub async fn run(args: ReinstallArgs) -> Result<(), Failure> {
         .as_ref()
         .map(|p| stepfile::load(p).map_err(|e| Failure::Usage(e.into())))
         .transpose()?;
-    let (ssh_key, login_key) = match &args.ssh_key {
+    let (ssh_key, login_key, key_dir) = match &args.ssh_key {
         Some(path) => {
             let key = std::fs::read_to_string(path)
                 .map_err(|e| usage(format!("--ssh-key {}: cannot read it: {e}", path.display())))?;
             let private = path.with_extension("");
-            (key.trim().to_string(), private.exists().then_some(private))
+            (
+                key.trim().to_string(),
+                private.exists().then_some(private),
+                None,
+            )
         }
-        // Made once the arguments are known good, below.
-        None => (String::new(), None),
+        // Made by the engine once the server is known to exist.
+        None => (
+            String::new(),
+            None,
+            Some(
+                key_dir(&nodeup::state_dir(), &args.service)
+                    .map_err(|e| Failure::Usage(e.into()))?,
+            ),
+        ),
     };
-    let mut byoi = Byoi {
+    let byoi = Byoi {
         image_url: args.image_url.clone(),
         image_type: args.image_type,
         checksum: args.checksum.clone(),
@@ -132,65 +201,66 @@ pub async fn run(args: ReinstallArgs) -> Result<(), Failure> {
         ssh_key,
         user_data,
     };
-    let placeholder =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
-    let mut check = byoi.clone();
-    if check.ssh_key.is_empty() {
-        check.ssh_key = placeholder.into();
-    }
-    check.validate().map_err(usage)?;
-    let creds = Credentials::from_env()?;
-    let client = Client::new(creds)?;
-
-    eprintln!(
-        "reinstalling {} erases everything on its disks and installs {}",
-        args.service, args.image_url
-    );
-    if !args.yes {
-        if !std::io::stdin().is_terminal() {
-            return Err(usage(
-                "a reinstall erases the server: pass --yes to confirm".into(),
-            ));
-        }
-        eprint!("type the server's name to go on: ");
-        let _ = std::io::stderr().flush();
-        let mut answer = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut answer);
-        if answer.trim() != args.service {
-            return Err(usage("not confirmed: nothing was done".into()));
-        }
-    }
-    let (login_key, key_note) = match login_key {
-        Some(key) => (Some(key), None),
-        None if byoi.ssh_key.is_empty() => {
-            let dir = nodeup::state_dir().join("reinstall").join(&args.service);
-            let (path, public) = generate_key(&dir)
-                .map_err(|e| Failure::Failed(anyhow!("making a key in {}: {e}", dir.display())))?;
-            byoi.ssh_key = public;
-            eprintln!("root's key for the new system: {} (kept)", path.display());
-            (Some(path.clone()), Some(path))
-        }
-        None => (None, None),
-    };
-
     let started = Instant::now();
     let mut deploy = DeployOptions {
         host_key_policy: HostKeyPolicy::AcceptNew,
         ssh_key_passphrase: std::env::var("NODEUP_KEY_PASSPHRASE").ok().map(Password),
         output: Some(output::script_output(None)),
         progress: Some(output::progress(None, started)),
-        timeout: Duration::from_secs(600),
+        timeout: AFTER_INSTALL_TIMEOUT,
         ..Default::default()
     };
     if let Some(k) = &args.known_hosts {
         deploy.known_hosts = k.clone();
     }
-    let service = args.service.clone();
-    let started_at_ovh = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mark = started_at_ovh.clone();
-    let events: ReinstallProgress = Arc::new(move |e| match e {
+    Ok(ReinstallOptions {
+        service: args.service.clone(),
+        byoi,
+        allow_private_url: args.allow_private_url,
+        generation,
+        poll_period: args.poll,
+        install_timeout: args.install_timeout,
+        login_key,
+        key_dir,
+        then: then.map(|f| f.steps),
+        deploy,
+        events: Some(progress_events(args.service.clone(), started_at_ovh)),
+    })
+}
+
+/// Says what the reinstall erases and asks for the server's name, unless --yes.
+fn confirm(args: &ReinstallArgs) -> Result<(), Failure> {
+    let usage = |e: &str| Failure::Usage(anyhow!(e.to_string()));
+    eprintln!(
+        "reinstalling {} erases everything on its disks and installs {}",
+        args.service, args.image_url
+    );
+    if args.yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(usage(
+            "a reinstall erases the server: pass --yes to confirm",
+        ));
+    }
+    eprint!("type the server's name to go on: ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    if answer.trim() != args.service {
+        return Err(usage("not confirmed: nothing was done"));
+    }
+    Ok(())
+}
+
+/// Progress lines on stderr; marks when OVH has accepted the reinstall.
+fn progress_events(service: String, started_at_ovh: Arc<AtomicBool>) -> ReinstallProgress {
+    Arc::new(move |e| match e {
+        ReinstallEvent::KeyMade { path } => {
+            eprintln!("root's key for the new system: {} (kept)", path.display())
+        }
         ReinstallEvent::Started { server } => {
-            mark.store(true, std::sync::atomic::Ordering::SeqCst);
+            started_at_ovh.store(true, Ordering::SeqCst);
             eprintln!(
                 "OVH accepted the reinstall of {} ({}); it takes about 10 minutes",
                 server.name, server.ip
@@ -207,23 +277,14 @@ pub async fn run(args: ReinstallArgs) -> Result<(), Failure> {
             "[{:>4}s] installed; waiting for {service} to boot and answer SSH",
             elapsed.as_secs()
         ),
-    });
-    let options = ReinstallOptions {
-        service: args.service.clone(),
-        byoi,
-        generation,
-        poll_period: args.poll,
-        install_timeout: args.install_timeout,
-        login_key,
-        then: then.map(|f| f.steps),
-        deploy,
-        events: Some(events),
-    };
-    // Ctrl+C cannot stop an install that OVH has started: say so, and how to follow it.
-    let watched = args.service.clone();
+    })
+}
+
+/// Ctrl+C cannot stop an install that OVH has started: say so, and how to follow it.
+fn watch_ctrl_c(watched: String, started_at_ovh: Arc<AtomicBool>) {
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            if started_at_ovh.load(std::sync::atomic::Ordering::SeqCst) {
+            if started_at_ovh.load(Ordering::SeqCst) {
                 eprintln!(
                     "stopping nodeup; OVH's install of {watched} cannot be stopped and goes on: \
                      follow it with GET /dedicated/server/{watched}/install/status (or its task) \
@@ -235,41 +296,4 @@ pub async fn run(args: ReinstallArgs) -> Result<(), Failure> {
             std::process::exit(130);
         }
     });
-    match reinstall(&client, &options).await {
-        Ok(report) => {
-            eprintln!(
-                "reinstalled {} ({}) in {:.0}s; logged in as {}; {} steps",
-                report.server.name,
-                report.server.ip,
-                report.install_time.as_secs_f64(),
-                report.user,
-                report.steps.len()
-            );
-            if args.json {
-                print_json(&json!({
-                    "ok": true,
-                    "server": report.server,
-                    "api": args.api,
-                    "install_time": report.install_time.as_secs_f64(),
-                    "key": key_note,
-                    "user": report.user,
-                    "steps": output::steps_json(&report.steps),
-                }));
-            }
-            Ok(())
-        }
-        Err(e) => {
-            if args.json {
-                print_json(&json!({"ok": false, "error": engine::error_chain(&e)}));
-            }
-            let before = e.is_before_any_call()
-                || matches!(&e, ReinstallError::Provider(p) if !matches!(p, nodeup::driver::ProviderError::Failed { .. }));
-            let e = anyhow::Error::new(e);
-            Err(if before {
-                Failure::Usage(e)
-            } else {
-                Failure::Failed(e)
-            })
-        }
-    }
 }

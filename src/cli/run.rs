@@ -109,7 +109,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
             "no way to log in: give a private key file (--key), NODEUP_SSH_PASSWORD, or run an ssh-agent"
         )));
     }
-    cancel_on_signals(options.cancel.clone(), Arc::default());
+    cancel_on_signals(options.cancel.clone(), super::deploy::Created::default());
 
     let started = Instant::now();
     let several = hosts.len() > 1;

@@ -7,6 +7,9 @@ use std::time::Duration;
 use super::{read_local, Context, Error, StepResult};
 use crate::ssh::{quote, ExecOptions, ExitStatus, UploadOptions};
 
+/// The largest exit status a process can have (a wait status keeps 8 bits).
+const MAX_EXIT_STATUS: u32 = 255;
+
 /// Where a script's text comes from.
 #[derive(Debug, Clone)]
 pub enum ScriptSource {
@@ -67,8 +70,31 @@ impl ScriptStep {
     }
 
     pub(super) fn validate(&self) -> Result<(), String> {
-        if let ScriptSource::File(path) = &self.source {
-            read_local(path)?;
+        match &self.source {
+            ScriptSource::File(path) => {
+                read_local(path)?;
+            }
+            ScriptSource::Inline(text) if text.contains('\0') => {
+                return Err(
+                    "the inline script holds a NUL byte, which no shell runs: remove it (a \
+                            binary program goes in a `script` file)"
+                        .into(),
+                )
+            }
+            ScriptSource::Inline(_) => {}
+        }
+        let nul = |s: &String| s.contains('\0');
+        if self.args.iter().any(nul) || self.env.iter().any(|(k, v)| nul(k) || nul(v)) {
+            return Err(
+                "an argument or environment value holds a NUL byte, which cannot be passed \
+                        to a program: remove it"
+                    .into(),
+            );
+        }
+        if let Some(code) = self.exit_codes.iter().find(|c| **c > MAX_EXIT_STATUS) {
+            return Err(format!(
+                "exit_codes: {code} is not an exit status; statuses are 0 to {MAX_EXIT_STATUS}"
+            ));
         }
         for (name, _) in &self.env {
             let valid = name

@@ -183,6 +183,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
+/// [`parse_duration`] for a time limit or a period, which must be longer than zero (a zero timeout
+/// would fail every wait, a zero period would poll without pause).
+pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d.is_zero() {
+        return Err(format!(
+            "{text:?}: give a duration longer than zero, e.g. 30s or 5m"
+        ));
+    }
+    Ok(d)
+}
+
 /// Expands `~/` to the home directory; a relative path is taken relative to `base`.
 pub fn resolve_path(base: &Path, path: &str) -> PathBuf {
     if let Some(rest) = path.strip_prefix("~/") {
@@ -454,6 +466,7 @@ fn step(ctx: &Ctx<'_>, number: usize, raw: &Spanned<RawStep>) -> Result<Step, St
             let value = s.ssh_key.as_ref().map(Spanned::get_ref);
             let span = s.ssh_key.as_ref().map(Spanned::span).unwrap_or_default();
             let value = value.map(String::as_str).unwrap_or_default();
+            let mut from_file = None;
             let key = if value.starts_with("ssh-") || value.starts_with("ecdsa-") {
                 value.to_string()
             } else {
@@ -468,16 +481,23 @@ fn step(ctx: &Ctx<'_>, number: usize, raw: &Spanned<RawStep>) -> Result<Step, St
                         message: format!("step {number}: {}", e.message),
                         ..e
                     })?;
-                std::fs::read_to_string(&path).map_err(|e| {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
                     err(
                         span.clone(),
                         format!("`ssh-key`: cannot read {}: {e}", path.display()),
                     )
-                })?
+                })?;
+                from_file = Some(path);
+                text
             };
             let step = SshKeyStep::new(&key);
-            step.validate()
-                .map_err(|e| err(span, format!("`ssh-key`: {e}")))?;
+            step.validate().map_err(|e| {
+                let source = from_file
+                    .as_ref()
+                    .map(|p| format!(" {}", p.display()))
+                    .unwrap_or_default();
+                err(span, format!("`ssh-key`{source}: {e}"))
+            })?;
             Ok(Step::SshKey(step))
         }
         "file" => {

@@ -64,6 +64,8 @@ pub fn destroy_at_exit() -> AtExit {
 /// What happens, for progress output.
 #[derive(Debug, Clone)]
 pub enum Event {
+    /// The provider is asked to create the node of this name (`Created` follows when it answers).
+    Creating(String),
     /// The node was created.
     Created(Node),
     /// Waiting for the node to run.
@@ -243,8 +245,8 @@ pub enum Cause {
     /// The node did not come up.
     #[error(transparent)]
     Wait(#[from] WaitError),
-    /// No login worked.
-    #[error("could not log in: {0}")]
+    /// No login worked. The message carries the whole cause (connection refused ...).
+    #[error("could not log in: {}", error_chain(.0))]
     Login(ssh::Error),
     /// A step failed.
     #[error(transparent)]
@@ -581,6 +583,7 @@ pub async fn deploy_node(
         return Err(DeploymentError::before_create(Cause::Cancelled));
     }
 
+    options.emit(Event::Creating(request.name.clone()));
     let node = driver
         .create_node(&request)
         .await

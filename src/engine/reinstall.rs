@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::deploy::{run_steps, DeployOptions, RunFailure, Target};
 use crate::deploy::{Step, StepResult};
 use crate::driver::ProviderError;
-use crate::providers::ovh::dedicated::{fix_for, Byoi, Server};
+use crate::providers::ovh::dedicated::{fix_for, validate_service_name, Byoi, Server, Task};
 use crate::providers::ovh::{CallError, Client};
 use crate::ssh::{Credentials, HostKeyCheck, HostKeyPolicy};
 
@@ -30,6 +30,11 @@ pub enum Generation {
 /// What happens, for progress output.
 #[derive(Debug, Clone)]
 pub enum ReinstallEvent {
+    /// A fresh key for root was made (and is kept) at this path.
+    KeyMade {
+        /// The private key's path.
+        path: PathBuf,
+    },
     /// The reinstall was accepted.
     Started {
         /// The server.
@@ -61,6 +66,9 @@ pub struct ReinstallOptions {
     pub service: String,
     /// The image and what the config drive sets.
     pub byoi: Byoi,
+    /// Let the image URL name a private or loopback address (a vRack mirror, a test API); OVH
+    /// itself downloads from the internet.
+    pub allow_private_url: bool,
     /// The API generation.
     pub generation: Generation,
     /// How often to ask OVH how it goes.
@@ -69,6 +77,9 @@ pub struct ReinstallOptions {
     pub install_timeout: Duration,
     /// The private key matching `byoi.ssh_key`, to log in afterwards (else the deploy options' keys).
     pub login_key: Option<PathBuf>,
+    /// With no `byoi.ssh_key`: the directory ([`key_dir`]) where a fresh ed25519 key for root is
+    /// made and kept, once the server is known to exist.
+    pub key_dir: Option<PathBuf>,
     /// Steps to run once the server is back.
     pub then: Option<Step>,
     /// Login, host-key and output options for after the reinstall.
@@ -82,6 +93,8 @@ pub struct ReinstallOptions {
 pub struct ReinstallReport {
     /// The server.
     pub server: Server,
+    /// The key nodeup made for root, when it made one.
+    pub key: Option<PathBuf>,
     /// How long the install took.
     pub install_time: Duration,
     /// The user logged in as afterwards.
@@ -153,22 +166,73 @@ pub fn generate_key(dir: &Path) -> std::io::Result<(PathBuf, String)> {
     Ok((path, public))
 }
 
+/// The directory under `state_dir` where the key for `service`'s reinstall is kept:
+/// `state_dir/reinstall/SERVICE`, after checking that the service name is one (so that the path
+/// cannot leave `state_dir/reinstall`).
+///
+/// # Errors
+/// A service name that is not host-like.
+pub fn key_dir(state_dir: &Path, service: &str) -> Result<PathBuf, ReinstallError> {
+    validate_service_name(service).map_err(ReinstallError::Invalid)?;
+    let base = state_dir.join("reinstall");
+    let dir = base.join(service);
+    let inside = dir.parent() == Some(base.as_path())
+        && matches!(
+            Path::new(service)
+                .components()
+                .collect::<Vec<_>>()
+                .as_slice(),
+            [std::path::Component::Normal(_)]
+        );
+    if !inside {
+        return Err(ReinstallError::Invalid(format!(
+            "{service:?} would name a directory outside {}",
+            base.display()
+        )));
+    }
+    Ok(dir)
+}
+
 fn call(context: &str) -> impl FnOnce(CallError) -> ReinstallError + '_ {
     move |e| ReinstallError::Provider(e.into_provider(context.to_string()))
 }
 
-/// Reinstalls the server and provisions it.
-pub async fn reinstall(
-    client: &Client,
-    options: &ReinstallOptions,
-) -> Result<ReinstallReport, ReinstallError> {
-    options.byoi.validate().map_err(ReinstallError::Invalid)?;
+/// A public key that parses, standing in for the key made later, so that everything else is
+/// checked before any call.
+const PLACEHOLDER_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+
+/// Checks everything that needs no call: the service name, the image, the steps.
+///
+/// # Errors
+/// [`ReinstallError::Invalid`], naming what to fix.
+pub fn check_arguments(options: &ReinstallOptions) -> Result<(), ReinstallError> {
+    validate_service_name(&options.service).map_err(ReinstallError::Invalid)?;
+    let mut byoi = options.byoi.clone();
+    if byoi.ssh_key.is_empty() {
+        if options.key_dir.is_none() {
+            return Err(ReinstallError::Invalid(
+                "no SSH key for root: give one, or a directory to make one in".into(),
+            ));
+        }
+        byoi.ssh_key = PLACEHOLDER_KEY.into();
+    }
+    byoi.validate(options.allow_private_url)
+        .map_err(ReinstallError::Invalid)?;
     if let Some(steps) = &options.then {
         steps
             .validate()
             .map_err(|e| ReinstallError::Invalid(e.to_string()))?;
     }
-    let creds = match &options.login_key {
+    Ok(())
+}
+
+/// The credentials to log in with afterwards: the login key, else the deploy options'.
+fn login_credentials(
+    options: &ReinstallOptions,
+    login_key: Option<&PathBuf>,
+) -> Result<Credentials, ReinstallError> {
+    let creds = match login_key {
         Some(path) => Credentials::from_key_files(
             std::slice::from_ref(path),
             options
@@ -176,13 +240,10 @@ pub async fn reinstall(
                 .ssh_key_passphrase
                 .as_ref()
                 .map(|p| p.0.as_str()),
-        )
-        .map_err(|e| ReinstallError::Invalid(e.to_string()))?,
-        None => options
-            .deploy
-            .credentials()
-            .map_err(|e| ReinstallError::Invalid(e.to_string()))?,
-    };
+        ),
+        None => options.deploy.credentials(),
+    }
+    .map_err(|e| ReinstallError::Invalid(e.to_string()))?;
     if creds.is_empty() {
         return Err(ReinstallError::Invalid(
             "no private key to log in with after the reinstall: give the key whose public half \
@@ -190,93 +251,172 @@ pub async fn reinstall(
                 .into(),
         ));
     }
+    Ok(creds)
+}
+
+/// `GET /dedicated/server/{service}`, with a 404 said as "no such server".
+async fn find_server(client: &Client, service: &str) -> Result<Server, ReinstallError> {
+    match client.dedicated_server(service).await {
+        Ok(server) => Ok(server),
+        Err(CallError::Api(e)) if e.status == 404 => Err(ReinstallError::Invalid(format!(
+            "no dedicated server {service:?} with these credentials ({e}): \
+             GET /dedicated/server lists yours"
+        ))),
+        Err(e) => Err(call("GET /dedicated/server")(e)),
+    }
+}
+
+/// Reinstalls the server and provisions it.
+///
+/// Nothing is written and no reinstall asked for before the arguments are checked and the server
+/// is known to exist.
+///
+/// # Errors
+/// [`ReinstallError::Invalid`] before any change (bad arguments, no such server), else what failed.
+pub async fn reinstall(
+    client: &Client,
+    options: &ReinstallOptions,
+) -> Result<ReinstallReport, ReinstallError> {
+    check_arguments(options)?;
+    let generate = options.byoi.ssh_key.is_empty();
+    let mut creds = None;
+    if !generate {
+        creds = Some(login_credentials(options, options.login_key.as_ref())?);
+    }
     let emit = |event: ReinstallEvent| {
         if let Some(events) = &options.events {
             events(&event);
         }
     };
     let service = options.service.as_str();
-    let server = client
-        .dedicated_server(service)
-        .await
-        .map_err(call("GET /dedicated/server"))?;
+    let server = find_server(client, service).await?;
     let ip: std::net::IpAddr = server.ip.parse().map_err(|_| {
         ReinstallError::Invalid(format!(
             "OVH gives the server address {:?}, not an IP",
             server.ip
         ))
     })?;
-
-    let started = Instant::now();
-    let task = match &options.generation {
-        Generation::Legacy => {
-            client
-                .byoi_start_legacy(service, &options.byoi)
-                .await
-                .map_err(call("POST bringYourOwnImage"))?;
-            None
-        }
-        Generation::Current(os) => Some(
-            client
-                .byoi_start_current(service, os, &options.byoi)
-                .await
-                .map_err(call("POST reinstall"))?,
-        ),
+    let mut byoi = options.byoi.clone();
+    let mut key = None;
+    if let (true, Some(dir)) = (generate, &options.key_dir) {
+        let (path, public) = generate_key(dir).map_err(|e| {
+            ReinstallError::Invalid(format!("making a key in {}: {e}", dir.display()))
+        })?;
+        byoi.ssh_key = public;
+        emit(ReinstallEvent::KeyMade { path: path.clone() });
+        creds = Some(login_credentials(options, Some(&path))?);
+        key = Some(path);
+    }
+    let creds = match creds {
+        Some(c) => c,
+        None => login_credentials(options, options.login_key.as_ref())?,
     };
+    let started = Instant::now();
+    let task = start(client, options, &byoi).await?;
     emit(ReinstallEvent::Started {
         server: server.clone(),
     });
+    follow(client, options, task.as_ref(), started, &emit).await?;
+    let install_time = started.elapsed();
+    emit(ReinstallEvent::Installed {
+        elapsed: install_time,
+    });
+    let run = provision(options, ip, &creds).await?;
+    Ok(ReinstallReport {
+        server,
+        key,
+        install_time,
+        user: run.user,
+        steps: run.steps,
+    })
+}
+
+/// Asks OVH for the reinstall; the current API answers a task to follow.
+async fn start(
+    client: &Client,
+    options: &ReinstallOptions,
+    byoi: &Byoi,
+) -> Result<Option<Task>, ReinstallError> {
+    let service = options.service.as_str();
+    match &options.generation {
+        Generation::Legacy => {
+            client
+                .byoi_start_legacy(service, byoi)
+                .await
+                .map_err(call("POST bringYourOwnImage"))?;
+            Ok(None)
+        }
+        Generation::Current(os) => Ok(Some(
+            client
+                .byoi_start_current(service, os, byoi)
+                .await
+                .map_err(call("POST reinstall"))?,
+        )),
+    }
+}
+
+/// One look at how the install goes: its status, message, and whether it is done.
+async fn poll_once(
+    client: &Client,
+    service: &str,
+    task: Option<&Task>,
+) -> Result<(String, String, bool), ReinstallError> {
+    let Some(task) = task else {
+        let s = client
+            .byoi_status_legacy(service)
+            .await
+            .map_err(call("GET bringYourOwnImage"))?;
+        return match s.status.as_str() {
+            "done" => Ok((s.status, s.message, true)),
+            "error" => Err(ReinstallError::Failed {
+                fix: fix_for(&s.message),
+                message: s.message,
+            }),
+            _ => Ok((s.status, s.message, false)),
+        };
+    };
+    let t = client
+        .dedicated_task(service, task.task_id)
+        .await
+        .map_err(call("GET task"))?;
+    let mut message = t.comment.clone().unwrap_or_default();
+    if let Ok(Some(progress)) = client.install_status(service).await {
+        if let Some(step) = progress
+            .progress
+            .iter()
+            .find(|p| p.status == "doing" || p.error.is_some())
+        {
+            message = step.error.clone().unwrap_or(step.comment.clone());
+        }
+    }
+    match t.status.as_str() {
+        "done" => Ok((t.status, message, true)),
+        "customerError" | "ovhError" | "cancelled" => {
+            let message = t.comment.unwrap_or(message);
+            Err(ReinstallError::Failed {
+                fix: fix_for(&message),
+                message,
+            })
+        }
+        _ => Ok((t.status, message, false)),
+    }
+}
+
+/// Follows the install until it is done, emitting each change of status or message.
+async fn follow(
+    client: &Client,
+    options: &ReinstallOptions,
+    task: Option<&Task>,
+    started: Instant,
+    emit: &dyn Fn(ReinstallEvent),
+) -> Result<(), ReinstallError> {
     let mut last = (String::new(), String::new());
     loop {
         if started.elapsed() > options.install_timeout {
             return Err(ReinstallError::Timeout(options.install_timeout));
         }
-        let (status, message, finished) = match &task {
-            None => {
-                let s = client
-                    .byoi_status_legacy(service)
-                    .await
-                    .map_err(call("GET bringYourOwnImage"))?;
-                match s.status.as_str() {
-                    "done" => (s.status, s.message, true),
-                    "error" => {
-                        return Err(ReinstallError::Failed {
-                            fix: fix_for(&s.message),
-                            message: s.message,
-                        })
-                    }
-                    _ => (s.status, s.message, false),
-                }
-            }
-            Some(task) => {
-                let t = client
-                    .dedicated_task(service, task.task_id)
-                    .await
-                    .map_err(call("GET task"))?;
-                let mut message = t.comment.clone().unwrap_or_default();
-                if let Ok(Some(progress)) = client.install_status(service).await {
-                    if let Some(step) = progress
-                        .progress
-                        .iter()
-                        .find(|p| p.status == "doing" || p.error.is_some())
-                    {
-                        message = step.error.clone().unwrap_or(step.comment.clone());
-                    }
-                }
-                match t.status.as_str() {
-                    "done" => (t.status, message, true),
-                    "customerError" | "ovhError" | "cancelled" => {
-                        let message = t.comment.unwrap_or(message);
-                        return Err(ReinstallError::Failed {
-                            fix: fix_for(&message),
-                            message,
-                        });
-                    }
-                    _ => (t.status, message, false),
-                }
-            }
-        };
-        if (status.as_str(), message.as_str()) != (last.0.as_str(), last.1.as_str()) {
+        let (status, message, finished) = poll_once(client, &options.service, task).await?;
+        if (&status, &message) != (&last.0, &last.1) {
             emit(ReinstallEvent::Status {
                 status: status.clone(),
                 message: message.clone(),
@@ -285,17 +425,19 @@ pub async fn reinstall(
             last = (status, message);
         }
         if finished {
-            break;
+            return Ok(());
         }
         tokio::time::sleep(options.poll_period).await;
     }
-    let install_time = started.elapsed();
-    emit(ReinstallEvent::Installed {
-        elapsed: install_time,
-    });
+}
 
-    // A new system has a new host key: forget the old one for this server only, and record the
-    // one it presents now.
+/// After the install: forget the server's old host key (the user asked for this reinstall; only
+/// this address), log in as root and run the steps.
+async fn provision(
+    options: &ReinstallOptions,
+    ip: std::net::IpAddr,
+    creds: &Credentials,
+) -> Result<super::deploy::Run, ReinstallError> {
     let mut deploy = options.deploy.clone();
     if deploy.host_key_policy != HostKeyPolicy::Off {
         deploy.host_key_policy = HostKeyPolicy::AcceptNew;
@@ -317,13 +459,7 @@ pub async fn reinstall(
         pinned_host_keys: Vec::new(),
     };
     let steps = options.then.clone().unwrap_or(Step::Multi(Vec::new()));
-    let run = run_steps(&target, &steps, &creds, &deploy)
+    run_steps(&target, &steps, creds, &deploy)
         .await
-        .map_err(|f| ReinstallError::After(Box::new(f)))?;
-    Ok(ReinstallReport {
-        server,
-        install_time,
-        user: run.user,
-        steps: run.steps,
-    })
+        .map_err(|f| ReinstallError::After(Box::new(f)))
 }

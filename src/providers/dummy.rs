@@ -32,7 +32,27 @@ pub struct DummyDriver {
     state: Mutex<State>,
 }
 
+/// The dummy provider's `[provider]` settings: none.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoSettings {}
+
 impl DummyDriver {
+    /// [`DummyDriver::new`], after checking that the `[provider]` table is empty.
+    ///
+    /// # Errors
+    /// Any `[provider]` key.
+    pub fn from_config(config: &crate::driver::ProviderConfig) -> crate::driver::Result<Self> {
+        crate::providers::settings::<NoSettings>(
+            "dummy",
+            "[provider]",
+            config,
+            &[],
+            "the dummy provider needs none",
+        )?;
+        Ok(Self::new())
+    }
+
     /// An empty dummy provider with one image, `dummy-image`.
     pub fn new() -> Self {
         let driver = DummyDriver::default();

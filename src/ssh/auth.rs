@@ -100,10 +100,12 @@ pub fn load_key(path: &Path, passphrase: Option<&str>) -> Result<PrivateKey, Err
             "is a public key; give the private key (the same path without .pub)".into(),
         ));
     }
+    warn_if_readable_by_others(path);
     match russh::keys::decode_secret_key(&text, passphrase) {
         Ok(key) => Ok(key),
         Err(russh::keys::Error::KeyIsEncrypted) => Err(fail(
-            "is encrypted: give its passphrase (--key-passphrase, or NODEUP_KEY_PASSPHRASE)".into(),
+            "is encrypted: give its passphrase in the NODEUP_KEY_PASSPHRASE environment variable"
+                .into(),
         )),
         Err(e) if passphrase.is_some() && is_encrypted(&text) => Err(fail(format!(
             "could not be decrypted: wrong passphrase? ({e})"
@@ -111,6 +113,26 @@ pub fn load_key(path: &Path, passphrase: Option<&str>) -> Result<PrivateKey, Err
         Err(e) => Err(fail(format!(
             "is not a private key nodeup can read (OpenSSH, PEM or PKCS#8): {e}"
         ))),
+    }
+}
+
+/// The permission bits that let others than the owner read a file.
+const GROUP_OTHER_BITS: u32 = 0o077;
+
+/// OpenSSH refuses a private key that others can read; nodeup uses it, but says so.
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode();
+        if mode & GROUP_OTHER_BITS != 0 {
+            tracing::warn!(
+                "the private key {} can be read by others (mode {:04o}); OpenSSH would refuse it: \
+                 chmod 600 {}",
+                path.display(),
+                mode & 0o7777,
+                path.display()
+            );
+        }
     }
 }
 

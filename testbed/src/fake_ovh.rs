@@ -258,6 +258,8 @@ impl FakeOvh {
         let app = Router::new()
             .route("/1.0/auth/time", get(auth_time))
             .route("/1.0/auth/credential", post(auth_credential))
+            .route("/1.0/cloud/project", get(list_projects))
+            .route("/1.0/cloud/project/{project}", get(get_project))
             .nest("/1.0/cloud/project/{project}", project_routes)
             .nest("/1.0/dedicated/server/{name}", dedicated_routes())
             .fallback(not_found)
@@ -541,6 +543,24 @@ async fn not_found(uri: axum::http::Uri) -> Response {
         None,
         &format!("Got an invalid (or empty) URL: {}", uri.path()),
     )
+}
+
+/// `GET /cloud/project`: the ids of the projects the credentials reach.
+async fn list_projects(State(fake): State<Shared>) -> Response {
+    Json(vec![fake.account.project.clone()]).into_response()
+}
+
+/// `GET /cloud/project/{project}`: the project, as OVH describes it.
+async fn get_project(State(fake): State<Shared>, Path(project): Path<String>) -> Response {
+    if project != fake.account.project {
+        return missing(&format!("serviceName = {project}"));
+    }
+    Json(json!({
+        "project_id": project, "projectName": "nodeup tests", "description": "nodeup tests",
+        "status": "ok", "planCode": "project.2018", "unleash": false, "expiration": null,
+        "creationDate": "2024-06-10T10:00:00Z", "orderId": null, "access": "full",
+    }))
+    .into_response()
 }
 
 /// Every project route answers 404 for a project other than the fake's, as OVH does.

@@ -279,7 +279,7 @@ async fn bad_requests_are_refused_before_anything_is_created() {
                 extra: [("colour".to_string(), "blue".into())].into(),
                 ..Default::default()
             },
-            "unknown field `colour`",
+            "[node] options `colour` is unknown: the valid ones are listen_delay_ms, port",
         ),
     ];
     for (request, expected) in cases {

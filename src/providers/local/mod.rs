@@ -86,6 +86,20 @@ fn settings<'de, D: serde::Deserializer<'de>>(
     BTreeMap::<String, String>::deserialize(d).map(|m| m.into_iter().collect())
 }
 
+/// The local provider's `[provider]` settings: none.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoSettings {}
+
+/// The keys of [`LocalOptions`], as written in `[node] options`.
+const OPTION_KEYS: [&str; 5] = [
+    "listen_delay_ms",
+    "port",
+    "sshd_config",
+    "banner",
+    "password",
+];
+
 /// The local provider's driver, over one state directory.
 #[derive(Debug, Clone)]
 pub struct LocalDriver {
@@ -94,12 +108,42 @@ pub struct LocalDriver {
 
 impl LocalDriver {
     /// A driver over the state directory at `dir` (created if missing, mode 0700).
+    ///
+    /// # Errors
+    /// `InvalidRequest` when `dir` (or a parent) is not a directory: a misset `NODEUP_STATE_DIR`.
     pub fn new(dir: &Path) -> Result<Self> {
+        let not_a_dir = dir
+            .ancestors()
+            .find(|p| p.exists())
+            .is_some_and(|p| !p.is_dir());
+        if not_a_dir {
+            return Err(invalid(format!(
+                "the state directory {} is, or is inside, something that is not a directory: \
+                 point NODEUP_STATE_DIR at a directory (or unset it)",
+                dir.display()
+            )));
+        }
         let state = StateDir::open(dir).map_err(failed(format!(
             "opening the state directory {}",
             dir.display()
         )))?;
         Ok(LocalDriver { state })
+    }
+
+    /// [`LocalDriver::from_env`], after checking that the step file's `[provider]` table is empty:
+    /// the local provider has no settings there (its node options go in `[node] options`).
+    ///
+    /// # Errors
+    /// Any `[provider]` key; a state directory that cannot be used.
+    pub fn from_config(config: &crate::driver::ProviderConfig) -> Result<Self> {
+        crate::providers::settings::<NoSettings>(
+            PROVIDER,
+            "[provider]",
+            config,
+            &[],
+            "the local provider needs none",
+        )?;
+        Self::from_env()
     }
 
     /// A driver over the default state directory: `$NODEUP_STATE_DIR/local`, else
@@ -175,9 +219,17 @@ impl LocalDriver {
             .state
             .records()
             .map_err(failed("reading the state directory"))?;
+        let broken = self
+            .state
+            .broken()
+            .map_err(failed("reading the state directory"))?;
+        let ids = records
+            .iter()
+            .map(|r| r.id.clone())
+            .chain(broken.into_iter().map(|(id, _)| id));
         let mut first_error = None;
-        for record in records {
-            match change(&self.state, &record.id, Action::Destroy) {
+        for id in ids {
+            match change(&self.state, &id, Action::Destroy) {
                 // Destroyed meanwhile by another process: what we wanted.
                 Ok(()) | Err(ProviderError::NotFound { .. }) => {}
                 Err(e) => {
@@ -216,10 +268,22 @@ impl NodeDriver for LocalDriver {
     async fn list_nodes(&self) -> Result<Vec<Node>> {
         let state = self.state.clone();
         blocking(move || {
-            let records = state
-                .records()
+            // Under the lock, a directory without a record is not one being created: it is
+            // listed (state `error`) so that it can be destroyed.
+            let _lock = state
+                .lock()
+                .map_err(failed("locking the state directory"))?;
+            let read = failed("reading the state directory");
+            let records = state.records().map_err(read)?;
+            let broken = state
+                .broken()
                 .map_err(failed("reading the state directory"))?;
-            Ok(records.iter().map(|r| to_node(&state, r)).collect())
+            let mut nodes: Vec<Node> = records
+                .into_iter()
+                .map(|r| to_node(&state, &heal(&state, r)))
+                .collect();
+            nodes.extend(broken.iter().map(|(id, why)| broken_node(id, why)));
+            Ok(nodes)
         })
         .await
     }
@@ -230,10 +294,13 @@ impl NodeDriver for LocalDriver {
     }
 
     async fn create_node(&self, request: &CreateNode) -> Result<Node> {
-        let options: LocalOptions = serde_json::from_value(serde_json::Value::Object(
-            request.extra.clone().into_iter().collect(),
-        ))
-        .map_err(|e| invalid(format!("bad local node option: {e}")))?;
+        let options: LocalOptions = crate::providers::settings(
+            PROVIDER,
+            "[node] options",
+            &request.extra,
+            &OPTION_KEYS,
+            "a local node's login password is the `password` option",
+        )?;
         self.create_node_with(request, &options).await
     }
 
@@ -462,23 +529,91 @@ fn create(state: &StateDir, request: &CreateNode, options: &LocalOptions) -> Res
     }
 }
 
-/// A node's record; `NotFound` when there is none.
+/// Whether `id` is one the provider gives (`loc-` and 8 hex digits): nothing else names a
+/// directory, so that no id from the user can lead outside the state directory.
+fn valid_id(id: &str) -> bool {
+    id.strip_prefix("loc-")
+        .is_some_and(|hex| hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A node's record (its boot filled in from the node's own files when a creator stopped before
+/// saving it); `NotFound` when there is none.
 fn read_record(state: &StateDir, id: &str) -> Result<NodeRecord> {
-    state
+    let not_found = || ProviderError::NotFound {
+        provider: PROVIDER.into(),
+        kind: "node",
+        id: id.into(),
+    };
+    if !valid_id(id) {
+        return Err(not_found());
+    }
+    let record = state
         .record(id)
         .map_err(failed(format!("reading the record of node {id}")))?
-        .ok_or_else(|| ProviderError::NotFound {
-            provider: PROVIDER.into(),
-            kind: "node",
-            id: id.into(),
-        })
+        .ok_or_else(not_found)?;
+    Ok(heal(state, record))
+}
+
+/// A record that says no boot while the node is not stopped may belong to a creator stopped
+/// between booting the node and saving the boot: the node's own files then name it.
+fn heal(state: &StateDir, mut record: NodeRecord) -> NodeRecord {
+    if record.boot.is_none() && !record.stopped {
+        record.boot = process::recorded_boot(&state.node_dir(&record.id));
+    }
+    record
+}
+
+/// A node directory without a usable record, as a node in `error` that can be destroyed.
+fn broken_node(id: &str, why: &str) -> Node {
+    let mut extra = BTreeMap::new();
+    extra.insert(
+        "error".into(),
+        format!(
+            "incomplete node: {why} (its creator was stopped half-way, or the file was damaged); \
+             destroy it with `nodeup nodes destroy {id}`"
+        )
+        .into(),
+    );
+    Node {
+        id: id.into(),
+        name: id.into(),
+        state: NodeState::Error,
+        public_ips: vec![],
+        private_ips: vec![],
+        image: None,
+        size: None,
+        provider: PROVIDER.into(),
+        extra,
+    }
+}
+
+/// Destroys a node directory whose record is missing or damaged: halts whatever of it still runs
+/// (found from its own files), gives up its address claims, deletes it.
+fn destroy_broken(state: &StateDir, id: &str) -> Result<()> {
+    let dir = state.node_dir(id);
+    if let Some(boot) = process::recorded_boot(&dir) {
+        process::halt(&dir, &boot, HALT_DEADLINE)
+            .map_err(failed(format!("halting incomplete node {id}")))?;
+    }
+    state::release_claims_of(&dir);
+    fs::remove_dir_all(&dir).map_err(failed(format!("deleting incomplete node {id}")))?;
+    tracing::info!(node = %id, "incomplete local node destroyed");
+    Ok(())
 }
 
 fn change(state: &StateDir, id: &str, action: Action) -> Result<()> {
     let _lock = state
         .lock()
         .map_err(failed("locking the state directory"))?;
-    let mut record = read_record(state, id)?;
+    let mut record = match read_record(state, id) {
+        Ok(record) => record,
+        Err(_)
+            if matches!(action, Action::Destroy) && valid_id(id) && state.node_dir(id).is_dir() =>
+        {
+            return destroy_broken(state, id);
+        }
+        Err(e) => return Err(e),
+    };
     let dir = state.node_dir(id);
     let context = |what: &str| format!("{what} node {} ({id})", record.name);
     if matches!(

@@ -67,9 +67,42 @@ pub fn boot(
         .ok_or_else(|| io::Error::other("the node's launcher exited at once"))?;
     // Reap it whenever it ends, so that a long-lived caller keeps no zombie.
     thread::spawn(move || child.wait());
-    Ok(Boot {
+    let boot = Boot {
         launcher_pid,
         launcher_start,
+    };
+    // Written at once, apart from the node's record: a creator stopped before it saved the record
+    // still leaves what it takes to halt this boot.
+    fs::write(node_dir.join(BOOT_FILE), serde_json::to_vec(&boot)?)?;
+    Ok(boot)
+}
+
+/// The file in a node's directory that names its running boot (see [`boot`]).
+const BOOT_FILE: &str = "boot.json";
+
+/// The boot a node directory holds, from its own files when its record cannot say: the boot file,
+/// else the launcher of the PID 1 named in `init.pid` (when that launcher is an `unshare` started
+/// for this very directory). `None` when no process of the node lives.
+pub fn recorded_boot(node_dir: &Path) -> Option<Boot> {
+    let from_file = fs::read(node_dir.join(BOOT_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Boot>(&b).ok())
+        .filter(is_alive);
+    from_file.or_else(|| {
+        let pid: i32 = fs::read_to_string(node_dir.join("init.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let launcher = stat(pid)?.ppid;
+        let cmdline = fs::read(format!("/proc/{launcher}/cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let ours = args.first().is_some_and(|a| a.ends_with(b"unshare"))
+            && args.contains(&node_dir.as_os_str().as_encoded_bytes());
+        ours.then_some(Boot {
+            launcher_pid: launcher,
+            launcher_start: start_time(launcher)?,
+        })
     })
 }
 
@@ -114,6 +147,7 @@ pub fn halt(node_dir: &Path, boot: &Boot, deadline: Duration) -> io::Result<()> 
         // PID namespace.
         let init_gone = init.is_none_or(|(pid, start)| start_time(pid) != start);
         if init_gone && !is_alive(boot) {
+            let _ = fs::remove_file(node_dir.join(BOOT_FILE));
             return Ok(());
         }
         if !launcher_killed && started.elapsed() > Duration::from_secs(2) {

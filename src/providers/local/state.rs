@@ -52,6 +52,12 @@ pub struct Boot {
     pub launcher_start: u64,
 }
 
+/// One node directory: its record, or why there is none.
+enum Entry {
+    Record(NodeRecord),
+    Broken { id: String, reason: String },
+}
+
 /// A state directory of the local provider.
 #[derive(Debug, Clone)]
 pub struct StateDir {
@@ -88,23 +94,60 @@ impl StateDir {
         Ok(file)
     }
 
-    /// Every node record, in creation order. Unreadable records are skipped with a warning.
+    /// Every node record, in creation order. Directories without a readable record are
+    /// [`StateDir::broken`]'s.
     pub fn records(&self) -> io::Result<Vec<NodeRecord>> {
         let mut records = Vec::new();
-        for entry in fs::read_dir(self.root.join("nodes"))? {
-            let path = entry?.path().join("node.json");
-            match fs::read(&path) {
-                Ok(bytes) => match serde_json::from_slice::<NodeRecord>(&bytes) {
-                    Ok(record) => records.push(record),
-                    Err(e) => tracing::warn!("skipping {}: {e}", path.display()),
-                },
-                // A node directory being created or destroyed by another process.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+        for entry in self.entries()? {
+            if let Entry::Record(record) = entry {
+                records.push(record);
             }
         }
         records.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
         Ok(records)
+    }
+
+    /// The node directories whose record is missing or does not parse, with why: left by a
+    /// creator that was stopped half-way, or damaged. Only meaningful under [`StateDir::lock`]
+    /// (a create in progress has no record yet).
+    pub fn broken(&self) -> io::Result<Vec<(String, String)>> {
+        let mut broken = Vec::new();
+        for entry in self.entries()? {
+            if let Entry::Broken { id, reason } = entry {
+                broken.push((id, reason));
+            }
+        }
+        broken.sort();
+        Ok(broken)
+    }
+
+    fn entries(&self) -> io::Result<Vec<Entry>> {
+        let mut entries = Vec::new();
+        for entry in fs::read_dir(self.root.join("nodes"))? {
+            let dir = entry?.path();
+            let Some(id) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+                continue;
+            };
+            let path = dir.join("node.json");
+            let broken = |reason: String| Entry::Broken {
+                id: id.clone(),
+                reason,
+            };
+            entries.push(match fs::read(&path) {
+                Ok(bytes) => match serde_json::from_slice::<NodeRecord>(&bytes) {
+                    Ok(record) => Entry::Record(record),
+                    Err(e) => broken(format!(
+                        "its record {} does not parse ({e})",
+                        path.display()
+                    )),
+                },
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    broken(format!("{} has no record (node.json)", dir.display()))
+                }
+                Err(e) => return Err(e),
+            });
+        }
+        Ok(entries)
     }
 
     /// The record of one node.
@@ -164,6 +207,20 @@ pub fn claim_address(node_dir: &Path) -> io::Result<Ipv4Addr> {
     Err(io::Error::other(
         "every address in 127.100.0.0/16 is claimed by a local node",
     ))
+}
+
+/// Gives up every claim `node_dir` holds (for a node whose record, and so its address, is lost).
+pub fn release_claims_of(node_dir: &Path) {
+    let Ok(entries) = fs::read_dir(CLAIMS_DIR) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if fs::read(entry.path())
+            .is_ok_and(|owner| owner == node_dir.as_os_str().as_encoded_bytes())
+        {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Gives up the claim on `addr`, if `node_dir` holds it.

@@ -10,11 +10,12 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{CallError, Client, Credentials, PROVIDER};
+use super::create::need;
+use super::{segment, CallError, Client, Credentials, PROVIDER};
 use crate::driver::{Features, NodeDriver, ProviderError, Result};
 use crate::model::{
-    CreateNode, CreateVolume, KeyPair, Node, NodeAuth, NodeImage, NodeLocation, NodeSize,
-    NodeState, StorageVolume, VolumeSnapshot,
+    CreateNode, CreateVolume, KeyPair, Node, NodeImage, NodeLocation, NodeSize, NodeState,
+    StorageVolume, VolumeSnapshot,
 };
 
 /// An instance, as listed (ids) or in detail (objects).
@@ -207,16 +208,44 @@ pub fn addresses(ips: &[IpAddress]) -> (Vec<IpAddr>, Vec<IpAddr>) {
     (public, private)
 }
 
+/// The longest project id accepted (OVH's are 32 hex digits).
+const PROJECT_ID_MAX: usize = 64;
+
+/// The step file's `[provider]` table for OVH.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OvhSettings {
+    /// The Public Cloud project (else `OVH_CLOUD_PROJECT_SERVICE`).
+    pub project: Option<String>,
+}
+
+/// OVH's node options (`[node] options`, or `CreateNode::extra`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OvhOptions {
+    /// Cloud-init user data, passed as `userData`.
+    pub user_data: Option<String>,
+    /// An SSH key already in the project, by id (`sshKeyId`), instead of the deploy key.
+    pub ssh_key_id: Option<String>,
+    /// Monthly rather than hourly billing.
+    pub monthly_billing: Option<bool>,
+}
+
+impl OvhOptions {
+    /// The valid keys, for messages.
+    pub const KEYS: [&'static str; 3] = ["user_data", "ssh_key_id", "monthly_billing"];
+}
+
 /// The Public Cloud driver of one project.
 #[derive(Debug)]
 pub struct OvhDriver {
-    client: Client,
-    project: String,
+    pub(super) client: Client,
+    pub(super) project: String,
     /// Image id → login user, as learnt.
     image_users: Mutex<HashMap<String, Option<String>>>,
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(value: Value, what: &str) -> Result<T> {
+pub(super) fn decode<T: for<'de> Deserialize<'de>>(value: Value, what: &str) -> Result<T> {
     serde_json::from_value(value).map_err(|e| ProviderError::Failed {
         provider: PROVIDER.into(),
         context: format!("{what}: unexpected answer"),
@@ -226,7 +255,25 @@ fn decode<T: for<'de> Deserialize<'de>>(value: Value, what: &str) -> Result<T> {
 
 impl OvhDriver {
     /// A driver for `project` with these credentials.
+    ///
+    /// # Errors
+    /// A project id that is not one (OVH's are 32 hex digits; letters, digits, `-` and `_` are
+    /// accepted), malformed credentials, an unknown endpoint.
     pub fn new(creds: Credentials, project: &str) -> Result<Self> {
+        let valid = !project.is_empty()
+            && project.len() <= PROJECT_ID_MAX
+            && project
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid {
+            return Err(ProviderError::InvalidRequest {
+                provider: PROVIDER.into(),
+                message: format!(
+                    "{project:?} is not a Public Cloud project id (32 hex digits): check \
+                     OVH_CLOUD_PROJECT_SERVICE or [provider] project; `nodeup ovh projects` lists yours"
+                ),
+            });
+        }
         Ok(OvhDriver {
             client: Client::new(creds)?,
             project: project.to_string(),
@@ -234,13 +281,22 @@ impl OvhDriver {
         })
     }
 
-    /// Credentials from the environment and ovh.conf; the project from `config["project"]`, else
-    /// `OVH_CLOUD_PROJECT_SERVICE`.
+    /// Credentials from the environment and ovh.conf; the project from the step file's
+    /// `[provider] project`, else `OVH_CLOUD_PROJECT_SERVICE`.
+    ///
+    /// # Errors
+    /// An unknown `[provider]` key, a credential in the step file, no project or a project id that
+    /// is not one, missing or malformed credentials.
     pub fn from_config(config: &BTreeMap<String, Value>) -> Result<Self> {
-        let project = config
-            .get("project")
-            .and_then(Value::as_str)
-            .map(str::to_string)
+        let settings: OvhSettings = crate::providers::settings(
+            PROVIDER,
+            "[provider]",
+            config,
+            &["project"],
+            "set OVH_APPLICATION_KEY, OVH_APPLICATION_SECRET and OVH_CONSUMER_KEY, or ovh.conf",
+        )?;
+        let project = settings
+            .project
             .or_else(|| std::env::var("OVH_CLOUD_PROJECT_SERVICE").ok())
             .ok_or_else(|| ProviderError::InvalidRequest {
                 provider: PROVIDER.into(),
@@ -261,16 +317,62 @@ impl OvhDriver {
         &mut self.client
     }
 
-    fn path(&self, rest: &str) -> String {
-        format!("/cloud/project/{}{rest}", self.project)
+    pub(super) fn path(&self, rest: &str) -> String {
+        format!("/cloud/project/{}{rest}", segment(&self.project))
     }
 
-    async fn call(&self, method: Method, rest: &str, body: Option<&Value>) -> Result<Value> {
+    /// Calls `METHOD /cloud/project/{project}{rest}`. A 404 is checked against the project
+    /// itself, so that an unknown project is named as such rather than as a missing object.
+    pub(super) async fn call(
+        &self,
+        method: Method,
+        rest: &str,
+        body: Option<&Value>,
+    ) -> Result<Value> {
         let path = self.path(rest);
-        self.client
-            .call(method.clone(), &path, body)
+        match self.client.call(method.clone(), &path, body).await {
+            Ok(value) => Ok(value),
+            Err(e) => {
+                let not_found = matches!(&e, CallError::Api(a) if a.status == 404);
+                if not_found && !rest.is_empty() && !self.project_exists().await {
+                    return Err(self.project_not_found());
+                }
+                Err(e.into_provider(format!("{method} {path}")))
+            }
+        }
+    }
+
+    /// Whether `GET /cloud/project/{project}` finds the project (true when that call fails
+    /// otherwise: only a 404 says it is not there).
+    async fn project_exists(&self) -> bool {
+        !matches!(
+            self.client.call(Method::GET, &self.path(""), None).await,
+            Err(CallError::Api(a)) if a.status == 404
+        )
+    }
+
+    fn project_not_found(&self) -> ProviderError {
+        ProviderError::InvalidRequest {
+            provider: PROVIDER.into(),
+            message: format!(
+                "the Public Cloud project {:?} was not found with these credentials: check \
+                 OVH_CLOUD_PROJECT_SERVICE or [provider] project; `nodeup ovh projects` lists \
+                 the projects they reach",
+                self.project
+            ),
+        }
+    }
+
+    /// `GET /cloud/project`: the ids of the projects these credentials reach.
+    ///
+    /// # Errors
+    /// The call failed.
+    pub async fn list_projects(client: &Client) -> Result<Vec<String>> {
+        let value = client
+            .call(Method::GET, "/cloud/project", None)
             .await
-            .map_err(|e| e.into_provider(format!("{method} {path}")))
+            .map_err(|e| e.into_provider("GET /cloud/project".into()))?;
+        decode(value, "projects")
     }
 
     async fn image_user(&self, image_id: &str) -> Option<String> {
@@ -283,7 +385,7 @@ impl OvhDriver {
             return known.clone();
         }
         let user = match self
-            .call(Method::GET, &format!("/image/{image_id}"), None)
+            .call(Method::GET, &format!("/image/{}", segment(image_id)), None)
             .await
         {
             Ok(v) => decode::<Image>(v, "image").ok().and_then(|i| i.user),
@@ -296,7 +398,7 @@ impl OvhDriver {
         user
     }
 
-    async fn to_node(&self, instance: Instance) -> Node {
+    pub(super) async fn to_node(&self, instance: Instance) -> Node {
         let (public_ips, private_ips) = addresses(&instance.ip_addresses);
         let image_id = instance
             .image_id
@@ -338,61 +440,12 @@ impl OvhDriver {
         }
     }
 
-    async fn instances(&self) -> Result<Vec<Instance>> {
+    pub(super) async fn instances(&self) -> Result<Vec<Instance>> {
         decode(
             self.call(Method::GET, "/instance", None).await?,
             "instances",
         )
     }
-
-    /// The id of an SSH key with this public key in `region`, imported if there is none.
-    async fn ensure_key(&self, public_key: &str, region: &str) -> Result<String> {
-        let blob = |k: &str| k.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
-        let wanted = blob(public_key);
-        let keys: Vec<SshKey> = decode(
-            self.call(Method::GET, &format!("/sshkey?region={region}"), None)
-                .await?,
-            "ssh keys",
-        )?;
-        if let Some(key) = keys.iter().find(|k| blob(&k.public_key) == wanted) {
-            return Ok(key.id.clone());
-        }
-        let parsed = russh::keys::PublicKey::from_openssh(public_key.trim()).map_err(|e| {
-            ProviderError::InvalidRequest {
-                provider: PROVIDER.into(),
-                message: format!("the SSH public key does not parse: {e}"),
-            }
-        })?;
-        let fingerprint = parsed.fingerprint(russh::keys::HashAlg::Sha256).to_string();
-        let name = format!(
-            "nodeup-{}",
-            fingerprint
-                .trim_start_matches("SHA256:")
-                .chars()
-                .filter(char::is_ascii_alphanumeric)
-                .take(12)
-                .collect::<String>()
-        );
-        let key: SshKey = decode(
-            self.call(
-                Method::POST,
-                "/sshkey",
-                Some(&json!({"name": name, "publicKey": public_key.trim(), "region": region})),
-            )
-            .await?,
-            "ssh key",
-        )?;
-        Ok(key.id)
-    }
-}
-
-fn need<'a>(value: &'a Option<String>, what: &str, list: &str) -> Result<&'a str> {
-    value
-        .as_deref()
-        .ok_or_else(|| ProviderError::InvalidRequest {
-            provider: PROVIDER.into(),
-            message: format!("give {what} (`nodeup {list} --provider ovh` lists them)"),
-        })
 }
 
 #[async_trait]
@@ -419,7 +472,7 @@ impl NodeDriver for OvhDriver {
 
     async fn get_node(&self, id: &str) -> Result<Node> {
         let instance: Instance = decode(
-            self.call(Method::GET, &format!("/instance/{id}"), None)
+            self.call(Method::GET, &format!("/instance/{}", segment(id)), None)
                 .await?,
             "instance",
         )?;
@@ -427,93 +480,24 @@ impl NodeDriver for OvhDriver {
     }
 
     async fn create_node(&self, request: &CreateNode) -> Result<Node> {
-        let region = need(&request.location, "a location (region)", "locations")?;
-        let flavor = need(&request.size, "a size (flavor id)", "sizes")?;
-        let image = need(&request.image, "an image id", "images")?;
-        let mut body = json!({
-            "name": request.name, "flavorId": flavor, "region": region, "imageId": image,
-        });
-        for (key, value) in &request.extra {
-            match key.as_str() {
-                "user_data" => body["userData"] = value.clone(),
-                "ssh_key_id" => body["sshKeyId"] = value.clone(),
-                "monthly_billing" => body["monthlyBilling"] = value.clone(),
-                other => {
-                    return Err(ProviderError::InvalidRequest {
-                        provider: PROVIDER.into(),
-                        message: format!(
-                            "unknown OVH option {other:?}: known are user_data, ssh_key_id, monthly_billing"
-                        ),
-                    })
-                }
-            }
-        }
-        match &request.auth {
-            Some(NodeAuth::SshKey(key)) => {
-                body["sshKeyId"] = json!(self.ensure_key(key, region).await?)
-            }
-            Some(NodeAuth::Password(_)) => {
-                return Err(ProviderError::InvalidRequest {
-                    provider: PROVIDER.into(),
-                    message: "OVH instances take an SSH key, not a password".into(),
-                })
-            }
-            None => {}
-        }
-        // There is no idempotency key: an instance of this name that was not there before the
-        // POST, found after an answer that got lost, is the one the POST created.
-        let before: Vec<String> = self
-            .instances()
-            .await?
-            .into_iter()
-            .filter(|i| i.name == request.name)
-            .map(|i| i.id)
-            .collect();
-        let path = self.path("/instance");
-        let mut last = None;
-        for attempt in 1..=3 {
-            match self.client.call(Method::POST, &path, Some(&body)).await {
-                Ok(value) => {
-                    let instance: Instance = decode(value, "instance")?;
-                    return Ok(self.to_node(instance).await);
-                }
-                Err(e) if e.maybe_processed() => {
-                    tracing::warn!(attempt, "POST {path}: {e}; looking the instance up by name");
-                    let created = self
-                        .instances()
-                        .await?
-                        .into_iter()
-                        .find(|i| i.name == request.name && !before.contains(&i.id));
-                    if let Some(instance) = created {
-                        return Ok(self.to_node(instance).await);
-                    }
-                    last = Some(e);
-                }
-                Err(e) => return Err(e.into_provider(format!("POST {path}"))),
-            }
-        }
-        Err(last
-            .map(|e| e.into_provider(format!("POST {path}")))
-            .unwrap_or_else(|| {
-                CallError::Decode {
-                    what: path.clone(),
-                    detail: "no attempt".into(),
-                }
-                .into_provider(path)
-            }))
+        self.create_instance(request).await
     }
 
     async fn destroy_node(&self, node: &Node) -> Result<()> {
-        self.call(Method::DELETE, &format!("/instance/{}", node.id), None)
-            .await
-            .map(|_| ())
+        self.call(
+            Method::DELETE,
+            &format!("/instance/{}", segment(&node.id)),
+            None,
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn reboot_node(&self, node: &Node) -> Result<()> {
         let body = json!({"type": "soft"});
         self.call(
             Method::POST,
-            &format!("/instance/{}/reboot", node.id),
+            &format!("/instance/{}/reboot", segment(&node.id)),
             Some(&body),
         )
         .await
@@ -521,15 +505,23 @@ impl NodeDriver for OvhDriver {
     }
 
     async fn stop_node(&self, node: &Node) -> Result<()> {
-        self.call(Method::POST, &format!("/instance/{}/stop", node.id), None)
-            .await
-            .map(|_| ())
+        self.call(
+            Method::POST,
+            &format!("/instance/{}/stop", segment(&node.id)),
+            None,
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn start_node(&self, node: &Node) -> Result<()> {
-        self.call(Method::POST, &format!("/instance/{}/start", node.id), None)
-            .await
-            .map(|_| ())
+        self.call(
+            Method::POST,
+            &format!("/instance/{}/start", segment(&node.id)),
+            None,
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn list_images(&self) -> Result<Vec<NodeImage>> {
@@ -539,7 +531,7 @@ impl NodeDriver for OvhDriver {
 
     async fn get_image(&self, id: &str) -> Result<NodeImage> {
         let image: Image = decode(
-            self.call(Method::GET, &format!("/image/{id}"), None)
+            self.call(Method::GET, &format!("/image/{}", segment(id)), None)
                 .await?,
             "image",
         )?;
@@ -550,7 +542,7 @@ impl NodeDriver for OvhDriver {
         let body = json!({"snapshotName": name});
         self.call(
             Method::POST,
-            &format!("/instance/{}/snapshot", node.id),
+            &format!("/instance/{}/snapshot", segment(&node.id)),
             Some(&body),
         )
         .await?;
@@ -567,9 +559,13 @@ impl NodeDriver for OvhDriver {
     }
 
     async fn delete_image(&self, image: &NodeImage) -> Result<()> {
-        self.call(Method::DELETE, &format!("/snapshot/{}", image.id), None)
-            .await
-            .map(|_| ())
+        self.call(
+            Method::DELETE,
+            &format!("/snapshot/{}", segment(&image.id)),
+            None,
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn list_sizes(&self) -> Result<Vec<NodeSize>> {
@@ -668,7 +664,7 @@ impl NodeDriver for OvhDriver {
                 .unwrap_or_default()
                 .to_string(),
         };
-        self.call(Method::DELETE, &format!("/sshkey/{id}"), None)
+        self.call(Method::DELETE, &format!("/sshkey/{}", segment(&id)), None)
             .await
             .map(|_| ())
     }
@@ -695,7 +691,7 @@ impl NodeDriver for OvhDriver {
 
     async fn get_volume(&self, id: &str) -> Result<StorageVolume> {
         let volume: Volume = decode(
-            self.call(Method::GET, &format!("/volume/{id}"), None)
+            self.call(Method::GET, &format!("/volume/{}", segment(id)), None)
                 .await?,
             "volume",
         )?;
@@ -706,7 +702,7 @@ impl NodeDriver for OvhDriver {
         let body = json!({"instanceId": node.id});
         self.call(
             Method::POST,
-            &format!("/volume/{}/attach", volume.id),
+            &format!("/volume/{}/attach", segment(&volume.id)),
             Some(&body),
         )
         .await
@@ -721,7 +717,7 @@ impl NodeDriver for OvhDriver {
         let body = json!({"instanceId": instance});
         self.call(
             Method::POST,
-            &format!("/volume/{}/detach", volume.id),
+            &format!("/volume/{}/detach", segment(&volume.id)),
             Some(&body),
         )
         .await
@@ -729,9 +725,13 @@ impl NodeDriver for OvhDriver {
     }
 
     async fn destroy_volume(&self, volume: &StorageVolume) -> Result<()> {
-        self.call(Method::DELETE, &format!("/volume/{}", volume.id), None)
-            .await
-            .map(|_| ())
+        self.call(
+            Method::DELETE,
+            &format!("/volume/{}", segment(&volume.id)),
+            None,
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn create_volume_snapshot(
@@ -746,7 +746,7 @@ impl NodeDriver for OvhDriver {
         let snapshot: Snapshot = decode(
             self.call(
                 Method::POST,
-                &format!("/volume/{}/snapshot", volume.id),
+                &format!("/volume/{}/snapshot", segment(&volume.id)),
                 Some(&body),
             )
             .await?,
@@ -765,8 +765,12 @@ impl NodeDriver for OvhDriver {
 
     async fn get_snapshot(&self, id: &str) -> Result<VolumeSnapshot> {
         let snapshot: Snapshot = decode(
-            self.call(Method::GET, &format!("/volume/snapshot/{id}"), None)
-                .await?,
+            self.call(
+                Method::GET,
+                &format!("/volume/snapshot/{}", segment(id)),
+                None,
+            )
+            .await?,
             "snapshot",
         )?;
         Ok(to_snapshot(snapshot))
@@ -775,7 +779,7 @@ impl NodeDriver for OvhDriver {
     async fn destroy_volume_snapshot(&self, snapshot: &VolumeSnapshot) -> Result<()> {
         self.call(
             Method::DELETE,
-            &format!("/volume/snapshot/{}", snapshot.id),
+            &format!("/volume/snapshot/{}", segment(&snapshot.id)),
             None,
         )
         .await

@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{ApiError, CallError, Client};
+use super::{segment, ApiError, CallError, Client};
 
 /// A dedicated server, as `GET /dedicated/server/{name}` describes it.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -117,35 +117,119 @@ pub struct Byoi {
     pub user_data: Option<String>,
 }
 
-impl Byoi {
-    /// Checks what OVH would reject, before any call.
-    pub fn validate(&self) -> Result<(), String> {
-        let url = self.image_url.as_str();
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
+/// Checks a dedicated server's service name (host-like: `ns1234567.ip-1-2-3.eu`), before it goes
+/// into a URL or names a directory.
+pub fn validate_service_name(name: &str) -> Result<(), String> {
+    if is_hostname(name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a dedicated server's service name: it looks like a host name \
+             (e.g. ns1234567.ip-1-2-3.eu, letters, digits, '-' and '.'); GET /dedicated/server lists yours"
+        ))
+    }
+}
+
+/// Whether `name` is a valid DNS host name: dot-separated labels of 1 to 63 letters, digits and
+/// '-', not starting or ending with '-', 253 characters at most.
+fn is_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// Checks that OVH can fetch `url`: http or https with a host, and (unless `allow_private`) not
+/// a loopback, private, link-local or otherwise non-public address, since OVH downloads the image
+/// from the internet.
+pub fn check_image_url(url: &str, allow_private: bool) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
+        format!("--image-url {url:?} is not a URL ({e}): give an http:// or https:// URL OVH can download the image from")
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "--image-url {url:?}: give an http:// or https:// URL OVH can download the image from"
+        ));
+    }
+    let host = match parsed.host() {
+        Some(host) if !host.to_string().is_empty() => host,
+        _ => {
             return Err(format!(
-                "--image-url {url:?}: give an http:// or https:// URL OVH can download the image from"
-            ));
+                "--image-url {url:?} has no host: give the server OVH downloads from"
+            ))
         }
+    };
+    if allow_private {
+        return Ok(());
+    }
+    let private = match host {
+        url::Host::Domain(d) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+        url::Host::Ipv4(ip) => !is_public_v4(ip),
+        url::Host::Ipv6(ip) => match ip.to_ipv4_mapped() {
+            Some(v4) => !is_public_v4(v4),
+            None => !is_public_v6(ip),
+        },
+    };
+    if private {
+        return Err(format!(
+            "--image-url {url:?} names this machine or a private network, which OVH cannot reach: \
+             serve the image at a public address (or pass --allow-private-url if the server can \
+             reach it over a private network such as the vRack)"
+        ));
+    }
+    Ok(())
+}
+
+fn is_public_v4(ip: std::net::Ipv4Addr) -> bool {
+    let o = ip.octets();
+    let shared = o[0] == 100 && (64..128).contains(&o[1]); // 100.64.0.0/10, carrier-grade NAT
+    !(ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || shared
+        || o[0] == 0)
+}
+
+fn is_public_v6(ip: std::net::Ipv6Addr) -> bool {
+    let first = ip.segments()[0];
+    let unique_local = first & 0xfe00 == 0xfc00;
+    let link_local = first & 0xffc0 == 0xfe80;
+    !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || unique_local || link_local)
+}
+
+impl Byoi {
+    /// Checks what OVH would reject, before any call. `allow_private_url` lets the image URL name
+    /// a private or loopback address (a vRack mirror, a test API).
+    pub fn validate(&self, allow_private_url: bool) -> Result<(), String> {
+        check_image_url(&self.image_url, allow_private_url)?;
         russh::keys::PublicKey::from_openssh(self.ssh_key.trim())
             .map_err(|e| format!("the SSH public key does not parse: {e}"))?;
         if let Some(h) = &self.hostname {
-            let valid = !h.is_empty()
-                && h.len() <= 253
-                && h.split('.').all(|l| {
-                    !l.is_empty()
-                        && l.len() <= 63
-                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                        && !l.starts_with('-')
-                        && !l.ends_with('-')
-                });
-            if !valid {
+            if !is_hostname(h) {
                 return Err(format!("--hostname {h:?} is not a valid hostname"));
             }
         }
-        for (k, _) in &self.http_headers {
+        for (k, v) in &self.http_headers {
             if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
                 return Err(format!(
                     "--http-header {k:?}: a header name is letters, digits and -"
+                ));
+            }
+            if v.bytes().any(|b| b.is_ascii_control()) {
+                return Err(format!(
+                    "--http-header {k}=...: the value holds a newline or another control character"
                 ));
             }
         }
@@ -201,7 +285,7 @@ pub struct InstallStep {
 }
 
 fn path(service: &str, rest: &str) -> String {
-    format!("/dedicated/server/{service}{rest}")
+    format!("/dedicated/server/{}{rest}", segment(service))
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(value: Value, what: &str) -> Result<T, CallError> {
@@ -369,6 +453,58 @@ mod tests {
             .contains("md5, sha1, sha256 or sha512"));
         assert!("nocolon".parse::<Checksum>().is_err());
         assert!("vhd".parse::<ImageType>().is_err());
+    }
+
+    #[test]
+    fn service_names_are_host_like() {
+        assert!(validate_service_name("ns1234567.ip-1-2-3.eu").is_ok());
+        assert!(validate_service_name("ns1").is_ok());
+        for bad in [
+            "",
+            "../../escape",
+            "a/b",
+            "ns1..eu",
+            "-ns1",
+            "ns 1",
+            "ns1?x",
+        ] {
+            assert!(validate_service_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn image_urls_must_be_public() {
+        for good in [
+            "https://images.example.org/debian.qcow2",
+            "http://51.68.1.2:8080/x.raw",
+            "http://[2001:41d0::1]/x",
+        ] {
+            assert!(check_image_url(good, false).is_ok(), "{good}");
+        }
+        for bad in [
+            "http://",
+            "ftp://example.org/x",
+            "http://127.0.0.1/x",
+            "http://localhost/x",
+            "http://a.localhost./x",
+            "http://10.0.0.5/x",
+            "http://192.168.1.1/x",
+            "http://172.16.0.1/x",
+            "http://169.254.169.254/x",
+            "http://0.0.0.0/x",
+            "http://100.64.0.1/x",
+            "http://[::1]/x",
+            "http://[fe80::1]/x",
+            "http://[fd00::1]/x",
+            "http://[::ffff:127.0.0.1]/x",
+        ] {
+            assert!(check_image_url(bad, false).is_err(), "{bad}");
+        }
+        assert!(check_image_url("http://127.0.0.1:9/x", true).is_ok());
+        assert!(
+            check_image_url("http://", true).is_err(),
+            "a host is always needed"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! base URL (`https://eu.api.ovh.com/1.0`, or a fake's).
 
 pub mod cloud;
+mod create;
 pub mod dedicated;
 pub mod sign;
 
@@ -66,16 +67,10 @@ impl Credentials {
     pub fn from_env() -> Result<Self, ProviderError> {
         let mut endpoint = None;
         let mut values: BTreeMap<&str, String> = BTreeMap::new();
-        let files = config_files();
         let mut configs = Vec::new();
-        for path in &files {
-            if let Ok(text) = std::fs::read_to_string(path) {
-                match ini::Ini::load_from_str(&text) {
-                    Ok(ini) => configs.push(ini),
-                    Err(e) => {
-                        return Err(invalid(format!("{} does not parse: {e}", path.display())))
-                    }
-                }
+        for path in config_files() {
+            if let Some(ini) = read_config(&path)? {
+                configs.push(ini);
             }
         }
         for ini in &configs {
@@ -119,6 +114,38 @@ impl Credentials {
         })
     }
 
+    /// Checks that every value can go in an HTTP header (a key pasted with its newline cannot):
+    /// bad input, said at once, rather than a request that is never sent and retried.
+    pub fn validate(&self) -> Result<(), ProviderError> {
+        let values = [
+            (
+                "application key",
+                "OVH_APPLICATION_KEY",
+                Some(&self.application_key),
+            ),
+            (
+                "application secret",
+                "OVH_APPLICATION_SECRET",
+                Some(&self.application_secret.0),
+            ),
+            (
+                "consumer key",
+                "OVH_CONSUMER_KEY",
+                self.consumer_key.as_ref().map(|c| &c.0),
+            ),
+        ];
+        for (what, var, value) in values {
+            let Some(value) = value else { continue };
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(invalid(format!(
+                    "the {what} ({var}, or ovh.conf) is empty or holds a space, newline or other \
+                     character an HTTP header cannot carry: set it again without it"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The base URL of the endpoint.
     pub fn base_url(&self) -> Result<String, ProviderError> {
         if self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://") {
@@ -138,6 +165,28 @@ impl Credentials {
     }
 }
 
+/// Reads one ovh.conf: `None` when there is none; an error naming the file when it is there but
+/// cannot be used (a directory, unreadable, not text, not INI), never a silent skip.
+fn read_config(path: &std::path::Path) -> Result<Option<ini::Ini>, ProviderError> {
+    let unusable = |why: String| {
+        invalid(format!(
+            "{}: {why}; fix or remove it (OVH credentials are read from it)",
+            path.display()
+        ))
+    };
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(unusable(format!("cannot read it ({e})"))),
+        Ok(m) if !m.is_file() => return Err(unusable("is not a file".into())),
+        Ok(_) => {}
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| unusable(format!("cannot read it as text ({e})")))?;
+    ini::Ini::load_from_str(&text)
+        .map(Some)
+        .map_err(|e| unusable(format!("does not parse as an ovh.conf ({e})")))
+}
+
 fn config_files() -> Vec<PathBuf> {
     let mut files = vec![PathBuf::from("/etc/ovh.conf")];
     if let Some(home) = std::env::var_os("HOME") {
@@ -145,6 +194,25 @@ fn config_files() -> Vec<PathBuf> {
     }
     files.push(PathBuf::from("ovh.conf"));
     files
+}
+
+/// What [`segment`] leaves as it is: RFC 3986's unreserved characters.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// A value made safe to put in a URL path or query as one segment: percent-encoded, so that an id
+/// or a name from the user or the API (`../../x`, `a?b`) can never change which resource is meant.
+pub fn segment(value: &str) -> String {
+    let encoded = percent_encoding::utf8_percent_encode(value, PATH_SEGMENT).to_string();
+    // `.` and `..` stay dot segments even when nothing else is encoded.
+    match encoded.as_str() {
+        "." => "%2E".into(),
+        ".." => "%2E%2E".into(),
+        _ => encoded,
+    }
 }
 
 fn invalid(message: String) -> ProviderError {
@@ -267,6 +335,7 @@ pub struct Client {
 impl Client {
     /// A client for these credentials.
     pub fn new(creds: Credentials) -> Result<Self, ProviderError> {
+        creds.validate()?;
         let base = creds.base_url()?;
         let http = HttpClient::new().map_err(|e| ProviderError::Failed {
             provider: PROVIDER.into(),
