@@ -3,6 +3,7 @@
 mod cli_deploy;
 mod cli_nodes;
 mod deploy;
+mod hardening;
 mod local_nodes;
 mod ovh;
 mod reinstall;

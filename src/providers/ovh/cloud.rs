@@ -483,14 +483,18 @@ impl NodeDriver for OvhDriver {
         self.create_instance(request).await
     }
 
+    /// Deletes the instance. One that is already gone counts as destroyed: a DELETE whose answer
+    /// was lost and that was sent again is answered 404, and what the caller wanted is done.
     async fn destroy_node(&self, node: &Node) -> Result<()> {
-        self.call(
-            Method::DELETE,
-            &format!("/instance/{}", segment(&node.id)),
-            None,
-        )
-        .await
-        .map(|_| ())
+        let path = format!("/instance/{}", segment(&node.id));
+        match self.call(Method::DELETE, &path, None).await {
+            Ok(_) => Ok(()),
+            Err(ProviderError::NotFound { .. }) => {
+                tracing::debug!(id = %node.id, "instance already gone: destroyed");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn reboot_node(&self, node: &Node) -> Result<()> {

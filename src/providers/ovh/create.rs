@@ -294,9 +294,14 @@ impl OvhDriver {
             .into_iter()
             .filter(|i| i.name == created.name && i.region == created.region && alive(i))
             .collect();
+        // The oldest wins; within one second (OVH's timestamps have no finer grain), the one
+        // listed first (OVH lists in creation order). A run whose list did not show the other
+        // instance yet is the older one by both rules, so every run reaches the same verdict.
         let first = same
             .iter()
-            .min_by(|a, b| (&a.created, &a.id).cmp(&(&b.created, &b.id)));
+            .enumerate()
+            .min_by(|(i, a), (j, b)| (&a.created, i).cmp(&(&b.created, j)))
+            .map(|(_, first)| first);
         match first {
             Some(first) if first.id != created.id => {
                 let path = format!("/instance/{}", segment(&created.id));

@@ -31,18 +31,9 @@ use nodeup::providers::ovh::sign;
 use rand::{RngExt, SeedableRng};
 use serde_json::{json, Value};
 
-/// Faults the fake injects.
-#[derive(Debug, Clone, Default)]
-pub struct OvhFaults {
-    /// The share (0 to 1) of authenticated requests answered 500, before anything is done.
-    pub error_500: f64,
-    /// The share answered 429 (with `Retry-After: 0`).
-    pub error_429: f64,
-    /// Every answer waits this long.
-    pub slow: Duration,
-    /// This many `POST /instance` answers are dropped after the instance was created.
-    pub drop_create_answers: u32,
-}
+mod faults;
+
+pub use faults::{Fault, FaultCounts, OvhFaults, RouteFault};
 
 /// How the fake behaves.
 #[derive(Debug, Clone)]
@@ -99,6 +90,8 @@ struct Instance {
 
 #[derive(Default)]
 struct Data {
+    /// The faults that fired.
+    fired: FaultCounts,
     instances: Vec<Instance>,
     keys: Vec<Value>,
     volumes: Vec<Value>,
@@ -319,6 +312,27 @@ impl FakeOvh {
             .collect()
     }
 
+    /// The names of the SSH keys the project holds.
+    pub fn key_names(&self) -> Vec<String> {
+        self.fake
+            .data
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys
+            .iter()
+            .filter_map(|k| k["name"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// How many faults fired so far, by kind.
+    pub fn faults_fired(&self) -> FaultCounts {
+        self.fake
+            .data
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .fired
+    }
+
     /// How many requests got past the authentication check.
     pub fn authenticated_requests(&self) -> u64 {
         self.fake
@@ -400,39 +414,53 @@ async fn check(State(fake): State<Shared>, request: Request, next: Next) -> Resp
         {
             return with_query_id(response, &query_id);
         }
-        let (fail_500, fail_429) = {
-            let mut rng = fake.rng.lock().unwrap_or_else(|e| e.into_inner());
-            let roll: f64 = rng.random();
-            (
-                roll < faults.error_500,
-                roll >= faults.error_500 && roll < faults.error_500 + faults.error_429,
-            )
-        };
-        if fail_500 {
-            return with_query_id(
-                ovh_error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    Some("INTERNAL_SERVER_ERROR"),
-                    "Internal server error",
-                ),
-                &query_id,
-            );
+        let fault = pick_fault(&fake, parts.method.as_str(), &path, &faults);
+        if let Some(fault) = fault {
+            fake.data
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .fired
+                .count(fault);
+            if let Some(refused) = faults::refusal(fault) {
+                return with_query_id(refused, &query_id);
+            }
         }
-        if fail_429 {
-            let mut response = ovh_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                Some("TOO_MANY_REQUESTS"),
-                "Too many requests",
-            );
-            response
-                .headers_mut()
-                .insert("retry-after", "0".parse().expect("a valid header"));
-            return with_query_id(response, &query_id);
+        if fault == Some(Fault::LoseAnswer) {
+            fake.data.lock().unwrap_or_else(|e| e.into_inner()).requests += 1;
+            let request = Request::from_parts(parts, Body::from(bytes));
+            let _done = next.run(request).await;
+            return with_query_id(faults::broken_answer(), &query_id);
         }
         fake.data.lock().unwrap_or_else(|e| e.into_inner()).requests += 1;
     }
     let request = Request::from_parts(parts, Body::from(bytes));
     with_query_id(next.run(request).await, &query_id)
+}
+
+/// The fault for this request: the first route fault that matches (spent once used), else the
+/// shared 500 and 429 shares.
+fn pick_fault(fake: &Fake, method: &str, path: &str, faults: &OvhFaults) -> Option<Fault> {
+    {
+        let mut config = fake.config.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(route) = config
+            .faults
+            .routes
+            .iter_mut()
+            .find(|r| r.matches(method, path))
+        {
+            route.times -= 1;
+            return Some(route.fault);
+        }
+    }
+    let mut rng = fake.rng.lock().unwrap_or_else(|e| e.into_inner());
+    let roll: f64 = rng.random();
+    if roll < faults.error_500 {
+        Some(Fault::Error500)
+    } else if roll < faults.error_500 + faults.error_429 {
+        Some(Fault::TooMany { retry_after: 0 })
+    } else {
+        None
+    }
 }
 
 fn with_query_id(mut response: Response, query_id: &str) -> Response {
@@ -830,15 +858,12 @@ async fn create_instance(
     };
     if drop_answer {
         // The instance exists, but its answer is lost on the way: the body breaks off.
-        let stream = futures::stream::iter(vec![
-            Ok::<_, std::io::Error>(Bytes::from_static(b"{\"id\":")),
-            Err(std::io::Error::other("connection lost")),
-        ]);
-        return Response::builder()
-            .status(StatusCode::OK)
-            .header("content-type", "application/json")
-            .body(Body::from_stream(stream))
-            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        fake.data
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .fired
+            .count(Fault::LoseAnswer);
+        return faults::broken_answer();
     }
     Json(value).into_response()
 }
