@@ -355,3 +355,20 @@ async fn consumer_key_prints_the_key_and_the_validation_url() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_from_the_user_stay_inside_their_path_segment() {
+    let bed = TestBed::new().unwrap();
+    let fake = FakeOvh::start(bed.driver().clone(), OvhConfig::default())
+        .await
+        .unwrap();
+    let ovh = driver(&fake);
+    // Unencoded, this would be GET /cloud/project/P/instance/../region, which lists regions.
+    for id in ["../region", "x?y=z", "..", "a/b"] {
+        let err = ovh.get_node(id).await.unwrap_err();
+        assert!(
+            matches!(err, ProviderError::NotFound { .. }),
+            "{id:?}: {err}"
+        );
+    }
+}

@@ -111,6 +111,7 @@ fn nodeup_strict(s: &Setup, args: &[&str]) -> Output {
         .arg("--known-hosts")
         .arg(s.bed.dir().join("known_hosts"))
         .env("NODEUP_STATE_DIR", s.bed.nodeup_state_dir())
+        .env("NODEUP_DEBUG", s.bed.dir().join("trace"))
         .env("HOME", s.bed.dir())
         .current_dir(s.bed.dir())
         .stdin(Stdio::null());
@@ -118,6 +119,17 @@ fn nodeup_strict(s: &Setup, args: &[&str]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().unwrap()
+}
+
+/// The debug trace shows the download header's name, never its value (a secret).
+#[track_caller]
+fn assert_header_hidden(s: &Setup) {
+    let trace = std::fs::read_to_string(s.bed.dir().join("trace")).unwrap();
+    assert!(trace.contains("Authorization"), "{trace}");
+    assert!(
+        !trace.contains("Bearer t"),
+        "the header's value leaked: {trace}"
+    );
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
@@ -170,12 +182,15 @@ async fn current_api_reinstall_then_a_post_install_step_file() {
             &user_data,
             "--then",
             &then,
+            "--http-header",
+            "Authorization=Bearer t",
             "--yes",
             "--json",
         ],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_header_hidden(&s);
     assert!(
         stderr.contains("erases everything"),
         "the user is warned: {stderr}"
@@ -259,6 +274,7 @@ async fn legacy_api_reinstall_with_a_private_url_and_a_raw_image() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let result: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(result["steps"][0]["exit_status"], 0);
+    assert_header_hidden(&s);
     let node = s
         .bed
         .adopt(s.bed.driver().list_nodes().await.unwrap()[0].clone());
@@ -415,7 +431,68 @@ async fn bad_arguments_are_refused_before_any_api_call() {
         assert_eq!(out.status.code(), Some(2), "{all:?}: {stderr}");
         assert!(stderr.contains(expected), "expected {expected:?}: {stderr}");
     }
+    // URLs OVH cannot fetch: no host, this machine, a private network.
+    for bad in [
+        "http://",
+        "http://127.0.0.1/x.qcow2",
+        "http://localhost/x.qcow2",
+        "http://10.0.0.5/x.qcow2",
+    ] {
+        let out = nodeup_strict(
+            &s,
+            &["ns1", "--image-url", bad, "--image-type", "qcow2", "--yes"],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(
+            stderr.contains("has no host") || stderr.contains("OVH cannot reach"),
+            "{bad}: {stderr}"
+        );
+    }
+    // Service names that are not ones: refused before any file is written.
+    for service in ["../../escape", "", "a/b"] {
+        let out = nodeup(
+            &s,
+            &[
+                service,
+                "--image-url",
+                &url,
+                "--image-type",
+                "qcow2",
+                "--yes",
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{service:?}: {stderr}");
+        assert!(
+            stderr.contains("is not a dedicated server's service name"),
+            "{stderr}"
+        );
+    }
+    let state = s.bed.nodeup_state_dir();
+    assert!(!state.join("reinstall").exists(), "no key was made");
+    assert!(!state.parent().unwrap().join("escape").exists());
     assert_eq!(s.fake.authenticated_requests(), 0, "no API call was made");
+
+    // A server these credentials do not have: said as such, and no key is made for it.
+    let out = nodeup(
+        &s,
+        &[
+            "ns9.unknown",
+            "--image-url",
+            &url,
+            "--image-type",
+            "qcow2",
+            "--yes",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no dedicated server \"ns9.unknown\""),
+        "{stderr}"
+    );
+    assert!(!state.join("reinstall").exists(), "no key was made");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

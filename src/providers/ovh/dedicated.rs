@@ -148,8 +148,13 @@ fn is_hostname(name: &str) -> bool {
 /// a loopback, private, link-local or otherwise non-public address, since OVH downloads the image
 /// from the internet.
 pub fn check_image_url(url: &str, allow_private: bool) -> Result<(), String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| {
-        format!("--image-url {url:?} is not a URL ({e}): give an http:// or https:// URL OVH can download the image from")
+    let no_host = || format!("--image-url {url:?} has no host: give the server OVH downloads from");
+    let parsed = reqwest::Url::parse(url).map_err(|e| match e {
+        url::ParseError::EmptyHost => no_host(),
+        e => format!(
+            "--image-url {url:?} is not a URL ({e}): give an http:// or https:// URL OVH can \
+             download the image from"
+        ),
     })?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!(
@@ -158,11 +163,7 @@ pub fn check_image_url(url: &str, allow_private: bool) -> Result<(), String> {
     }
     let host = match parsed.host() {
         Some(host) if !host.to_string().is_empty() => host,
-        _ => {
-            return Err(format!(
-                "--image-url {url:?} has no host: give the server OVH downloads from"
-            ))
-        }
+        _ => return Err(no_host()),
     };
     if allow_private {
         return Ok(());

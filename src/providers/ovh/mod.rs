@@ -215,6 +215,22 @@ pub fn segment(value: &str) -> String {
     }
 }
 
+/// Refuses a path with a `.` or `..` segment, written plainly or percent-encoded (URL parsing
+/// resolves both, so the request would reach another resource than the one signed for).
+fn refuse_dot_segments(path: &str) -> Result<(), CallError> {
+    let path_only = path.split('?').next().unwrap_or_default();
+    for piece in path_only.split('/').skip(1) {
+        let decoded = piece.to_ascii_lowercase().replace("%2e", ".");
+        if decoded == "." || decoded == ".." {
+            return Err(CallError::DotSegment {
+                path: path.into(),
+                segment: piece.into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn invalid(message: String) -> ProviderError {
     ProviderError::InvalidRequest {
         provider: PROVIDER.into(),
@@ -282,6 +298,15 @@ pub enum CallError {
     /// No answer.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// A path with a `.` or `..` segment (an id of `..`, say): no object has such an id, and the
+    /// request is not sent, since URL parsing would resolve the segment away.
+    #[error("no object is named {segment:?} (in {path})")]
+    DotSegment {
+        /// The path.
+        path: String,
+        /// The segment.
+        segment: String,
+    },
     /// An answer that is not the JSON expected.
     #[error("{what}: unexpected answer: {detail}")]
     Decode {
@@ -305,6 +330,11 @@ impl CallError {
                 kind: "object",
                 id: format!("{context} ({e})"),
             },
+            CallError::DotSegment { segment, .. } => ProviderError::NotFound {
+                provider: PROVIDER.into(),
+                kind: "object",
+                id: segment,
+            },
             other => ProviderError::Failed {
                 provider: PROVIDER.into(),
                 context,
@@ -319,6 +349,7 @@ impl CallError {
             CallError::Transport(t) => t.maybe_processed,
             CallError::Api(e) => e.status >= 500,
             CallError::Decode { .. } => true,
+            CallError::DotSegment { .. } => false,
         }
     }
 }
@@ -421,6 +452,7 @@ impl Client {
         body: Option<&Value>,
         signed: bool,
     ) -> Result<Response, CallError> {
+        refuse_dot_segments(path)?;
         let delta = if signed { self.delta().await? } else { 0 };
         let url = format!("{}{}", self.base, path);
         let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
@@ -485,5 +517,35 @@ impl Client {
                 })
         };
         Ok((field("consumerKey")?, field("validationUrl")?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_cannot_change_the_path() {
+        assert_eq!(segment("abc-123_x.y~z"), "abc-123_x.y~z");
+        assert_eq!(segment("../../me"), "..%2F..%2Fme");
+        assert_eq!(segment(".."), "%2E%2E");
+        assert_eq!(segment("a?b#c d"), "a%3Fb%23c%20d");
+    }
+
+    #[test]
+    fn credentials_that_cannot_be_headers_are_refused() {
+        let creds = |consumer: &str| Credentials {
+            endpoint: "ovh-eu".into(),
+            application_key: "app".into(),
+            application_secret: Secret("secret".into()),
+            consumer_key: Some(Secret(consumer.into())),
+        };
+        assert!(creds("ck").validate().is_ok());
+        let err = creds("CK7value\n").validate().unwrap_err().to_string();
+        assert!(
+            err.contains("OVH_CONSUMER_KEY") && err.contains("newline"),
+            "{err}"
+        );
+        assert!(!err.contains("CK7value"), "the value is not shown: {err}");
     }
 }
