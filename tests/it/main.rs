@@ -6,6 +6,7 @@ mod deploy;
 mod hardening;
 mod local_nodes;
 mod ovh;
+mod ovh_fake;
 mod reinstall;
 mod relay;
 mod ssh;

@@ -123,11 +123,16 @@ async fn key_pairs_volumes_and_snapshots_round_trip() {
         .unwrap();
     assert_eq!(imported.public_key, bed.client_public_key());
     let created = ovh.create_key_pair("generated").await.unwrap();
-    assert!(created
-        .private_key
-        .as_deref()
-        .unwrap()
-        .contains("OPENSSH PRIVATE KEY"));
+    // The private half returned is the one whose public half OVH now holds.
+    let private =
+        russh::keys::PrivateKey::from_openssh(created.private_key.as_deref().unwrap()).unwrap();
+    let derived = private.public_key().to_openssh().unwrap();
+    let blob = |k: &str| k.split_whitespace().nth(1).unwrap().to_string();
+    assert_eq!(blob(&derived), blob(&created.public_key));
+    assert_eq!(
+        blob(&ovh.get_key_pair("generated").await.unwrap().public_key),
+        blob(&derived)
+    );
     let names: Vec<String> = ovh
         .list_key_pairs()
         .await
@@ -157,6 +162,7 @@ async fn key_pairs_volumes_and_snapshots_round_trip() {
         .await
         .unwrap();
     assert_eq!(volume.extra["type"], "high-speed");
+    assert_eq!(volume.state, "creating", "a new volume is being created");
     let node = ovh
         .create_node(&CreateNode {
             name: "with-volume".into(),
@@ -168,6 +174,10 @@ async fn key_pairs_volumes_and_snapshots_round_trip() {
         })
         .await
         .unwrap();
+    let err = ovh.attach_volume(&node, &volume).await.unwrap_err();
+    let err = nodeup::engine::error_chain(&err);
+    assert!(err.contains("is not available"), "{err}");
+    let volume = wait_volume(&ovh, &volume.id, "available").await;
     ovh.attach_volume(&node, &volume).await.unwrap();
     let attached = ovh.get_volume(&volume.id).await.unwrap();
     assert_eq!(attached.attached_to.as_deref(), Some(node.id.as_str()));
@@ -207,6 +217,24 @@ async fn key_pairs_volumes_and_snapshots_round_trip() {
         bed.driver().list_nodes().await.unwrap().is_empty(),
         "DELETE destroyed the machine"
     );
+    // OVH lists a deleted instance as DELETING for a while, as terminated.
+    assert_eq!(fake.deleting_names(), ["with-volume"]);
+    let listed = ovh.list_nodes().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].state, nodeup::model::NodeState::Terminated);
+    assert_eq!(listed[0].extra["status"], "DELETING");
+}
+
+/// Polls a volume until it reaches `state`.
+async fn wait_volume(ovh: &OvhDriver, id: &str, state: &str) -> nodeup::model::StorageVolume {
+    for _ in 0..100 {
+        let volume = ovh.get_volume(id).await.unwrap();
+        if volume.state == state {
+            return volume;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("volume {id} never reached {state}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,6 +266,11 @@ async fn errors_429_500_and_a_lost_answer_still_give_exactly_one_instance() {
         .unwrap();
     assert_eq!(fake.instance_names(), ["exactly-one"]);
     assert_eq!(bed.driver().list_nodes().await.unwrap().len(), 1);
+    // Each kind of fault really fired (a fault that stops firing would make this test moot).
+    let fired = fake.faults_fired();
+    assert!(fired.error_500 >= 1, "{fired:?}");
+    assert!(fired.error_429 >= 1, "{fired:?}");
+    assert_eq!(fired.lost_answers, 1, "{fired:?}");
     let listed = ovh.get_node(&node.id).await.unwrap();
     assert_eq!(listed.name, "exactly-one");
 }
@@ -349,6 +382,13 @@ async fn consumer_key_prints_the_key_and_the_validation_url() {
         "{text}"
     );
     assert!(text.contains("credentialToken="), "{text}");
+    // What was asked for is what the user gave.
+    let asked = fake.credential_requests();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(
+        asked[0]["accessRules"],
+        serde_json::json!([{"method": "GET", "path": "/cloud/*"}])
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_nodeup"))
         .args(["ovh", "consumer-key", "--rule", "FETCH:/x"])
         .output()

@@ -27,7 +27,6 @@ use axum::{Json, Router};
 use nodeup::driver::NodeDriver;
 use nodeup::model::{CreateNode, NodeAuth};
 use nodeup::providers::local::LocalDriver;
-use nodeup::providers::ovh::sign;
 use rand::{RngExt, SeedableRng};
 use serde_json::{json, Value};
 
@@ -48,6 +47,10 @@ pub struct OvhConfig {
     pub faults: OvhFaults,
     /// How long a dedicated server's reinstall keeps it down, after the image checked out.
     pub install_time: Duration,
+    /// How long a deleted instance stays listed as DELETING.
+    pub delete_time: Duration,
+    /// How long a new volume stays `creating`.
+    pub volume_create_time: Duration,
 }
 
 impl Default for OvhConfig {
@@ -58,6 +61,8 @@ impl Default for OvhConfig {
             clock_offset: 3600,
             faults: OvhFaults::default(),
             install_time: Duration::from_millis(1500),
+            delete_time: Duration::from_millis(500),
+            volume_create_time: Duration::from_millis(300),
         }
     }
 }
@@ -86,12 +91,18 @@ struct Instance {
     created_at: String,
     node: Option<nodeup::model::Node>,
     stopped: bool,
+    /// When DELETE was accepted: the instance is DELETING until `delete_time` has passed.
+    deleted: Option<Instant>,
 }
 
 #[derive(Default)]
 struct Data {
     /// The faults that fired.
     fired: FaultCounts,
+    /// When each `creating` volume becomes `available`.
+    volume_ready: BTreeMap<String, Instant>,
+    /// The bodies of `POST /auth/credential` requests, in order.
+    credential_requests: Vec<Value>,
     instances: Vec<Instance>,
     keys: Vec<Value>,
     volumes: Vec<Value>,
@@ -308,8 +319,30 @@ impl FakeOvh {
             .unwrap_or_else(|e| e.into_inner())
             .instances
             .iter()
+            .filter(|i| i.deleted.is_none())
             .map(|i| i.name.clone())
             .collect()
+    }
+
+    /// The names of the instances listed as DELETING.
+    pub fn deleting_names(&self) -> Vec<String> {
+        let mut data = self.fake.data.lock().unwrap_or_else(|e| e.into_inner());
+        settle_deleted(&self.fake, &mut data);
+        data.instances
+            .iter()
+            .filter(|i| i.deleted.is_some())
+            .map(|i| i.name.clone())
+            .collect()
+    }
+
+    /// The bodies of the `POST /auth/credential` requests received, in order.
+    pub fn credential_requests(&self) -> Vec<Value> {
+        self.fake
+            .data
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .credential_requests
+            .clone()
     }
 
     /// The names of the SSH keys the project holds.
@@ -522,7 +555,7 @@ fn check_signature(
     let host = header("host");
     let raw = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let url = format!("http://{host}{raw}");
-    let expected = sign::signature(
+    let expected = expected_signature(
         &fake.account.application_secret,
         consumer,
         method.as_str(),
@@ -538,6 +571,29 @@ fn check_signature(
         ));
     }
     Ok(())
+}
+
+/// The signature OVH expects, computed here on its own (not with nodeup's signing code, which is
+/// what the fake checks): SHA-1 over the `+`-joined pre-image, as OVH documents it.
+fn expected_signature(
+    secret: &str,
+    consumer: &str,
+    method: &str,
+    url: &str,
+    body: &[u8],
+    timestamp: i64,
+) -> String {
+    use sha1::Digest;
+    let mut preimage = format!("{secret}+{consumer}+{method}+{url}+").into_bytes();
+    preimage.extend_from_slice(body);
+    preimage.extend_from_slice(format!("+{timestamp}").as_bytes());
+    let digest = sha1::Sha1::digest(&preimage);
+    let mut hex = String::with_capacity(2 * digest.len());
+    for byte in digest {
+        hex.push(char::from_digit(u32::from(byte >> 4), 16).unwrap_or('0'));
+        hex.push(char::from_digit(u32::from(byte & 0xf), 16).unwrap_or('0'));
+    }
+    format!("$1${hex}")
 }
 
 async fn auth_time(State(fake): State<Shared>) -> Json<i64> {
@@ -556,6 +612,11 @@ async fn auth_credential(State(fake): State<Shared>, body: Bytes) -> Response {
     if !request.get("accessRules").is_some_and(Value::is_array) {
         return bad_request("Missing parameter accessRules");
     }
+    fake.data
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .credential_requests
+        .push(request.clone());
     let token = random_token(32);
     Json(json!({
         "validationUrl": format!("http://fake-ovh/auth/?credentialToken={token}"),
@@ -619,7 +680,10 @@ impl Collection {
         match self {
             Collection::Images => &mut data.images,
             Collection::Keys => &mut data.keys,
-            Collection::Volumes => &mut data.volumes,
+            Collection::Volumes => {
+                settle_volumes(data);
+                &mut data.volumes
+            }
             Collection::Snapshots => &mut data.snapshots,
         }
     }
@@ -631,6 +695,25 @@ impl Collection {
             Collection::Keys => "sshKeyId",
             Collection::Volumes => "volumeId",
             Collection::Snapshots => "snapshotId",
+        }
+    }
+}
+
+/// Volumes whose creation time has passed become `available`.
+fn settle_volumes(data: &mut Data) {
+    let now = Instant::now();
+    let ready: Vec<String> = data
+        .volume_ready
+        .iter()
+        .filter(|(_, at)| **at <= now)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in ready {
+        data.volume_ready.remove(&id);
+        if let Some(v) = data.volumes.iter_mut().find(|v| v["id"] == id.as_str()) {
+            if v["status"] == "creating" {
+                v["status"] = json!("available");
+            }
         }
     }
 }
@@ -681,7 +764,9 @@ fn flavor_json(f: &(&str, &str, u32, u64, u64)) -> Value {
 
 impl Instance {
     fn status(&self, build_time: Duration) -> &'static str {
-        if self.node.is_none() {
+        if self.deleted.is_some() {
+            "DELETING"
+        } else if self.node.is_none() {
             "ERROR"
         } else if self.stopped {
             "SHUTOFF"
@@ -693,8 +778,20 @@ impl Instance {
     }
 }
 
+/// Forgets instances whose DELETING time has passed.
+fn settle_deleted(fake: &Fake, data: &mut Data) {
+    let delete_time = fake
+        .config
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .delete_time;
+    data.instances
+        .retain(|i| i.deleted.is_none_or(|at| at.elapsed() < delete_time));
+}
+
 async fn list_instances(State(fake): State<Shared>, Path(_project): Path<String>) -> Response {
-    let data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+    let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+    settle_deleted(&fake, &mut data);
     let list: Vec<Value> = data
         .instances
         .iter()
@@ -752,7 +849,8 @@ async fn get_instance(
     State(fake): State<Shared>,
     Path((_project, id)): Path<(String, String)>,
 ) -> Response {
-    let data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+    let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+    settle_deleted(&fake, &mut data);
     match data.instances.iter().find(|i| i.id == id) {
         Some(i) => Json(instance_json_locked(&fake, &data, i, true)).into_response(),
         None => missing(&format!("instanceId = {id}")),
@@ -795,6 +893,15 @@ async fn create_instance(
         }
         match &ssh_key_id {
             Some(id) => match data.keys.iter().find(|k| k["id"] == id.as_str()) {
+                Some(key)
+                    if !key["regions"]
+                        .as_array()
+                        .is_some_and(|rs| rs.iter().any(|r| r == region.as_str())) =>
+                {
+                    return bad_request(&format!(
+                        "SSH key {id} is not available in region {region}"
+                    ))
+                }
                 Some(key) => key["publicKey"].as_str().map(str::to_string),
                 None => return bad_request(&format!("SSH key {id} does not exist")),
             },
@@ -841,6 +948,7 @@ async fn create_instance(
         created_at: humantime_now(),
         node,
         stopped: false,
+        deleted: None,
     };
     let value = {
         let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
@@ -876,14 +984,22 @@ async fn delete_instance(
     State(fake): State<Shared>,
     Path((_project, id)): Path<(String, String)>,
 ) -> Response {
-    let instance = {
+    // Accepted at once; the instance is listed as DELETING for a while, and a second DELETE
+    // finds nothing to delete.
+    let node = {
         let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(pos) = data.instances.iter().position(|i| i.id == id) else {
+        settle_deleted(&fake, &mut data);
+        let Some(instance) = data
+            .instances
+            .iter_mut()
+            .find(|i| i.id == id && i.deleted.is_none())
+        else {
             return missing(&format!("instanceId = {id}"));
         };
-        data.instances.remove(pos)
+        instance.deleted = Some(Instant::now());
+        instance.node.take()
     };
-    if let Some(node) = instance.node {
+    if let Some(node) = node {
         if let Err(e) = fake.driver.destroy_node(&node).await {
             eprintln!("fake-ovh: destroying the instance's local node: {e}");
         }
@@ -903,6 +1019,12 @@ async fn instance_action(
             None => return missing(&format!("instanceId = {id}")),
         }
     };
+    let reboot_type = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["type"].as_str().map(str::to_string));
+    if action == "reboot" && !matches!(reboot_type.as_deref(), Some("soft" | "hard")) {
+        return bad_request("Invalid parameter type: expected soft or hard");
+    }
     let result = match (action.as_str(), &node) {
         ("reboot", Some(node)) => fake.driver.reboot_node(node).await,
         ("stop", Some(node)) => fake.driver.stop_node(node).await,
@@ -1031,16 +1153,24 @@ async fn create_volume(
     if !["classic", "high-speed", "high-speed-gen2"].contains(&kind) {
         return bad_request(&format!("Invalid volume type {kind}"));
     }
+    if !REGIONS.contains(&region) {
+        return bad_request(&format!("Region {region} does not exist or is not enabled"));
+    }
+    let id = format!("{}-{}", random_hex(8), random_hex(12));
     let volume = json!({
-        "id": format!("{}-{}", random_hex(8), random_hex(12)), "name": request["name"], "description": request["description"],
-        "region": region, "size": size, "status": "available", "type": kind, "attachedTo": [],
+        "id": id, "name": request["name"], "description": request["description"],
+        "region": region, "size": size, "status": "creating", "type": kind, "attachedTo": [],
         "bootable": false, "creationDate": humantime_now(),
     });
-    fake.data
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .volumes
-        .push(volume.clone());
+    let ready = Instant::now()
+        + fake
+            .config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .volume_create_time;
+    let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+    data.volumes.push(volume.clone());
+    data.volume_ready.insert(id, ready);
     Json(volume).into_response()
 }
 
@@ -1063,7 +1193,13 @@ async fn volume_action(
 ) -> Response {
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
-    let instances: Vec<String> = data.instances.iter().map(|i| i.id.clone()).collect();
+    settle_volumes(&mut data);
+    let instances: Vec<(String, String)> = data
+        .instances
+        .iter()
+        .filter(|i| i.deleted.is_none())
+        .map(|i| (i.id.clone(), i.region.clone()))
+        .collect();
     let Some(volume) = data.volumes.iter_mut().find(|v| v["id"] == id.as_str()) else {
         return missing(&format!("volumeId = {id}"));
     };
@@ -1072,8 +1208,20 @@ async fn volume_action(
             let Some(instance) = request["instanceId"].as_str() else {
                 return bad_request("Missing parameter instanceId");
             };
-            if !instances.iter().any(|i| i == instance) {
+            let Some((_, region)) = instances.iter().find(|(i, _)| i == instance) else {
                 return missing(&format!("instanceId = {instance}"));
+            };
+            if action == "attach" && volume["status"] != "available" {
+                return bad_request(&format!(
+                    "Volume {id} is not available (status {})",
+                    volume["status"]
+                ));
+            }
+            if action == "attach" && volume["region"] != region.as_str() {
+                return bad_request(&format!(
+                    "Volume {id} is in region {} and instance {instance} in region {region}",
+                    volume["region"]
+                ));
             }
             if action == "attach" {
                 volume["attachedTo"] = json!([instance]);
@@ -1508,5 +1656,33 @@ async fn run_install(fake: Shared, name: String, spec: InstallSpec) {
             "Installing image",
             Some(format!("Can't write {} on disk. ({e})", spec.image_type)),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expected_signature;
+
+    /// python-ovh's known-answer vectors (../shared/reference/ovh-api.md).
+    #[test]
+    fn the_fakes_signature_matches_ovhs_own_clients() {
+        let secret = "9ufkBmLaTQ9nz5yMUlg79taH0GNnzDjk";
+        let consumer = "5mBuy6SUQcRw2ZUxg0cG68BoDKpED4KY";
+        let url = "https://eu.api.ovh.com/1.0/auth";
+        assert_eq!(
+            expected_signature(secret, consumer, "GET", url, b"", 1457018875),
+            "$1$e9556054b6309771395efa467c22e627407461ad"
+        );
+        assert_eq!(
+            expected_signature(
+                secret,
+                consumer,
+                "POST",
+                url,
+                br#"{"a":"b","c":"d"}"#,
+                1457018875
+            ),
+            "$1$ec2fb5c7a81f64723c77d2e5b609ae6f58a84fc1"
+        );
     }
 }
