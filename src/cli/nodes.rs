@@ -59,6 +59,10 @@ pub struct CreateArgs {
     /// An SSH public key file to authorize for the image's login user.
     #[arg(long, value_name = "PUBKEY_FILE")]
     ssh_key: Option<PathBuf>,
+    /// A provider-specific option, KEY=VALUE (repeatable), as in a step file's `[node] options`;
+    /// VALUE is read as JSON when it parses (3000, true, {"a":"b"}), else as a string.
+    #[arg(long = "option", value_name = "KEY=VALUE")]
+    options: Vec<String>,
     /// Return as soon as the provider accepted the request, without waiting for the node to run.
     #[arg(long)]
     no_wait: bool,
@@ -151,6 +155,15 @@ async fn create(args: CreateArgs) -> Result<(), Failure> {
         }
         None => None,
     };
+    let mut extra = std::collections::BTreeMap::new();
+    for option in &args.options {
+        let (key, value) = option
+            .split_once('=')
+            .ok_or_else(|| Failure::Usage(anyhow!("--option {option:?}: write KEY=VALUE")))?;
+        let value = serde_json::from_str(value)
+            .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+        extra.insert(key.to_string(), value);
+    }
     let driver = driver::get_driver(&args.provider.provider)?;
     let request = CreateNode {
         name: args.name,
@@ -158,7 +171,7 @@ async fn create(args: CreateArgs) -> Result<(), Failure> {
         image: args.image,
         location: args.location,
         auth,
-        extra: Default::default(),
+        extra,
     };
     eprintln!("creating node {} on {}", request.name, driver.name());
     let mut node = driver.create_node(&request).await?;

@@ -11,6 +11,8 @@ use nodeup::driver::NodeDriver;
 use testbed::fake_ovh::{FakeOvh, Fault, OvhConfig, OvhFaults, RouteFault};
 use testbed::TestBed;
 
+use crate::bed_leftovers;
+
 const OVH_IMAGE: &str = "d3b1a8c0-0001-4e2b-9a62-debian000012";
 
 fn nodeup_cmd(bed: &TestBed, args: &[&str]) -> Command {
@@ -429,42 +431,6 @@ async fn ovh_one_name_is_one_instance_and_one_key_serves_concurrent_deploys() {
         "{:?}",
         o.fake.key_names()
     );
-}
-
-/// Everything of the test bed's local nodes that can outlive them: node directories, processes
-/// started for them, mounts of their files, address claims.
-fn bed_leftovers(bed: &TestBed) -> Vec<String> {
-    let local = bed.dir().join("local");
-    let local_str = local.to_string_lossy().into_owned();
-    let mut left = Vec::new();
-    for entry in std::fs::read_dir(local.join("nodes"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        left.push(format!("node directory {}", entry.path().display()));
-    }
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(&local_str) {
-            left.push(format!("process {:?}", entry.file_name()));
-        }
-        let mounts = std::fs::read_to_string(entry.path().join("mountinfo")).unwrap_or_default();
-        if mounts.contains(&local_str) {
-            left.push(format!("a mount seen by process {:?}", entry.file_name()));
-        }
-    }
-    for entry in std::fs::read_dir(nodeup::providers::local::CLAIMS_DIR)
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let owner = std::fs::read(entry.path()).unwrap_or_default();
-        if String::from_utf8_lossy(&owner).starts_with(&local_str) {
-            left.push(format!("address claim {}", entry.path().display()));
-        }
-    }
-    left
 }
 
 /// Sends `signal` to the process.

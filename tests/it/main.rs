@@ -7,6 +7,7 @@ mod hardening;
 mod local_nodes;
 mod ovh;
 mod ovh_fake;
+mod promises;
 mod reinstall;
 mod relay;
 mod ssh;
@@ -28,4 +29,40 @@ pub fn assert_ok(out: &Output) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Everything of the test bed's local nodes that can outlive them: node directories, processes
+/// started for them, mounts of their files, address claims.
+pub fn bed_leftovers(bed: &testbed::TestBed) -> Vec<String> {
+    let local = bed.dir().join("local");
+    let local_str = local.to_string_lossy().into_owned();
+    let mut left = Vec::new();
+    for entry in std::fs::read_dir(local.join("nodes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        left.push(format!("node directory {}", entry.path().display()));
+    }
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&local_str) {
+            left.push(format!("process {:?}", entry.file_name()));
+        }
+        let mounts = std::fs::read_to_string(entry.path().join("mountinfo")).unwrap_or_default();
+        if mounts.contains(&local_str) {
+            left.push(format!("a mount seen by process {:?}", entry.file_name()));
+        }
+    }
+    for entry in std::fs::read_dir(nodeup::providers::local::CLAIMS_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let owner = std::fs::read(entry.path()).unwrap_or_default();
+        if String::from_utf8_lossy(&owner).starts_with(&local_str) {
+            left.push(format!("address claim {}", entry.path().display()));
+        }
+    }
+    left
 }

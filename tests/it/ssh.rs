@@ -62,6 +62,30 @@ async fn exec_streams_and_keeps_exit_status_and_output() {
         "everything is streamed, even what is not kept"
     );
 
+    // Streamed as it comes: the first line arrives while the command still runs.
+    let started = tokio::time::Instant::now();
+    let first_line_at = Arc::new(Mutex::new(None));
+    let mark = first_line_at.clone();
+    let options = ExecOptions {
+        sink: Some(Arc::new(move |_, data: &[u8]| {
+            if data.starts_with(b"a") {
+                mark.lock().unwrap().get_or_insert(started.elapsed());
+            }
+        })),
+        ..Default::default()
+    };
+    let out = ssh.exec("echo a; sleep 2; echo b", &options).await.unwrap();
+    let ended = started.elapsed();
+    assert_eq!(out.stdout.text(), "a\nb\n");
+    let first = first_line_at
+        .lock()
+        .unwrap()
+        .expect("the first line was streamed");
+    assert!(
+        ended - first >= std::time::Duration::from_millis(1500),
+        "\"a\" came at {first:?}, the command ended at {ended:?}: output was held back"
+    );
+
     // Output that arrives right before exit is kept.
     let out = ssh
         .exec("echo last words; exit 0", &ExecOptions::default())
@@ -148,7 +172,9 @@ async fn sftp_uploads_atomically_with_mode_and_parents() {
         node.metadata("/opt/app/conf").unwrap().mode() & 0o777,
         0o755
     );
-    // Replacing an existing file.
+    // Replacing an existing file: a new file renamed over the old one, never a write in place
+    // (a reader sees the whole old file or the whole new one).
+    let old_inode = node.metadata("/opt/app/conf/app.conf").unwrap().ino();
     ssh.upload(
         b"second\n",
         "/opt/app/conf/app.conf",
@@ -162,6 +188,11 @@ async fn sftp_uploads_atomically_with_mode_and_parents() {
     assert_eq!(
         node.read_file("/opt/app/conf/app.conf").unwrap(),
         b"second\n"
+    );
+    assert_ne!(
+        node.metadata("/opt/app/conf/app.conf").unwrap().ino(),
+        old_inode,
+        "the upload replaced the file rather than rewriting it"
     );
     assert_eq!(
         node.metadata("/opt/app/conf/app.conf").unwrap().mode() & 0o7777,
