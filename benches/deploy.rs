@@ -54,18 +54,12 @@ async fn main() {
                 .await
                 .expect("create");
             // The keys the provider reports, as deploy_node uses them (addresses are reused).
-            let pinned = node.extra["host_keys"]
-                .as_array()
-                .map(|keys| {
-                    keys.iter()
-                        .filter_map(|k| k.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let pinned = node.host_keys();
             targets.push(Target {
                 addr: std::net::SocketAddr::new(node.public_ips[0], node.ssh_port()),
                 users: vec!["root".into()],
                 pinned_host_keys: pinned,
+                node: None,
             });
         }
         // Wait until every sshd listens: creation is not what is measured.

@@ -1,8 +1,8 @@
 //! The `NodeDriver` trait every provider implements, its `Features`, the error drivers share,
-//! and the registry that finds a driver by provider name.
+//! and the `Registry` type that finds a driver by provider name. Nothing here knows a provider.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
@@ -323,67 +323,52 @@ pub type ProviderConfig = BTreeMap<String, serde_json::Value>;
 /// Builds a driver from its settings and the environment.
 pub type DriverFactory = fn(&ProviderConfig) -> Result<Arc<dyn NodeDriver>>;
 
-fn registry() -> &'static Mutex<BTreeMap<String, DriverFactory>> {
-    static REGISTRY: OnceLock<Mutex<BTreeMap<String, DriverFactory>>> = OnceLock::new();
-    REGISTRY.get_or_init(|| {
-        let mut map: BTreeMap<String, DriverFactory> = BTreeMap::new();
-        map.insert("local".to_string(), |config| {
-            Ok(Arc::new(crate::providers::local::LocalDriver::from_config(
-                config,
-            )?))
-        });
-        map.insert("dummy".to_string(), |config| {
-            Ok(Arc::new(crate::providers::dummy::DummyDriver::from_config(
-                config,
-            )?))
-        });
-        map.insert("ovh".to_string(), |config| {
-            Ok(Arc::new(crate::providers::ovh::OvhDriver::from_config(
-                config,
-            )?))
-        });
-        Mutex::new(map)
-    })
+/// Drivers by provider name. It knows no provider: the built-in ones are registered by
+/// `providers` (see `nodeup::providers::registry`), third parties register theirs the same way.
+#[derive(Default)]
+pub struct Registry {
+    factories: Mutex<BTreeMap<String, DriverFactory>>,
 }
 
-/// Registers a driver under a provider name, replacing any driver of that name.
-pub fn register(name: &str, factory: DriverFactory) {
-    registry()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(name.to_string(), factory);
-}
+impl Registry {
+    /// Registers a driver under a provider name, replacing any driver of that name.
+    pub fn register(&self, name: &str, factory: DriverFactory) {
+        self.factories
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), factory);
+    }
 
-/// The names of every registered provider, in order.
-pub fn providers() -> Vec<String> {
-    registry()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .keys()
-        .cloned()
-        .collect()
-}
+    /// The names of every registered provider, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.factories
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
 
-/// Builds the driver registered under `name`, with no settings.
-pub fn get_driver(name: &str) -> Result<Arc<dyn NodeDriver>> {
-    get_driver_with(name, &ProviderConfig::new())
-}
-
-/// Builds the driver registered under `name` with its settings.
-pub fn get_driver_with(name: &str, config: &ProviderConfig) -> Result<Arc<dyn NodeDriver>> {
-    let factory = registry()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(name)
-        .copied();
-    match factory {
-        Some(factory) => factory(config),
-        None => Err(ProviderError::InvalidRequest {
-            provider: name.to_string(),
-            message: format!(
-                "no such provider; known providers: {}",
-                providers().join(", ")
-            ),
-        }),
+    /// Builds the driver registered under `name` with its settings.
+    ///
+    /// # Errors
+    /// An unknown provider (the message lists the known ones), or what the factory refuses.
+    pub fn get(&self, name: &str, config: &ProviderConfig) -> Result<Arc<dyn NodeDriver>> {
+        let factory = self
+            .factories
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .copied();
+        match factory {
+            Some(factory) => factory(config),
+            None => Err(ProviderError::InvalidRequest {
+                provider: name.to_string(),
+                message: format!(
+                    "no such provider; known providers: {}",
+                    self.names().join(", ")
+                ),
+            }),
+        }
     }
 }

@@ -50,6 +50,16 @@ impl fmt::Display for NodeState {
     }
 }
 
+/// Which of a node's addresses to log in on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Interface {
+    /// `public_ips`.
+    #[default]
+    Public,
+    /// `private_ips`.
+    Private,
+}
+
 /// A node (a server, a virtual machine, a local sandboxed node) as a provider reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Node {
@@ -69,9 +79,11 @@ pub struct Node {
     pub size: Option<String>,
     /// The name of the provider (driver) that owns the node.
     pub provider: String,
-    /// Provider-specific facts. Well-known keys: `ssh_port` (when not 22), `login_user` (the image's
-    /// default login user), `host_keys` (the node's SSH host public keys, when the provider knows them),
-    /// `error` (why the node is in the error state).
+    /// Provider-specific facts. Well-known keys, each with a typed accessor: `ssh_port` (when not
+    /// 22), `login_user` (the image's default login user), `host_keys` (the node's SSH host public
+    /// keys, when the provider knows them), `error` (why the node is in the error state),
+    /// `password` (a login password the provider generated or was given), `status` (the
+    /// provider's own status string).
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
@@ -88,6 +100,43 @@ impl Node {
     /// The image's default login user (`extra.login_user`), when the provider says.
     pub fn login_user(&self) -> Option<&str> {
         self.extra.get("login_user").and_then(|v| v.as_str())
+    }
+
+    /// The node's SSH host public keys, one OpenSSH line each (`extra.host_keys`), when the
+    /// provider knows them: a login must be to one of these.
+    pub fn host_keys(&self) -> Vec<String> {
+        self.extra
+            .get("host_keys")
+            .and_then(|v| v.as_array())
+            .map(|keys| {
+                keys.iter()
+                    .filter_map(|k| k.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Why the node is in the error state (`extra.error`), when the provider says.
+    pub fn error(&self) -> Option<&str> {
+        self.extra.get("error").and_then(|v| v.as_str())
+    }
+
+    /// The login password the provider generated or set (`extra.password`), if any.
+    pub fn password(&self) -> Option<&str> {
+        self.extra.get("password").and_then(|v| v.as_str())
+    }
+
+    /// Sets the login password (`extra.password`): what `deploy_node` records for password auth.
+    pub fn set_password(&mut self, password: &str) {
+        self.extra.insert(
+            "password".into(),
+            serde_json::Value::String(password.into()),
+        );
+    }
+
+    /// The provider's own status string (`extra.status`), when it reports one.
+    pub fn status(&self) -> Option<&str> {
+        self.extra.get("status").and_then(|v| v.as_str())
     }
 }
 

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use nodeup::driver;
+use nodeup::providers;
 
 use super::nodes::ProviderArg;
 use super::output::print_json;
@@ -31,7 +31,7 @@ pub enum Catalog {
 
 /// Prints the registered providers.
 pub fn providers(json: bool) {
-    let names = driver::providers();
+    let names = providers::names();
     if json {
         print_json(&names);
     } else {
@@ -43,7 +43,7 @@ pub fn providers(json: bool) {
 
 /// Lists images, sizes or locations.
 pub async fn list(what: Catalog, args: CatalogArgs) -> Result<(), Failure> {
-    let driver = driver::get_driver(&args.provider.provider)?;
+    let driver = providers::get_driver(&args.provider.provider)?;
     let rows: Vec<(String, String)> = match what {
         Catalog::Images => {
             let images = driver.list_images().await?;

@@ -11,9 +11,10 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use nodeup::deploy::stepfile::{self, parse_positive_duration, StepFile};
-use nodeup::driver::{self, NodeDriver};
+use nodeup::driver::NodeDriver;
 use nodeup::engine::{self, destroy_at_exit, Cause, DeployOptions, Event};
 use nodeup::model::{CreateNode, Node};
+use nodeup::providers;
 use nodeup::ssh::{HostKeyPolicy, Password};
 
 use super::output::{self, print_json};
@@ -216,7 +217,7 @@ pub async fn run(args: DeployArgs) -> Result<(), Failure> {
                 args.stepfile.display()
             ))
         })?;
-    let driver = driver::get_driver_with(&provider, &file.provider)
+    let driver = providers::get_driver_with(&provider, &file.provider)
         .map_err(|e| Failure::from(e).context(args.stepfile.display().to_string()))?;
     let request = CreateNode {
         name: name.clone(),

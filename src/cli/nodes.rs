@@ -7,9 +7,10 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand};
 
-use nodeup::driver::{self, NodeDriver};
+use nodeup::driver::NodeDriver;
 use nodeup::engine::{wait_until_running, WaitOptions};
 use nodeup::model::{CreateNode, Node, NodeAuth};
+use nodeup::providers;
 
 use super::output::print_json;
 use super::Failure;
@@ -98,7 +99,7 @@ pub async fn run(cmd: NodesCommand) -> Result<(), Failure> {
     match cmd {
         NodesCommand::Create(args) => create(args).await,
         NodesCommand::List(args) => {
-            let driver = driver::get_driver(&args.provider.provider)?;
+            let driver = providers::get_driver(&args.provider.provider)?;
             let nodes = driver.list_nodes().await?;
             if args.json {
                 print_json(&nodes);
@@ -164,7 +165,7 @@ async fn create(args: CreateArgs) -> Result<(), Failure> {
             .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
         extra.insert(key.to_string(), value);
     }
-    let driver = driver::get_driver(&args.provider.provider)?;
+    let driver = providers::get_driver(&args.provider.provider)?;
     let request = CreateNode {
         name: args.name,
         size: args.size,
@@ -218,7 +219,7 @@ async fn wait_running(
 }
 
 async fn resolve(args: &NodeArgs) -> Result<(Arc<dyn NodeDriver>, Node), Failure> {
-    let driver = driver::get_driver(&args.provider.provider)?;
+    let driver = providers::get_driver(&args.provider.provider)?;
     let nodes = driver.list_nodes().await?;
     if let Some(node) = nodes.iter().find(|n| n.id == args.node) {
         return Ok((driver, node.clone()));

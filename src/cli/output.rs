@@ -26,6 +26,9 @@ pub fn progress(prefix: Option<String>, started: Instant) -> Progress {
             Event::Reconnecting(step) => {
                 format!("connection lost during step {step}; logging in again to resume")
             }
+            Event::Retrying(run) => {
+                format!("a step failed; running the deployment again (run {run})")
+            }
             Event::StepStarted { index, total, kind } => format!("step {index}/{total}: {kind}"),
             Event::StepFinished {
                 index,

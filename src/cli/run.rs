@@ -131,6 +131,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
             addr,
             users,
             pinned_host_keys: Vec::new(),
+            node: None,
         };
         let (creds, steps) = (creds.clone(), steps.clone());
         tasks.spawn(async move {

@@ -21,6 +21,31 @@ pub use file::FileStep;
 pub use script::{ScriptSource, ScriptStep};
 pub use ssh_key::SshKeyStep;
 
+/// A deployment step of your own, for library users: it runs over the node's SSH session
+/// (`ctx.session`: exec, upload, read files), sees the node when there is one (`ctx.node`), and
+/// gives a [`StepResult`]. Put it in a deployment as `Step::Custom(Arc::new(MyStep))`, alone or
+/// inside `Step::Multi`; it is validated before any node is created, like the built-in steps.
+#[async_trait::async_trait]
+pub trait CustomStep: Send + Sync + std::fmt::Debug {
+    /// Its kind, as progress and results name it (e.g. `apt-install`).
+    fn kind(&self) -> &'static str;
+
+    /// Checks what can be checked before a node exists; the message says what to fix.
+    ///
+    /// # Errors
+    /// What is wrong with the step.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Runs the step on the node.
+    ///
+    /// # Errors
+    /// [`Error::Custom`] for a failure of its own; [`Error::Ssh`] (from `?` on session calls)
+    /// when the connection fails, which the engine resumes like any other step's.
+    async fn run(&self, ctx: &Context<'_>) -> Result<StepResult, Error>;
+}
+
 /// One deployment step.
 #[derive(Debug, Clone)]
 pub enum Step {
@@ -30,6 +55,8 @@ pub enum Step {
     File(FileStep),
     /// Run a script.
     Script(ScriptStep),
+    /// A step of your own.
+    Custom(std::sync::Arc<dyn CustomStep>),
     /// Several steps, in order.
     Multi(Vec<Step>),
 }
@@ -41,6 +68,7 @@ impl Step {
             Step::SshKey(_) => "ssh-key",
             Step::File(_) => "file",
             Step::Script(_) => "script",
+            Step::Custom(step) => step.kind(),
             Step::Multi(_) => "multi",
         }
     }
@@ -66,6 +94,7 @@ impl Step {
                 Step::SshKey(s) => s.validate().map_err(invalid)?,
                 Step::File(s) => s.validate().map_err(invalid)?,
                 Step::Script(s) => s.validate().map_err(invalid)?,
+                Step::Custom(s) => s.validate().map_err(invalid)?,
                 Step::Multi(_) => {}
             }
         }
@@ -79,6 +108,7 @@ impl Step {
             Step::SshKey(s) => s.run(ctx).await?,
             Step::File(s) => s.run(ctx).await?,
             Step::Script(s) => s.run(ctx).await?,
+            Step::Custom(s) => s.run(ctx).await?,
             Step::Multi(steps) => {
                 for step in steps {
                     Box::pin(step.run(ctx)).await?;
@@ -96,6 +126,8 @@ impl Step {
 pub struct Context<'a> {
     /// The node's session.
     pub session: &'a SshSession,
+    /// The node, when the steps run on one nodeup created or listed (not for `run` on hosts).
+    pub node: Option<&'a crate::model::Node>,
     /// The login user's home directory on the node.
     pub home: String,
     /// Whether the login user is root (then `sudo` is not needed).
@@ -256,6 +288,14 @@ pub enum Error {
     /// A local file the step names could not be read.
     #[error("{0}")]
     Local(String),
+    /// A custom step failed; its message says why.
+    #[error("{message}")]
+    Custom {
+        /// What went wrong.
+        message: String,
+        /// What the step had produced, if anything.
+        result: Option<Box<StepResult>>,
+    },
     /// SSH failed under the step.
     #[error(transparent)]
     Ssh(#[from] ssh::Error),
@@ -279,6 +319,10 @@ impl Error {
             Error::ScriptFailed { status, result } => {
                 Some((Some(status), &result.stdout, &result.stderr))
             }
+            Error::Custom {
+                result: Some(result),
+                ..
+            } => Some((result.status.as_ref(), &result.stdout, &result.stderr)),
             Error::Ssh(ssh::Error::CommandTimeout { output, .. })
             | Error::Ssh(ssh::Error::NoExitStatus { output, .. }) => {
                 Some((output.status.as_ref(), &output.stdout, &output.stderr))

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{FileStep, ScriptSource, ScriptStep, SshKeyStep, Step};
-use crate::engine::Interface;
+use crate::model::Interface;
 use crate::ssh::HostKeyPolicy;
 
 /// A step file that parsed and checked.

@@ -76,6 +76,8 @@ pub enum Event {
     LoggedIn(String),
     /// The connection was lost; logging in again to resume at this step (1-based).
     Reconnecting(usize),
+    /// A step failed; the deployment runs again from its first step (run number, 1-based).
+    Retrying(u32),
     /// Step `index` (1-based) of `total`, of this kind, starts.
     StepStarted {
         /// 1-based.
@@ -132,8 +134,13 @@ pub struct DeployOptions {
     pub auth: Option<NodeAuth>,
     /// How long to wait for the node to run and accept a login.
     pub timeout: Duration,
-    /// How many connections the steps may use in all (a lost connection is resumed on the next).
+    /// How many connections the steps may use in all (a lost connection is resumed on the next);
+    /// with `retry_failed_steps`, also how many times the whole deployment may run.
     pub max_tries: u32,
+    /// Run the whole deployment again, from its first step, when a step fails (Libcloud's
+    /// `max_tries` behaviour), up to `max_tries` runs. Off by default: a failed script fails, and
+    /// a lost connection resumes without re-running finished steps.
+    pub retry_failed_steps: bool,
     /// Which addresses to log in on.
     pub interface: Interface,
     /// The longest pause between two polls of the provider.
@@ -169,6 +176,7 @@ impl Default for DeployOptions {
             auth: None,
             timeout: Duration::from_secs(300),
             max_tries: 3,
+            retry_failed_steps: false,
             interface: Interface::Public,
             poll_period: Duration::from_secs(2),
             at_exit: None,
@@ -329,6 +337,8 @@ pub struct Target {
     pub users: Vec<String>,
     /// Host keys the provider reported for it.
     pub pinned_host_keys: Vec<String>,
+    /// The node, when it is one a provider reported (custom steps see it).
+    pub node: Option<Node>,
 }
 
 /// A failure of [`run_steps`]: everything of a [`DeploymentError`] but the node.
@@ -392,6 +402,7 @@ pub async fn run_steps(
         };
     options.emit(Event::LoggedIn(logged_in.user.clone()));
     let mut connections = 1;
+    let mut runs = 1;
     let mut index = 0;
     let leftovers = std::sync::Mutex::new(Vec::new());
     while index < flat.len() {
@@ -404,6 +415,7 @@ pub async fn run_steps(
         });
         let ctx = Context {
             session: &logged_in.session,
+            node: target.node.as_ref(),
             home: logged_in.home.clone(),
             is_root: logged_in.is_root,
             sink: options.output.clone(),
@@ -448,6 +460,7 @@ pub async fn run_steps(
                 // private directory) goes before the step runs again.
                 let ctx = Context {
                     session: &logged_in.session,
+                    node: target.node.as_ref(),
                     home: logged_in.home.clone(),
                     is_root: logged_in.is_root,
                     sink: None,
@@ -459,6 +472,20 @@ pub async fn run_steps(
                         error_chain(&e)
                     );
                 }
+            }
+            Err(e) if options.retry_failed_steps && runs < options.max_tries => {
+                runs += 1;
+                tracing::warn!(
+                    step = number,
+                    "{}; running the deployment again",
+                    error_chain(&e)
+                );
+                options.emit(Event::Retrying(runs));
+                if let Err(e) = deploy::remove_leftovers(&ctx).await {
+                    tracing::warn!("removing what the failed step left: {}", error_chain(&e));
+                }
+                results.clear();
+                index = 0;
             }
             Err(e) => {
                 return Err(fail(
@@ -567,17 +594,21 @@ pub async fn deploy_node(
             NodeAuth::SshKey(_) => features.ssh_key,
             NodeAuth::Password(_) => features.password,
         };
-        if !accepted {
-            return Err(DeploymentError::before_create(Cause::Invalid(format!(
-                "provider {} does not accept {} when creating a node",
+        if accepted {
+            request.auth = Some(auth.clone());
+        } else {
+            // As Libcloud does: the provider cannot install it at create time, so the login
+            // relies on what the account or image has already (the password is still tried).
+            tracing::warn!(
+                "provider {} cannot install {} when creating a node: logging in with what the \
+                 account or image already has",
                 driver.name(),
                 match auth {
                     NodeAuth::SshKey(_) => "an SSH key",
                     NodeAuth::Password(_) => "a password",
                 }
-            ))));
+            );
         }
-        request.auth = Some(auth.clone());
     }
     if options.cancel.is_cancelled() {
         return Err(DeploymentError::before_create(Cause::Cancelled));
@@ -650,10 +681,15 @@ async fn provision(
         return Err(failed(Cause::Wait(WaitError::Gone(node.id.clone()))));
     };
     let node = ready.node;
+    let mut node = node;
     if driver.features().generates_password {
-        if let Some(pw) = node.extra.get("password").and_then(|v| v.as_str()) {
+        if let Some(pw) = node.password() {
             creds.password.get_or_insert(Password(pw.to_string()));
         }
+    }
+    // A password this deployment logs in with is the node's password (as Libcloud records it).
+    if let (Some(NodeAuth::Password(pw)), None) = (&options.auth, node.password()) {
+        node.set_password(pw);
     }
     let mut users = vec![options.ssh_username.clone()];
     for user in &options.alternate_usernames {
@@ -668,16 +704,7 @@ async fn provision(
             }
         }
     }
-    let pinned = node
-        .extra
-        .get("host_keys")
-        .and_then(|v| v.as_array())
-        .map(|keys| {
-            keys.iter()
-                .filter_map(|k| k.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let pinned = node.host_keys();
     let addr = SocketAddr::new(
         ready.addresses[0],
         options.port.unwrap_or_else(|| node.ssh_port()),
@@ -687,6 +714,7 @@ async fn provision(
         addr,
         users,
         pinned_host_keys: pinned,
+        node: Some(node.clone()),
     };
     match run_steps(&target, steps, &creds, options).await {
         Ok(run) => Ok(Deployment {

@@ -457,6 +457,7 @@ async fn provision(
         addr: SocketAddr::new(ip, 22),
         users: vec!["root".into()],
         pinned_host_keys: Vec::new(),
+        node: None,
     };
     let steps = options.then.clone().unwrap_or(Step::Multi(Vec::new()));
     run_steps(&target, &steps, creds, &deploy)

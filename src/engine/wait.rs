@@ -7,17 +7,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::driver::{NodeDriver, ProviderError};
+pub use crate::model::Interface;
 use crate::model::{Node, NodeState};
-
-/// Which addresses to log in on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Interface {
-    /// `public_ips`.
-    #[default]
-    Public,
-    /// `private_ips`.
-    Private,
-}
 
 /// How to wait.
 #[derive(Debug, Clone, Copy)]
@@ -120,9 +111,7 @@ pub async fn wait_until_running(
             seen[i] = true;
             if node.state == NodeState::Error {
                 let reason = node
-                    .extra
-                    .get("error")
-                    .and_then(|v| v.as_str())
+                    .error()
                     .unwrap_or("the provider gave no reason")
                     .to_string();
                 return Err(WaitError::NodeFailed {

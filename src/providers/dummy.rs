@@ -391,7 +391,7 @@ impl NodeDriver for DummyDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::{get_driver, providers, register};
+    use crate::providers::{get_driver, names as providers, register};
     use std::sync::Arc;
 
     #[tokio::test]

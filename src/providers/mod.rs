@@ -1,6 +1,7 @@
 //! The providers nodeup drives, one folder or file each. Every one implements `NodeDriver` and is
-//! registered by name in `driver`. `lookup` and [`settings`] are what they share: finding an image,
-//! size or location by id or name, and typed settings that refuse unknown keys.
+//! registered by name in [`registry`], one line each. `lookup` and [`settings`] are what they
+//! share: finding an image, size or location by id or name, and typed settings that refuse
+//! unknown keys.
 
 pub mod dummy;
 pub mod local;
@@ -8,10 +9,56 @@ pub mod lookup;
 pub mod ovh;
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 
 use serde::de::DeserializeOwned;
 
-use crate::driver::ProviderError;
+use crate::driver::{NodeDriver, ProviderConfig, ProviderError, Registry};
+
+/// The registry every command uses: the built-in providers, and whatever was registered since.
+pub fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let registry = Registry::default();
+        registry.register("dummy", |c| {
+            Ok(Arc::new(dummy::DummyDriver::from_config(c)?))
+        });
+        registry.register("local", |c| {
+            Ok(Arc::new(local::LocalDriver::from_config(c)?))
+        });
+        registry.register("ovh", |c| Ok(Arc::new(ovh::OvhDriver::from_config(c)?)));
+        registry
+    })
+}
+
+/// Registers a driver under a provider name (a third party's, say), replacing any of that name.
+pub fn register(name: &str, factory: crate::driver::DriverFactory) {
+    registry().register(name, factory);
+}
+
+/// The names of every registered provider, in order.
+pub fn names() -> Vec<String> {
+    registry().names()
+}
+
+/// Builds the driver registered under `name`, with no settings.
+///
+/// # Errors
+/// An unknown provider, or a driver that cannot be built (credentials, state directory ...).
+pub fn get_driver(name: &str) -> Result<Arc<dyn NodeDriver>, ProviderError> {
+    registry().get(name, &ProviderConfig::new())
+}
+
+/// Builds the driver registered under `name` with the step file's `[provider]` settings.
+///
+/// # Errors
+/// An unknown provider or setting, or a driver that cannot be built.
+pub fn get_driver_with(
+    name: &str,
+    config: &ProviderConfig,
+) -> Result<Arc<dyn NodeDriver>, ProviderError> {
+    registry().get(name, config)
+}
 
 /// Keys that hold credentials: never accepted in a step file, whatever the provider.
 const CREDENTIAL_WORDS: [&str; 6] = [

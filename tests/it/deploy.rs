@@ -371,6 +371,7 @@ async fn a_changed_host_key_is_refused_at_once_unless_the_provider_vouches_for_i
         addr: node.addr(),
         users: vec!["root".into()],
         pinned_host_keys: vec![],
+        node: None,
     };
     let started = std::time::Instant::now();
     let err = run_steps(&target, &steps, &creds, &options)
@@ -613,4 +614,148 @@ async fn bad_steps_and_no_credentials_create_nothing() {
         String::from_utf8(node.read_file("/home/debian/.ssh/authorized_keys").unwrap()).unwrap();
     assert!(!keys.contains(bed.client_public_key().split_whitespace().nth(1).unwrap()));
     assert_eq!(keys.lines().count(), 1, "only the temporary key: {keys}");
+}
+
+/// A step of a library user's own: reads the hostname over the session, checks it against the
+/// node it was given.
+#[derive(Debug)]
+struct Hostname;
+
+#[async_trait::async_trait]
+impl nodeup::deploy::CustomStep for Hostname {
+    fn kind(&self) -> &'static str {
+        "hostname"
+    }
+
+    async fn run(
+        &self,
+        ctx: &nodeup::deploy::Context<'_>,
+    ) -> Result<nodeup::deploy::StepResult, nodeup::deploy::Error> {
+        let out = ctx
+            .session
+            .exec("hostname", &ssh::ExecOptions::default())
+            .await?;
+        let name = out.stdout.text().trim().to_string();
+        let expected = ctx.node.map(|n| n.name.clone()).unwrap_or_default();
+        if name != expected {
+            return Err(nodeup::deploy::Error::Custom {
+                message: format!("hostname {name:?}, expected {expected:?}"),
+                result: None,
+            });
+        }
+        Ok(nodeup::deploy::StepResult {
+            note: format!("hostname is {name}"),
+            stdout: out.stdout,
+            ..Default::default()
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_step_runs_among_the_others_and_failing_steps_can_rerun_the_deployment() {
+    let bed = TestBed::new().unwrap();
+    let driver: Arc<dyn NodeDriver> = Arc::new(bed.driver().clone());
+    // Fails on its first run only: the marker survives on the node.
+    let flaky = "if [ -e /root/ran-once ]; then echo second; else touch /root/ran-once; exit 1; fi";
+    let steps = Step::Multi(vec![
+        Step::Custom(Arc::new(Hostname)),
+        Step::Script(ScriptStep::inline(flaky)),
+    ]);
+    let rerun = DeployOptions {
+        retry_failed_steps: true,
+        max_tries: 2,
+        ..options(&bed)
+    };
+    let done = deploy_node(
+        driver.clone(),
+        &request(&bed, "custom", "debian"),
+        &steps,
+        &rerun,
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.steps.len(), 2);
+    assert_eq!(done.steps[0].kind, "hostname");
+    assert_eq!(done.steps[0].note, "hostname is custom");
+    assert_eq!(
+        done.steps[1].stdout.text(),
+        "second\n",
+        "the deployment ran again"
+    );
+    driver.destroy_node(&done.node).await.unwrap();
+
+    // By default a failed step fails the deployment: nodeup's resume is for lost connections.
+    let err = deploy_node(
+        driver.clone(),
+        &request(&bed, "no-rerun", "debian"),
+        &steps,
+        &options(&bed),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.step.map(|s| s.0), Some(2));
+    assert_eq!(err.completed.len(), 1, "the custom step had finished");
+    driver
+        .destroy_node(err.node.as_ref().unwrap())
+        .await
+        .unwrap();
+}
+
+/// The local provider, as one that cannot install a key or a password when creating a node.
+struct NoCreateAuth(nodeup::providers::local::LocalDriver);
+
+#[async_trait::async_trait]
+impl NodeDriver for NoCreateAuth {
+    fn name(&self) -> &str {
+        "no-create-auth"
+    }
+    fn features(&self) -> nodeup::driver::Features {
+        nodeup::driver::Features::default()
+    }
+    async fn list_nodes(&self) -> nodeup::driver::Result<Vec<Node>> {
+        self.0.list_nodes().await
+    }
+    async fn create_node(&self, request: &CreateNode) -> nodeup::driver::Result<Node> {
+        assert!(
+            request.auth.is_none(),
+            "no auth handed to a provider that cannot take it"
+        );
+        self.0.create_node(request).await
+    }
+    async fn destroy_node(&self, node: &Node) -> nodeup::driver::Result<()> {
+        self.0.destroy_node(node).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_the_provider_cannot_install_is_still_used_to_log_in() {
+    let bed = TestBed::new().unwrap();
+    let driver: Arc<dyn NodeDriver> = Arc::new(NoCreateAuth(bed.driver().clone()));
+    // The image has the password already (the account's, say); deploy_node logs in with it.
+    let request = CreateNode {
+        name: "pw-only".into(),
+        image: Some("debian".into()),
+        extra: [("password".to_string(), "s3same-pw".into())].into(),
+        ..Default::default()
+    };
+    let options = DeployOptions {
+        auth: Some(NodeAuth::Password("s3same-pw".into())),
+        default_credentials: false,
+        ..options(&bed)
+    };
+    let options = DeployOptions {
+        ssh_keys: vec![],
+        ..options
+    };
+    let steps = Step::Script(ScriptStep::inline("id -un"));
+    let done = deploy_node(driver.clone(), &request, &steps, &options)
+        .await
+        .unwrap();
+    assert_eq!(done.steps[0].stdout.text(), "root\n");
+    assert_eq!(
+        done.node.password(),
+        Some("s3same-pw"),
+        "recorded on the node"
+    );
+    driver.destroy_node(&done.node).await.unwrap();
 }
