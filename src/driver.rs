@@ -40,6 +40,17 @@ pub enum ProviderError {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// The provider refused the credentials (its 401, or its equivalent): nothing can work until
+    /// they are fixed. `check` names where they come from (the variables, the config file).
+    #[error("{provider}: the credentials were refused ({message}); check {check}")]
+    InvalidCredentials {
+        /// The provider's name.
+        provider: String,
+        /// What the provider said.
+        message: String,
+        /// Where the credentials come from, to check.
+        check: String,
+    },
     /// This machine lacks something the provider needs; the message names it and how to get it.
     #[error("{provider}: {message}")]
     Requirement {
@@ -126,14 +137,44 @@ pub trait NodeDriver: Send + Sync {
         Err(self.not_supported("start_node"))
     }
 
-    /// The images nodes can be created from.
-    async fn list_images(&self) -> Result<Vec<NodeImage>> {
+    /// The images nodes can be created from; only those of `location`, and only those that
+    /// `size` can boot, when given (as Libcloud's `list_images(location)`).
+    async fn list_images(
+        &self,
+        location: Option<&str>,
+        size: Option<&str>,
+    ) -> Result<Vec<NodeImage>> {
+        let _ = (location, size);
         Err(self.not_supported("list_images"))
     }
 
-    /// The sizes nodes can be created with.
-    async fn list_sizes(&self) -> Result<Vec<NodeSize>> {
+    /// The sizes nodes can be created with; only those of `location` when given.
+    async fn list_sizes(&self, location: Option<&str>) -> Result<Vec<NodeSize>> {
+        let _ = location;
         Err(self.not_supported("list_sizes"))
+    }
+
+    /// One size, by id.
+    async fn get_size(&self, id: &str) -> Result<NodeSize> {
+        self.list_sizes(None)
+            .await?
+            .into_iter()
+            .find(|s| s.id == id)
+            .ok_or_else(|| ProviderError::NotFound {
+                provider: self.name().to_string(),
+                kind: "size",
+                id: id.to_string(),
+            })
+    }
+
+    /// The nodes in one location ([`Node::location`]).
+    async fn list_nodes_in(&self, location: &str) -> Result<Vec<Node>> {
+        Ok(self
+            .list_nodes()
+            .await?
+            .into_iter()
+            .filter(|n| n.location() == Some(location))
+            .collect())
     }
 
     /// The locations nodes can be created in.
@@ -143,7 +184,7 @@ pub trait NodeDriver: Send + Sync {
 
     /// One image, by id.
     async fn get_image(&self, id: &str) -> Result<NodeImage> {
-        self.list_images()
+        self.list_images(None, None)
             .await?
             .into_iter()
             .find(|i| i.id == id)
@@ -154,9 +195,14 @@ pub trait NodeDriver: Send + Sync {
             })
     }
 
-    /// Makes an image from a node.
-    async fn create_image(&self, node: &Node, name: &str) -> Result<NodeImage> {
-        let _ = (node, name);
+    /// Makes an image from a node, with an optional description.
+    async fn create_image(
+        &self,
+        node: &Node,
+        name: &str,
+        description: Option<&str>,
+    ) -> Result<NodeImage> {
+        let _ = (node, name, description);
         Err(self.not_supported("create_image"))
     }
 
@@ -172,14 +218,16 @@ pub trait NodeDriver: Send + Sync {
         Err(self.not_supported("delete_image"))
     }
 
-    /// The key pairs the provider keeps.
-    async fn list_key_pairs(&self) -> Result<Vec<KeyPair>> {
+    /// The key pairs the provider keeps; only those usable in `location` when given (where keys
+    /// are per region).
+    async fn list_key_pairs(&self, location: Option<&str>) -> Result<Vec<KeyPair>> {
+        let _ = location;
         Err(self.not_supported("list_key_pairs"))
     }
 
     /// One key pair, by name.
     async fn get_key_pair(&self, name: &str) -> Result<KeyPair> {
-        self.list_key_pairs()
+        self.list_key_pairs(None)
             .await?
             .into_iter()
             .find(|k| k.name == name)
@@ -190,29 +238,37 @@ pub trait NodeDriver: Send + Sync {
             })
     }
 
-    /// Has the provider generate a key pair; the private key is returned once.
-    async fn create_key_pair(&self, name: &str) -> Result<KeyPair> {
-        let _ = name;
+    /// Has the provider generate a key pair (for `location` only, when given); the private key
+    /// is returned once.
+    async fn create_key_pair(&self, name: &str, location: Option<&str>) -> Result<KeyPair> {
+        let _ = (name, location);
         Err(self.not_supported("create_key_pair"))
     }
 
-    /// Imports a public key (one OpenSSH line).
-    async fn import_key_pair_from_string(&self, name: &str, public_key: &str) -> Result<KeyPair> {
-        let _ = (name, public_key);
+    /// Imports a public key (one OpenSSH line), for `location` only when given.
+    async fn import_key_pair_from_string(
+        &self,
+        name: &str,
+        public_key: &str,
+        location: Option<&str>,
+    ) -> Result<KeyPair> {
+        let _ = (name, public_key, location);
         Err(self.not_supported("import_key_pair_from_string"))
     }
 
-    /// Imports a public key from a file.
+    /// Imports a public key from a file, for `location` only when given.
     async fn import_key_pair_from_file(
         &self,
         name: &str,
         path: &std::path::Path,
+        location: Option<&str>,
     ) -> Result<KeyPair> {
         let key = std::fs::read_to_string(path).map_err(|e| ProviderError::InvalidRequest {
             provider: self.name().to_string(),
             message: format!("cannot read the public key file {}: {e}", path.display()),
         })?;
-        self.import_key_pair_from_string(name, key.trim()).await
+        self.import_key_pair_from_string(name, key.trim(), location)
+            .await
     }
 
     /// Deletes a key pair.
@@ -251,9 +307,9 @@ pub trait NodeDriver: Send + Sync {
         Err(self.not_supported("attach_volume"))
     }
 
-    /// Detaches a volume from its node.
-    async fn detach_volume(&self, volume: &StorageVolume) -> Result<()> {
-        let _ = volume;
+    /// Detaches a volume from `node`, else from whichever node it is attached to.
+    async fn detach_volume(&self, volume: &StorageVolume, node: Option<&Node>) -> Result<()> {
+        let _ = (volume, node);
         Err(self.not_supported("detach_volume"))
     }
 
@@ -263,13 +319,14 @@ pub trait NodeDriver: Send + Sync {
         Err(self.not_supported("destroy_volume"))
     }
 
-    /// Takes a snapshot of a volume.
+    /// Takes a snapshot of a volume, with an optional name and description.
     async fn create_volume_snapshot(
         &self,
         volume: &StorageVolume,
         name: Option<&str>,
+        description: Option<&str>,
     ) -> Result<VolumeSnapshot> {
-        let _ = (volume, name);
+        let _ = (volume, name, description);
         Err(self.not_supported("create_volume_snapshot"))
     }
 

@@ -83,7 +83,7 @@ pub struct Node {
     /// 22), `login_user` (the image's default login user), `host_keys` (the node's SSH host public
     /// keys, when the provider knows them), `error` (why the node is in the error state),
     /// `password` (a login password the provider generated or was given), `status` (the
-    /// provider's own status string).
+    /// provider's own status string), `location` (its region or datacenter).
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
@@ -134,6 +134,11 @@ impl Node {
         );
     }
 
+    /// Where the node is (`extra.location`): a region, a datacenter, `local`.
+    pub fn location(&self) -> Option<&str> {
+        self.extra.get("location").and_then(|v| v.as_str())
+    }
+
     /// The provider's own status string (`extra.status`), when it reports one.
     pub fn status(&self) -> Option<&str> {
         self.extra.get("status").and_then(|v| v.as_str())
@@ -155,6 +160,9 @@ pub struct NodeSize {
     pub vcpus: Option<u32>,
     /// Hourly price, when the provider publishes one.
     pub price: Option<f64>,
+    /// Network bandwidth in Mbit/s, when the provider says.
+    #[serde(default)]
+    pub bandwidth_mbps: Option<u64>,
     /// Provider-specific facts.
     pub extra: BTreeMap<String, serde_json::Value>,
 }
@@ -294,4 +302,6 @@ pub struct CreateVolume {
     pub volume_type: Option<String>,
     /// A description.
     pub description: Option<String>,
+    /// A volume snapshot to make the volume from (its id).
+    pub snapshot: Option<String>,
 }

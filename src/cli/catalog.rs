@@ -13,6 +13,12 @@ use super::Failure;
 pub struct CatalogArgs {
     #[command(flatten)]
     provider: ProviderArg,
+    /// Only what this location (region) offers, by id or name (images and sizes).
+    #[arg(long)]
+    location: Option<String>,
+    /// Only images this size can boot.
+    #[arg(long)]
+    size: Option<String>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -46,7 +52,9 @@ pub async fn list(what: Catalog, args: CatalogArgs) -> Result<(), Failure> {
     let driver = providers::get_driver(&args.provider.provider)?;
     let rows: Vec<(String, String)> = match what {
         Catalog::Images => {
-            let images = driver.list_images().await?;
+            let images = driver
+                .list_images(args.location.as_deref(), args.size.as_deref())
+                .await?;
             if args.json {
                 print_json(&images);
                 return Ok(());
@@ -54,7 +62,7 @@ pub async fn list(what: Catalog, args: CatalogArgs) -> Result<(), Failure> {
             images.into_iter().map(|i| (i.id, i.name)).collect()
         }
         Catalog::Sizes => {
-            let sizes = driver.list_sizes().await?;
+            let sizes = driver.list_sizes(args.location.as_deref()).await?;
             if args.json {
                 print_json(&sizes);
                 return Ok(());
@@ -63,7 +71,17 @@ pub async fn list(what: Catalog, args: CatalogArgs) -> Result<(), Failure> {
                 .into_iter()
                 .map(|s| {
                     let cpus = s.vcpus.map(|c| format!("{c} vCPU, ")).unwrap_or_default();
-                    (s.id, format!("{} ({cpus}{} MiB)", s.name, s.ram_mib))
+                    let price = s.price.map(|p| format!(", {p}/h")).unwrap_or_default();
+                    let region = s
+                        .extra
+                        .get("region")
+                        .and_then(|r| r.as_str())
+                        .map(|r| format!(" in {r}"))
+                        .unwrap_or_default();
+                    (
+                        s.id,
+                        format!("{}{region} ({cpus}{} MiB{price})", s.name, s.ram_mib),
+                    )
                 })
                 .collect()
         }

@@ -69,6 +69,7 @@ impl From<ProviderError> for Failure {
     fn from(e: ProviderError) -> Self {
         match e {
             ProviderError::InvalidRequest { .. }
+            | ProviderError::InvalidCredentials { .. }
             | ProviderError::Requirement { .. }
             | ProviderError::NotFound { .. }
             | ProviderError::NotSupported { .. } => Failure::Usage(e.into()),

@@ -143,6 +143,8 @@ pub struct DeployOptions {
     pub retry_failed_steps: bool,
     /// Which addresses to log in on.
     pub interface: Interface,
+    /// Log in on IPv4 addresses only (Libcloud's `force_ipv4`).
+    pub force_ipv4: bool,
     /// The longest pause between two polls of the provider.
     pub poll_period: Duration,
     /// Called when the deployment is cancelled after the node exists.
@@ -178,6 +180,7 @@ impl Default for DeployOptions {
             max_tries: 3,
             retry_failed_steps: false,
             interface: Interface::Public,
+            force_ipv4: false,
             poll_period: Duration::from_secs(2),
             at_exit: None,
             host_key_policy: HostKeyPolicy::AcceptNew,
@@ -673,6 +676,8 @@ async fn provision(
         timeout: options.timeout,
         poll_period: options.poll_period,
         interface: options.interface,
+        force_ipv4: options.force_ipv4,
+        location: node.location().map(str::to_string),
     };
     let ready = wait_until_running(driver, std::slice::from_ref(&node.id), &wait)
         .await

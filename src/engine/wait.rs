@@ -11,7 +11,7 @@ pub use crate::model::Interface;
 use crate::model::{Node, NodeState};
 
 /// How to wait.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct WaitOptions {
     /// Give up after this long.
     pub timeout: Duration,
@@ -19,17 +19,30 @@ pub struct WaitOptions {
     pub poll_period: Duration,
     /// Which addresses count.
     pub interface: Interface,
+    /// Only IPv4 addresses count (Libcloud's `force_ipv4`): a node with IPv6 alone is not ready.
+    pub force_ipv4: bool,
+    /// List only the nodes of this location (Libcloud's `ex_list_nodes_kwargs`): one smaller list
+    /// call per poll where the provider filters by location.
+    pub location: Option<String>,
 }
 
 impl Default for WaitOptions {
     fn default() -> Self {
         WaitOptions {
-            timeout: Duration::from_secs(300),
-            poll_period: Duration::from_secs(2),
+            timeout: DEFAULT_WAIT,
+            poll_period: DEFAULT_POLL,
             interface: Interface::Public,
+            force_ipv4: false,
+            location: None,
         }
     }
 }
+
+/// How long a wait lasts unless told otherwise.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+
+/// The longest pause between polls unless told otherwise.
+pub const DEFAULT_POLL: Duration = Duration::from_secs(2);
 
 /// A node that runs, with its addresses on the chosen interface, IPv4 first.
 #[derive(Debug, Clone)]
@@ -97,7 +110,10 @@ pub async fn wait_until_running(
     let mut pause = Duration::from_millis(100).min(options.poll_period);
     let mut seen = vec![false; ids.len()];
     loop {
-        let nodes = driver.list_nodes().await?;
+        let nodes = match &options.location {
+            Some(location) => driver.list_nodes_in(location).await?,
+            None => driver.list_nodes().await?,
+        };
         let mut ready = Vec::with_capacity(ids.len());
         let mut waiting = Vec::new();
         for (i, id) in ids.iter().enumerate() {
@@ -120,10 +136,13 @@ pub async fn wait_until_running(
                     reason,
                 });
             }
-            let addresses = preferred(match options.interface {
+            let mut addresses = preferred(match options.interface {
                 Interface::Public => &node.public_ips,
                 Interface::Private => &node.private_ips,
             });
+            if options.force_ipv4 {
+                addresses.retain(IpAddr::is_ipv4);
+            }
             if node.state == NodeState::Running && !addresses.is_empty() {
                 ready.push(Ready {
                     node: node.clone(),
@@ -182,6 +201,51 @@ mod tests {
         assert_eq!(preferred(&mixed)[0], "10.0.0.1".parse::<IpAddr>().unwrap());
         let v6_only: Vec<IpAddr> = vec!["2001:db8::1".parse().unwrap()];
         assert_eq!(preferred(&v6_only), v6_only);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn force_ipv4_and_a_location_narrow_what_counts() {
+        let driver = DummyDriver::new();
+        let ids = two(&driver).await;
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        driver.set_public_ips(&ids[1], vec![v6]).unwrap();
+        let ready = wait_until_running(&driver, &ids, &WaitOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(ready[1].addresses, vec![v6], "IPv6 alone counts by default");
+        let v4_only = WaitOptions {
+            timeout: Duration::from_secs(10),
+            force_ipv4: true,
+            ..Default::default()
+        };
+        let err = wait_until_running(&driver, &ids, &v4_only)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("node {}", ids[1])),
+            "{err}"
+        );
+        // Listing one location: nodes elsewhere are not listed.
+        let here = WaitOptions {
+            location: Some("1".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            wait_until_running(&driver, &ids, &here)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        let elsewhere = WaitOptions {
+            timeout: Duration::from_secs(10),
+            location: Some("mars".into()),
+            ..Default::default()
+        };
+        let err = wait_until_running(&driver, &ids, &elsewhere)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("(not listed)"), "{err}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -32,12 +32,93 @@ pub struct DummyDriver {
     state: Mutex<State>,
 }
 
+/// The dummy provider's one location.
+const LOCATION: &str = "1";
+
 /// The dummy provider's `[provider]` settings: none.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NoSettings {}
 
 impl DummyDriver {
+    /// Replaces a node's public addresses (to test waits and address choice).
+    ///
+    /// # Errors
+    /// No such node.
+    pub fn set_public_ips(&self, id: &str, ips: Vec<IpAddr>) -> Result<()> {
+        self.lock().node_mut(id)?.public_ips = ips;
+        Ok(())
+    }
+
+    /// The image, size and location ids a request names, by id or by name.
+    async fn resolve(
+        &self,
+        request: &CreateNode,
+    ) -> Result<(Option<String>, Option<String>, String)> {
+        use crate::providers::lookup::{find, Candidate};
+        let invalid = |e: crate::providers::lookup::LookupError| ProviderError::InvalidRequest {
+            provider: PROVIDER.into(),
+            message: e.to_string(),
+        };
+        let locations: Vec<Candidate> = self
+            .list_locations()
+            .await?
+            .into_iter()
+            .map(|l| Candidate {
+                id: l.id,
+                name: l.name,
+            })
+            .collect();
+        let location = match &request.location {
+            Some(l) => find("location", l, "", &locations)
+                .map_err(invalid)?
+                .id
+                .clone(),
+            None => LOCATION.to_string(),
+        };
+        let image = match &request.image {
+            Some(wanted) => {
+                let images: Vec<Candidate> = self
+                    .list_images(Some(&location), None)
+                    .await?
+                    .into_iter()
+                    .map(|i| Candidate {
+                        id: i.id,
+                        name: i.name,
+                    })
+                    .collect();
+                Some(
+                    find("image", wanted, "", &images)
+                        .map_err(invalid)?
+                        .id
+                        .clone(),
+                )
+            }
+            None => None,
+        };
+        let size = match &request.size {
+            Some(wanted) => {
+                let sizes: Vec<Candidate> = self
+                    .list_sizes(Some(&location))
+                    .await?
+                    .into_iter()
+                    .map(|z| Candidate {
+                        id: z.id,
+                        name: z.name,
+                    })
+                    .collect();
+                Some(
+                    find("size", wanted, "", &sizes)
+                        .map_err(invalid)?
+                        .id
+                        .clone(),
+                )
+            }
+            None => None,
+        };
+        Ok((image, size, location))
+    }
+
     /// [`DummyDriver::new`], after checking that the `[provider]` table is empty.
     ///
     /// # Errors
@@ -144,20 +225,25 @@ impl NodeDriver for DummyDriver {
     }
 
     async fn create_node(&self, request: &CreateNode) -> Result<Node> {
+        let (image, size, location) = self.resolve(request).await?;
         let mut s = self.lock();
         let n = s.next();
         let mut extra = BTreeMap::new();
         if let Some(NodeAuth::SshKey(key)) = &request.auth {
             extra.insert("ssh_key".to_string(), key.clone().into());
         }
+        if let Some(NodeAuth::Password(pw)) = &request.auth {
+            extra.insert("password".to_string(), pw.clone().into());
+        }
+        extra.insert("location".to_string(), location.into());
         let node = Node {
             id: n.to_string(),
             name: request.name.clone(),
             state: NodeState::Running,
             public_ips: vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, (n % 250) as u8 + 2))],
             private_ips: vec![],
-            image: request.image.clone(),
-            size: request.size.clone(),
+            image,
+            size,
             provider: PROVIDER.into(),
             extra,
         };
@@ -188,17 +274,47 @@ impl NodeDriver for DummyDriver {
         Ok(())
     }
 
-    async fn list_images(&self) -> Result<Vec<NodeImage>> {
-        Ok(self.lock().images.clone())
+    async fn list_images(
+        &self,
+        location: Option<&str>,
+        size: Option<&str>,
+    ) -> Result<Vec<NodeImage>> {
+        if let Some(size) = size {
+            self.get_size(size).await?;
+        }
+        // Images are in the one location unless copied elsewhere.
+        fn here(i: &NodeImage) -> &str {
+            i.extra
+                .get("location")
+                .and_then(|l| l.as_str())
+                .unwrap_or(LOCATION)
+        }
+        Ok(self
+            .lock()
+            .images
+            .iter()
+            .filter(|i| location.is_none_or(|l| here(i) == l))
+            .cloned()
+            .collect())
     }
 
-    async fn create_image(&self, node: &Node, name: &str) -> Result<NodeImage> {
+    async fn create_image(
+        &self,
+        node: &Node,
+        name: &str,
+        description: Option<&str>,
+    ) -> Result<NodeImage> {
         let mut s = self.lock();
         s.node_mut(&node.id)?;
+        let mut extra: BTreeMap<String, serde_json::Value> =
+            [("node".to_string(), node.id.clone().into())].into();
+        if let Some(d) = description {
+            extra.insert("description".into(), d.into());
+        }
         let image = NodeImage {
             id: format!("image-{}", s.next()),
             name: name.into(),
-            extra: [("node".to_string(), node.id.clone().into())].into(),
+            extra,
         };
         s.images.push(image.clone());
         Ok(image)
@@ -228,7 +344,10 @@ impl NodeDriver for DummyDriver {
         )
     }
 
-    async fn list_sizes(&self) -> Result<Vec<NodeSize>> {
+    async fn list_sizes(&self, location: Option<&str>) -> Result<Vec<NodeSize>> {
+        if location.is_some_and(|l| l != LOCATION) {
+            return Ok(Vec::new());
+        }
         Ok(vec![NodeSize {
             id: "1".into(),
             name: "Dummy size".into(),
@@ -236,23 +355,38 @@ impl NodeDriver for DummyDriver {
             disk_gb: Some(10),
             vcpus: Some(1),
             price: Some(0.0),
+            bandwidth_mbps: Some(100),
             extra: BTreeMap::new(),
         }])
     }
 
     async fn list_locations(&self) -> Result<Vec<NodeLocation>> {
         Ok(vec![NodeLocation {
-            id: "1".into(),
+            id: LOCATION.into(),
             name: "Paul's Room".into(),
             country: Some("US".into()),
         }])
     }
 
-    async fn list_key_pairs(&self) -> Result<Vec<KeyPair>> {
-        Ok(self.lock().keys.clone())
+    async fn list_key_pairs(&self, location: Option<&str>) -> Result<Vec<KeyPair>> {
+        let usable = |k: &KeyPair| {
+            location.is_none_or(|l| {
+                k.extra
+                    .get("location")
+                    .and_then(|v| v.as_str())
+                    .is_none_or(|kl| kl == l)
+            })
+        };
+        Ok(self
+            .lock()
+            .keys
+            .iter()
+            .filter(|k| usable(k))
+            .cloned()
+            .collect())
     }
 
-    async fn create_key_pair(&self, name: &str) -> Result<KeyPair> {
+    async fn create_key_pair(&self, name: &str, location: Option<&str>) -> Result<KeyPair> {
         use russh::keys::{Algorithm, PrivateKey};
         let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|e| {
             ProviderError::Failed {
@@ -266,12 +400,19 @@ impl NodeDriver for DummyDriver {
             .map(|z| z.to_string())
             .ok();
         let public = key.public_key().to_openssh().unwrap_or_default();
-        let mut pair = self.import_key_pair_from_string(name, &public).await?;
+        let mut pair = self
+            .import_key_pair_from_string(name, &public, location)
+            .await?;
         pair.private_key = private;
         Ok(pair)
     }
 
-    async fn import_key_pair_from_string(&self, name: &str, public_key: &str) -> Result<KeyPair> {
+    async fn import_key_pair_from_string(
+        &self,
+        name: &str,
+        public_key: &str,
+        location: Option<&str>,
+    ) -> Result<KeyPair> {
         let parsed = russh::keys::PublicKey::from_openssh(public_key.trim()).map_err(|e| {
             ProviderError::InvalidRequest {
                 provider: PROVIDER.into(),
@@ -290,7 +431,10 @@ impl NodeDriver for DummyDriver {
             public_key: public_key.trim().into(),
             fingerprint: Some(parsed.fingerprint(russh::keys::HashAlg::Sha256).to_string()),
             private_key: None,
-            extra: BTreeMap::new(),
+            extra: location
+                .map(|l| ("location".to_string(), serde_json::Value::from(l)))
+                .into_iter()
+                .collect(),
         };
         s.keys.push(pair.clone());
         Ok(pair)
@@ -314,10 +458,22 @@ impl NodeDriver for DummyDriver {
         if let Some(d) = &request.description {
             extra.insert("description".to_string(), d.clone().into());
         }
+        let mut size_gb = request.size_gb;
+        if let Some(id) = &request.snapshot {
+            let snapshot = s.snapshots.iter().find(|x| &x.id == id).ok_or_else(|| {
+                ProviderError::NotFound {
+                    provider: PROVIDER.into(),
+                    kind: "snapshot",
+                    id: id.clone(),
+                }
+            })?;
+            size_gb = size_gb.max(snapshot.size_gb);
+            extra.insert("snapshot".to_string(), id.clone().into());
+        }
         let volume = StorageVolume {
             id: format!("vol-{}", s.next()),
             name: request.name.clone(),
-            size_gb: request.size_gb,
+            size_gb,
             state: "available".into(),
             attached_to: None,
             extra,
@@ -339,9 +495,20 @@ impl NodeDriver for DummyDriver {
         Ok(())
     }
 
-    async fn detach_volume(&self, volume: &StorageVolume) -> Result<()> {
+    async fn detach_volume(&self, volume: &StorageVolume, node: Option<&Node>) -> Result<()> {
         let mut s = self.lock();
         let v = s.volume_mut(&volume.id)?;
+        if let (Some(node), Some(attached)) = (node, &v.attached_to) {
+            if *attached != node.id {
+                return Err(ProviderError::InvalidRequest {
+                    provider: PROVIDER.into(),
+                    message: format!(
+                        "volume {} is attached to {attached}, not to {}",
+                        volume.id, node.id
+                    ),
+                });
+            }
+        }
         v.attached_to = None;
         v.state = "available".into();
         Ok(())
@@ -358,6 +525,7 @@ impl NodeDriver for DummyDriver {
         &self,
         volume: &StorageVolume,
         name: Option<&str>,
+        description: Option<&str>,
     ) -> Result<VolumeSnapshot> {
         let mut s = self.lock();
         let size = s.volume_mut(&volume.id)?.size_gb;
@@ -368,7 +536,10 @@ impl NodeDriver for DummyDriver {
             size_gb: size,
             state: "available".into(),
             created: None,
-            extra: BTreeMap::new(),
+            extra: description
+                .map(|d| ("description".to_string(), serde_json::Value::from(d)))
+                .into_iter()
+                .collect(),
         };
         s.snapshots.push(snapshot.clone());
         Ok(snapshot)
@@ -431,13 +602,31 @@ mod tests {
             })
             .await
             .unwrap();
-        let image = d.create_image(&node, "snap-of-a").await.unwrap();
+        let image = d
+            .create_image(&node, "snap-of-a", Some("before the upgrade"))
+            .await
+            .unwrap();
+        assert_eq!(image.extra["description"], "before the upgrade");
         let copy = d.copy_image(&image, "elsewhere", "copy").await.unwrap();
         assert_eq!(d.get_image(&copy.id).await.unwrap().name, "copy");
         d.delete_image(&image).await.unwrap();
-        assert_eq!(d.list_images().await.unwrap().len(), 2);
+        assert_eq!(d.list_images(None, None).await.unwrap().len(), 2);
+        // Filters: by location (the copy is elsewhere), by a size that must exist.
+        assert_eq!(d.list_images(Some("1"), None).await.unwrap().len(), 1);
+        assert_eq!(
+            d.list_images(Some("elsewhere"), None).await.unwrap().len(),
+            1
+        );
+        assert_eq!(d.list_images(None, Some("1")).await.unwrap().len(), 2);
+        assert!(d.list_images(None, Some("huge")).await.is_err());
+        assert_eq!(d.list_sizes(Some("1")).await.unwrap().len(), 1);
+        assert!(d.list_sizes(Some("mars")).await.unwrap().is_empty());
+        let size = d.get_size("1").await.unwrap();
+        assert_eq!((size.bandwidth_mbps, size.price), (Some(100), Some(0.0)));
+        assert_eq!(d.list_nodes_in("1").await.unwrap(), vec![node.clone()]);
+        assert!(d.list_nodes_in("mars").await.unwrap().is_empty());
 
-        let created = d.create_key_pair("gen").await.unwrap();
+        let created = d.create_key_pair("gen", None).await.unwrap();
         assert!(created
             .private_key
             .as_deref()
@@ -446,15 +635,24 @@ mod tests {
         assert!(!format!("{created:?}").contains("PRIVATE KEY"));
         let public = created.public_key.clone();
         let err = d
-            .import_key_pair_from_string("gen", &public)
+            .import_key_pair_from_string("gen", &public, None)
             .await
             .unwrap_err();
         assert!(err.to_string().contains("exists already"));
-        let imported = d.import_key_pair_from_string("imp", &public).await.unwrap();
+        let imported = d
+            .import_key_pair_from_string("imp", &public, Some("elsewhere"))
+            .await
+            .unwrap();
         assert_eq!(imported.fingerprint, created.fingerprint);
         assert!(d.get_key_pair("imp").await.unwrap().private_key.is_none());
+        assert_eq!(
+            d.list_key_pairs(Some("1")).await.unwrap().len(),
+            1,
+            "gen only"
+        );
+        assert_eq!(d.list_key_pairs(Some("elsewhere")).await.unwrap().len(), 2);
         d.delete_key_pair(&imported).await.unwrap();
-        assert_eq!(d.list_key_pairs().await.unwrap().len(), 1);
+        assert_eq!(d.list_key_pairs(None).await.unwrap().len(), 1);
 
         let volume = d
             .create_volume(&CreateVolume {
@@ -468,16 +666,78 @@ mod tests {
         d.attach_volume(&node, &volume).await.unwrap();
         let attached = d.get_volume(&volume.id).await.unwrap();
         assert_eq!(attached.attached_to.as_deref(), Some(node.id.as_str()));
-        let snap = d.create_volume_snapshot(&volume, Some("s1")).await.unwrap();
+        let snap = d
+            .create_volume_snapshot(&volume, Some("s1"), Some("nightly"))
+            .await
+            .unwrap();
+        assert_eq!(snap.extra["description"], "nightly");
         assert_eq!(
             d.list_volume_snapshots(&volume).await.unwrap(),
             vec![snap.clone()]
         );
         assert_eq!(d.get_snapshot(&snap.id).await.unwrap().size_gb, 10);
+        // A volume made from the snapshot.
+        let restored = d
+            .create_volume(&CreateVolume {
+                size_gb: 1,
+                name: "restored".into(),
+                snapshot: Some(snap.id.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(restored.size_gb, 10, "at least the snapshot's size");
+        assert_eq!(restored.extra["snapshot"], snap.id.as_str());
         d.destroy_volume_snapshot(&snap).await.unwrap();
-        d.detach_volume(&volume).await.unwrap();
+        // Detaching from another node than its own is refused; from its own node it works.
+        let other = d
+            .create_node(&CreateNode {
+                name: "b".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(d.detach_volume(&volume, Some(&other)).await.is_err());
+        d.detach_volume(&volume, Some(&node)).await.unwrap();
         d.destroy_volume(&volume).await.unwrap();
+        d.destroy_volume(&restored).await.unwrap();
         assert!(d.list_volumes().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn images_sizes_and_locations_are_found_by_id_or_name() {
+        let d = DummyDriver::new();
+        let node = d
+            .create_node(&CreateNode {
+                name: "named".into(),
+                image: Some("dummy IMAGE".into()),
+                size: Some("Dummy size".into()),
+                location: Some("paul's room".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(node.image.as_deref(), Some("dummy-image"));
+        assert_eq!(node.size.as_deref(), Some("1"));
+        assert_eq!(node.location(), Some("1"));
+        let err = d
+            .create_node(&CreateNode {
+                name: "typo".into(),
+                image: Some("Dumy image".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("did you mean Dummy image (id dummy-image)"),
+            "{err}"
+        );
+        assert_eq!(
+            d.list_nodes().await.unwrap().len(),
+            1,
+            "nothing was created"
+        );
     }
 
     struct Custom;
@@ -508,7 +768,7 @@ mod tests {
         register("custom", |_| Ok(Arc::new(Custom)));
         assert!(providers().contains(&"custom".to_string()));
         let custom = get_driver("custom").unwrap();
-        let err = custom.list_images().await.unwrap_err();
+        let err = custom.list_images(None, None).await.unwrap_err();
         assert_eq!(err.to_string(), "list_images is not supported by custom");
         let err = get_driver("nimbus").err().unwrap().to_string();
         assert!(

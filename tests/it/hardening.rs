@@ -13,7 +13,7 @@ use testbed::TestBed;
 
 use crate::bed_leftovers;
 
-const OVH_IMAGE: &str = "d3b1a8c0-0001-4e2b-9a62-debian000012";
+const OVH_IMAGE: &str = "Debian 12";
 
 fn nodeup_cmd(bed: &TestBed, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodeup"));
@@ -201,7 +201,7 @@ impl Ovh {
             self.bed.dir(),
             &format!("{name}.toml"),
             &format!(
-                "[node]\nprovider = \"ovh\"\nname = \"{name}\"\nimage = \"{OVH_IMAGE}\"\nsize = \"b2-7-gra1\"\nlocation = \"GRA1\"\n{extra}\n[[step]]\ninline = \"{script}\"\n"
+                "[node]\nprovider = \"ovh\"\nname = \"{name}\"\nimage = \"{OVH_IMAGE}\"\nsize = \"b2-7\"\nlocation = \"GRA11\"\n{extra}\n[[step]]\ninline = \"{script}\"\n"
             ),
         )
     }
@@ -305,12 +305,28 @@ async fn ovh_unknown_project_location_and_image_leave_nothing() {
     let out = o.deploy(&file, &["--location", "MARS"]);
     assert_usage(
         &out,
-        &["no location \"MARS\"", "GRA1", "nothing was created"],
+        &["no location \"MARS\"", "GRA11", "nothing was created"],
     );
     let out = o.deploy(&file, &["--image", "nope"]);
     assert_usage(
         &out,
-        &["no image \"nope\" in region GRA1", "nothing was created"],
+        &["no image \"nope\" in region GRA11", "nothing was created"],
+    );
+    // A name two images share: ambiguous, both listed with their ids. A size typo: the close one.
+    let out = o.deploy(&file, &["--image", testbed::fake_ovh::TWIN_IMAGE]);
+    let first = testbed::fake_ovh::image_id(testbed::fake_ovh::TWIN_IMAGE, "GRA11");
+    assert_usage(
+        &out,
+        &[
+            "image \"Ubuntu 24.04\" is ambiguous in region GRA11",
+            &first,
+            "give the id",
+        ],
+    );
+    let out = o.deploy(&file, &["--size", "b2-8"]);
+    assert_usage(
+        &out,
+        &["no size \"b2-8\" in region GRA11; did you mean b2-7"],
     );
     assert!(o.fake.key_names().is_empty(), "no key was imported");
     assert!(o.fake.instance_names().is_empty());
@@ -362,7 +378,7 @@ async fn ovh_one_name_is_one_instance_and_one_key_serves_concurrent_deploys() {
     let out = o.deploy(&first, &[]);
     assert_usage(
         &out,
-        &["an instance named \"dup\" exists already in region GRA1"],
+        &["an instance named \"dup\" exists already in region GRA11"],
     );
     assert_eq!(o.fake.instance_names(), ["dup"]);
 

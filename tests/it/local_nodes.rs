@@ -263,7 +263,7 @@ async fn bad_requests_are_refused_before_anything_is_created() {
                 image: Some("ubuntu".into()),
                 ..Default::default()
             },
-            "local images: debian, cloud-debian",
+            "no image \"ubuntu\"; there are Debian (root logs in with a key) (id debian)",
         ),
         (
             CreateNode {

@@ -10,7 +10,7 @@ use serde_json::Value;
 use testbed::fake_ovh::{FakeOvh, OvhConfig, OvhFaults};
 use testbed::TestBed;
 
-const IMAGE: &str = "d3b1a8c0-0001-4e2b-9a62-debian000012";
+const IMAGE: &str = "Debian 12";
 
 fn driver(fake: &FakeOvh) -> OvhDriver {
     let a = fake.account();
@@ -28,7 +28,7 @@ fn stepfile(bed: &TestBed, name: &str, script: &str) -> std::path::PathBuf {
     std::fs::write(
         &path,
         format!(
-            "[node]\nprovider = \"ovh\"\nname = \"{name}\"\nimage = \"{IMAGE}\"\nsize = \"b2-7-gra1\"\nlocation = \"GRA1\"\n\n[[step]]\ninline = \"{script}\"\n"
+            "[node]\nprovider = \"ovh\"\nname = \"{name}\"\nimage = \"{IMAGE}\"\nsize = \"b2-7\"\nlocation = \"GRA11\"\n\n[[step]]\ninline = \"{script}\"\n"
         ),
     )
     .unwrap();
@@ -118,11 +118,14 @@ async fn key_pairs_volumes_and_snapshots_round_trip() {
     let ovh = driver(&fake);
 
     let imported = ovh
-        .import_key_pair_from_string("mine", bed.client_public_key())
+        .import_key_pair_from_string("mine", bed.client_public_key(), None)
         .await
         .unwrap();
     assert_eq!(imported.public_key, bed.client_public_key());
-    let created = ovh.create_key_pair("generated").await.unwrap();
+    let created = ovh
+        .create_key_pair("generated", Some("SBG5"))
+        .await
+        .unwrap();
     // The private half returned is the one whose public half OVH now holds.
     let private =
         russh::keys::PrivateKey::from_openssh(created.private_key.as_deref().unwrap()).unwrap();
@@ -134,7 +137,7 @@ async fn key_pairs_volumes_and_snapshots_round_trip() {
         blob(&derived)
     );
     let names: Vec<String> = ovh
-        .list_key_pairs()
+        .list_key_pairs(None)
         .await
         .unwrap()
         .into_iter()
@@ -155,9 +158,10 @@ async fn key_pairs_volumes_and_snapshots_round_trip() {
         .create_volume(&CreateVolume {
             size_gb: 10,
             name: "data".into(),
-            location: Some("GRA1".into()),
+            location: Some("GRA11".into()),
             volume_type: Some("high-speed".into()),
             description: Some("app data".into()),
+            snapshot: None,
         })
         .await
         .unwrap();
@@ -167,8 +171,8 @@ async fn key_pairs_volumes_and_snapshots_round_trip() {
         .create_node(&CreateNode {
             name: "with-volume".into(),
             image: Some(IMAGE.into()),
-            size: Some("d2-2-gra1".into()),
-            location: Some("GRA1".into()),
+            size: Some("d2-2".into()),
+            location: Some("GRA11".into()),
             auth: Some(NodeAuth::SshKey(bed.client_public_key().into())),
             ..Default::default()
         })
@@ -183,7 +187,7 @@ async fn key_pairs_volumes_and_snapshots_round_trip() {
     assert_eq!(attached.attached_to.as_deref(), Some(node.id.as_str()));
     assert_eq!(attached.state, "in-use");
     let snapshot = ovh
-        .create_volume_snapshot(&volume, Some("nightly"))
+        .create_volume_snapshot(&volume, Some("nightly"), Some("before the upgrade"))
         .await
         .unwrap();
     assert_eq!(ovh.list_volume_snapshots(&volume).await.unwrap().len(), 1);
@@ -195,23 +199,71 @@ async fn key_pairs_volumes_and_snapshots_round_trip() {
             .as_deref(),
         Some("nightly")
     );
+    assert_eq!(snapshot.extra["description"], "before the upgrade");
+    // A volume made from the snapshot.
+    let restored = ovh
+        .create_volume(&CreateVolume {
+            size_gb: 10,
+            name: "restored".into(),
+            location: Some("GRA11".into()),
+            snapshot: Some(snapshot.id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        fake.volume_snapshot_of(&restored.id).as_deref(),
+        Some(snapshot.id.as_str())
+    );
+    ovh.destroy_volume(&restored).await.unwrap();
     ovh.destroy_volume_snapshot(&snapshot).await.unwrap();
     assert!(ovh.list_snapshots().await.unwrap().is_empty());
-    ovh.detach_volume(&volume).await.unwrap();
+    ovh.detach_volume(&volume, Some(&node)).await.unwrap();
     ovh.destroy_volume(&volume).await.unwrap();
     assert!(ovh.list_volumes().await.unwrap().is_empty());
 
-    let image = ovh.create_image(&node, "golden").await.unwrap();
+    let err = ovh
+        .create_image(&node, "golden", Some("described"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProviderError::NotSupported { .. }), "{err}");
+    let image = ovh.create_image(&node, "golden", None).await.unwrap();
     assert_eq!(image.name, "golden");
     ovh.delete_image(&image).await.unwrap();
     assert!(ovh
-        .list_images()
+        .list_images(None, None)
         .await
         .unwrap()
         .iter()
         .all(|i| i.name != "golden"));
-    assert_eq!(ovh.list_locations().await.unwrap().len(), 2);
-    assert_eq!(ovh.list_sizes().await.unwrap()[0].vcpus, Some(2));
+    assert_eq!(ovh.list_locations().await.unwrap().len(), 6);
+    // Sizes per region, with bandwidth and price; images per region and size.
+    let sizes = ovh.list_sizes(Some("GRA11")).await.unwrap();
+    assert_eq!(sizes.len(), 3);
+    let b2 = sizes.iter().find(|s| s.name == "b2-7").unwrap();
+    assert_eq!(
+        (b2.vcpus, b2.bandwidth_mbps, b2.price),
+        (Some(2), Some(250), Some(0.0681))
+    );
+    assert_eq!(ovh.get_size(&b2.id).await.unwrap().name, "b2-7");
+    assert_eq!(ovh.list_sizes(None).await.unwrap().len(), 18);
+    let images = ovh.list_images(Some("SBG5"), Some(&b2.id)).await.unwrap();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].name, "Debian 12");
+    assert_eq!(ovh.list_nodes_in("GRA11").await.unwrap().len(), 1);
+    assert!(ovh.list_nodes_in("SBG5").await.unwrap().is_empty());
+    // Keys by region: the one made for SBG5, the deploy key imported for GRA11.
+    let names = |keys: Vec<nodeup::model::KeyPair>| -> Vec<String> {
+        keys.into_iter().map(|k| k.name).collect()
+    };
+    assert_eq!(
+        names(ovh.list_key_pairs(Some("SBG5")).await.unwrap()),
+        ["generated"]
+    );
+    let gra = names(ovh.list_key_pairs(Some("GRA11")).await.unwrap());
+    assert_eq!(gra.len(), 1);
+    assert!(gra[0].starts_with("nodeup-"), "{gra:?}");
+    assert_eq!(ovh.list_key_pairs(None).await.unwrap().len(), 2);
     ovh.destroy_node(&node).await.unwrap();
     assert!(
         bed.driver().list_nodes().await.unwrap().is_empty(),
@@ -257,8 +309,8 @@ async fn errors_429_500_and_a_lost_answer_still_give_exactly_one_instance() {
         .create_node(&CreateNode {
             name: "exactly-one".into(),
             image: Some(IMAGE.into()),
-            size: Some("b2-7-gra1".into()),
-            location: Some("GRA1".into()),
+            size: Some("b2-7".into()),
+            location: Some("GRA11".into()),
             auth: Some(NodeAuth::SshKey(bed.client_public_key().into())),
             ..Default::default()
         })
@@ -354,7 +406,11 @@ async fn ovh_conf_files_are_read_like_ovhs_clients_do() {
         String::from_utf8_lossy(&out.stderr)
     );
     let sizes: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(sizes.as_array().unwrap().len(), 2);
+    assert_eq!(
+        sizes.as_array().unwrap().len(),
+        18,
+        "3 flavors in each of 6 regions"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

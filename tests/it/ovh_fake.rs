@@ -14,7 +14,7 @@ use sha1::Digest;
 use testbed::fake_ovh::{FakeOvh, Fault, OvhConfig, OvhFaults, RouteFault};
 use testbed::TestBed;
 
-const IMAGE: &str = "d3b1a8c0-0001-4e2b-9a62-debian000012";
+const IMAGE: &str = "Debian 12";
 
 fn driver(fake: &FakeOvh) -> OvhDriver {
     let a = fake.account();
@@ -191,7 +191,7 @@ async fn the_fake_refuses_tampered_unsigned_and_stale_requests() {
     );
     // nodeup's client uses the server-time delta, so its requests are on time.
     let before = fake.authenticated_requests();
-    assert_eq!(driver(&fake).list_locations().await.unwrap().len(), 2);
+    assert_eq!(driver(&fake).list_locations().await.unwrap().len(), 6);
     assert_eq!(fake.authenticated_requests(), before + 1);
 }
 
@@ -206,8 +206,8 @@ async fn retries_honour_retry_after_and_lost_reads_and_deletes() {
         .create_node(&CreateNode {
             name: "retried".into(),
             image: Some(IMAGE.into()),
-            size: Some("b2-7-gra1".into()),
-            location: Some("GRA1".into()),
+            size: Some("b2-7".into()),
+            location: Some("GRA11".into()),
             auth: Some(NodeAuth::SshKey(bed.client_public_key().into())),
             ..Default::default()
         })
@@ -223,14 +223,14 @@ async fn retries_honour_retry_after_and_lost_reads_and_deletes() {
     });
     // 429 with Retry-After: 1 → the retry waits at least that second.
     let started = Instant::now();
-    assert_eq!(ovh.list_sizes().await.unwrap().len(), 2);
+    assert_eq!(ovh.list_sizes(None).await.unwrap().len(), 18);
     assert!(
         started.elapsed() >= Duration::from_secs(1),
         "{:?}",
         started.elapsed()
     );
     // A read whose answer was lost is sent again.
-    assert_eq!(ovh.list_locations().await.unwrap().len(), 2);
+    assert_eq!(ovh.list_locations().await.unwrap().len(), 6);
     // A DELETE whose answer was lost is sent again, answered 404, and counts as done.
     ovh.destroy_node(&node).await.unwrap();
     let fired = fake.faults_fired();
@@ -280,8 +280,8 @@ async fn reboot_stop_and_start_reach_the_instances_machine() {
         .create_node(&CreateNode {
             name: "power".into(),
             image: Some(IMAGE.into()),
-            size: Some("b2-7-gra1".into()),
-            location: Some("GRA1".into()),
+            size: Some("b2-7".into()),
+            location: Some("GRA11".into()),
             auth: Some(NodeAuth::SshKey(bed.client_public_key().into())),
             ..Default::default()
         })
@@ -341,8 +341,8 @@ async fn keys_and_volumes_must_be_in_the_instances_region() {
     let request = |extra: Vec<(String, Value)>| CreateNode {
         name: "regional".into(),
         image: Some(IMAGE.into()),
-        size: Some("b2-7-gra1".into()),
-        location: Some("GRA1".into()),
+        size: Some("b2-7".into()),
+        location: Some("GRA11".into()),
         extra: extra.into_iter().collect(),
         ..Default::default()
     };
@@ -351,7 +351,7 @@ async fn keys_and_volumes_must_be_in_the_instances_region() {
         .await
         .unwrap_err();
     let err = nodeup::engine::error_chain(&err);
-    assert!(err.contains("not available in region GRA1"), "{err}");
+    assert!(err.contains("not available in region GRA11"), "{err}");
     assert!(fake.instance_names().is_empty());
 
     // A volume in SBG5 cannot be attached to an instance in GRA1.
@@ -363,6 +363,7 @@ async fn keys_and_volumes_must_be_in_the_instances_region() {
             location: Some("SBG5".into()),
             volume_type: None,
             description: None,
+            snapshot: None,
         })
         .await
         .unwrap();

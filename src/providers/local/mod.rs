@@ -38,6 +38,58 @@ pub const PROVIDER: &str = "local";
 /// How long halting a node may take before it is an error.
 const HALT_DEADLINE: Duration = Duration::from_secs(10);
 
+/// The one location: this machine.
+const LOCATION: &str = "local";
+
+/// Its name, which may be given instead of the id.
+const LOCATION_NAME: &str = "this machine";
+
+/// An image's human name.
+fn image_name(image: Image) -> &'static str {
+    match image {
+        Image::Debian => "Debian (root logs in with a key)",
+        Image::CloudDebian => "Debian cloud image (log in as debian, sudo)",
+    }
+}
+
+/// Finds what a request names by id or by name (case-insensitive): image, size and location.
+fn resolve(request: &CreateNode) -> Result<(Image, &'static str)> {
+    use crate::providers::lookup::{find, Candidate};
+    let bad = |e: crate::providers::lookup::LookupError| invalid(e.to_string());
+    let images: Vec<Candidate> = Image::ALL
+        .iter()
+        .map(|i| Candidate {
+            id: i.id().into(),
+            name: image_name(*i).into(),
+        })
+        .collect();
+    let wanted = request.image.as_deref().unwrap_or("debian");
+    let id = find("image", wanted, "", &images).map_err(bad)?.id.clone();
+    let image = Image::parse(&id).ok_or_else(|| invalid(format!("no image {id:?}")))?;
+    let sizes: Vec<Candidate> = SIZES
+        .iter()
+        .map(|s| Candidate {
+            id: s.0.into(),
+            name: s.0.into(),
+        })
+        .collect();
+    let wanted = request.size.as_deref().unwrap_or("small");
+    let size_id = find("size", wanted, "", &sizes).map_err(bad)?.id.clone();
+    let size = SIZES
+        .iter()
+        .find(|s| s.0 == size_id)
+        .map(|s| s.0)
+        .unwrap_or("small");
+    if let Some(location) = request.location.as_deref() {
+        let here = [Candidate {
+            id: LOCATION.into(),
+            name: LOCATION_NAME.into(),
+        }];
+        find("location", location, "", &here).map_err(bad)?;
+    }
+    Ok((image, size))
+}
+
 /// The sizes offered. Local nodes share the host's CPU and memory: a size is a label, not a limit.
 const SIZES: [(&str, u64, u32); 3] = [("small", 512, 1), ("medium", 2048, 2), ("large", 8192, 4)];
 
@@ -320,21 +372,28 @@ impl NodeDriver for LocalDriver {
         self.change(node, Action::Start).await
     }
 
-    async fn list_images(&self) -> Result<Vec<NodeImage>> {
+    async fn list_images(
+        &self,
+        location: Option<&str>,
+        _size: Option<&str>,
+    ) -> Result<Vec<NodeImage>> {
+        if location.is_some_and(|l| l != LOCATION) {
+            return Ok(Vec::new());
+        }
         Ok(Image::ALL
             .iter()
             .map(|image| NodeImage {
                 id: image.id().into(),
-                name: match image {
-                    Image::Debian => "Debian (root logs in with a key)".into(),
-                    Image::CloudDebian => "Debian cloud image (log in as debian, sudo)".into(),
-                },
+                name: image_name(*image).into(),
                 extra: [("login_user".to_string(), image.login_user().into())].into(),
             })
             .collect())
     }
 
-    async fn list_sizes(&self) -> Result<Vec<NodeSize>> {
+    async fn list_sizes(&self, location: Option<&str>) -> Result<Vec<NodeSize>> {
+        if location.is_some_and(|l| l != LOCATION) {
+            return Ok(Vec::new());
+        }
         Ok(SIZES
             .iter()
             .map(|&(id, ram, vcpus)| NodeSize {
@@ -344,6 +403,7 @@ impl NodeDriver for LocalDriver {
                 disk_gb: None,
                 vcpus: Some(vcpus),
                 price: Some(0.0),
+                bandwidth_mbps: None,
                 extra: [("enforced".to_string(), false.into())].into(),
             })
             .collect())
@@ -351,8 +411,8 @@ impl NodeDriver for LocalDriver {
 
     async fn list_locations(&self) -> Result<Vec<NodeLocation>> {
         Ok(vec![NodeLocation {
-            id: "local".into(),
-            name: "this machine".into(),
+            id: LOCATION.into(),
+            name: LOCATION_NAME.into(),
             country: None,
         }])
     }
@@ -391,27 +451,7 @@ fn create(state: &StateDir, request: &CreateNode, options: &LocalOptions) -> Res
              not starting or ending with '-'"
         )));
     }
-    let image_id = request.image.as_deref().unwrap_or("debian");
-    let image = Image::parse(image_id).ok_or_else(|| {
-        invalid(format!(
-            "no image {image_id:?}; local images: {}",
-            Image::ALL.map(Image::id).join(", ")
-        ))
-    })?;
-    let size = request.size.as_deref().unwrap_or("small");
-    if !SIZES.iter().any(|s| s.0 == size) {
-        return Err(invalid(format!(
-            "no size {size:?}; local sizes: {}",
-            SIZES.map(|s| s.0).join(", ")
-        )));
-    }
-    if let Some(location) = request.location.as_deref() {
-        if location != "local" {
-            return Err(invalid(format!(
-                "no location {location:?}; the only local location is \"local\""
-            )));
-        }
-    }
+    let (image, size) = resolve(request)?;
     let (ssh_key, auth_password) = match &request.auth {
         Some(NodeAuth::SshKey(key)) => {
             russh::keys::PublicKey::from_openssh(key.trim()).map_err(|e| {

@@ -86,6 +86,8 @@ pub struct Flavor {
     pub kind: Option<String>,
     /// linux or windows.
     pub os_type: Option<String>,
+    /// Inbound bandwidth, Mbit/s.
+    pub inbound_bandwidth: Option<u64>,
 }
 
 /// An image.
@@ -104,6 +106,10 @@ pub struct Image {
     pub status: Option<String>,
     /// The login user (e.g. `debian`).
     pub user: Option<String>,
+    /// The smallest disk it needs, GB.
+    pub min_disk: Option<u64>,
+    /// The least memory it needs, MB.
+    pub min_ram: Option<u64>,
     /// linux or windows.
     #[serde(rename = "type")]
     pub kind: Option<String>,
@@ -192,6 +198,13 @@ pub fn state_of(status: &str) -> NodeState {
     }
 }
 
+/// `?region=R` for a location filter, or nothing.
+fn region_query(location: Option<&str>) -> String {
+    location
+        .map(|l| format!("?region={}", segment(l)))
+        .unwrap_or_default()
+}
+
 /// Splits addresses into public and private; unparsable ones are skipped.
 pub fn addresses(ips: &[IpAddress]) -> (Vec<IpAddr>, Vec<IpAddr>) {
     let mut public = Vec::new();
@@ -208,6 +221,9 @@ pub fn addresses(ips: &[IpAddress]) -> (Vec<IpAddr>, Vec<IpAddr>) {
     (public, private)
 }
 
+/// The OVH subsidiary whose prices are shown unless `[provider] subsidiary` says otherwise.
+const DEFAULT_SUBSIDIARY: &str = "FR";
+
 /// The longest project id accepted (OVH's are 32 hex digits).
 const PROJECT_ID_MAX: usize = 64;
 
@@ -217,6 +233,8 @@ const PROJECT_ID_MAX: usize = 64;
 pub struct OvhSettings {
     /// The Public Cloud project (else `OVH_CLOUD_PROJECT_SERVICE`).
     pub project: Option<String>,
+    /// The OVH subsidiary whose prices sizes show (default `FR`).
+    pub subsidiary: Option<String>,
 }
 
 /// OVH's node options (`[node] options`, or `CreateNode::extra`).
@@ -241,6 +259,8 @@ impl OvhOptions {
 pub struct OvhDriver {
     pub(super) client: Client,
     pub(super) project: String,
+    /// The OVH subsidiary whose prices sizes show (`FR`, `GB`, `US` ...).
+    subsidiary: String,
     /// Image id → login user, as learnt.
     image_users: Mutex<HashMap<String, Option<String>>>,
 }
@@ -277,6 +297,7 @@ impl OvhDriver {
         Ok(OvhDriver {
             client: Client::new(creds)?,
             project: project.to_string(),
+            subsidiary: DEFAULT_SUBSIDIARY.to_string(),
             image_users: Mutex::new(HashMap::new()),
         })
     }
@@ -292,7 +313,7 @@ impl OvhDriver {
             PROVIDER,
             "[provider]",
             config,
-            &["project"],
+            &["project", "subsidiary"],
             "set OVH_APPLICATION_KEY, OVH_APPLICATION_SECRET and OVH_CONSUMER_KEY, or ovh.conf",
         )?;
         let project = settings
@@ -304,7 +325,11 @@ impl OvhDriver {
                           under [provider] in the step file"
                     .into(),
             })?;
-        Self::new(Credentials::from_env()?, &project)
+        let mut driver = Self::new(Credentials::from_env()?, &project)?;
+        if let Some(subsidiary) = settings.subsidiary {
+            driver.subsidiary = subsidiary;
+        }
+        Ok(driver)
     }
 
     /// The API client.
@@ -363,6 +388,38 @@ impl OvhDriver {
         }
     }
 
+    /// One flavor, by id.
+    async fn flavor(&self, id: &str) -> Result<Flavor> {
+        decode(
+            self.call(Method::GET, &format!("/flavor/{}", segment(id)), None)
+                .await?,
+            "flavor",
+        )
+    }
+
+    /// Hourly prices by flavor id (`GET /cloud/subsidiaryPrice`), for this driver's OVH
+    /// subsidiary. Prices are a nicety: when OVH does not answer, sizes come without them.
+    async fn prices(&self) -> HashMap<String, f64> {
+        let path = format!(
+            "/cloud/subsidiaryPrice?ovhSubsidiary={}",
+            segment(&self.subsidiary)
+        );
+        let Ok(value) = self.client.call(Method::GET, &path, None).await else {
+            return HashMap::new();
+        };
+        value["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                Some((
+                    p["flavorId"].as_str()?.to_string(),
+                    p["price"]["value"].as_f64()?,
+                ))
+            })
+            .collect()
+    }
+
     /// `GET /cloud/project`: the ids of the projects these credentials reach.
     ///
     /// # Errors
@@ -413,6 +470,7 @@ impl OvhDriver {
         extra.insert("status".to_string(), json!(instance.status));
         for (key, value) in [
             ("region", &instance.region),
+            ("location", &instance.region),
             ("created", &instance.created),
             ("login_user", &login_user),
             (
@@ -528,9 +586,54 @@ impl NodeDriver for OvhDriver {
         .map(|_| ())
     }
 
-    async fn list_images(&self) -> Result<Vec<NodeImage>> {
-        let images: Vec<Image> = decode(self.call(Method::GET, "/image", None).await?, "images")?;
-        Ok(images.into_iter().map(to_image).collect())
+    async fn list_images(
+        &self,
+        location: Option<&str>,
+        size: Option<&str>,
+    ) -> Result<Vec<NodeImage>> {
+        let images: Vec<Image> = decode(
+            self.call(
+                Method::GET,
+                &format!("/image{}", region_query(location)),
+                None,
+            )
+            .await?,
+            "images",
+        )?;
+        let flavor = match size {
+            Some(id) => Some(self.flavor(id).await?),
+            None => None,
+        };
+        // Only what the size can boot: its disk and memory hold the image's minimums.
+        let fits = |i: &Image| {
+            flavor.as_ref().is_none_or(|f| {
+                i.min_disk.unwrap_or(0) <= f.disk.unwrap_or(u64::MAX)
+                    && i.min_ram.unwrap_or(0) <= f.ram.unwrap_or(u64::MAX)
+            })
+        };
+        Ok(images
+            .into_iter()
+            .filter(|i| location.is_none_or(|l| i.region.as_deref() == Some(l)))
+            .filter(fits)
+            .map(to_image)
+            .collect())
+    }
+
+    async fn list_nodes_in(&self, location: &str) -> Result<Vec<Node>> {
+        let instances: Vec<Instance> = decode(
+            self.call(
+                Method::GET,
+                &format!("/instance{}", region_query(Some(location))),
+                None,
+            )
+            .await?,
+            "instances",
+        )?;
+        let mut nodes = Vec::new();
+        for instance in instances {
+            nodes.push(self.to_node(instance).await);
+        }
+        Ok(nodes)
     }
 
     async fn get_image(&self, id: &str) -> Result<NodeImage> {
@@ -542,7 +645,16 @@ impl NodeDriver for OvhDriver {
         Ok(to_image(image))
     }
 
-    async fn create_image(&self, node: &Node, name: &str) -> Result<NodeImage> {
+    /// OVH's instance snapshots have a name only: a description is not supported.
+    async fn create_image(
+        &self,
+        node: &Node,
+        name: &str,
+        description: Option<&str>,
+    ) -> Result<NodeImage> {
+        if description.is_some() {
+            return Err(self.not_supported("create_image with a description"));
+        }
         let body = json!({"snapshotName": name});
         self.call(
             Method::POST,
@@ -551,7 +663,7 @@ impl NodeDriver for OvhDriver {
         )
         .await?;
         // The snapshot shows up among the images once OVH has taken it.
-        let images = self.list_images().await?;
+        let images = self.list_images(None, None).await?;
         Ok(images
             .into_iter()
             .find(|i| i.name == name)
@@ -572,11 +684,20 @@ impl NodeDriver for OvhDriver {
         .map(|_| ())
     }
 
-    async fn list_sizes(&self) -> Result<Vec<NodeSize>> {
-        let flavors: Vec<Flavor> =
-            decode(self.call(Method::GET, "/flavor", None).await?, "flavors")?;
+    async fn list_sizes(&self, location: Option<&str>) -> Result<Vec<NodeSize>> {
+        let flavors: Vec<Flavor> = decode(
+            self.call(
+                Method::GET,
+                &format!("/flavor{}", region_query(location)),
+                None,
+            )
+            .await?,
+            "flavors",
+        )?;
+        let prices = self.prices().await;
         Ok(flavors
             .into_iter()
+            .filter(|f| location.is_none_or(|l| f.region.as_deref() == Some(l)))
             .map(|f| {
                 let mut extra = BTreeMap::new();
                 for (k, v) in [
@@ -589,12 +710,13 @@ impl NodeDriver for OvhDriver {
                     }
                 }
                 NodeSize {
+                    price: prices.get(&f.id).copied(),
+                    bandwidth_mbps: f.inbound_bandwidth,
                     id: f.id,
                     name: f.name,
                     ram_mib: f.ram.unwrap_or(0),
                     disk_gb: f.disk,
                     vcpus: f.vcpus,
-                    price: None,
                     extra,
                 }
             })
@@ -614,12 +736,20 @@ impl NodeDriver for OvhDriver {
             .collect())
     }
 
-    async fn list_key_pairs(&self) -> Result<Vec<KeyPair>> {
-        let keys: Vec<SshKey> = decode(self.call(Method::GET, "/sshkey", None).await?, "ssh keys")?;
+    async fn list_key_pairs(&self, location: Option<&str>) -> Result<Vec<KeyPair>> {
+        let keys: Vec<SshKey> = decode(
+            self.call(
+                Method::GET,
+                &format!("/sshkey{}", region_query(location)),
+                None,
+            )
+            .await?,
+            "ssh keys",
+        )?;
         Ok(keys.into_iter().map(to_key_pair).collect())
     }
 
-    async fn create_key_pair(&self, name: &str) -> Result<KeyPair> {
+    async fn create_key_pair(&self, name: &str, location: Option<&str>) -> Result<KeyPair> {
         // OVH keeps public keys only: the pair is made here, and its private half returned once.
         let key =
             russh::keys::PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
@@ -629,7 +759,9 @@ impl NodeDriver for OvhDriver {
                     source: Box::new(e),
                 })?;
         let public = key.public_key().to_openssh().unwrap_or_default();
-        let mut pair = self.import_key_pair_from_string(name, &public).await?;
+        let mut pair = self
+            .import_key_pair_from_string(name, &public, location)
+            .await?;
         pair.private_key = key
             .to_openssh(russh::keys::ssh_key::LineEnding::LF)
             .ok()
@@ -637,7 +769,12 @@ impl NodeDriver for OvhDriver {
         Ok(pair)
     }
 
-    async fn import_key_pair_from_string(&self, name: &str, public_key: &str) -> Result<KeyPair> {
+    async fn import_key_pair_from_string(
+        &self,
+        name: &str,
+        public_key: &str,
+        location: Option<&str>,
+    ) -> Result<KeyPair> {
         russh::keys::PublicKey::from_openssh(public_key.trim()).map_err(|e| {
             ProviderError::InvalidRequest {
                 provider: PROVIDER.into(),
@@ -648,7 +785,12 @@ impl NodeDriver for OvhDriver {
             self.call(
                 Method::POST,
                 "/sshkey",
-                Some(&json!({"name": name, "publicKey": public_key.trim()})),
+                Some(&match location {
+                    Some(region) => {
+                        json!({"name": name, "publicKey": public_key.trim(), "region": region})
+                    }
+                    None => json!({"name": name, "publicKey": public_key.trim()}),
+                }),
             )
             .await?,
             "ssh key",
@@ -679,6 +821,9 @@ impl NodeDriver for OvhDriver {
         body["type"] = json!(request.volume_type.as_deref().unwrap_or("classic"));
         if let Some(d) = &request.description {
             body["description"] = json!(d);
+        }
+        if let Some(snapshot) = &request.snapshot {
+            body["snapshotId"] = json!(snapshot);
         }
         let volume: Volume = decode(
             self.call(Method::POST, "/volume", Some(&body)).await?,
@@ -713,10 +858,13 @@ impl NodeDriver for OvhDriver {
         .map(|_| ())
     }
 
-    async fn detach_volume(&self, volume: &StorageVolume) -> Result<()> {
-        let current = self.get_volume(&volume.id).await?;
-        let Some(instance) = current.attached_to else {
-            return Ok(());
+    async fn detach_volume(&self, volume: &StorageVolume, node: Option<&Node>) -> Result<()> {
+        let instance = match node {
+            Some(node) => node.id.clone(),
+            None => match self.get_volume(&volume.id).await?.attached_to {
+                Some(instance) => instance,
+                None => return Ok(()),
+            },
         };
         let body = json!({"instanceId": instance});
         self.call(
@@ -742,11 +890,15 @@ impl NodeDriver for OvhDriver {
         &self,
         volume: &StorageVolume,
         name: Option<&str>,
+        description: Option<&str>,
     ) -> Result<VolumeSnapshot> {
-        let body = match name {
-            Some(n) => json!({"name": n}),
-            None => json!({}),
-        };
+        let mut body = json!({});
+        if let Some(n) = name {
+            body["name"] = json!(n);
+        }
+        if let Some(d) = description {
+            body["description"] = json!(d);
+        }
         let snapshot: Snapshot = decode(
             self.call(
                 Method::POST,

@@ -321,10 +321,13 @@ impl CallError {
     /// The provider error for it, with the call named.
     pub fn into_provider(self, context: String) -> ProviderError {
         match self {
-            CallError::Api(e) if e.is_credentials() => invalid(format!(
-                "{context}: {e}. Check OVH_APPLICATION_KEY, OVH_APPLICATION_SECRET and \
-                 OVH_CONSUMER_KEY (or ovh.conf); `nodeup ovh consumer-key` asks for a new consumer key"
-            )),
+            CallError::Api(e) if e.is_credentials() => ProviderError::InvalidCredentials {
+                provider: PROVIDER.into(),
+                message: format!("{context}: {e}"),
+                check: "OVH_APPLICATION_KEY, OVH_APPLICATION_SECRET and OVH_CONSUMER_KEY (or \
+                        ovh.conf); `nodeup ovh consumer-key` asks for a new consumer key"
+                    .into(),
+            },
             CallError::Api(e) if e.status == 404 => ProviderError::NotFound {
                 provider: PROVIDER.into(),
                 kind: "object",

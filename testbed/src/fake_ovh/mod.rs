@@ -30,7 +30,10 @@ use nodeup::providers::local::LocalDriver;
 use rand::{RngExt, SeedableRng};
 use serde_json::{json, Value};
 
+mod catalog;
 mod faults;
+
+pub use catalog::{flavor_id, image_id, TWIN_IMAGE};
 
 pub use faults::{Fault, FaultCounts, OvhFaults, RouteFault};
 
@@ -181,14 +184,7 @@ impl FakeOvh {
             consumer_key: random_token(32),
             project: random_hex(32),
         };
-        let images = vec![
-            json!({"id": "d3b1a8c0-0001-4e2b-9a62-debian000012", "name": "Debian 12", "region": "GRA1",
-                   "type": "linux", "visibility": "public", "status": "active", "user": "debian",
-                   "minDisk": 0, "minRam": 0, "size": 2.1, "creationDate": "2024-06-10T10:00:00Z"}),
-            json!({"id": "d3b1a8c0-0002-4e2b-9a62-debian000012", "name": "Debian 12", "region": "SBG5",
-                   "type": "linux", "visibility": "public", "status": "active", "user": "debian",
-                   "minDisk": 0, "minRam": 0, "size": 2.1, "creationDate": "2024-06-10T10:00:00Z"}),
-        ];
+        let images = catalog::images();
         let fake = Arc::new(Fake {
             account,
             config: Mutex::new(config),
@@ -207,9 +203,15 @@ impl FakeOvh {
             .route("/instance/{id}/{action}", post(instance_action))
             .route("/flavor", get(list_flavors))
             .route(
-                "/image",
-                get(|State(f): State<Shared>| async move { list_items(&f, Collection::Images) }),
+                "/flavor/{id}",
+                get(|Path((_, id)): One| async move {
+                    match flavor(&id) {
+                        Some(f) => Json(f).into_response(),
+                        None => missing(&format!("flavorId = {id}")),
+                    }
+                }),
             )
+            .route("/image", get(list_images))
             .route(
                 "/image/{id}",
                 get(|State(f): State<Shared>, Path((_, id)): One| async move {
@@ -263,6 +265,7 @@ impl FakeOvh {
             .route("/1.0/auth/time", get(auth_time))
             .route("/1.0/auth/credential", post(auth_credential))
             .route("/1.0/cloud/project", get(list_projects))
+            .route("/1.0/cloud/subsidiaryPrice", get(subsidiary_price))
             .route("/1.0/cloud/project/{project}", get(get_project))
             .nest("/1.0/cloud/project/{project}", project_routes)
             .nest("/1.0/dedicated/server/{name}", dedicated_routes())
@@ -343,6 +346,18 @@ impl FakeOvh {
             .unwrap_or_else(|e| e.into_inner())
             .credential_requests
             .clone()
+    }
+
+    /// The snapshot a volume was made from, if any.
+    pub fn volume_snapshot_of(&self, volume: &str) -> Option<String> {
+        self.fake
+            .data
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .volumes
+            .iter()
+            .find(|v| v["id"] == volume)
+            .and_then(|v| v["snapshotId"].as_str().map(str::to_string))
     }
 
     /// The names of the SSH keys the project holds.
@@ -750,16 +765,22 @@ fn delete_item(
     Json(Value::Null).into_response()
 }
 
-const FLAVORS: [(&str, &str, u32, u64, u64); 2] = [
-    ("b2-7-gra1", "b2-7", 2, 7000, 50),
-    ("d2-2-gra1", "d2-2", 1, 2000, 25),
-];
-const REGIONS: [&str; 2] = ["GRA1", "SBG5"];
+use catalog::REGIONS;
 
-fn flavor_json(f: &(&str, &str, u32, u64, u64)) -> Value {
-    json!({"id": f.0, "name": f.1, "region": "GRA1", "vcpus": f.2, "ram": f.3, "disk": f.4,
-           "type": "ovh.ssd.eg", "osType": "linux", "available": true,
-           "inboundBandwidth": 250, "outboundBandwidth": 250})
+/// The flavor with this id, as OVH describes it.
+fn flavor(id: &str) -> Option<Value> {
+    catalog::flavors().into_iter().find(|f| f["id"] == id)
+}
+
+/// Items whose `region` is the `region` query parameter, or all without one.
+fn in_region(items: Vec<Value>, query: &BTreeMap<String, String>) -> Vec<Value> {
+    match query.get("region") {
+        Some(r) => items
+            .into_iter()
+            .filter(|i| i["region"] == r.as_str())
+            .collect(),
+        None => items,
+    }
 }
 
 impl Instance {
@@ -789,12 +810,17 @@ fn settle_deleted(fake: &Fake, data: &mut Data) {
         .retain(|i| i.deleted.is_none_or(|at| at.elapsed() < delete_time));
 }
 
-async fn list_instances(State(fake): State<Shared>, Path(_project): Path<String>) -> Response {
+async fn list_instances(
+    State(fake): State<Shared>,
+    Path(_project): Path<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Response {
     let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
     settle_deleted(&fake, &mut data);
     let list: Vec<Value> = data
         .instances
         .iter()
+        .filter(|i| query.get("region").is_none_or(|r| *r == i.region))
         .map(|i| instance_json_locked(&fake, &data, i, false))
         .collect();
     Json(list).into_response()
@@ -821,11 +847,7 @@ fn instance_json_locked(fake: &Fake, data: &Data, i: &Instance, detail: bool) ->
         "planCode": "b2-7.consumption", "operationIds": [],
     });
     if detail {
-        value["flavor"] = FLAVORS
-            .iter()
-            .find(|f| f.0 == i.flavor_id)
-            .map(flavor_json)
-            .unwrap_or(Value::Null);
+        value["flavor"] = flavor(&i.flavor_id).unwrap_or(Value::Null);
         value["image"] = data
             .images
             .iter()
@@ -882,13 +904,17 @@ async fn create_instance(
     if !REGIONS.contains(&region.as_str()) {
         return bad_request(&format!("Region {region} does not exist or is not enabled"));
     }
-    if !FLAVORS.iter().any(|f| f.0 == flavor_id) {
+    if flavor(&flavor_id).is_none_or(|f| f["region"] != region.as_str()) {
         return bad_request(&format!("Flavor {flavor_id} does not exist"));
     }
     let ssh_key_id = field("sshKeyId");
     let public_key = {
         let data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
-        if !data.images.iter().any(|i| i["id"] == image_id.as_str()) {
+        if !data
+            .images
+            .iter()
+            .any(|i| i["id"] == image_id.as_str() && i["region"] == region.as_str())
+        {
             return bad_request(&format!("Image {image_id} does not exist"));
         }
         match &ssh_key_id {
@@ -1037,9 +1063,19 @@ async fn instance_action(
                 return bad_request("Missing parameter snapshotName");
             };
             let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+            let region = data
+                .instances
+                .iter()
+                .find(|i| i.id == id)
+                .map(|i| i.region.clone())
+                .unwrap_or_default();
+            let description = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v["description"].as_str().map(str::to_string));
             data.images.push(
-                json!({"id": random_hex(32), "name": name, "region": "GRA1", "type": "linux",
-                "visibility": "private", "status": "active", "user": "debian"}),
+                json!({"id": random_hex(32), "name": name, "region": region, "type": "linux",
+                "visibility": "private", "status": "active", "user": "debian",
+                "description": description}),
             );
             Ok(())
         }
@@ -1060,8 +1096,34 @@ async fn instance_action(
     Json(Value::Null).into_response()
 }
 
-async fn list_flavors() -> Response {
-    Json(FLAVORS.iter().map(flavor_json).collect::<Vec<_>>()).into_response()
+async fn list_flavors(Query(query): Query<BTreeMap<String, String>>) -> Response {
+    Json(in_region(catalog::flavors(), &query)).into_response()
+}
+
+async fn list_images(
+    State(fake): State<Shared>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Response {
+    let images = fake
+        .data
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .images
+        .clone();
+    Json(in_region(images, &query)).into_response()
+}
+
+/// `GET /cloud/subsidiaryPrice?ovhSubsidiary=&flavorId=`: hourly prices of instances.
+async fn subsidiary_price(Query(query): Query<BTreeMap<String, String>>) -> Response {
+    if !query.contains_key("ovhSubsidiary") {
+        return bad_request("Missing parameter ovhSubsidiary");
+    }
+    let mut prices = catalog::prices();
+    if let (Some(flavor), Some(list)) = (query.get("flavorId"), prices["instances"].as_array_mut())
+    {
+        list.retain(|p| p["flavorId"] == flavor.as_str());
+    }
+    Json(prices).into_response()
 }
 
 async fn delete_image(
@@ -1157,10 +1219,17 @@ async fn create_volume(
         return bad_request(&format!("Region {region} does not exist or is not enabled"));
     }
     let id = format!("{}-{}", random_hex(8), random_hex(12));
+    let snapshot = request["snapshotId"].as_str().map(str::to_string);
+    if let Some(snapshot) = &snapshot {
+        let data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+        if !data.snapshots.iter().any(|s| s["id"] == snapshot.as_str()) {
+            return missing(&format!("snapshotId = {snapshot}"));
+        }
+    }
     let volume = json!({
         "id": id, "name": request["name"], "description": request["description"],
         "region": region, "size": size, "status": "creating", "type": kind, "attachedTo": [],
-        "bootable": false, "creationDate": humantime_now(),
+        "bootable": false, "creationDate": humantime_now(), "snapshotId": snapshot,
     });
     let ready = Instant::now()
         + fake
