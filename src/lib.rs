@@ -3,14 +3,17 @@
 //!
 //! Crate map:
 //! - [`model`]: nodes, node states, sizes, images, locations and the credentials `create_node` takes.
-//! - [`driver`]: the `NodeDriver` trait, its `Features`, the error drivers share, the registry.
+//! - [`driver`]: the `NodeDriver` trait, its `Features`, the error drivers share, the registry type.
+//! - [`baremetal`]: reinstalling a dedicated server with your own image, as a capability
+//!   (`BareMetal`) a provider implements; the engine drives it.
 //! - [`providers`]: one module per provider (`local`: sandboxed sshd nodes on this machine;
-//!   `dummy`: in memory, for tests).
+//!   `ovh`: OVHcloud; `dummy`: in memory, for tests), and the registry of them by name.
 //! - [`ssh`]: sessions to nodes on russh: host keys, auth, exec, sftp; errors with a retry class.
 //! - [`deploy`]: deployment steps (ssh-key, file, script, several in order).
 //! - [`engine`]: `deploy_node`, `wait_until_running`, `run_steps`: retries, resumption,
 //!   cancellation.
 
+pub mod baremetal;
 pub mod deploy;
 pub mod driver;
 pub mod engine;

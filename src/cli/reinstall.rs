@@ -11,13 +11,14 @@ use anyhow::anyhow;
 use clap::Args;
 use serde_json::json;
 
+use nodeup::baremetal::{Byoi, Checksum, ImageType};
 use nodeup::deploy::stepfile::{self, parse_positive_duration};
 use nodeup::engine::reinstall::{
-    check_arguments, key_dir, reinstall, Generation, ReinstallError, ReinstallEvent,
-    ReinstallOptions, ReinstallProgress,
+    cancel, check_arguments, key_dir, reinstall, ReinstallError, ReinstallEvent, ReinstallOptions,
+    ReinstallProgress,
 };
 use nodeup::engine::{self, DeployOptions};
-use nodeup::providers::ovh::dedicated::{Byoi, Checksum, ImageType};
+use nodeup::providers::ovh::dedicated::{Generation, OvhDedicated};
 use nodeup::providers::ovh::{Client, Credentials};
 use nodeup::ssh::{HostKeyPolicy, Password};
 
@@ -30,11 +31,28 @@ pub struct ReinstallArgs {
     /// The dedicated server's service name (e.g. ns1234567.ip-1-2-3.eu).
     pub service: String,
     /// Where OVH downloads the image from.
+    #[arg(long, required_unless_present = "cancel")]
+    pub image_url: Option<String>,
+    /// qcow2, raw, or ova (--api legacy only).
+    #[arg(long, required_unless_present = "cancel")]
+    pub image_type: Option<ImageType>,
+    /// Cancel the server's reinstall that has not finished (OVH's legacy BYOI call: the server
+    /// goes to rescue mode), instead of starting one.
+    #[arg(long, conflicts_with_all = ["image_url", "then"])]
+    pub cancel: bool,
+    /// A description of the deployment (--api legacy keeps it).
     #[arg(long)]
-    pub image_url: String,
-    /// qcow2 or raw.
+    pub description: Option<String>,
+    /// The disk group to install on, on a server with several.
+    #[arg(long, value_name = "ID")]
+    pub disk_group: Option<u64>,
+    /// Metadata for the config drive, K=V (repeatable).
+    #[arg(long = "metadata", value_name = "K=V")]
+    pub metadata: Vec<String>,
+    /// Write no config drive: the image must let you in by itself (no key, hostname or user data
+    /// is set).
     #[arg(long)]
-    pub image_type: ImageType,
+    pub no_config_drive: bool,
     /// The image's checksum, TYPE:HEX (md5, sha1, sha256, sha512).
     #[arg(long)]
     pub checksum: Option<Checksum>,
@@ -86,22 +104,29 @@ const AFTER_INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Runs `nodeup reinstall`.
 pub async fn run(args: ReinstallArgs) -> Result<(), Failure> {
+    let generation = generation(&args)?;
+    if args.cancel {
+        return run_cancel(&args, generation).await;
+    }
     let started_at_ovh = Arc::new(AtomicBool::new(false));
     let options = build_options(&args, started_at_ovh.clone())?;
-    // Everything OVH would reject, and every local file, is checked before any API call.
-    check_arguments(&options).map_err(|e| Failure::Usage(e.into()))?;
     let client = Client::new(Credentials::from_env()?)?;
+    let provider = OvhDedicated::new(client, generation);
+    // Everything OVH would reject, and every local file, is checked before any API call.
+    check_arguments(&provider, &options).map_err(|e| Failure::Usage(e.into()))?;
     confirm(&args)?;
     watch_ctrl_c(args.service.clone(), started_at_ovh);
-    match reinstall(&client, &options).await {
+    match reinstall(&provider, &options).await {
         Ok(report) => {
+            let login = match &report.user {
+                Some(user) => format!("logged in as {user}; {} steps", report.steps.len()),
+                None => "no config drive and no steps: not logged in".into(),
+            };
             eprintln!(
-                "reinstalled {} ({}) in {:.0}s; logged in as {}; {} steps",
+                "reinstalled {} ({}) in {:.0}s; {login}",
                 report.server.name,
                 report.server.ip,
                 report.install_time.as_secs_f64(),
-                report.user,
-                report.steps.len()
             );
             if args.json {
                 print_json(&json!({
@@ -138,26 +163,8 @@ fn build_options(
     started_at_ovh: Arc<AtomicBool>,
 ) -> Result<ReinstallOptions, Failure> {
     let usage = |e: String| Failure::Usage(anyhow!(e));
-    let generation = match args.api.as_str() {
-        "legacy" => Generation::Legacy,
-        "current" if ["byoi_64", "byolinux_64"].contains(&args.os.as_str()) => {
-            Generation::Current(args.os.clone())
-        }
-        "current" => {
-            return Err(usage(format!(
-                "--os {:?}: use byoi_64 or byolinux_64",
-                args.os
-            )))
-        }
-        other => return Err(usage(format!("--api {other:?}: use current or legacy"))),
-    };
-    let mut http_headers = Vec::new();
-    for h in &args.http_headers {
-        let (k, v) = h
-            .split_once('=')
-            .ok_or_else(|| usage(format!("--http-header {h:?}: write NAME=VALUE")))?;
-        http_headers.push((k.to_string(), v.to_string()));
-    }
+    let http_headers = pairs("--http-header", &args.http_headers)?;
+    let user_metadata = pairs("--metadata", &args.metadata)?;
     let user_data = args
         .user_data
         .as_ref()
@@ -172,6 +179,8 @@ fn build_options(
         .map(|p| stepfile::load(p).map_err(|e| Failure::Usage(e.into())))
         .transpose()?;
     let (ssh_key, login_key, key_dir) = match &args.ssh_key {
+        // No config drive: no key goes on the server; the deploy options' keys log in.
+        _ if args.no_config_drive => (String::new(), None, None),
         Some(path) => {
             let key = std::fs::read_to_string(path)
                 .map_err(|e| usage(format!("--ssh-key {}: cannot read it: {e}", path.display())))?;
@@ -193,13 +202,17 @@ fn build_options(
         ),
     };
     let byoi = Byoi {
-        image_url: args.image_url.clone(),
-        image_type: args.image_type,
+        image_url: args.image_url.clone().unwrap_or_default(),
+        image_type: args.image_type.unwrap_or(ImageType::Qcow2),
         checksum: args.checksum.clone(),
         http_headers,
+        description: args.description.clone(),
+        disk_group_id: args.disk_group,
+        config_drive: !args.no_config_drive,
         hostname: args.hostname.clone(),
         ssh_key,
         user_data,
+        user_metadata,
     };
     let started = Instant::now();
     let mut deploy = DeployOptions {
@@ -217,7 +230,6 @@ fn build_options(
         service: args.service.clone(),
         byoi,
         allow_private_url: args.allow_private_url,
-        generation,
         poll_period: args.poll,
         install_timeout: args.install_timeout,
         login_key,
@@ -228,12 +240,63 @@ fn build_options(
     })
 }
 
+/// The API generation `--api` and `--os` name.
+fn generation(args: &ReinstallArgs) -> Result<Generation, Failure> {
+    let usage = |e: String| Failure::Usage(anyhow!(e));
+    match args.api.as_str() {
+        "legacy" => Ok(Generation::Legacy),
+        "current" if ["byoi_64", "byolinux_64"].contains(&args.os.as_str()) => {
+            Ok(Generation::Current(args.os.clone()))
+        }
+        "current" => Err(usage(format!(
+            "--os {:?}: use byoi_64 or byolinux_64",
+            args.os
+        ))),
+        other => Err(usage(format!("--api {other:?}: use current or legacy"))),
+    }
+}
+
+/// `K=V` arguments of `flag`, as pairs.
+fn pairs(flag: &str, values: &[String]) -> Result<Vec<(String, String)>, Failure> {
+    values
+        .iter()
+        .map(|h| {
+            h.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| Failure::Usage(anyhow!("{flag} {h:?}: write NAME=VALUE")))
+        })
+        .collect()
+}
+
+/// `nodeup reinstall SERVICE --cancel`.
+async fn run_cancel(args: &ReinstallArgs, generation: Generation) -> Result<(), Failure> {
+    if generation != Generation::Legacy {
+        return Err(Failure::Usage(anyhow!(
+            "--cancel stops a reinstall of OVH's legacy BYOI call: pass --api legacy (the current \
+             reinstall cannot be cancelled)"
+        )));
+    }
+    let provider = OvhDedicated::new(Client::new(Credentials::from_env()?)?, generation);
+    match cancel(&provider, &args.service).await {
+        Ok(()) => {
+            eprintln!(
+                "cancelled the reinstall of {}; OVH puts the server in rescue mode",
+                args.service
+            );
+            Ok(())
+        }
+        Err(e @ ReinstallError::Invalid(_)) => Err(Failure::Usage(e.into())),
+        Err(e) => Err(Failure::Failed(e.into())),
+    }
+}
+
 /// Says what the reinstall erases and asks for the server's name, unless --yes.
 fn confirm(args: &ReinstallArgs) -> Result<(), Failure> {
     let usage = |e: &str| Failure::Usage(anyhow!(e.to_string()));
     eprintln!(
         "reinstalling {} erases everything on its disks and installs {}",
-        args.service, args.image_url
+        args.service,
+        args.image_url.as_deref().unwrap_or_default()
     );
     if args.yes {
         return Ok(());

@@ -11,21 +11,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::deploy::{run_steps, DeployOptions, RunFailure, Target};
+use crate::baremetal::{
+    validate_service_name, BareMetal, Byoi, InstallHandle, InstallProgress, Server,
+};
 use crate::deploy::{Step, StepResult};
 use crate::driver::ProviderError;
-use crate::providers::ovh::dedicated::{fix_for, validate_service_name, Byoi, Server, Task};
-use crate::providers::ovh::{CallError, Client};
 use crate::ssh::{Credentials, HostKeyCheck, HostKeyPolicy};
-
-/// Which API generation reinstalls.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Generation {
-    /// `POST /dedicated/server/{name}/bringYourOwnImage` (OVH's BYOI guide).
-    Legacy,
-    /// `POST /dedicated/server/{name}/reinstall` with this operating system (`byoi_64`,
-    /// `byolinux_64`).
-    Current(String),
-}
 
 /// What happens, for progress output.
 #[derive(Debug, Clone)]
@@ -69,8 +60,6 @@ pub struct ReinstallOptions {
     /// Let the image URL name a private or loopback address (a vRack mirror, a test API); OVH
     /// itself downloads from the internet.
     pub allow_private_url: bool,
-    /// The API generation.
-    pub generation: Generation,
     /// How often to ask OVH how it goes.
     pub poll_period: Duration,
     /// Give up following the install after this long.
@@ -97,8 +86,9 @@ pub struct ReinstallReport {
     pub key: Option<PathBuf>,
     /// How long the install took.
     pub install_time: Duration,
-    /// The user logged in as afterwards.
-    pub user: String,
+    /// The user logged in as afterwards; `None` when nodeup did not log in (no config drive and
+    /// no steps: nothing tells it how the image lets anyone in).
+    pub user: Option<String>,
     /// The steps' results.
     pub steps: Vec<StepResult>,
 }
@@ -112,8 +102,8 @@ pub enum ReinstallError {
     /// An API call failed.
     #[error(transparent)]
     Provider(#[from] ProviderError),
-    /// OVH reports that the install failed.
-    #[error("OVH could not install the image: {message}; {fix}")]
+    /// The provider reports that the install failed.
+    #[error("the provider could not install the image: {message}; {fix}")]
     Failed {
         /// OVH's message.
         message: String,
@@ -121,7 +111,7 @@ pub enum ReinstallError {
         fix: &'static str,
     },
     /// The install went on longer than allowed.
-    #[error("the install was still running after {0:?}; it goes on at OVH: follow it with GET /dedicated/server/SERVICE/install/status or in the control panel")]
+    #[error("the install was still running after {0:?}; it goes on at the provider: follow it there (OVH: GET /dedicated/server/SERVICE/install/status, or the control panel)")]
     Timeout(Duration),
     /// Logging in or a step failed after the install.
     #[error("after the reinstall: {}", super::error_chain(&.0.cause))]
@@ -193,23 +183,23 @@ pub fn key_dir(state_dir: &Path, service: &str) -> Result<PathBuf, ReinstallErro
     Ok(dir)
 }
 
-fn call(context: &str) -> impl FnOnce(CallError) -> ReinstallError + '_ {
-    move |e| ReinstallError::Provider(e.into_provider(context.to_string()))
-}
-
 /// A public key that parses, standing in for the key made later, so that everything else is
 /// checked before any call.
 const PLACEHOLDER_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
 
-/// Checks everything that needs no call: the service name, the image, the steps.
+/// Checks everything that needs no call: the service name, the image (and what this provider
+/// refuses of it), the steps.
 ///
 /// # Errors
 /// [`ReinstallError::Invalid`], naming what to fix.
-pub fn check_arguments(options: &ReinstallOptions) -> Result<(), ReinstallError> {
+pub fn check_arguments(
+    provider: &dyn BareMetal,
+    options: &ReinstallOptions,
+) -> Result<(), ReinstallError> {
     validate_service_name(&options.service).map_err(ReinstallError::Invalid)?;
     let mut byoi = options.byoi.clone();
-    if byoi.ssh_key.is_empty() {
+    if byoi.ssh_key.is_empty() && byoi.config_drive {
         if options.key_dir.is_none() {
             return Err(ReinstallError::Invalid(
                 "no SSH key for root: give one, or a directory to make one in".into(),
@@ -219,6 +209,7 @@ pub fn check_arguments(options: &ReinstallOptions) -> Result<(), ReinstallError>
     }
     byoi.validate(options.allow_private_url)
         .map_err(ReinstallError::Invalid)?;
+    provider.check(&byoi).map_err(ReinstallError::Invalid)?;
     if let Some(steps) = &options.then {
         steps
             .validate()
@@ -254,15 +245,15 @@ fn login_credentials(
     Ok(creds)
 }
 
-/// `GET /dedicated/server/{service}`, with a 404 said as "no such server".
-async fn find_server(client: &Client, service: &str) -> Result<Server, ReinstallError> {
-    match client.dedicated_server(service).await {
+/// The server, with "no such server" said as such.
+async fn find_server(provider: &dyn BareMetal, service: &str) -> Result<Server, ReinstallError> {
+    match provider.server(service).await {
         Ok(server) => Ok(server),
-        Err(CallError::Api(e)) if e.status == 404 => Err(ReinstallError::Invalid(format!(
-            "no dedicated server {service:?} with these credentials ({e}): \
+        Err(ProviderError::NotFound { id, .. }) => Err(ReinstallError::Invalid(format!(
+            "no dedicated server {service:?} with these credentials ({id}): \
              GET /dedicated/server lists yours"
         ))),
-        Err(e) => Err(call("GET /dedicated/server")(e)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -274,25 +265,26 @@ async fn find_server(client: &Client, service: &str) -> Result<Server, Reinstall
 /// # Errors
 /// [`ReinstallError::Invalid`] before any change (bad arguments, no such server), else what failed.
 pub async fn reinstall(
-    client: &Client,
+    provider: &dyn BareMetal,
     options: &ReinstallOptions,
 ) -> Result<ReinstallReport, ReinstallError> {
-    check_arguments(options)?;
-    let generate = options.byoi.ssh_key.is_empty();
-    let mut creds = None;
-    if !generate {
-        creds = Some(login_credentials(options, options.login_key.as_ref())?);
-    }
+    check_arguments(provider, options)?;
     let emit = |event: ReinstallEvent| {
         if let Some(events) = &options.events {
             events(&event);
         }
     };
-    let service = options.service.as_str();
-    let server = find_server(client, service).await?;
+    let generate = options.byoi.ssh_key.is_empty() && options.byoi.config_drive;
+    // Without a config drive and with no steps, there is no login to make afterwards.
+    let log_in = options.byoi.config_drive || options.then.is_some();
+    let mut creds = None;
+    if !generate && log_in {
+        creds = Some(login_credentials(options, options.login_key.as_ref())?);
+    }
+    let server = find_server(provider, &options.service).await?;
     let ip: std::net::IpAddr = server.ip.parse().map_err(|_| {
         ReinstallError::Invalid(format!(
-            "OVH gives the server address {:?}, not an IP",
+            "the provider gives the server address {:?}, not an IP",
             server.ip
         ))
     })?;
@@ -307,106 +299,47 @@ pub async fn reinstall(
         creds = Some(login_credentials(options, Some(&path))?);
         key = Some(path);
     }
-    let creds = match creds {
-        Some(c) => c,
-        None => login_credentials(options, options.login_key.as_ref())?,
-    };
     let started = Instant::now();
-    let task = start(client, options, &byoi).await?;
+    let handle = provider.start(&options.service, &byoi).await?;
     emit(ReinstallEvent::Started {
         server: server.clone(),
     });
-    follow(client, options, task.as_ref(), started, &emit).await?;
+    follow(provider, options, &handle, started, &emit).await?;
     let install_time = started.elapsed();
     emit(ReinstallEvent::Installed {
         elapsed: install_time,
     });
-    let run = provision(options, ip, &creds).await?;
+    let (user, steps) = match creds {
+        Some(creds) => {
+            let run = provision(options, ip, &creds).await?;
+            (Some(run.user), run.steps)
+        }
+        None => (None, Vec::new()),
+    };
     Ok(ReinstallReport {
         server,
         key,
         install_time,
-        user: run.user,
-        steps: run.steps,
+        user,
+        steps,
     })
 }
 
-/// Asks OVH for the reinstall; the current API answers a task to follow.
-async fn start(
-    client: &Client,
-    options: &ReinstallOptions,
-    byoi: &Byoi,
-) -> Result<Option<Task>, ReinstallError> {
-    let service = options.service.as_str();
-    match &options.generation {
-        Generation::Legacy => {
-            client
-                .byoi_start_legacy(service, byoi)
-                .await
-                .map_err(call("POST bringYourOwnImage"))?;
-            Ok(None)
-        }
-        Generation::Current(os) => Ok(Some(
-            client
-                .byoi_start_current(service, os, byoi)
-                .await
-                .map_err(call("POST reinstall"))?,
-        )),
-    }
-}
-
-/// One look at how the install goes: its status, message, and whether it is done.
-async fn poll_once(
-    client: &Client,
-    service: &str,
-    task: Option<&Task>,
-) -> Result<(String, String, bool), ReinstallError> {
-    let Some(task) = task else {
-        let s = client
-            .byoi_status_legacy(service)
-            .await
-            .map_err(call("GET bringYourOwnImage"))?;
-        return match s.status.as_str() {
-            "done" => Ok((s.status, s.message, true)),
-            "error" => Err(ReinstallError::Failed {
-                fix: fix_for(&s.message),
-                message: s.message,
-            }),
-            _ => Ok((s.status, s.message, false)),
-        };
-    };
-    let t = client
-        .dedicated_task(service, task.task_id)
-        .await
-        .map_err(call("GET task"))?;
-    let mut message = t.comment.clone().unwrap_or_default();
-    if let Ok(Some(progress)) = client.install_status(service).await {
-        if let Some(step) = progress
-            .progress
-            .iter()
-            .find(|p| p.status == "doing" || p.error.is_some())
-        {
-            message = step.error.clone().unwrap_or(step.comment.clone());
-        }
-    }
-    match t.status.as_str() {
-        "done" => Ok((t.status, message, true)),
-        "customerError" | "ovhError" | "cancelled" => {
-            let message = t.comment.unwrap_or(message);
-            Err(ReinstallError::Failed {
-                fix: fix_for(&message),
-                message,
-            })
-        }
-        _ => Ok((t.status, message, false)),
-    }
+/// Cancels a reinstall of `service` that has not finished, where the provider can.
+///
+/// # Errors
+/// A service name that is not one; what the provider answers.
+pub async fn cancel(provider: &dyn BareMetal, service: &str) -> Result<(), ReinstallError> {
+    validate_service_name(service).map_err(ReinstallError::Invalid)?;
+    find_server(provider, service).await?;
+    Ok(provider.cancel(service).await?)
 }
 
 /// Follows the install until it is done, emitting each change of status or message.
 async fn follow(
-    client: &Client,
+    provider: &dyn BareMetal,
     options: &ReinstallOptions,
-    task: Option<&Task>,
+    handle: &InstallHandle,
     started: Instant,
     emit: &dyn Fn(ReinstallEvent),
 ) -> Result<(), ReinstallError> {
@@ -415,7 +348,13 @@ async fn follow(
         if started.elapsed() > options.install_timeout {
             return Err(ReinstallError::Timeout(options.install_timeout));
         }
-        let (status, message, finished) = poll_once(client, &options.service, task).await?;
+        let (status, message, finished) = match provider.progress(&options.service, handle).await? {
+            InstallProgress::Running { status, message } => (status, message, false),
+            InstallProgress::Done { status, message } => (status, message, true),
+            InstallProgress::Failed { message, fix } => {
+                return Err(ReinstallError::Failed { message, fix })
+            }
+        };
         if (&status, &message) != (&last.0, &last.1) {
             emit(ReinstallEvent::Status {
                 status: status.clone(),

@@ -354,6 +354,7 @@ async fn reinstall_gives_a_fresh_filesystem_new_host_keys_and_runs_user_data_onc
         hostname: Some("metal-fresh".into()),
         root_key: Some(bed.client_public_key().into()),
         user_data: Some(b"#!/bin/sh\necho ran >> /root/first-boot\n".to_vec()),
+        metadata: vec![],
     };
     node.node = bed.driver().reinstall(&node.node, &spec).await.unwrap();
     assert_ne!(node.node.extra["host_keys"], old_keys, "new host keys");

@@ -542,3 +542,159 @@ async fn ctrl_c_during_the_install_says_it_goes_on_and_how_to_follow_it() {
         "{rest}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_field_of_the_byoi_guide_reaches_ovh_and_the_server() {
+    let s = setup().await;
+    let dir = s.bed.dir();
+    // An OVA: a tar archive holding the disk.
+    let made = Command::new("tar")
+        .args(["cf", "images/disk.ova", "-C", "images", "debian.qcow2"])
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let url = format!("{}/images/disk.ova", s.images);
+    let out = nodeup(
+        &s,
+        &[
+            "ns1",
+            "--api",
+            "legacy",
+            "--image-url",
+            &url,
+            "--image-type",
+            "ova",
+            "--description",
+            "golden image",
+            "--disk-group",
+            "2",
+            "--metadata",
+            "role=web",
+            "--metadata",
+            "tier=front",
+            "--yes",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let sent = s.fake.last_reinstall_request("ns1").unwrap();
+    assert_eq!(sent["type"], "ova");
+    assert_eq!(sent["description"], "golden image");
+    assert_eq!(sent["diskGroupId"], 2);
+    assert_eq!(
+        sent["configdrive"]["userMetadatas"],
+        serde_json::json!([{"key": "role", "value": "web"}, {"key": "tier", "value": "front"}])
+    );
+    let node = s
+        .bed
+        .adopt(s.bed.driver().list_nodes().await.unwrap()[0].clone());
+    let meta: Value = serde_json::from_slice(
+        &node
+            .read_file("/var/lib/cloud/instance/meta_data.json")
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["meta"]["role"], "web");
+
+    // No config drive: nothing is set, and with no steps nodeup does not log in.
+    let key = s
+        .bed
+        .nodeup_state_dir()
+        .join("reinstall/ns1/id_ed25519.pub");
+    let key_before = std::fs::read_to_string(&key).unwrap();
+    let url = format!("{}/images/debian.qcow2", s.images);
+    let out = nodeup(
+        &s,
+        &[
+            "ns1",
+            "--api",
+            "legacy",
+            "--image-url",
+            &url,
+            "--image-type",
+            "qcow2",
+            "--no-config-drive",
+            "--yes",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("not logged in"), "{stderr}");
+    let sent = s.fake.last_reinstall_request("ns1").unwrap();
+    assert_eq!(sent["configdrive"], serde_json::json!({"enable": false}));
+    assert_eq!(
+        std::fs::read_to_string(&key).unwrap(),
+        key_before,
+        "no key was made for a server that gets none"
+    );
+
+    // The current API takes no OVA: refused before any call.
+    let calls = s.fake.authenticated_requests();
+    let out = nodeup(
+        &s,
+        &["ns1", "--image-url", &url, "--image-type", "ova", "--yes"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --api legacy"));
+    assert_eq!(s.fake.authenticated_requests(), calls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_legacy_reinstall_can_be_cancelled() {
+    let s = setup().await;
+    let before = s.bed.driver().list_nodes().await.unwrap()[0].extra["host_keys"].clone();
+    let url = format!("{}/images/debian.qcow2", s.images);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodeup"));
+    cmd.args([
+        "reinstall",
+        "ns1",
+        "--api",
+        "legacy",
+        "--image-url",
+        &url,
+        "--image-type",
+        "qcow2",
+        "--yes",
+        "--allow-private-url",
+        "--poll",
+        "100ms",
+    ])
+    .arg("--known-hosts")
+    .arg(s.bed.dir().join("known_hosts"))
+    .env("NODEUP_STATE_DIR", s.bed.nodeup_state_dir())
+    .env("HOME", s.bed.dir())
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    for (k, v) in s.fake.env() {
+        cmd.env(k, v);
+    }
+    let running = cmd.spawn().unwrap();
+    let started = std::time::Instant::now();
+    while !s.fake.installing("ns1") {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // --cancel needs the legacy call, which is the one that can be cancelled.
+    let out = nodeup(&s, &["ns1", "--cancel"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = nodeup(&s, &["ns1", "--cancel", "--api", "legacy"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("cancelled the reinstall of ns1"),
+        "{stderr}"
+    );
+    let first = running.wait_with_output().unwrap();
+    assert_ne!(
+        first.status.code(),
+        Some(0),
+        "the cancelled reinstall does not succeed"
+    );
+    assert!(!s.fake.installing("ns1"));
+    // Give the fake's install time to pass: the cancelled install never lands.
+    std::thread::sleep(std::time::Duration::from_millis(2000));
+    let after = s.bed.driver().list_nodes().await.unwrap()[0].extra["host_keys"].clone();
+    assert_eq!(after, before, "the server was not reinstalled");
+}

@@ -436,6 +436,8 @@ pub struct Reinstall {
     pub root_key: Option<String>,
     /// A script run once at the first boot, as cloud-init runs user data.
     pub user_data: Option<Vec<u8>>,
+    /// Config-drive metadata, written as `/var/lib/cloud/instance/meta_data.json`.
+    pub metadata: Vec<(String, String)>,
 }
 
 fn create(state: &StateDir, request: &CreateNode, options: &LocalOptions) -> Result<Node> {
@@ -703,11 +705,24 @@ fn change(state: &StateDir, id: &str, action: Action) -> Result<()> {
                     sshd_config: &[],
                 }
                 .write(&upper)?;
+                let cloud = upper.join("var/lib/cloud/instance");
                 if let Some(data) = &spec.user_data {
-                    let cloud = upper.join("var/lib/cloud/instance");
                     fs::create_dir_all(&cloud)?;
                     state::set_mode(&cloud, 0o700)?;
                     fs::write(cloud.join("user-data.txt"), data)?;
+                }
+                if !spec.metadata.is_empty() {
+                    fs::create_dir_all(&cloud)?;
+                    state::set_mode(&cloud, 0o700)?;
+                    let meta: serde_json::Map<String, serde_json::Value> = spec
+                        .metadata
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone().into()))
+                        .collect();
+                    fs::write(
+                        cloud.join("meta_data.json"),
+                        serde_json::to_vec(&serde_json::json!({ "meta": meta }))?,
+                    )?;
                 }
                 Ok(keys)
             };

@@ -1138,9 +1138,8 @@ mod tests {
         let (public, private) = addresses(&ips);
         assert_eq!(public.len(), 2);
         assert_eq!(private, vec!["10.0.0.5".parse::<IpAddr>().unwrap()]);
-        assert_eq!(
-            crate::engine::preferred(&public)[0],
-            "51.0.0.5".parse::<IpAddr>().unwrap()
-        );
+        // In OVH's order: the engine, not the driver, prefers IPv4 when it logs in.
+        assert_eq!(public[0], "2001:db8::5".parse::<IpAddr>().unwrap());
+        assert_eq!(public[1], "51.0.0.5".parse::<IpAddr>().unwrap());
     }
 }

@@ -1,242 +1,16 @@
 //! OVH dedicated servers: the server's address, and reinstalling it with your own image (BYOI)
 //! through both API generations: the legacy `bringYourOwnImage` call (POST, GET status, DELETE) and
 //! the current `reinstall` call (`byoi_64` / `byolinux_64`) with its task and install status.
+//! [`OvhDedicated`] is OVH's [`BareMetal`] capability, which `engine::reinstall` drives.
 
+use async_trait::async_trait;
 use reqwest::Method;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{segment, ApiError, CallError, Client};
-
-/// A dedicated server, as `GET /dedicated/server/{name}` describes it.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Server {
-    /// Its service name.
-    pub name: String,
-    /// The address to log in to.
-    pub ip: String,
-    /// Its reverse DNS name.
-    pub reverse: Option<String>,
-    /// ok, hacked, ...
-    pub state: Option<String>,
-    /// poweron or poweroff.
-    pub power_state: Option<String>,
-    /// Its datacenter.
-    pub datacenter: Option<String>,
-    /// The installed OS.
-    pub os: Option<String>,
-}
-
-/// The image's format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ImageType {
-    /// A qcow2 image.
-    Qcow2,
-    /// A raw disk image.
-    Raw,
-}
-
-impl std::str::FromStr for ImageType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "qcow2" => Ok(ImageType::Qcow2),
-            "raw" => Ok(ImageType::Raw),
-            other => Err(format!("unknown image type {other:?}: use qcow2 or raw")),
-        }
-    }
-}
-
-impl ImageType {
-    /// The name OVH uses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ImageType::Qcow2 => "qcow2",
-            ImageType::Raw => "raw",
-        }
-    }
-}
-
-/// A checksum of the image: its type and hex digits.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checksum {
-    /// md5, sha1, sha256 or sha512.
-    pub kind: String,
-    /// Lower-case hex.
-    pub hex: String,
-}
-
-impl std::str::FromStr for Checksum {
-    type Err = String;
-    /// Parses `TYPE:HEX`, checking the hex length against the type.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (kind, hex) = s
-            .split_once(':')
-            .ok_or_else(|| format!("{s:?}: write TYPE:HEX, e.g. sha256:9f86d08..."))?;
-        let kind = kind.to_ascii_lowercase();
-        let len = match kind.as_str() {
-            "md5" => 32,
-            "sha1" => 40,
-            "sha256" => 64,
-            "sha512" => 128,
-            other => {
-                return Err(format!(
-                    "checksum type {other:?} is not one OVH checks: use md5, sha1, sha256 or sha512"
-                ))
-            }
-        };
-        let hex = hex.to_ascii_lowercase();
-        if hex.len() != len || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(format!(
-                "a {kind} checksum is {len} hex digits; {:?} is not",
-                hex
-            ));
-        }
-        Ok(Checksum { kind, hex })
-    }
-}
-
-/// What a BYOI reinstall installs.
-#[derive(Debug, Clone)]
-pub struct Byoi {
-    /// Where OVH downloads the image from.
-    pub image_url: String,
-    /// Its format.
-    pub image_type: ImageType,
-    /// Its checksum, checked by OVH after the download.
-    pub checksum: Option<Checksum>,
-    /// HTTP headers for the download (an Authorization header, say).
-    pub http_headers: Vec<(String, String)>,
-    /// The hostname the config drive sets.
-    pub hostname: Option<String>,
-    /// The SSH public key the config drive installs for root.
-    pub ssh_key: String,
-    /// A user-data script the config drive runs at first boot.
-    pub user_data: Option<String>,
-}
-
-/// Checks a dedicated server's service name (host-like: `ns1234567.ip-1-2-3.eu`), before it goes
-/// into a URL or names a directory.
-pub fn validate_service_name(name: &str) -> Result<(), String> {
-    if is_hostname(name) {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not a dedicated server's service name: it looks like a host name \
-             (e.g. ns1234567.ip-1-2-3.eu, letters, digits, '-' and '.'); GET /dedicated/server lists yours"
-        ))
-    }
-}
-
-/// Whether `name` is a valid DNS host name: dot-separated labels of 1 to 63 letters, digits and
-/// '-', not starting or ending with '-', 253 characters at most.
-fn is_hostname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
-}
-
-/// Checks that OVH can fetch `url`: http or https with a host, and (unless `allow_private`) not
-/// a loopback, private, link-local or otherwise non-public address, since OVH downloads the image
-/// from the internet.
-pub fn check_image_url(url: &str, allow_private: bool) -> Result<(), String> {
-    let no_host = || format!("--image-url {url:?} has no host: give the server OVH downloads from");
-    let parsed = reqwest::Url::parse(url).map_err(|e| match e {
-        url::ParseError::EmptyHost => no_host(),
-        e => format!(
-            "--image-url {url:?} is not a URL ({e}): give an http:// or https:// URL OVH can \
-             download the image from"
-        ),
-    })?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(format!(
-            "--image-url {url:?}: give an http:// or https:// URL OVH can download the image from"
-        ));
-    }
-    let host = match parsed.host() {
-        Some(host) if !host.to_string().is_empty() => host,
-        _ => return Err(no_host()),
-    };
-    if allow_private {
-        return Ok(());
-    }
-    let private = match host {
-        url::Host::Domain(d) => {
-            let d = d.trim_end_matches('.').to_ascii_lowercase();
-            d == "localhost" || d.ends_with(".localhost")
-        }
-        url::Host::Ipv4(ip) => !is_public_v4(ip),
-        url::Host::Ipv6(ip) => match ip.to_ipv4_mapped() {
-            Some(v4) => !is_public_v4(v4),
-            None => !is_public_v6(ip),
-        },
-    };
-    if private {
-        return Err(format!(
-            "--image-url {url:?} names this machine or a private network, which OVH cannot reach: \
-             serve the image at a public address (or pass --allow-private-url if the server can \
-             reach it over a private network such as the vRack)"
-        ));
-    }
-    Ok(())
-}
-
-fn is_public_v4(ip: std::net::Ipv4Addr) -> bool {
-    let o = ip.octets();
-    let shared = o[0] == 100 && (64..128).contains(&o[1]); // 100.64.0.0/10, carrier-grade NAT
-    !(ip.is_loopback()
-        || ip.is_private()
-        || ip.is_link_local()
-        || ip.is_unspecified()
-        || ip.is_broadcast()
-        || ip.is_multicast()
-        || ip.is_documentation()
-        || shared
-        || o[0] == 0)
-}
-
-fn is_public_v6(ip: std::net::Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
-    let unique_local = first & 0xfe00 == 0xfc00;
-    let link_local = first & 0xffc0 == 0xfe80;
-    !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || unique_local || link_local)
-}
-
-impl Byoi {
-    /// Checks what OVH would reject, before any call. `allow_private_url` lets the image URL name
-    /// a private or loopback address (a vRack mirror, a test API).
-    pub fn validate(&self, allow_private_url: bool) -> Result<(), String> {
-        check_image_url(&self.image_url, allow_private_url)?;
-        russh::keys::PublicKey::from_openssh(self.ssh_key.trim())
-            .map_err(|e| format!("the SSH public key does not parse: {e}"))?;
-        if let Some(h) = &self.hostname {
-            if !is_hostname(h) {
-                return Err(format!("--hostname {h:?} is not a valid hostname"));
-            }
-        }
-        for (k, v) in &self.http_headers {
-            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                return Err(format!(
-                    "--http-header {k:?}: a header name is letters, digits and -"
-                ));
-            }
-            if v.bytes().any(|b| b.is_ascii_control()) {
-                return Err(format!(
-                    "--http-header {k}=...: the value holds a newline or another control character"
-                ));
-            }
-        }
-        Ok(())
-    }
-}
+use super::{segment, ApiError, CallError, Client, PROVIDER};
+use crate::baremetal::{BareMetal, Byoi, ImageType, InstallHandle, InstallProgress, Server};
+use crate::driver::ProviderError;
 
 /// The legacy status: `doing`, `done` or `error`, with a message.
 #[derive(Debug, Clone, Deserialize)]
@@ -307,28 +81,10 @@ impl Client {
 
     /// Legacy: `POST /dedicated/server/{service}/bringYourOwnImage`.
     pub async fn byoi_start_legacy(&self, service: &str, byoi: &Byoi) -> Result<(), CallError> {
-        let mut configdrive = json!({"enable": true, "sshKey": byoi.ssh_key.trim()});
-        if let Some(h) = &byoi.hostname {
-            configdrive["hostname"] = json!(h);
-        }
-        if let Some(u) = &byoi.user_data {
-            configdrive["userData"] = json!(u);
-        }
-        let mut body = json!({
-            "URL": byoi.image_url,
-            "type": byoi.image_type.as_str(),
-            "configdrive": configdrive,
-            "description": "nodeup",
-            "httpHeader": byoi.http_headers.iter().map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>(),
-        });
-        if let Some(c) = &byoi.checksum {
-            body["checkSum"] = json!(c.hex);
-            body["checkSumType"] = json!(c.kind);
-        }
         self.call(
             Method::POST,
             &path(service, "/bringYourOwnImage"),
-            Some(&body),
+            Some(&legacy_body(byoi)),
         )
         .await
         .map(|_| ())
@@ -357,30 +113,7 @@ impl Client {
         operating_system: &str,
         byoi: &Byoi,
     ) -> Result<Task, CallError> {
-        let mut customizations = json!({
-            "imageURL": byoi.image_url,
-            "imageType": byoi.image_type.as_str(),
-            "sshKey": byoi.ssh_key.trim(),
-        });
-        if let Some(c) = &byoi.checksum {
-            customizations["imageCheckSum"] = json!(c.hex);
-            customizations["imageCheckSumType"] = json!(c.kind);
-        }
-        if !byoi.http_headers.is_empty() {
-            customizations["httpHeaders"] = byoi
-                .http_headers
-                .iter()
-                .map(|(k, v)| (k.clone(), json!(v)))
-                .collect::<serde_json::Map<_, _>>()
-                .into();
-        }
-        if let Some(h) = &byoi.hostname {
-            customizations["hostname"] = json!(h);
-        }
-        if let Some(u) = &byoi.user_data {
-            customizations["configDriveUserData"] = json!(u);
-        }
-        let body = json!({"operatingSystem": operating_system, "customizations": customizations});
+        let body = current_body(operating_system, byoi);
         decode(
             self.call(Method::POST, &path(service, "/reinstall"), Some(&body))
                 .await?,
@@ -407,6 +140,241 @@ impl Client {
             Err(CallError::Api(ApiError { status: 404, .. })) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// The legacy call's body (OVH's BYOI guide).
+fn legacy_body(byoi: &Byoi) -> Value {
+    let mut configdrive = json!({"enable": byoi.config_drive});
+    if byoi.config_drive {
+        configdrive["sshKey"] = json!(byoi.ssh_key.trim());
+        if let Some(h) = &byoi.hostname {
+            configdrive["hostname"] = json!(h);
+        }
+        if let Some(u) = &byoi.user_data {
+            configdrive["userData"] = json!(u);
+        }
+        if !byoi.user_metadata.is_empty() {
+            configdrive["userMetadatas"] = byoi
+                .user_metadata
+                .iter()
+                .map(|(k, v)| json!({"key": k, "value": v}))
+                .collect();
+        }
+    }
+    let mut body = json!({
+        "URL": byoi.image_url,
+        "type": byoi.image_type.as_str(),
+        "configdrive": configdrive,
+        "description": byoi.description.as_deref().unwrap_or(DEFAULT_DESCRIPTION),
+        "httpHeader": byoi.http_headers.iter().map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>(),
+    });
+    if let Some(c) = &byoi.checksum {
+        body["checkSum"] = json!(c.hex);
+        body["checkSumType"] = json!(c.kind);
+    }
+    if let Some(group) = byoi.disk_group_id {
+        body["diskGroupId"] = json!(group);
+    }
+    body
+}
+
+/// The current call's body.
+fn current_body(operating_system: &str, byoi: &Byoi) -> Value {
+    let mut customizations = json!({
+        "imageURL": byoi.image_url,
+        "imageType": byoi.image_type.as_str(),
+    });
+    if let Some(c) = &byoi.checksum {
+        customizations["imageCheckSum"] = json!(c.hex);
+        customizations["imageCheckSumType"] = json!(c.kind);
+    }
+    if !byoi.http_headers.is_empty() {
+        customizations["httpHeaders"] = byoi
+            .http_headers
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    }
+    if byoi.config_drive {
+        customizations["sshKey"] = json!(byoi.ssh_key.trim());
+        if let Some(h) = &byoi.hostname {
+            customizations["hostname"] = json!(h);
+        }
+        if let Some(u) = &byoi.user_data {
+            customizations["configDriveUserData"] = json!(u);
+        }
+        if !byoi.user_metadata.is_empty() {
+            customizations["configDriveMetadata"] = byoi
+                .user_metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+        }
+    }
+    let mut body = json!({"operatingSystem": operating_system, "customizations": customizations});
+    if let Some(group) = byoi.disk_group_id {
+        body["storage"] = json!([{"diskGroupId": group}]);
+    }
+    body
+}
+
+/// The description a legacy deployment gets unless one is given.
+const DEFAULT_DESCRIPTION: &str = "nodeup";
+
+/// Which API generation reinstalls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Generation {
+    /// `POST /dedicated/server/{name}/bringYourOwnImage` (OVH's BYOI guide).
+    Legacy,
+    /// `POST /dedicated/server/{name}/reinstall` with this operating system (`byoi_64`,
+    /// `byolinux_64`).
+    Current(String),
+}
+
+/// OVH's dedicated servers as a [`BareMetal`] provider, through one API generation.
+#[derive(Debug)]
+pub struct OvhDedicated {
+    client: Client,
+    generation: Generation,
+}
+
+impl OvhDedicated {
+    /// Reinstalls through `generation` with this client.
+    pub fn new(client: Client, generation: Generation) -> Self {
+        OvhDedicated { client, generation }
+    }
+}
+
+fn call(context: &str) -> impl FnOnce(CallError) -> ProviderError + '_ {
+    move |e| e.into_provider(context.to_string())
+}
+
+#[async_trait]
+impl BareMetal for OvhDedicated {
+    fn name(&self) -> &str {
+        PROVIDER
+    }
+
+    fn check(&self, byoi: &Byoi) -> Result<(), String> {
+        match (&self.generation, byoi.image_type) {
+            (Generation::Current(_), ImageType::Ova) => Err(
+                "OVH's current reinstall takes qcow2 or raw images: an ova needs --api legacy"
+                    .into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    async fn server(&self, service: &str) -> Result<Server, ProviderError> {
+        self.client
+            .dedicated_server(service)
+            .await
+            .map_err(call("GET /dedicated/server"))
+    }
+
+    async fn start(&self, service: &str, byoi: &Byoi) -> Result<InstallHandle, ProviderError> {
+        match &self.generation {
+            Generation::Legacy => {
+                self.client
+                    .byoi_start_legacy(service, byoi)
+                    .await
+                    .map_err(call("POST bringYourOwnImage"))?;
+                Ok(InstallHandle::Status)
+            }
+            Generation::Current(os) => Ok(InstallHandle::Task(
+                self.client
+                    .byoi_start_current(service, os, byoi)
+                    .await
+                    .map_err(call("POST reinstall"))?
+                    .task_id,
+            )),
+        }
+    }
+
+    async fn progress(
+        &self,
+        service: &str,
+        handle: &InstallHandle,
+    ) -> Result<InstallProgress, ProviderError> {
+        match handle {
+            InstallHandle::Status => self.legacy_progress(service).await,
+            InstallHandle::Task(id) => self.task_progress(service, *id).await,
+        }
+    }
+
+    /// The legacy call's `DELETE .../bringYourOwnImage`: erases the deployment status and puts
+    /// the server in rescue mode. The current API has no cancel.
+    async fn cancel(&self, service: &str) -> Result<(), ProviderError> {
+        self.client
+            .byoi_clear_legacy(service)
+            .await
+            .map_err(call("DELETE bringYourOwnImage"))
+    }
+}
+
+impl OvhDedicated {
+    async fn legacy_progress(&self, service: &str) -> Result<InstallProgress, ProviderError> {
+        let s = self
+            .client
+            .byoi_status_legacy(service)
+            .await
+            .map_err(call("GET bringYourOwnImage"))?;
+        Ok(match s.status.as_str() {
+            "done" => InstallProgress::Done {
+                status: s.status,
+                message: s.message,
+            },
+            "error" => InstallProgress::Failed {
+                fix: fix_for(&s.message),
+                message: s.message,
+            },
+            _ => InstallProgress::Running {
+                status: s.status,
+                message: s.message,
+            },
+        })
+    }
+
+    async fn task_progress(
+        &self,
+        service: &str,
+        id: u64,
+    ) -> Result<InstallProgress, ProviderError> {
+        let t = self
+            .client
+            .dedicated_task(service, id)
+            .await
+            .map_err(call("GET task"))?;
+        let mut message = t.comment.clone().unwrap_or_default();
+        if let Ok(Some(progress)) = self.client.install_status(service).await {
+            if let Some(step) = progress
+                .progress
+                .iter()
+                .find(|p| p.status == "doing" || p.error.is_some())
+            {
+                message = step.error.clone().unwrap_or(step.comment.clone());
+            }
+        }
+        Ok(match t.status.as_str() {
+            "done" => InstallProgress::Done {
+                status: t.status,
+                message,
+            },
+            "customerError" | "ovhError" | "cancelled" => {
+                let message = t.comment.unwrap_or(message);
+                InstallProgress::Failed {
+                    fix: fix_for(&message),
+                    message,
+                }
+            }
+            _ => InstallProgress::Running {
+                status: t.status,
+                message,
+            },
+        })
     }
 }
 
@@ -438,74 +406,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn checksums_are_checked_before_any_call() {
-        let ok: Checksum = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
-        assert_eq!(ok.kind, "sha256");
-        assert!("sha256:abc"
-            .parse::<Checksum>()
-            .unwrap_err()
-            .contains("64 hex digits"));
-        assert!(format!("md5:{}", "z".repeat(32))
-            .parse::<Checksum>()
-            .is_err());
-        assert!("crc32:1234"
-            .parse::<Checksum>()
-            .unwrap_err()
-            .contains("md5, sha1, sha256 or sha512"));
-        assert!("nocolon".parse::<Checksum>().is_err());
-        assert!("vhd".parse::<ImageType>().is_err());
-    }
-
-    #[test]
-    fn service_names_are_host_like() {
-        assert!(validate_service_name("ns1234567.ip-1-2-3.eu").is_ok());
-        assert!(validate_service_name("ns1").is_ok());
-        for bad in [
-            "",
-            "../../escape",
-            "a/b",
-            "ns1..eu",
-            "-ns1",
-            "ns 1",
-            "ns1?x",
-        ] {
-            assert!(validate_service_name(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn image_urls_must_be_public() {
-        for good in [
-            "https://images.example.org/debian.qcow2",
-            "http://51.68.1.2:8080/x.raw",
-            "http://[2001:41d0::1]/x",
-        ] {
-            assert!(check_image_url(good, false).is_ok(), "{good}");
-        }
-        for bad in [
-            "http://",
-            "ftp://example.org/x",
-            "http://127.0.0.1/x",
-            "http://localhost/x",
-            "http://a.localhost./x",
-            "http://10.0.0.5/x",
-            "http://192.168.1.1/x",
-            "http://172.16.0.1/x",
-            "http://169.254.169.254/x",
-            "http://0.0.0.0/x",
-            "http://100.64.0.1/x",
-            "http://[::1]/x",
-            "http://[fe80::1]/x",
-            "http://[fd00::1]/x",
-            "http://[::ffff:127.0.0.1]/x",
-        ] {
-            assert!(check_image_url(bad, false).is_err(), "{bad}");
-        }
-        assert!(check_image_url("http://127.0.0.1:9/x", true).is_ok());
-        assert!(
-            check_image_url("http://", true).is_err(),
-            "a host is always needed"
+    fn bodies_carry_every_field_of_the_guide() {
+        let byoi = Byoi {
+            image_url: "https://x/y.ova".into(),
+            image_type: ImageType::Ova,
+            checksum: None,
+            http_headers: vec![],
+            description: Some("golden".into()),
+            disk_group_id: Some(2),
+            config_drive: true,
+            hostname: Some("h".into()),
+            ssh_key: "ssh-ed25519 AAAA".into(),
+            user_data: None,
+            user_metadata: vec![("role".into(), "web".into())],
+        };
+        let legacy = legacy_body(&byoi);
+        assert_eq!(legacy["type"], "ova");
+        assert_eq!(legacy["description"], "golden");
+        assert_eq!(legacy["diskGroupId"], 2);
+        assert_eq!(
+            legacy["configdrive"]["userMetadatas"],
+            json!([{"key": "role", "value": "web"}])
         );
+        let current = current_body("byolinux_64", &byoi);
+        assert_eq!(current["storage"], json!([{"diskGroupId": 2}]));
+        assert_eq!(
+            current["customizations"]["configDriveMetadata"],
+            json!({"role": "web"})
+        );
+        let off = Byoi {
+            config_drive: false,
+            ..byoi
+        };
+        assert_eq!(legacy_body(&off)["configdrive"], json!({"enable": false}));
+        assert!(current_body("byolinux_64", &off)["customizations"]
+            .get("sshKey")
+            .is_none());
     }
 
     #[test]

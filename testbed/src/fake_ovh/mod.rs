@@ -360,6 +360,21 @@ impl FakeOvh {
             .and_then(|v| v["snapshotId"].as_str().map(str::to_string))
     }
 
+    /// The body of the last reinstall request for a dedicated server.
+    pub fn last_reinstall_request(&self, server: &str) -> Option<Value> {
+        with_server(&self.fake, server, |s| s.last_request.clone())
+            .ok()
+            .flatten()
+    }
+
+    /// Whether a reinstall of the server is under way (downloading, checking or installing).
+    pub fn installing(&self, server: &str) -> bool {
+        with_server(&self.fake, server, |s| {
+            s.legacy.as_ref().is_some_and(|(st, _)| st == "doing")
+        })
+        .unwrap_or(false)
+    }
+
     /// The names of the SSH keys the project holds.
     pub fn key_names(&self) -> Vec<String> {
         self.fake
@@ -1326,6 +1341,11 @@ struct Dedicated {
     tasks: Vec<Value>,
     /// The current install: when it started, and its steps.
     install: Option<(Instant, Vec<InstallStep>)>,
+    /// Counts install starts and cancels: an install whose number is no longer this one was
+    /// cancelled, and stops.
+    run: u64,
+    /// The body of the last reinstall request (either generation).
+    last_request: Option<Value>,
 }
 
 /// One step of an install, as `/install/status` lists it: comment, status, error.
@@ -1340,8 +1360,12 @@ struct InstallSpec {
     hostname: Option<String>,
     ssh_key: Option<String>,
     user_data: Option<String>,
+    /// Config-drive metadata.
+    metadata: Vec<(String, String)>,
     /// `None` for the legacy call, else the task id.
     task: Option<u64>,
+    /// This install's number (see `Dedicated::run`).
+    run: u64,
 }
 
 impl FakeOvh {
@@ -1375,6 +1399,8 @@ impl FakeOvh {
                 node: node.clone(),
                 legacy: None,
                 tasks: Vec::new(),
+                run: 0,
+                last_request: None,
                 install: None,
             });
         Ok(node)
@@ -1427,8 +1453,12 @@ async fn byoi_status(State(fake): State<Shared>, Path(name): Path<String>) -> Re
     }
 }
 
+/// Erases the deployment status and stops an install under way; the server stays down (rescue).
 async fn byoi_clear(State(fake): State<Shared>, Path(name): Path<String>) -> Response {
-    match with_server(&fake, &name, |s| s.legacy = None) {
+    match with_server(&fake, &name, |s| {
+        s.legacy = None;
+        s.run += 1;
+    }) {
         Ok(()) => Json(Value::Null).into_response(),
         Err(r) => r,
     }
@@ -1459,6 +1489,12 @@ async fn byoi_start(State(fake): State<Shared>, Path(name): Path<String>, body: 
         _ => return bad_request("Please provide checkSum AND checkSumType or none of them"),
     };
     let drive = request.get("configdrive").cloned().unwrap_or(Value::Null);
+    // A config drive that is not enabled sets nothing.
+    let drive = if drive["enable"] == false {
+        Value::Null
+    } else {
+        drive
+    };
     let spec = InstallSpec {
         url,
         image_type: kind,
@@ -1474,18 +1510,30 @@ async fn byoi_start(State(fake): State<Shared>, Path(name): Path<String>, body: 
         hostname: text(&drive, "hostname"),
         ssh_key: text(&drive, "sshKey"),
         user_data: text(&drive, "userData"),
+        metadata: drive["userMetadatas"]
+            .as_array()
+            .map(|ms| {
+                ms.iter()
+                    .filter_map(|m| Some((text(m, "key")?, text(m, "value")?)))
+                    .collect()
+            })
+            .unwrap_or_default(),
         task: None,
+        run: 0,
     };
-    match with_server(&fake, &name, |s| {
+    let run = match with_server(&fake, &name, |s| {
         if s.legacy.as_ref().is_some_and(|(st, _)| st == "doing") {
             return Err(bad_request("A deployment is already in progress"));
         }
         s.legacy = Some(("doing".into(), "Downloading image".into()));
-        Ok(())
+        s.last_request = Some(request.clone());
+        s.run += 1;
+        Ok(s.run)
     }) {
-        Ok(Ok(())) => {}
+        Ok(Ok(run)) => run,
         Ok(Err(r)) | Err(r) => return r,
-    }
+    };
+    let spec = InstallSpec { run, ..spec };
     tokio::spawn(run_install(fake.clone(), name, spec));
     Json(Value::Null).into_response()
 }
@@ -1532,16 +1580,19 @@ async fn reinstall_start(
     let task_id = 4_000_000 + rand::rng().random_range(0..999_999u64);
     let task = json!({"taskId": task_id, "function": "reinstallServer", "status": "init",
                       "comment": "Start reinstallation", "startDate": humantime_now(), "doneDate": null});
-    match with_server(&fake, &name, |s| {
+    let run = match with_server(&fake, &name, |s| {
         s.tasks.push(task.clone());
         s.install = Some((
             Instant::now(),
             vec![("Downloading image".into(), "doing".into(), None)],
         ));
+        s.last_request = Some(request.clone());
+        s.run += 1;
+        s.run
     }) {
-        Ok(()) => {}
+        Ok(run) => run,
         Err(r) => return r,
-    }
+    };
     let spec = InstallSpec {
         url,
         image_type: kind,
@@ -1550,7 +1601,16 @@ async fn reinstall_start(
         hostname: text(&c, "hostname"),
         ssh_key: text(&c, "sshKey"),
         user_data: text(&c, "configDriveUserData"),
+        metadata: c["configDriveMetadata"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default(),
         task: Some(task_id),
+        run,
     };
     tokio::spawn(run_install(fake.clone(), name, spec));
     Json(task).into_response()
@@ -1594,6 +1654,9 @@ async fn run_install(fake: Shared, name: String, spec: InstallSpec) {
     let legacy = spec.task.is_none();
     let set = |status: &str, comment: &str, error: Option<String>| {
         let _ = with_server(&fake, &name, |s| {
+            if s.run != spec.run {
+                return; // cancelled
+            }
             if legacy {
                 s.legacy = Some((
                     status.to_string(),
@@ -1670,6 +1733,8 @@ async fn run_install(fake: Shared, name: String, spec: InstallSpec) {
     };
     let actual = if image.starts_with(b"QFI\xfb") {
         "qcow2"
+    } else if image.get(257..262) == Some(b"ustar") {
+        "ova"
     } else {
         "raw"
     };
@@ -1707,6 +1772,11 @@ async fn run_install(fake: Shared, name: String, spec: InstallSpec) {
         .unwrap_or_else(|e| e.into_inner())
         .install_time;
     tokio::time::sleep(install_time).await;
+    if with_server(&fake, &name, |s| s.run != spec.run).unwrap_or(true) {
+        // Cancelled: the server stays in rescue, its disk as the cancel left it.
+        let _ = fake.driver.start_node(&node).await;
+        return;
+    }
     let result = fake
         .driver
         .reinstall(
@@ -1715,6 +1785,7 @@ async fn run_install(fake: Shared, name: String, spec: InstallSpec) {
                 hostname: spec.hostname.clone(),
                 root_key: spec.ssh_key.clone(),
                 user_data: spec.user_data.clone().map(String::into_bytes),
+                metadata: spec.metadata.clone(),
             },
         )
         .await;
