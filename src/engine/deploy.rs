@@ -10,10 +10,10 @@ use futures::future::BoxFuture;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::connect::{error_chain, login, LoginAttempt, LoginOptions};
+use super::connect::{error_chain, login, LoggedIn, LoginAttempt, LoginOptions};
 use super::wait::{wait_until_running, Interface, WaitError, WaitOptions};
 use crate::deploy::{self, Context, Step, StepResult};
-use crate::driver::{NodeDriver, ProviderError};
+use crate::driver::{Features, NodeDriver, ProviderError};
 use crate::model::{CreateNode, Node, NodeAuth};
 use crate::ssh::{
     self, Credentials, ErrorClass, HostKeyCheck, HostKeyPolicy, OutputSink, Password,
@@ -368,46 +368,113 @@ pub struct Run {
     pub reconnects: u32,
 }
 
+/// How long a connection may be silent before a keepalive is sent.
+const KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// One run of steps on one target: the login, the connection, and what to do when it drops.
+struct Runner<'a> {
+    target: &'a Target,
+    creds: &'a Credentials,
+    options: &'a DeployOptions,
+    login_options: LoginOptions,
+    attempts: Vec<LoginAttempt>,
+    leftovers: std::sync::Mutex<Vec<String>>,
+}
+
+impl<'a> Runner<'a> {
+    fn new(target: &'a Target, creds: &'a Credentials, options: &'a DeployOptions) -> Self {
+        Runner {
+            target,
+            creds,
+            options,
+            login_options: LoginOptions {
+                users: target.users.clone(),
+                attempt_timeout: options.ssh_timeout,
+                keepalive: KEEPALIVE,
+                host_keys: HostKeyCheck {
+                    policy: options.host_key_policy,
+                    known_hosts: options.known_hosts.clone(),
+                    pinned: target.pinned_host_keys.clone(),
+                },
+                host_name: None,
+            },
+            attempts: Vec::new(),
+            leftovers: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Logs in, within a fresh time budget.
+    async fn login(&mut self) -> Result<LoggedIn, ssh::Error> {
+        let deadline = Instant::now() + self.options.timeout;
+        let (addr, creds) = (self.target.addr, self.creds);
+        login(
+            addr,
+            creds,
+            &self.login_options,
+            deadline,
+            &mut self.attempts,
+        )
+        .await
+    }
+
+    fn context<'s>(&'s self, logged_in: &'s LoggedIn, sink: Option<OutputSink>) -> Context<'s> {
+        Context {
+            session: &logged_in.session,
+            node: self.target.node.as_ref(),
+            home: logged_in.home.clone(),
+            is_root: logged_in.is_root,
+            sink,
+            leftovers: &self.leftovers,
+        }
+    }
+
+    /// After a lost connection: logs in again as the user that worked, and removes what the
+    /// interrupted step left (a half-written temporary file, a script's private directory).
+    async fn resume(&mut self, user: String) -> Result<LoggedIn, ssh::Error> {
+        self.login_options.users = vec![user];
+        let logged_in = self.login().await?;
+        if let Err(e) = deploy::remove_leftovers(&self.context(&logged_in, None)).await {
+            tracing::warn!(
+                "removing what the interrupted step left: {}",
+                error_chain(&e)
+            );
+        }
+        Ok(logged_in)
+    }
+
+    fn fail(
+        self,
+        cause: Cause,
+        step: Option<(usize, &'static str)>,
+        done: Vec<StepResult>,
+    ) -> RunFailure {
+        RunFailure {
+            step,
+            cause,
+            attempts: self.attempts,
+            completed: done,
+        }
+    }
+}
+
 /// Logs in to `target` and runs `steps` over one connection; a lost connection is resumed, up to
 /// `options.max_tries` connections in all, at the step that did not finish (finished steps never
-/// run again).
+/// run again). With `options.retry_failed_steps`, a failed step runs the whole list again.
 pub async fn run_steps(
     target: &Target,
     steps: &Step,
     creds: &Credentials,
     options: &DeployOptions,
 ) -> Result<Run, RunFailure> {
-    let mut attempts = Vec::new();
+    let mut runner = Runner::new(target, creds, options);
     let mut results: Vec<StepResult> = Vec::new();
     let flat = steps.flatten();
-    let mut login_options = LoginOptions {
-        users: target.users.clone(),
-        attempt_timeout: options.ssh_timeout,
-        keepalive: Duration::from_secs(5),
-        host_keys: HostKeyCheck {
-            policy: options.host_key_policy,
-            known_hosts: options.known_hosts.clone(),
-            pinned: target.pinned_host_keys.clone(),
-        },
-        host_name: None,
+    let mut logged_in = match runner.login().await {
+        Ok(l) => l,
+        Err(e) => return Err(runner.fail(Cause::Login(e), None, results)),
     };
-    let fail = |cause, step, attempts: Vec<LoginAttempt>, completed: Vec<StepResult>| RunFailure {
-        step,
-        cause,
-        attempts,
-        completed,
-    };
-    let deadline = Instant::now() + options.timeout;
-    let mut logged_in =
-        match login(target.addr, creds, &login_options, deadline, &mut attempts).await {
-            Ok(l) => l,
-            Err(e) => return Err(fail(Cause::Login(e), None, attempts, results)),
-        };
     options.emit(Event::LoggedIn(logged_in.user.clone()));
-    let mut connections = 1;
-    let mut runs = 1;
-    let mut index = 0;
-    let leftovers = std::sync::Mutex::new(Vec::new());
+    let (mut connections, mut runs, mut index) = (1, 1, 0);
     while index < flat.len() {
         let step = flat[index];
         let (number, total, kind) = (index + 1, flat.len(), step.kind());
@@ -416,21 +483,17 @@ pub async fn run_steps(
             total,
             kind,
         });
-        let ctx = Context {
-            session: &logged_in.session,
-            node: target.node.as_ref(),
-            home: logged_in.home.clone(),
-            is_root: logged_in.is_root,
-            sink: options.output.clone(),
-            leftovers: &leftovers,
-        };
-        match step.run(&ctx).await {
+        let outcome = step
+            .run(&runner.context(&logged_in, options.output.clone()))
+            .await;
+        match outcome {
             Ok(result) => {
+                let elapsed = result.duration;
                 options.emit(Event::StepFinished {
                     index: number,
                     total,
                     kind,
-                    elapsed: result.duration,
+                    elapsed,
                 });
                 results.push(result);
                 index += 1;
@@ -443,38 +506,12 @@ pub async fn run_steps(
                 );
                 options.emit(Event::Reconnecting(number));
                 connections += 1;
-                // The user that worked, again; within a fresh time budget.
-                login_options.users = vec![logged_in.user.clone()];
-                let deadline = Instant::now() + options.timeout;
-                logged_in = match login(target.addr, creds, &login_options, deadline, &mut attempts)
-                    .await
-                {
+                logged_in = match runner.resume(logged_in.user.clone()).await {
                     Ok(l) => l,
                     Err(e) => {
-                        return Err(fail(
-                            Cause::Login(e),
-                            Some((number, kind)),
-                            attempts,
-                            results,
-                        ))
+                        return Err(runner.fail(Cause::Login(e), Some((number, kind)), results))
                     }
                 };
-                // What the interrupted step left (a half-written temporary file, a script's
-                // private directory) goes before the step runs again.
-                let ctx = Context {
-                    session: &logged_in.session,
-                    node: target.node.as_ref(),
-                    home: logged_in.home.clone(),
-                    is_root: logged_in.is_root,
-                    sink: None,
-                    leftovers: &leftovers,
-                };
-                if let Err(e) = deploy::remove_leftovers(&ctx).await {
-                    tracing::warn!(
-                        "removing what the interrupted step left: {}",
-                        error_chain(&e)
-                    );
-                }
             }
             Err(e) if options.retry_failed_steps && runs < options.max_tries => {
                 runs += 1;
@@ -484,20 +521,14 @@ pub async fn run_steps(
                     error_chain(&e)
                 );
                 options.emit(Event::Retrying(runs));
+                let ctx = runner.context(&logged_in, None);
                 if let Err(e) = deploy::remove_leftovers(&ctx).await {
                     tracing::warn!("removing what the failed step left: {}", error_chain(&e));
                 }
                 results.clear();
                 index = 0;
             }
-            Err(e) => {
-                return Err(fail(
-                    Cause::Step(e),
-                    Some((number, kind)),
-                    attempts,
-                    results,
-                ))
-            }
+            Err(e) => return Err(runner.fail(Cause::Step(e), Some((number, kind)), results)),
         }
     }
     let user = logged_in.user.clone();
@@ -546,6 +577,60 @@ impl Drop for ExitGuard {
     }
 }
 
+/// The credentials a deployment logs in with, checked before anything is created: the options'
+/// keys, password or defaults, else a temporary key when the provider installs keys.
+fn login_credentials(features: Features, options: &DeployOptions) -> Result<Credentials, Cause> {
+    let mut creds = options.credentials().map_err(Cause::Credentials)?;
+    if creds.is_empty() && features.ssh_key && options.temporary_key && options.auth.is_none() {
+        let key =
+            russh::keys::PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
+                .map_err(|e| Cause::Invalid(format!("generating a temporary key: {e}")))?;
+        tracing::info!("no key given: logging in with a temporary ed25519 key");
+        creds
+            .keys
+            .push((PathBuf::from("(temporary key)"), Arc::new(key)));
+    }
+    if creds.is_empty() && !features.generates_password {
+        return Err(Cause::Invalid(
+            "no way to log in: give a private key file (--key), a password, or run an ssh-agent; \
+             ~/.ssh has no default key"
+                .into(),
+        ));
+    }
+    Ok(creds)
+}
+
+/// What `create_node` is handed: the options' `auth`, else the public half of the first key
+/// (when the provider installs keys and `authorize_key`), and only a kind the provider accepts.
+/// One it cannot install is still used to log in (as Libcloud does): the node relies on what the
+/// account or image has already.
+fn create_auth(
+    provider: &str,
+    features: Features,
+    creds: &Credentials,
+    options: &DeployOptions,
+) -> Option<NodeAuth> {
+    let handed_key = match (&options.auth, creds.keys.first()) {
+        (None, Some((_, key))) if options.authorize_key && features.ssh_key => {
+            key.public_key().to_openssh().ok().map(NodeAuth::SshKey)
+        }
+        _ => None,
+    };
+    let auth = options.auth.clone().or(handed_key)?;
+    let (accepted, what) = match &auth {
+        NodeAuth::SshKey(_) => (features.ssh_key, "an SSH key"),
+        NodeAuth::Password(_) => (features.password, "a password"),
+    };
+    if !accepted {
+        tracing::warn!(
+            "provider {provider} cannot install {what} when creating a node: logging in with what \
+             the account or image already has"
+        );
+        return None;
+    }
+    Some(auth)
+}
+
 /// Creates a node, waits until it runs, logs in and runs `steps` on it.
 ///
 /// Before anything is created: the steps are validated, key files loaded and passphrases checked,
@@ -562,57 +647,9 @@ pub async fn deploy_node(
         .validate()
         .map_err(|e| DeploymentError::before_create(Cause::Invalid(e.to_string())))?;
     let features = driver.features();
-    let mut creds = options
-        .credentials()
-        .map_err(|e| DeploymentError::before_create(Cause::Credentials(e)))?;
-    if creds.is_empty() && features.ssh_key && options.temporary_key && options.auth.is_none() {
-        let key =
-            russh::keys::PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
-                .map_err(|e| {
-                    DeploymentError::before_create(Cause::Invalid(format!(
-                        "generating a temporary key: {e}"
-                    )))
-                })?;
-        tracing::info!("no key given: logging in with a temporary ed25519 key");
-        creds
-            .keys
-            .push((PathBuf::from("(temporary key)"), Arc::new(key)));
-    }
-    if creds.is_empty() && !features.generates_password {
-        return Err(DeploymentError::before_create(Cause::Invalid(
-            "no way to log in: give a private key file (--key), a password, or run an ssh-agent; \
-             ~/.ssh has no default key"
-                .into(),
-        )));
-    }
+    let creds = login_credentials(features, options).map_err(DeploymentError::before_create)?;
     let mut request = request.clone();
-    let handed_key = match (&options.auth, creds.keys.first()) {
-        (None, Some((_, key))) if options.authorize_key && features.ssh_key => {
-            key.public_key().to_openssh().ok().map(NodeAuth::SshKey)
-        }
-        _ => None,
-    };
-    if let Some(auth) = options.auth.as_ref().or(handed_key.as_ref()) {
-        let accepted = match auth {
-            NodeAuth::SshKey(_) => features.ssh_key,
-            NodeAuth::Password(_) => features.password,
-        };
-        if accepted {
-            request.auth = Some(auth.clone());
-        } else {
-            // As Libcloud does: the provider cannot install it at create time, so the login
-            // relies on what the account or image has already (the password is still tried).
-            tracing::warn!(
-                "provider {} cannot install {} when creating a node: logging in with what the \
-                 account or image already has",
-                driver.name(),
-                match auth {
-                    NodeAuth::SshKey(_) => "an SSH key",
-                    NodeAuth::Password(_) => "a password",
-                }
-            );
-        }
-    }
+    request.auth = create_auth(driver.name(), features, &creds, options);
     if options.cancel.is_cancelled() {
         return Err(DeploymentError::before_create(Cause::Cancelled));
     }
