@@ -11,31 +11,11 @@ use nodeup::driver::NodeDriver;
 use testbed::fake_ovh::{FakeOvh, Fault, OvhConfig, OvhFaults, RouteFault};
 use testbed::TestBed;
 
-use crate::bed_leftovers;
+use crate::{
+    bed_leftovers, nodeup_on as nodeup_cmd, signal, stderr_of as stderr, write_file as write,
+};
 
 const OVH_IMAGE: &str = "Debian 12";
-
-fn nodeup_cmd(bed: &TestBed, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodeup"));
-    cmd.args(args)
-        .env("NODEUP_STATE_DIR", bed.nodeup_state_dir())
-        .env("HOME", bed.dir())
-        .env_remove("NODEUP_LOG")
-        .env_remove("NODEUP_DEBUG")
-        .current_dir(bed.dir())
-        .stdin(Stdio::null());
-    cmd
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 #[track_caller]
 fn assert_usage(out: &Output, expected: &[&str]) {
@@ -447,12 +427,6 @@ async fn ovh_one_name_is_one_instance_and_one_key_serves_concurrent_deploys() {
         "{:?}",
         o.fake.key_names()
     );
-}
-
-/// Sends `signal` to the process.
-fn signal(child: &std::process::Child, signal: i32) {
-    // SAFETY: kill(2) on a child we spawned and have not reaped.
-    unsafe { libc::kill(child.id() as i32, signal) };
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,3 +66,38 @@ pub fn bed_leftovers(bed: &testbed::TestBed) -> Vec<String> {
     }
     left
 }
+
+/// The `nodeup` binary on a test bed: its state directory and home, no passphrase, password,
+/// agent or debug trace from the environment, no standard input.
+pub fn nodeup_on(bed: &testbed::TestBed, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nodeup"));
+    cmd.args(args)
+        .env("NODEUP_STATE_DIR", bed.nodeup_state_dir())
+        .env("HOME", bed.dir())
+        .env_remove("NODEUP_LOG")
+        .env_remove("NODEUP_DEBUG")
+        .env_remove("NODEUP_KEY_PASSPHRASE")
+        .env_remove("NODEUP_SSH_PASSWORD")
+        .env_remove("SSH_AUTH_SOCK")
+        .current_dir(bed.dir())
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
+/// Writes `text` to `dir/name`; returns the path.
+pub fn write_file(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A command's stderr as text.
+pub fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Sends `signal` to a child process.
+pub fn signal(child: &std::process::Child, signal: i32) {
+    // SAFETY: kill(2) on a child we spawned and have not reaped.
+    unsafe { libc::kill(child.id() as i32, signal) };
+}

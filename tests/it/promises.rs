@@ -5,38 +5,15 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nodeup::driver::NodeDriver;
 use serde_json::Value;
 use testbed::{NodeSpec, TestBed};
 
-use crate::bed_leftovers;
-
-fn nodeup(bed: &TestBed, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodeup"));
-    cmd.args(args)
-        .env("NODEUP_STATE_DIR", bed.nodeup_state_dir())
-        .env("HOME", bed.dir())
-        .env_remove("NODEUP_KEY_PASSPHRASE")
-        .env_remove("NODEUP_SSH_PASSWORD")
-        .env_remove("SSH_AUTH_SOCK")
-        .current_dir(bed.dir())
-        .stdin(Stdio::null());
-    cmd
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use crate::{bed_leftovers, nodeup_on as nodeup, signal, stderr_of as stderr, write_file as write};
 
 /// Spawns `deploy FILE --key KEY` with stderr piped, and reads it until a line contains `until`;
 /// returns the child, the lines read so far and the rest of the reader.
@@ -65,11 +42,6 @@ fn deploy_until(
         }
     }
     (child, seen, lines)
-}
-
-fn signal(child: &Child, signal: i32) {
-    // SAFETY: kill(2) on a child we spawned and have not reaped.
-    unsafe { libc::kill(child.id() as i32, signal) };
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
