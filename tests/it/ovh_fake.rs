@@ -189,6 +189,23 @@ async fn the_fake_refuses_tampered_unsigned_and_stale_requests() {
         (status, body["errorCode"].as_str()),
         (400, Some("QUERY_TIME_OUT"))
     );
+    // Refused credentials are the provider-neutral error, which says what to check.
+    let wrong = OvhDriver::new(
+        Credentials {
+            endpoint: fake.base_url(),
+            application_key: a.application_key.clone(),
+            application_secret: Secret(a.application_secret.clone()),
+            consumer_key: Some(Secret("not-the-consumer-key".into())),
+        },
+        &a.project,
+    )
+    .unwrap();
+    let err = wrong.list_locations().await.unwrap_err();
+    assert!(
+        matches!(&err, ProviderError::InvalidCredentials { check, .. } if check.contains("OVH_CONSUMER_KEY")),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("not-the-consumer-key"), "{err}");
     // nodeup's client uses the server-time delta, so its requests are on time.
     let before = fake.authenticated_requests();
     assert_eq!(driver(&fake).list_locations().await.unwrap().len(), 6);
