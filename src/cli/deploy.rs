@@ -253,7 +253,7 @@ pub async fn run(args: DeployArgs) -> Result<(), Failure> {
             if args.ssh.json {
                 print_json(&json!({
                     "ok": true,
-                    "node": done.node,
+                    "node": output::shown(&done.node),
                     "user": done.user,
                     "reconnects": done.reconnects,
                     "steps": output::steps_json(&done.steps),
@@ -277,7 +277,7 @@ pub async fn run(args: DeployArgs) -> Result<(), Failure> {
                 print_json(&json!({
                     "ok": false,
                     "error": engine::error_chain(&error),
-                    "node": error.node,
+                    "node": error.node.as_ref().map(output::shown),
                     "node_kept": error.node.is_some() && args.keep_on_failure && !matches!(error.cause, Cause::Cancelled),
                     "failed_step": output::failed_step_json(error.step, &error.cause),
                     "logins": error.attempts,

@@ -12,7 +12,7 @@ use nodeup::engine::{wait_until_running, WaitOptions};
 use nodeup::model::{CreateNode, Node, NodeAuth};
 use nodeup::providers;
 
-use super::output::print_json;
+use super::output::{self, print_json};
 use super::Failure;
 
 /// `nodeup nodes` subcommands.
@@ -102,7 +102,7 @@ pub async fn run(cmd: NodesCommand) -> Result<(), Failure> {
             let driver = providers::get_driver(&args.provider.provider)?;
             let nodes = driver.list_nodes().await?;
             if args.json {
-                print_json(&nodes);
+                print_json(&nodes.iter().map(output::shown).collect::<Vec<_>>());
             } else {
                 print_table(&nodes);
             }
@@ -192,7 +192,7 @@ async fn create(args: CreateArgs) -> Result<(), Failure> {
         };
     }
     if args.json {
-        print_json(&node);
+        print_json(&output::shown(&node));
     } else {
         print_table(std::slice::from_ref(&node));
     }

@@ -9,7 +9,17 @@ use serde_json::{json, Value};
 
 use nodeup::deploy::StepResult;
 use nodeup::engine::{error_chain, Event, Progress};
+use nodeup::model::Node;
 use nodeup::ssh::{ExitStatus, OutputSink, Stream};
+
+/// A node as the CLI prints it: a password in `extra` shows as `***` (stdout ends up in CI logs).
+pub fn shown(node: &Node) -> Node {
+    let mut node = node.clone();
+    if node.password().is_some() {
+        node.extra.insert("password".into(), "***".into());
+    }
+    node
+}
 
 /// Prints progress lines on stderr, prefixed by `[host]` when several hosts run.
 pub fn progress(prefix: Option<String>, started: Instant) -> Progress {
@@ -128,4 +138,28 @@ pub fn print_json(value: &impl serde::Serialize) {
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_is_never_printed() {
+        let mut node = Node {
+            id: "1".into(),
+            name: "n".into(),
+            state: nodeup::model::NodeState::Running,
+            public_ips: vec![],
+            private_ips: vec![],
+            image: None,
+            size: None,
+            provider: "dummy".into(),
+            extra: Default::default(),
+        };
+        node.set_password("hunter2");
+        let text = serde_json::to_string(&shown(&node)).unwrap();
+        assert!(!text.contains("hunter2") && text.contains("***"), "{text}");
+        assert_eq!(node.password(), Some("hunter2"), "the library keeps it");
+    }
 }

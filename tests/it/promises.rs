@@ -262,6 +262,11 @@ async fn passphrases_and_passwords_come_from_the_environment() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let result: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(result["steps"][0]["stdout"], "root\n");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !printed.contains("open-sesame-42"),
+        "no password on stdout: {printed}"
+    );
     let out = nodeup(
         &bed,
         &[
