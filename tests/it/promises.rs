@@ -120,7 +120,7 @@ async fn script_output_reaches_stderr_while_the_step_runs() {
         done_at.expect("the step ended"),
     );
     assert!(
-        done_at - a_at >= Duration::from_millis(1500),
+        done_at - a_at >= Duration::from_millis(1000),
         "\"a\" was shown only {:?} before the step ended: output was held back",
         done_at - a_at
     );
