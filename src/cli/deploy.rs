@@ -261,37 +261,46 @@ pub async fn run(args: DeployArgs) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Err(error) => {
-            let cleanup = match (&error.node, &error.cause) {
-                (None, _) => "nothing was created".to_string(),
-                // The at-exit hook destroyed it already.
-                (Some(node), Cause::Cancelled) => format!("node {} was destroyed", node.name),
-                (Some(node), _) if args.keep_on_failure => format!(
-                    "node {} ({}) was kept: log in to look, then `nodeup nodes destroy {} --provider {}`",
-                    node.name, node.id, node.id, provider
-                ),
-                (Some(node), _) => destroy(driver.as_ref(), node, &options.known_hosts).await,
-            };
-            eprintln!("{cleanup}");
-            if args.ssh.json {
-                print_json(&json!({
-                    "ok": false,
-                    "error": engine::error_chain(&error),
-                    "node": error.node.as_ref().map(output::shown),
-                    "node_kept": error.node.is_some() && args.keep_on_failure && !matches!(error.cause, Cause::Cancelled),
-                    "failed_step": output::failed_step_json(error.step, &error.cause),
-                    "logins": error.attempts,
-                    "steps": output::steps_json(&error.completed),
-                }));
-            }
-            let before_create = error.is_before_create();
-            let error = anyhow::Error::new(error);
-            Err(if before_create {
-                Failure::Usage(error)
-            } else {
-                Failure::Failed(error)
-            })
-        }
+        Err(error) => Err(failed(error, &args, driver.as_ref(), &options.known_hosts).await),
+    }
+}
+
+/// A failed deployment: the node destroyed (or kept, or already destroyed by the cancel), what
+/// happened said on stderr and, with --json, on stdout; the exit code's failure.
+async fn failed(
+    error: engine::DeploymentError,
+    args: &DeployArgs,
+    driver: &dyn NodeDriver,
+    known_hosts: &std::path::Path,
+) -> Failure {
+    let cleanup = match (&error.node, &error.cause) {
+        (None, _) => "nothing was created".to_string(),
+        // The at-exit hook destroyed it already.
+        (Some(node), Cause::Cancelled) => format!("node {} was destroyed", node.name),
+        (Some(node), _) if args.keep_on_failure => format!(
+            "node {} ({}) was kept: log in to look, then `nodeup nodes destroy {} --provider {}`",
+            node.name, node.id, node.id, node.provider
+        ),
+        (Some(node), _) => destroy(driver, node, known_hosts).await,
+    };
+    eprintln!("{cleanup}");
+    if args.ssh.json {
+        print_json(&json!({
+            "ok": false,
+            "error": engine::error_chain(&error),
+            "node": error.node.as_ref().map(output::shown),
+            "node_kept": error.node.is_some() && args.keep_on_failure && !matches!(error.cause, Cause::Cancelled),
+            "failed_step": output::failed_step_json(error.step, &error.cause),
+            "logins": error.attempts,
+            "steps": output::steps_json(&error.completed),
+        }));
+    }
+    let before_create = error.is_before_create();
+    let error = anyhow::Error::new(error);
+    if before_create {
+        Failure::Usage(error)
+    } else {
+        Failure::Failed(error)
     }
 }
 

@@ -440,7 +440,16 @@ pub struct Reinstall {
     pub metadata: Vec<(String, String)>,
 }
 
-fn create(state: &StateDir, request: &CreateNode, options: &LocalOptions) -> Result<Node> {
+/// What a create request asks for, checked: everything before the state directory is touched.
+struct Planned<'a> {
+    name: &'a str,
+    image: Image,
+    size: &'static str,
+    ssh_key: Option<&'a str>,
+    password: Option<&'a str>,
+}
+
+fn plan<'a>(request: &'a CreateNode, options: &'a LocalOptions) -> Result<Planned<'a>> {
     let name = request.name.as_str();
     let valid_name = !name.is_empty()
         && name.len() <= 63
@@ -479,7 +488,18 @@ fn create(state: &StateDir, request: &CreateNode, options: &LocalOptions) -> Res
         }
     }
     check_requirements()?;
+    Ok(Planned {
+        name,
+        image,
+        size,
+        ssh_key,
+        password: options.password.as_deref().or(auth_password),
+    })
+}
 
+fn create(state: &StateDir, request: &CreateNode, options: &LocalOptions) -> Result<Node> {
+    let planned = plan(request, options)?;
+    let name = planned.name;
     let _lock = state
         .lock()
         .map_err(failed("locking the state directory"))?;
@@ -495,80 +515,82 @@ fn create(state: &StateDir, request: &CreateNode, options: &LocalOptions) -> Res
     let id = format!("loc-{:08x}", rand::random::<u32>());
     let dir = state.node_dir(&id);
     fs::create_dir(&dir).map_err(failed(format!("creating {}", dir.display())))?;
-    let mut claimed = None;
-    let result = (|| -> io::Result<NodeRecord> {
-        state::set_mode(&dir, 0o700)?;
-        for sub in ["upper", "work", "root"] {
-            fs::create_dir(dir.join(sub))?;
-        }
-        let address = state::claim_address(&dir)?;
-        claimed = Some(address);
-        let port = match options.port {
-            Some(port) => port,
-            None => match TcpListener::bind((address, 22)) {
-                Ok(_) => 22,
-                // Something holds *:22 (the machine's own sshd): let the kernel pick a port.
-                Err(_) => TcpListener::bind((address, 0))?.local_addr()?.port(),
-            },
-        };
-        let host_keys = Rootfs {
-            name,
-            address,
-            port,
-            image,
-            ssh_key,
-            password: options.password.as_deref().or(auth_password),
-            banner: options.banner.as_deref(),
-            sshd_config: &options.sshd_config,
-        }
-        .write(&dir.join("upper"))?;
-        let mut record = NodeRecord {
-            id: id.clone(),
-            name: name.to_string(),
-            image: image.id().to_string(),
-            size: size.to_string(),
-            address,
-            port,
-            login_user: image.login_user().to_string(),
-            host_keys,
-            listen_delay_ms: options.listen_delay.as_millis() as u64,
-            stopped: false,
-            hostname: None,
-            boot: None,
-            created: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        };
-        state.save(&record)?;
-        record.boot = Some(process::boot(
-            &dir,
-            name,
-            state.root(),
-            options.listen_delay,
-        )?);
-        state.save(&record)?;
-        Ok(record)
-    })();
-    match result {
+    match build(state, &id, &planned, options) {
         Ok(record) => {
             tracing::info!(node = %record.id, name, address = %record.address, "local node created");
             Ok(to_node(state, &record))
         }
         Err(e) => {
-            if let Some(address) = claimed {
-                state::release_address(address, &dir);
-            }
-            if let Ok(Some(NodeRecord {
-                boot: Some(boot), ..
-            })) = state.record(&id)
-            {
+            if let Some(boot) = process::recorded_boot(&dir) {
                 let _ = process::halt(&dir, &boot, HALT_DEADLINE);
             }
+            state::release_claims_of(&dir);
             let _ = fs::remove_dir_all(&dir);
             Err(failed(format!("creating node {name}"))(e))
         }
     }
+}
+
+/// Fills a new node's directory (layers, address, host keys, record) and boots it; the record is
+/// saved before the boot and again with it.
+fn build(
+    state: &StateDir,
+    id: &str,
+    planned: &Planned<'_>,
+    options: &LocalOptions,
+) -> io::Result<NodeRecord> {
+    let dir = state.node_dir(id);
+    state::set_mode(&dir, 0o700)?;
+    for sub in ["upper", "work", "root"] {
+        fs::create_dir(dir.join(sub))?;
+    }
+    let address = state::claim_address(&dir)?;
+    let port = match options.port {
+        Some(port) => port,
+        None => match TcpListener::bind((address, 22)) {
+            Ok(_) => 22,
+            // Something holds *:22 (the machine's own sshd): let the kernel pick a port.
+            Err(_) => TcpListener::bind((address, 0))?.local_addr()?.port(),
+        },
+    };
+    let host_keys = Rootfs {
+        name: planned.name,
+        address,
+        port,
+        image: planned.image,
+        ssh_key: planned.ssh_key,
+        password: planned.password,
+        banner: options.banner.as_deref(),
+        sshd_config: &options.sshd_config,
+    }
+    .write(&dir.join("upper"))?;
+    let mut record = NodeRecord {
+        id: id.to_string(),
+        name: planned.name.to_string(),
+        image: planned.image.id().to_string(),
+        size: planned.size.to_string(),
+        address,
+        port,
+        login_user: planned.image.login_user().to_string(),
+        host_keys,
+        listen_delay_ms: options.listen_delay.as_millis() as u64,
+        stopped: false,
+        hostname: None,
+        boot: None,
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    state.save(&record)?;
+    record.boot = Some(process::boot(
+        &dir,
+        planned.name,
+        state.root(),
+        options.listen_delay,
+    )?);
+    state.save(&record)?;
+    Ok(record)
 }
 
 /// Whether `id` is one the provider gives (`loc-` and 8 hex digits): nothing else names a
