@@ -104,6 +104,11 @@ fn nodeup(s: &Setup, args: &[&str]) -> Output {
 
 /// `nodeup reinstall ARGS`, with no URL allowed that OVH itself could not fetch.
 fn nodeup_strict(s: &Setup, args: &[&str]) -> Output {
+    reinstall_cmd(s, args).output().unwrap()
+}
+
+/// The `nodeup reinstall ARGS` command against the fake, polling every 100 ms, with the trace on.
+fn reinstall_cmd(s: &Setup, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodeup"));
     cmd.arg("reinstall")
         .args(args)
@@ -118,7 +123,7 @@ fn nodeup_strict(s: &Setup, args: &[&str]) -> Output {
     for (k, v) in s.fake.env() {
         cmd.env(k, v);
     }
-    cmd.output().unwrap()
+    cmd
 }
 
 /// The debug trace shows the download header's name, never its value (a secret).
@@ -500,29 +505,19 @@ async fn ctrl_c_during_the_install_says_it_goes_on_and_how_to_follow_it() {
     use std::io::{BufRead, BufReader};
     let s = setup().await;
     let url = format!("{}/images/debian.qcow2", s.images);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodeup"));
-    cmd.args([
-        "reinstall",
-        "ns1",
-        "--image-url",
-        &url,
-        "--image-type",
-        "qcow2",
-        "--yes",
-        "--allow-private-url",
-        "--poll",
-        "100ms",
-    ])
-    .arg("--known-hosts")
-    .arg(s.bed.dir().join("known_hosts"))
-    .env("NODEUP_STATE_DIR", s.bed.nodeup_state_dir())
-    .env("HOME", s.bed.dir())
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    for (k, v) in s.fake.env() {
-        cmd.env(k, v);
-    }
+    let mut cmd = reinstall_cmd(
+        &s,
+        &[
+            "ns1",
+            "--image-url",
+            &url,
+            "--image-type",
+            "qcow2",
+            "--yes",
+            "--allow-private-url",
+        ],
+    );
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     for line in lines.by_ref() {
@@ -645,31 +640,21 @@ async fn a_pending_legacy_reinstall_can_be_cancelled() {
     let s = setup().await;
     let before = s.bed.driver().list_nodes().await.unwrap()[0].extra["host_keys"].clone();
     let url = format!("{}/images/debian.qcow2", s.images);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodeup"));
-    cmd.args([
-        "reinstall",
-        "ns1",
-        "--api",
-        "legacy",
-        "--image-url",
-        &url,
-        "--image-type",
-        "qcow2",
-        "--yes",
-        "--allow-private-url",
-        "--poll",
-        "100ms",
-    ])
-    .arg("--known-hosts")
-    .arg(s.bed.dir().join("known_hosts"))
-    .env("NODEUP_STATE_DIR", s.bed.nodeup_state_dir())
-    .env("HOME", s.bed.dir())
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    for (k, v) in s.fake.env() {
-        cmd.env(k, v);
-    }
+    let mut cmd = reinstall_cmd(
+        &s,
+        &[
+            "ns1",
+            "--api",
+            "legacy",
+            "--image-url",
+            &url,
+            "--image-type",
+            "qcow2",
+            "--yes",
+            "--allow-private-url",
+        ],
+    );
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let running = cmd.spawn().unwrap();
     let started = std::time::Instant::now();
     while !s.fake.installing("ns1") {
