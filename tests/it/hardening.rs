@@ -12,7 +12,8 @@ use testbed::fake_ovh::{FakeOvh, Fault, OvhConfig, OvhFaults, RouteFault};
 use testbed::TestBed;
 
 use crate::{
-    bed_leftovers, nodeup_on as nodeup_cmd, signal, stderr_of as stderr, write_file as write,
+    bed_leftovers, nodeup_on as nodeup_cmd, signal, spawn_until, stderr_of as stderr,
+    write_file as write,
 };
 
 const OVH_IMAGE: &str = "Debian 12";
@@ -431,7 +432,6 @@ async fn ovh_one_name_is_one_instance_and_one_key_serves_concurrent_deploys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_quick_sigints_during_create_leave_only_named_nodes() {
-    use std::io::{BufRead, BufReader};
     let bed = TestBed::new().unwrap();
     let file = write(
         bed.dir(),
@@ -442,17 +442,9 @@ async fn two_quick_sigints_during_create_leave_only_named_nodes() {
     let mut named_total = 0;
     for trial in 0..TRIALS {
         let spacing = Duration::from_millis(trial % 11);
-        let mut child = nodeup_cmd(&bed, &["deploy", file.to_str().unwrap(), "--key"])
-            .arg(bed.client_key())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        for line in lines.by_ref() {
-            if line.unwrap().contains("creating node race") {
-                break;
-            }
-        }
+        let mut cmd = nodeup_cmd(&bed, &["deploy", file.to_str().unwrap(), "--key"]);
+        cmd.arg(bed.client_key());
+        let (mut child, _, lines) = spawn_until(cmd, "creating node race");
         signal(&child, libc::SIGINT);
         std::thread::sleep(spacing);
         signal(&child, libc::SIGINT);

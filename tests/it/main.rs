@@ -101,3 +101,41 @@ pub fn signal(child: &std::process::Child, signal: i32) {
     // SAFETY: kill(2) on a child we spawned and have not reaped.
     unsafe { libc::kill(child.id() as i32, signal) };
 }
+
+/// The lines a child writes on stderr, from where `spawn_until` stopped reading.
+pub type StderrLines = std::io::Lines<std::io::BufReader<std::process::ChildStderr>>;
+
+/// Spawns `cmd` with stderr piped and reads stderr until a line contains `until`; returns the
+/// child, the lines read so far and the rest of the reader.
+pub fn spawn_until(
+    mut cmd: std::process::Command,
+    until: &str,
+) -> (std::process::Child, Vec<String>, StderrLines) {
+    use std::io::BufRead;
+    let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let done = line.contains(until);
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    (child, seen, lines)
+}
+
+/// An OVH create request the fake serves: Debian 12 on a b2-7 in GRA11, with the test bed's key.
+pub fn ovh_request(bed: &testbed::TestBed, name: &str) -> nodeup::model::CreateNode {
+    nodeup::model::CreateNode {
+        name: name.into(),
+        image: Some("Debian 12".into()),
+        size: Some("b2-7".into()),
+        location: Some("GRA11".into()),
+        auth: Some(nodeup::model::NodeAuth::SshKey(
+            bed.client_public_key().into(),
+        )),
+        ..Default::default()
+    }
+}

@@ -4,7 +4,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use nodeup::driver::{NodeDriver, ProviderError};
-use nodeup::model::{CreateNode, CreateVolume, NodeAuth};
+use nodeup::model::{CreateNode, CreateVolume};
 use nodeup::providers::ovh::{Credentials, OvhDriver, Secret};
 use serde_json::Value;
 use testbed::fake_ovh::{FakeOvh, OvhConfig, OvhFaults};
@@ -169,12 +169,8 @@ async fn key_pairs_volumes_and_snapshots_round_trip() {
     assert_eq!(volume.state, "creating", "a new volume is being created");
     let node = ovh
         .create_node(&CreateNode {
-            name: "with-volume".into(),
-            image: Some(IMAGE.into()),
             size: Some("d2-2".into()),
-            location: Some("GRA11".into()),
-            auth: Some(NodeAuth::SshKey(bed.client_public_key().into())),
-            ..Default::default()
+            ..crate::ovh_request(&bed, "with-volume")
         })
         .await
         .unwrap();
@@ -306,14 +302,7 @@ async fn errors_429_500_and_a_lost_answer_still_give_exactly_one_instance() {
     ovh.client_mut().http_mut().retry.min_delay = std::time::Duration::from_millis(10);
     let ovh: Arc<dyn NodeDriver> = Arc::new(ovh);
     let node = ovh
-        .create_node(&CreateNode {
-            name: "exactly-one".into(),
-            image: Some(IMAGE.into()),
-            size: Some("b2-7".into()),
-            location: Some("GRA11".into()),
-            auth: Some(NodeAuth::SshKey(bed.client_public_key().into())),
-            ..Default::default()
-        })
+        .create_node(&crate::ovh_request(&bed, "exactly-one"))
         .await
         .unwrap();
     assert_eq!(fake.instance_names(), ["exactly-one"]);

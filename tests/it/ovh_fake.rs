@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nodeup::driver::{NodeDriver, ProviderError};
-use nodeup::model::{CreateNode, CreateVolume, NodeAuth, NodeState};
+use nodeup::model::{CreateNode, CreateVolume, NodeState};
 use nodeup::providers::ovh::{Credentials, OvhDriver, Secret};
 use serde_json::Value;
 use sha1::Digest;
@@ -220,14 +220,7 @@ async fn retries_honour_retry_after_and_lost_reads_and_deletes() {
         .unwrap();
     let ovh = driver(&fake);
     let node = ovh
-        .create_node(&CreateNode {
-            name: "retried".into(),
-            image: Some(IMAGE.into()),
-            size: Some("b2-7".into()),
-            location: Some("GRA11".into()),
-            auth: Some(NodeAuth::SshKey(bed.client_public_key().into())),
-            ..Default::default()
-        })
+        .create_node(&crate::ovh_request(&bed, "retried"))
         .await
         .unwrap();
     fake.set_faults(OvhFaults {
@@ -294,14 +287,7 @@ async fn reboot_stop_and_start_reach_the_instances_machine() {
         .unwrap();
     let ovh: Arc<OvhDriver> = Arc::new(driver(&fake));
     let node = ovh
-        .create_node(&CreateNode {
-            name: "power".into(),
-            image: Some(IMAGE.into()),
-            size: Some("b2-7".into()),
-            location: Some("GRA11".into()),
-            auth: Some(NodeAuth::SshKey(bed.client_public_key().into())),
-            ..Default::default()
-        })
+        .create_node(&crate::ovh_request(&bed, "power"))
         .await
         .unwrap();
     wait_state(&ovh, &node.id, NodeState::Running).await;

@@ -3,7 +3,6 @@
 //! the environment variables for passphrases and passwords, `nodes create` waiting or not, the
 //! ssh-key step making `~/.ssh`, the script's private directory removed after a failure.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -13,35 +12,16 @@ use nodeup::driver::NodeDriver;
 use serde_json::Value;
 use testbed::{NodeSpec, TestBed};
 
-use crate::{bed_leftovers, nodeup_on as nodeup, signal, stderr_of as stderr, write_file as write};
+use crate::{
+    bed_leftovers, nodeup_on as nodeup, signal, spawn_until, stderr_of as stderr,
+    write_file as write, StderrLines,
+};
 
-/// Spawns `deploy FILE --key KEY` with stderr piped, and reads it until a line contains `until`;
-/// returns the child, the lines read so far and the rest of the reader.
-fn deploy_until(
-    bed: &TestBed,
-    file: &Path,
-    until: &str,
-) -> (
-    Child,
-    Vec<String>,
-    std::io::Lines<BufReader<std::process::ChildStderr>>,
-) {
-    let mut child = nodeup(bed, &["deploy", file.to_str().unwrap(), "--key"])
-        .arg(bed.client_key())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        let done = line.contains(until);
-        seen.push(line);
-        if done {
-            break;
-        }
-    }
-    (child, seen, lines)
+/// Spawns `deploy FILE --key KEY` and reads its stderr until a line contains `until`.
+fn deploy_until(bed: &TestBed, file: &Path, until: &str) -> (Child, Vec<String>, StderrLines) {
+    let mut cmd = nodeup(bed, &["deploy", file.to_str().unwrap(), "--key"]);
+    cmd.arg(bed.client_key());
+    spawn_until(cmd, until)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
