@@ -297,7 +297,36 @@ pub fn parse(path: &Path, text: &str) -> Result<StepFile, StepFileError> {
         ctx.error(span, message)
     })?;
 
-    let node = match raw.node {
+    let node = node_section(&ctx, raw.node)?;
+    let ssh = ssh_section(&ctx, raw.ssh)?;
+
+    let mut steps = Vec::new();
+    let mut step_lines = Vec::new();
+    for (i, raw_step) in raw.step.iter().enumerate() {
+        let line = ctx.error(raw_step.span(), String::new()).line;
+        steps.push(step(&ctx, i + 1, raw_step)?);
+        step_lines.push(line);
+    }
+    if steps.is_empty() {
+        return Err(ctx.error(
+            text.len()..text.len(),
+            "no steps: add at least one [[step]] (ssh-key, file, script or inline)".into(),
+        ));
+    }
+    let provider = raw.provider.map(table_to_json).unwrap_or_default();
+    Ok(StepFile {
+        path: path.to_path_buf(),
+        node,
+        ssh,
+        provider,
+        steps: Step::Multi(steps),
+        step_lines,
+    })
+}
+
+/// `[node]`, checked.
+fn node_section(ctx: &Ctx<'_>, node: Option<RawNode>) -> Result<NodeSection, StepFileError> {
+    Ok(match node {
         None => NodeSection::default(),
         Some(n) => {
             let options = n.options.map(table_to_json).unwrap_or_default();
@@ -315,9 +344,12 @@ pub fn parse(path: &Path, text: &str) -> Result<StepFile, StepFileError> {
                 options,
             }
         }
-    };
+    })
+}
 
-    let ssh = match raw.ssh {
+/// `[ssh]`, checked: key files readable, the policy and interface known, `max_tries` at least 1.
+fn ssh_section(ctx: &Ctx<'_>, ssh: Option<RawSsh>) -> Result<SshSection, StepFileError> {
+    Ok(match ssh {
         None => SshSection::default(),
         Some(s) => {
             let mut keys = Vec::new();
@@ -373,32 +405,11 @@ pub fn parse(path: &Path, text: &str) -> Result<StepFile, StepFileError> {
                 interface,
             }
         }
-    };
-
-    let mut steps = Vec::new();
-    let mut step_lines = Vec::new();
-    for (i, raw_step) in raw.step.iter().enumerate() {
-        let line = ctx.error(raw_step.span(), String::new()).line;
-        steps.push(step(&ctx, i + 1, raw_step)?);
-        step_lines.push(line);
-    }
-    if steps.is_empty() {
-        return Err(ctx.error(
-            text.len()..text.len(),
-            "no steps: add at least one [[step]] (ssh-key, file, script or inline)".into(),
-        ));
-    }
-    let provider = raw.provider.map(table_to_json).unwrap_or_default();
-    Ok(StepFile {
-        path: path.to_path_buf(),
-        node,
-        ssh,
-        provider,
-        steps: Step::Multi(steps),
-        step_lines,
     })
 }
 
+/// One `[[step]]`: which kind it is (exactly one), which keys apply to that kind, then the kind's
+/// own checks.
 fn step(ctx: &Ctx<'_>, number: usize, raw: &Spanned<RawStep>) -> Result<Step, StepFileError> {
     let s = raw.get_ref();
     let err =
@@ -462,150 +473,179 @@ fn step(ctx: &Ctx<'_>, number: usize, raw: &Spanned<RawStep>) -> Result<Step, St
     let sudo = s.sudo.as_ref().is_some_and(|b| *b.get_ref());
 
     match kind {
-        "ssh-key" => {
-            let value = s.ssh_key.as_ref().map(Spanned::get_ref);
-            let span = s.ssh_key.as_ref().map(Spanned::span).unwrap_or_default();
-            let value = value.map(String::as_str).unwrap_or_default();
-            let mut from_file = None;
-            let key = if value.starts_with("ssh-") || value.starts_with("ecdsa-") {
-                value.to_string()
-            } else {
-                let path = ctx
-                    .local_file(
-                        s.ssh_key
-                            .as_ref()
-                            .ok_or_else(|| err(span.clone(), "no key".into()))?,
-                        "ssh-key",
-                    )
-                    .map_err(|e| StepFileError {
-                        message: format!("step {number}: {}", e.message),
-                        ..e
-                    })?;
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    err(
-                        span.clone(),
-                        format!("`ssh-key`: cannot read {}: {e}", path.display()),
-                    )
-                })?;
-                from_file = Some(path);
-                text
-            };
-            let step = SshKeyStep::new(&key);
-            step.validate().map_err(|e| {
-                let source = from_file
+        "ssh-key" => ssh_key_step(ctx, number, raw),
+        "file" => file_step(ctx, number, raw, sudo),
+        _ => script_step(ctx, number, raw, sudo),
+    }
+}
+
+/// An `ssh-key` step: the key itself, or a file holding it (named in errors).
+fn ssh_key_step(
+    ctx: &Ctx<'_>,
+    number: usize,
+    raw: &Spanned<RawStep>,
+) -> Result<Step, StepFileError> {
+    let s = raw.get_ref();
+    let err =
+        |span: Range<usize>, message: String| ctx.error(span, format!("step {number}: {message}"));
+    let value = s.ssh_key.as_ref().map(Spanned::get_ref);
+    let span = s.ssh_key.as_ref().map(Spanned::span).unwrap_or_default();
+    let value = value.map(String::as_str).unwrap_or_default();
+    let mut from_file = None;
+    let key = if value.starts_with("ssh-") || value.starts_with("ecdsa-") {
+        value.to_string()
+    } else {
+        let path = ctx
+            .local_file(
+                s.ssh_key
                     .as_ref()
-                    .map(|p| format!(" {}", p.display()))
-                    .unwrap_or_default();
-                err(span, format!("`ssh-key`{source}: {e}"))
-            })?;
-            Ok(Step::SshKey(step))
-        }
-        "file" => {
-            let file = s
-                .file
-                .as_ref()
-                .ok_or_else(|| err(raw.span(), "no file".into()))?;
-            let source = ctx.local_file(file, "file").map_err(|e| StepFileError {
+                    .ok_or_else(|| err(span.clone(), "no key".into()))?,
+                "ssh-key",
+            )
+            .map_err(|e| StepFileError {
                 message: format!("step {number}: {}", e.message),
                 ..e
             })?;
-            let Some(target) = &s.target else {
-                return Err(err(
-                    file.span(),
-                    "`file` needs a `target`: the path on the node, e.g. target = \"/etc/motd\""
-                        .into(),
-                ));
-            };
-            if target.get_ref().trim().is_empty() || target.get_ref().ends_with('/') {
-                return Err(err(
-                    target.span(),
-                    "`target` must be a file path on the node, e.g. \"/etc/motd\"".into(),
-                ));
-            }
-            let mode = match &s.mode {
-                None => None,
-                Some(m) => {
-                    let parsed = match m.get_ref() {
-                        Mode::Number(n) => Some(*n),
-                        Mode::Text(t) => u32::from_str_radix(t.trim_start_matches("0o"), 8).ok(),
-                    };
-                    match parsed {
-                        Some(mode) if mode <= 0o7777 => Some(mode),
-                        _ => {
-                            return Err(err(
-                                m.span(),
-                                "`mode` must be octal permission bits: write \"0644\" or 0o644"
-                                    .into(),
-                            ))
-                        }
-                    }
-                }
-            };
-            Ok(Step::File(FileStep {
-                source,
-                target: target.get_ref().clone(),
-                mode,
-                sudo,
-            }))
-        }
-        _ => {
-            let source = match (&s.script, &s.inline) {
-                (Some(script), _) => {
-                    ScriptSource::File(ctx.local_file(script, "script").map_err(|e| {
-                        StepFileError {
-                            message: format!("step {number}: {}", e.message),
-                            ..e
-                        }
-                    })?)
-                }
-                (None, Some(inline)) => {
-                    if inline.get_ref().trim().is_empty() {
-                        return Err(err(inline.span(), "`inline` is empty".into()));
-                    }
-                    ScriptSource::Inline(inline.get_ref().clone())
-                }
-                (None, None) => return Err(err(raw.span(), "no script".into())),
-            };
-            let mut step = ScriptStep {
-                source,
-                args: s
-                    .args
-                    .as_ref()
-                    .map(|a| a.get_ref().clone())
-                    .unwrap_or_default(),
-                env: s
-                    .env
-                    .as_ref()
-                    .map(|e| e.get_ref().clone().into_iter().collect())
-                    .unwrap_or_default(),
-                sudo,
-                timeout: s
-                    .timeout
-                    .as_ref()
-                    .map(|t| ctx.duration(t, "timeout"))
-                    .transpose()
-                    .map_err(|e| StepFileError {
-                        message: format!("step {number}: {}", e.message),
-                        ..e
-                    })?,
-                exit_codes: vec![0],
-                keep: s.keep.as_ref().is_some_and(|k| *k.get_ref()),
-                name: s.name.as_ref().map(|n| n.get_ref().clone()),
-            };
-            if let Some(codes) = &s.exit_codes {
-                step.exit_codes = codes.get_ref().clone();
-            }
-            let span = s
-                .env
-                .as_ref()
-                .map(Spanned::span)
-                .or(s.exit_codes.as_ref().map(Spanned::span))
-                .or(s.name.as_ref().map(Spanned::span))
-                .unwrap_or(raw.span());
-            step.validate().map_err(|e| err(span, e))?;
-            Ok(Step::Script(step))
-        }
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            err(
+                span.clone(),
+                format!("`ssh-key`: cannot read {}: {e}", path.display()),
+            )
+        })?;
+        from_file = Some(path);
+        text
+    };
+    let step = SshKeyStep::new(&key);
+    step.validate().map_err(|e| {
+        let source = from_file
+            .as_ref()
+            .map(|p| format!(" {}", p.display()))
+            .unwrap_or_default();
+        err(span, format!("`ssh-key`{source}: {e}"))
+    })?;
+    Ok(Step::SshKey(step))
+}
+
+/// A `file` step: a local file that exists, a target path on the node, a mode.
+fn file_step(
+    ctx: &Ctx<'_>,
+    number: usize,
+    raw: &Spanned<RawStep>,
+    sudo: bool,
+) -> Result<Step, StepFileError> {
+    let s = raw.get_ref();
+    let err =
+        |span: Range<usize>, message: String| ctx.error(span, format!("step {number}: {message}"));
+    let file = s
+        .file
+        .as_ref()
+        .ok_or_else(|| err(raw.span(), "no file".into()))?;
+    let source = ctx.local_file(file, "file").map_err(|e| StepFileError {
+        message: format!("step {number}: {}", e.message),
+        ..e
+    })?;
+    let Some(target) = &s.target else {
+        return Err(err(
+            file.span(),
+            "`file` needs a `target`: the path on the node, e.g. target = \"/etc/motd\"".into(),
+        ));
+    };
+    if target.get_ref().trim().is_empty() || target.get_ref().ends_with('/') {
+        return Err(err(
+            target.span(),
+            "`target` must be a file path on the node, e.g. \"/etc/motd\"".into(),
+        ));
     }
+    let mode = match &s.mode {
+        None => None,
+        Some(m) => {
+            let parsed = match m.get_ref() {
+                Mode::Number(n) => Some(*n),
+                Mode::Text(t) => u32::from_str_radix(t.trim_start_matches("0o"), 8).ok(),
+            };
+            match parsed {
+                Some(mode) if mode <= 0o7777 => Some(mode),
+                _ => {
+                    return Err(err(
+                        m.span(),
+                        "`mode` must be octal permission bits: write \"0644\" or 0o644".into(),
+                    ))
+                }
+            }
+        }
+    };
+    Ok(Step::File(FileStep {
+        source,
+        target: target.get_ref().clone(),
+        mode,
+        sudo,
+    }))
+}
+
+/// A `script` or `inline` step, with its arguments, environment and limits.
+fn script_step(
+    ctx: &Ctx<'_>,
+    number: usize,
+    raw: &Spanned<RawStep>,
+    sudo: bool,
+) -> Result<Step, StepFileError> {
+    let s = raw.get_ref();
+    let err =
+        |span: Range<usize>, message: String| ctx.error(span, format!("step {number}: {message}"));
+    let source =
+        match (&s.script, &s.inline) {
+            (Some(script), _) => ScriptSource::File(ctx.local_file(script, "script").map_err(
+                |e| StepFileError {
+                    message: format!("step {number}: {}", e.message),
+                    ..e
+                },
+            )?),
+            (None, Some(inline)) => {
+                if inline.get_ref().trim().is_empty() {
+                    return Err(err(inline.span(), "`inline` is empty".into()));
+                }
+                ScriptSource::Inline(inline.get_ref().clone())
+            }
+            (None, None) => return Err(err(raw.span(), "no script".into())),
+        };
+    let mut step = ScriptStep {
+        source,
+        args: s
+            .args
+            .as_ref()
+            .map(|a| a.get_ref().clone())
+            .unwrap_or_default(),
+        env: s
+            .env
+            .as_ref()
+            .map(|e| e.get_ref().clone().into_iter().collect())
+            .unwrap_or_default(),
+        sudo,
+        timeout: s
+            .timeout
+            .as_ref()
+            .map(|t| ctx.duration(t, "timeout"))
+            .transpose()
+            .map_err(|e| StepFileError {
+                message: format!("step {number}: {}", e.message),
+                ..e
+            })?,
+        exit_codes: vec![0],
+        keep: s.keep.as_ref().is_some_and(|k| *k.get_ref()),
+        name: s.name.as_ref().map(|n| n.get_ref().clone()),
+    };
+    if let Some(codes) = &s.exit_codes {
+        step.exit_codes = codes.get_ref().clone();
+    }
+    let span = s
+        .env
+        .as_ref()
+        .map(Spanned::span)
+        .or(s.exit_codes.as_ref().map(Spanned::span))
+        .or(s.name.as_ref().map(Spanned::span))
+        .unwrap_or(raw.span());
+    step.validate().map_err(|e| err(span, e))?;
+    Ok(Step::Script(step))
 }
 
 #[cfg(test)]
