@@ -192,79 +192,11 @@ impl HttpClient {
             attempt += 1;
             let request = build();
             self.trace(&curl_line(&request, attempt));
-            let mut builder = self.client.request(request.method.clone(), &request.url);
-            for h in &request.headers {
-                builder = builder.header(&h.name, &h.value);
-            }
-            if let Some(body) = &request.body {
-                builder = builder.body(body.clone());
-            }
             let sent_at = Instant::now();
-            let outcome = match builder.send().await {
-                Ok(answer) => {
-                    let status = answer.status().as_u16();
-                    let headers = answer
-                        .headers()
-                        .iter()
-                        .map(|(n, v)| {
-                            (
-                                n.as_str().to_ascii_lowercase(),
-                                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                            )
-                        })
-                        .collect();
-                    match answer.bytes().await {
-                        Ok(body) => Ok(Response {
-                            status,
-                            headers,
-                            body: body.to_vec(),
-                        }),
-                        Err(source) => Err(TransportError {
-                            method: request.method.clone(),
-                            url: request.url.clone(),
-                            maybe_processed: true,
-                            source,
-                        }),
-                    }
-                }
-                Err(source) => Err(TransportError {
-                    method: request.method.clone(),
-                    url: request.url.clone(),
-                    maybe_processed: !source.is_connect() && !source.is_builder(),
-                    source,
-                }),
-            };
-            let elapsed = sent_at.elapsed();
-            let retry_after = match &outcome {
-                Ok(response) => {
-                    self.trace(&format!(
-                        "# -> {} in {} ms{}\n# {}\n",
-                        response.status,
-                        elapsed.as_millis(),
-                        response
-                            .header("x-ovh-queryid")
-                            .map(|q| format!(" (X-Ovh-QueryID: {q})"))
-                            .unwrap_or_default(),
-                        redact_body(&response.body).replace('\n', "\n# ")
-                    ));
-                    let retryable = response.status == 429
-                        || (request.idempotent && matches!(response.status, 500 | 502 | 503 | 504));
-                    if !retryable {
-                        return outcome;
-                    }
-                    response.header("retry-after").and_then(parse_retry_after)
-                }
-                Err(e) => {
-                    self.trace(&format!(
-                        "# -> no answer after {} ms: {e}\n",
-                        elapsed.as_millis()
-                    ));
-                    // A request that cannot be built is bad input: sending it again cannot help.
-                    if e.source.is_builder() || (e.maybe_processed && !request.idempotent) {
-                        return outcome;
-                    }
-                    None
-                }
+            let outcome = self.attempt(&request).await;
+            let retry_after = match self.verdict(&request, &outcome, sent_at.elapsed()) {
+                Verdict::Done => return outcome,
+                Verdict::Retry(after) => after,
             };
             let pause = retry_after
                 .unwrap_or_else(|| backoff.next().unwrap_or(self.retry.max_delay))
@@ -276,6 +208,99 @@ impl HttpClient {
             tokio::time::sleep(pause).await;
         }
     }
+
+    /// Sends the request once and reads the whole answer.
+    async fn attempt(&self, request: &Request) -> Result<Response, TransportError> {
+        let failed = |maybe_processed, source| TransportError {
+            method: request.method.clone(),
+            url: request.url.clone(),
+            maybe_processed,
+            source,
+        };
+        let mut builder = self.client.request(request.method.clone(), &request.url);
+        for h in &request.headers {
+            builder = builder.header(&h.name, &h.value);
+        }
+        if let Some(body) = &request.body {
+            builder = builder.body(body.clone());
+        }
+        let answer = match builder.send().await {
+            Ok(answer) => answer,
+            Err(source) => {
+                let maybe = !source.is_connect() && !source.is_builder();
+                return Err(failed(maybe, source));
+            }
+        };
+        let status = answer.status().as_u16();
+        let headers = answer
+            .headers()
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_ascii_lowercase(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        match answer.bytes().await {
+            Ok(body) => Ok(Response {
+                status,
+                headers,
+                body: body.to_vec(),
+            }),
+            Err(source) => Err(failed(true, source)),
+        }
+    }
+
+    /// Traces the outcome and says whether to retry it (and after how long, if the server said).
+    fn verdict(
+        &self,
+        request: &Request,
+        outcome: &Result<Response, TransportError>,
+        elapsed: Duration,
+    ) -> Verdict {
+        match outcome {
+            Ok(response) => {
+                self.trace(&format!(
+                    "# -> {} in {} ms{}\n# {}\n",
+                    response.status,
+                    elapsed.as_millis(),
+                    response
+                        .header("x-ovh-queryid")
+                        .map(|q| format!(" (X-Ovh-QueryID: {q})"))
+                        .unwrap_or_default(),
+                    redact_body(&response.body).replace('\n', "\n# ")
+                ));
+                let retryable = response.status == 429
+                    || (request.idempotent && matches!(response.status, 500 | 502 | 503 | 504));
+                if retryable {
+                    Verdict::Retry(response.header("retry-after").and_then(parse_retry_after))
+                } else {
+                    Verdict::Done
+                }
+            }
+            Err(e) => {
+                self.trace(&format!(
+                    "# -> no answer after {} ms: {e}\n",
+                    elapsed.as_millis()
+                ));
+                // A request that cannot be built is bad input: sending it again cannot help.
+                if e.source.is_builder() || (e.maybe_processed && !request.idempotent) {
+                    Verdict::Done
+                } else {
+                    Verdict::Retry(None)
+                }
+            }
+        }
+    }
+}
+
+/// What to do with an attempt's outcome.
+enum Verdict {
+    /// Return it.
+    Done,
+    /// Try again, after the server's `Retry-After` when it gave one.
+    Retry(Option<Duration>),
 }
 
 fn open_trace(path: &Path) -> std::io::Result<File> {
