@@ -679,7 +679,8 @@ fn change(state: &StateDir, id: &str, action: Action) -> Result<()> {
         Err(e) => return Err(e),
     };
     let dir = state.node_dir(id);
-    let context = |what: &str| format!("{what} node {} ({id})", record.name);
+    let name = record.name.clone();
+    let context = |what: &str| format!("{what} node {name} ({id})");
     if matches!(
         action,
         Action::Reboot | Action::Start | Action::Reinstall(_)
@@ -706,73 +707,76 @@ fn change(state: &StateDir, id: &str, action: Action) -> Result<()> {
         }
         Action::Stop => record.stopped = true,
         Action::Reinstall(spec) => {
-            let fresh = || -> io::Result<Vec<String>> {
-                for sub in ["upper", "work"] {
-                    let path = dir.join(sub);
-                    if path.exists() {
-                        fs::remove_dir_all(&path)?;
-                    }
-                    fs::create_dir(&path)?;
-                }
-                let hostname = spec.hostname.clone().unwrap_or(record.name.clone());
-                let upper = dir.join("upper");
-                let keys = Rootfs {
-                    name: &hostname,
-                    address: record.address,
-                    port: record.port,
-                    image: Image::Debian,
-                    ssh_key: spec.root_key.as_deref(),
-                    password: None,
-                    banner: None,
-                    sshd_config: &[],
-                }
-                .write(&upper)?;
-                let cloud = upper.join("var/lib/cloud/instance");
-                if let Some(data) = &spec.user_data {
-                    fs::create_dir_all(&cloud)?;
-                    state::set_mode(&cloud, 0o700)?;
-                    fs::write(cloud.join("user-data.txt"), data)?;
-                }
-                if !spec.metadata.is_empty() {
-                    fs::create_dir_all(&cloud)?;
-                    state::set_mode(&cloud, 0o700)?;
-                    let meta: serde_json::Map<String, serde_json::Value> = spec
-                        .metadata
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone().into()))
-                        .collect();
-                    fs::write(
-                        cloud.join("meta_data.json"),
-                        serde_json::to_vec(&serde_json::json!({ "meta": meta }))?,
-                    )?;
-                }
-                Ok(keys)
-            };
-            record.host_keys = fresh().map_err(failed(context("reinstalling")))?;
+            record.host_keys =
+                fresh_files(&dir, &record, &spec).map_err(failed(context("reinstalling")))?;
             record.image = Image::Debian.id().to_string();
             record.login_user = Image::Debian.login_user().to_string();
             record.hostname = spec.hostname.clone();
-            record.stopped = false;
-            let hostname = record.hostname.clone().unwrap_or(record.name.clone());
-            let delay = Duration::from_millis(record.listen_delay_ms);
-            record.boot = Some(
-                process::boot(&dir, &hostname, state.root(), delay)
-                    .map_err(failed(context("booting")))?,
-            );
+            let boot = boot_again(state, &mut record).map_err(failed(context("booting")))?;
+            record.boot = Some(boot);
         }
         Action::Reboot | Action::Start => {
-            record.stopped = false;
-            let delay = Duration::from_millis(record.listen_delay_ms);
-            let hostname = record.hostname.clone().unwrap_or(record.name.clone());
-            record.boot = Some(
-                process::boot(&dir, &hostname, state.root(), delay)
-                    .map_err(failed(context("booting")))?,
-            );
+            let boot = boot_again(state, &mut record).map_err(failed(context("booting")))?;
+            record.boot = Some(boot);
         }
     }
     state
         .save(&record)
         .map_err(failed(context("saving the record of")))
+}
+
+/// Boots a node that is not running (after a halt), as its record says.
+fn boot_again(state: &StateDir, record: &mut NodeRecord) -> io::Result<state::Boot> {
+    record.stopped = false;
+    let delay = Duration::from_millis(record.listen_delay_ms);
+    let hostname = record.hostname.clone().unwrap_or(record.name.clone());
+    process::boot(&state.node_dir(&record.id), &hostname, state.root(), delay)
+}
+
+/// A reinstall's fresh filesystem (image `debian`): new layers, new host keys (returned), the
+/// hostname and root key of `spec`, and its config drive (user data, metadata) for first boot.
+fn fresh_files(dir: &Path, record: &NodeRecord, spec: &Reinstall) -> io::Result<Vec<String>> {
+    for sub in ["upper", "work"] {
+        let path = dir.join(sub);
+        if path.exists() {
+            fs::remove_dir_all(&path)?;
+        }
+        fs::create_dir(&path)?;
+    }
+    let hostname = spec.hostname.clone().unwrap_or(record.name.clone());
+    let upper = dir.join("upper");
+    let keys = Rootfs {
+        name: &hostname,
+        address: record.address,
+        port: record.port,
+        image: Image::Debian,
+        ssh_key: spec.root_key.as_deref(),
+        password: None,
+        banner: None,
+        sshd_config: &[],
+    }
+    .write(&upper)?;
+    if spec.user_data.is_none() && spec.metadata.is_empty() {
+        return Ok(keys);
+    }
+    let cloud = upper.join("var/lib/cloud/instance");
+    fs::create_dir_all(&cloud)?;
+    state::set_mode(&cloud, 0o700)?;
+    if let Some(data) = &spec.user_data {
+        fs::write(cloud.join("user-data.txt"), data)?;
+    }
+    if !spec.metadata.is_empty() {
+        let meta: serde_json::Map<String, serde_json::Value> = spec
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into()))
+            .collect();
+        fs::write(
+            cloud.join("meta_data.json"),
+            serde_json::to_vec(&serde_json::json!({ "meta": meta }))?,
+        )?;
+    }
+    Ok(keys)
 }
 
 fn to_node(state: &StateDir, record: &NodeRecord) -> Node {
