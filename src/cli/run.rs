@@ -81,19 +81,7 @@ pub fn parse_host(text: &str) -> Result<HostSpec, String> {
 /// Runs `nodeup run`.
 pub async fn run(args: RunArgs) -> Result<(), Failure> {
     let file = stepfile::load(&args.stepfile).map_err(|e| Failure::Usage(e.into()))?;
-    let mut hosts = Vec::new();
-    for text in &args.hosts {
-        let spec = parse_host(text).map_err(|e| Failure::Usage(anyhow!("--host {e}")))?;
-        let port = spec.port.or(file.ssh.port).unwrap_or(22);
-        let addr: SocketAddr = tokio::net::lookup_host((spec.host.as_str(), port))
-            .await
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| {
-                Failure::Usage(anyhow!("--host {text}: cannot resolve {}", spec.host))
-            })?;
-        hosts.push((text.clone(), spec, addr));
-    }
+    let hosts = resolve_hosts(&args.hosts, file.ssh.port).await?;
     // Machines that exist already are checked strictly, against the user's own known_hosts.
     let mut options = options(&file, &args.ssh, HostKeyPolicy::Strict);
     if args.ssh.known_hosts.is_none() && file.ssh.known_hosts.is_none() {
@@ -147,47 +135,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     while let Some(joined) = tasks.join_next().await {
         let (i, host, result) =
             joined.map_err(|e| Failure::Failed(anyhow!("a task failed: {e}")))?;
-        let (value, ok) = match result {
-            None => {
-                eprintln!("[{host}] cancelled");
-                (
-                    json!({ "host": host, "ok": false, "error": "cancelled" }),
-                    false,
-                )
-            }
-            Some(Ok(run)) => {
-                eprintln!(
-                    "[{host}] done as {}: {} steps in {:.1}s",
-                    run.user,
-                    run.steps.len(),
-                    started.elapsed().as_secs_f64()
-                );
-                (
-                    json!({
-                        "host": host, "ok": true, "user": run.user,
-                        "reconnects": run.reconnects, "steps": output::steps_json(&run.steps),
-                    }),
-                    true,
-                )
-            }
-            Some(Err(failure)) => {
-                let error = engine::error_chain(&failure.cause);
-                let at = failure
-                    .step
-                    .map(|(i, kind)| format!(" at step {i} ({kind})"))
-                    .unwrap_or_default();
-                eprintln!("[{host}] failed{at}: {error}");
-                (
-                    json!({
-                        "host": host, "ok": false, "error": error,
-                        "failed_step": output::failed_step_json(failure.step, &failure.cause),
-                        "logins": failure.attempts,
-                        "steps": output::steps_json(&failure.completed),
-                    }),
-                    false,
-                )
-            }
-        };
+        let (value, ok) = host_result(&host, result, started);
         results.push((i, value, ok));
     }
     results.sort_by_key(|r| r.0);
@@ -202,6 +150,77 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         )));
     }
     Ok(())
+}
+
+/// Each `--host` as given, parsed, with the address it resolves to (port: its own, else the
+/// step file's, else 22).
+async fn resolve_hosts(
+    texts: &[String],
+    default_port: Option<u16>,
+) -> Result<Vec<(String, HostSpec, SocketAddr)>, Failure> {
+    let mut hosts = Vec::new();
+    for text in texts {
+        let spec = parse_host(text).map_err(|e| Failure::Usage(anyhow!("--host {e}")))?;
+        let port = spec.port.or(default_port).unwrap_or(22);
+        let addr: SocketAddr = tokio::net::lookup_host((spec.host.as_str(), port))
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| {
+                Failure::Usage(anyhow!("--host {text}: cannot resolve {}", spec.host))
+            })?;
+        hosts.push((text.clone(), spec, addr));
+    }
+    Ok(hosts)
+}
+
+/// One host's outcome: said on stderr, as JSON, and whether it succeeded.
+fn host_result(
+    host: &str,
+    result: Option<Result<engine::Run, engine::RunFailure>>,
+    started: Instant,
+) -> (Value, bool) {
+    match result {
+        None => {
+            eprintln!("[{host}] cancelled");
+            (
+                json!({ "host": host, "ok": false, "error": "cancelled" }),
+                false,
+            )
+        }
+        Some(Ok(run)) => {
+            eprintln!(
+                "[{host}] done as {}: {} steps in {:.1}s",
+                run.user,
+                run.steps.len(),
+                started.elapsed().as_secs_f64()
+            );
+            (
+                json!({
+                    "host": host, "ok": true, "user": run.user,
+                    "reconnects": run.reconnects, "steps": output::steps_json(&run.steps),
+                }),
+                true,
+            )
+        }
+        Some(Err(failure)) => {
+            let error = engine::error_chain(&failure.cause);
+            let at = failure
+                .step
+                .map(|(i, kind)| format!(" at step {i} ({kind})"))
+                .unwrap_or_default();
+            eprintln!("[{host}] failed{at}: {error}");
+            (
+                json!({
+                    "host": host, "ok": false, "error": error,
+                    "failed_step": output::failed_step_json(failure.step, &failure.cause),
+                    "logins": failure.attempts,
+                    "steps": output::steps_json(&failure.completed),
+                }),
+                false,
+            )
+        }
+    }
 }
 
 #[cfg(test)]
