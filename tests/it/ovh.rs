@@ -7,7 +7,7 @@ use nodeup::driver::{NodeDriver, ProviderError};
 use nodeup::model::{CreateNode, CreateVolume};
 use nodeup::providers::ovh::{Credentials, OvhDriver, Secret};
 use serde_json::Value;
-use testbed::fake_ovh::{FakeOvh, OvhConfig, OvhFaults};
+use testbed::fake_ovh::{FakeOvh, Fault, OvhConfig, OvhFaults, RouteFault};
 use testbed::TestBed;
 
 const IMAGE: &str = "Debian 12";
@@ -292,7 +292,8 @@ async fn errors_429_500_and_a_lost_answer_still_give_exactly_one_instance() {
         faults: OvhFaults {
             error_500: 0.25,
             error_429: 0.25,
-            drop_create_answers: 1,
+            // The instance is created, but the answer is lost on the way.
+            routes: vec![RouteFault::new("POST", "/instance", Fault::LoseAnswer, 1)],
             ..Default::default()
         },
         ..Default::default()

@@ -161,13 +161,22 @@ pub(super) async fn get_instance(
     }
 }
 
-pub(super) async fn create_instance(
-    State(fake): State<Shared>,
-    Path(_project): Path<String>,
-    body: Bytes,
-) -> Response {
-    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return bad_request("Invalid JSON");
+/// What a valid `POST /instance` asks for.
+struct NewInstance {
+    name: String,
+    region: String,
+    flavor_id: String,
+    image_id: String,
+    ssh_key_id: Option<String>,
+    /// The public key of `ssh_key_id`.
+    public_key: Option<String>,
+}
+
+/// Checks a `POST /instance` body as OVH does: every field there, the region, flavor, image and
+/// key known, the key in the region.
+fn check_new_instance(fake: &Fake, body: &Bytes) -> Result<NewInstance, Response> {
+    let Ok(request) = serde_json::from_slice::<Value>(body) else {
+        return Err(bad_request("Invalid JSON"));
     };
     let field = |name: &str| {
         request
@@ -181,46 +190,56 @@ pub(super) async fn create_instance(
         field("region"),
         field("imageId"),
     ) else {
-        return bad_request("Missing parameter: name, flavorId, region and imageId are required");
+        return Err(bad_request(
+            "Missing parameter: name, flavorId, region and imageId are required",
+        ));
     };
     if !REGIONS.contains(&region.as_str()) {
-        return bad_request(&format!("Region {region} does not exist or is not enabled"));
+        return Err(bad_request(&format!(
+            "Region {region} does not exist or is not enabled"
+        )));
     }
     if flavor(&flavor_id).is_none_or(|f| f["region"] != region.as_str()) {
-        return bad_request(&format!("Flavor {flavor_id} does not exist"));
+        return Err(bad_request(&format!("Flavor {flavor_id} does not exist")));
+    }
+    let data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+    if !data
+        .images
+        .iter()
+        .any(|i| i.id == image_id && i.region == region)
+    {
+        return Err(bad_request(&format!("Image {image_id} does not exist")));
     }
     let ssh_key_id = field("sshKeyId");
-    let public_key = {
-        let data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
-        if !data
-            .images
-            .iter()
-            .any(|i| i.id == image_id && i.region == region)
-        {
-            return bad_request(&format!("Image {image_id} does not exist"));
-        }
-        match &ssh_key_id {
-            Some(id) => match data.keys.iter().find(|k| &k.id == id) {
-                Some(key) if !key.regions.contains(&region) => {
-                    return bad_request(&format!(
-                        "SSH key {id} is not available in region {region}"
-                    ))
-                }
-                Some(key) => Some(key.public_key.clone()),
-                None => return bad_request(&format!("SSH key {id} does not exist")),
-            },
-            None => None,
-        }
+    let public_key = match &ssh_key_id {
+        Some(id) => match data.keys.iter().find(|k| &k.id == id) {
+            Some(key) if !key.regions.contains(&region) => {
+                return Err(bad_request(&format!(
+                    "SSH key {id} is not available in region {region}"
+                )))
+            }
+            Some(key) => Some(key.public_key.clone()),
+            None => return Err(bad_request(&format!("SSH key {id} does not exist"))),
+        },
+        None => None,
     };
-    let id = format!(
-        "{}-{}-{}-{}-{}",
-        random_hex(8),
-        random_hex(4),
-        random_hex(4),
-        random_hex(4),
-        random_hex(12)
-    );
-    // The instance's machine: a local node whose image refuses root as OVH's images do.
+    Ok(NewInstance {
+        name,
+        region,
+        flavor_id,
+        image_id,
+        ssh_key_id,
+        public_key,
+    })
+}
+
+/// The instance's machine: a local node whose image refuses root as OVH's images do; `None`
+/// (the instance in ERROR) when it cannot be had on port 22.
+async fn machine_for(
+    fake: &Fake,
+    id: &str,
+    public_key: Option<String>,
+) -> Option<nodeup::model::Node> {
     let node = fake
         .driver
         .create_node(&CreateNode {
@@ -230,7 +249,7 @@ pub(super) async fn create_instance(
             ..Default::default()
         })
         .await;
-    let node = match node {
+    match node {
         Ok(node) if node.ssh_port() == 22 => Some(node),
         Ok(node) => {
             let _ = fake.driver.destroy_node(&node).await;
@@ -240,43 +259,43 @@ pub(super) async fn create_instance(
             eprintln!("fake-ovh: creating the instance's local node: {e}");
             None
         }
+    }
+}
+
+pub(super) async fn create_instance(
+    State(fake): State<Shared>,
+    Path(_project): Path<String>,
+    body: Bytes,
+) -> Response {
+    let new = match check_new_instance(&fake, &body) {
+        Ok(new) => new,
+        Err(refused) => return refused,
     };
+    let id = format!(
+        "{}-{}-{}-{}-{}",
+        random_hex(8),
+        random_hex(4),
+        random_hex(4),
+        random_hex(4),
+        random_hex(12)
+    );
+    let node = machine_for(&fake, &id, new.public_key).await;
     let instance = Instance {
-        id: id.clone(),
-        name,
-        region,
-        flavor_id,
-        image_id,
-        ssh_key_id,
+        id,
+        name: new.name,
+        region: new.region,
+        flavor_id: new.flavor_id,
+        image_id: new.image_id,
+        ssh_key_id: new.ssh_key_id,
         created: Instant::now(),
         created_at: humantime_now(),
         node,
         stopped: false,
         deleted: None,
     };
-    let value = {
-        let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
-        let value = instance_json_locked(&fake, &data, &instance, true);
-        data.instances.push(instance);
-        value
-    };
-    let drop_answer = {
-        let mut config = fake.config.lock().unwrap_or_else(|e| e.into_inner());
-        let drop = config.faults.drop_create_answers > 0;
-        if drop {
-            config.faults.drop_create_answers -= 1;
-        }
-        drop
-    };
-    if drop_answer {
-        // The instance exists, but its answer is lost on the way: the body breaks off.
-        fake.data
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .fired
-            .count(Fault::LoseAnswer);
-        return faults::broken_answer();
-    }
+    let mut data = fake.data.lock().unwrap_or_else(|e| e.into_inner());
+    let value = instance_json_locked(&fake, &data, &instance, true);
+    data.instances.push(instance);
     Json(value).into_response()
 }
 
@@ -609,4 +628,73 @@ pub(super) async fn volume_action(
         }
         _ => missing(&format!("action = {action}")),
     }
+}
+
+/// The routes under `/cloud/project/{project}`; every one answers 404 for another project.
+pub(super) fn project_routes(fake: &Shared) -> Router<Shared> {
+    type One = Path<(String, String)>;
+    Router::new()
+        .route("/instance", get(list_instances).post(create_instance))
+        .route("/instance/{id}", get(get_instance).delete(delete_instance))
+        .route("/instance/{id}/{action}", post(instance_action))
+        .route("/flavor", get(list_flavors))
+        .route(
+            "/flavor/{id}",
+            get(|Path((_, id)): One| async move {
+                match flavor(&id) {
+                    Some(f) => Json(f).into_response(),
+                    None => missing(&format!("flavorId = {id}")),
+                }
+            }),
+        )
+        .route("/image", get(list_images))
+        .route(
+            "/image/{id}",
+            get(|State(f): State<Shared>, Path((_, id)): One| async move {
+                get_item(&f, state::images, &id)
+            }),
+        )
+        .route("/snapshot/{id}", axum::routing::delete(delete_image))
+        .route("/region", get(list_regions))
+        .route("/sshkey", get(list_keys).post(create_key))
+        .route(
+            "/sshkey/{id}",
+            get(|State(f): State<Shared>, Path((_, id)): One| async move {
+                get_item(&f, keys, &id)
+            })
+            .delete(
+                |State(f): State<Shared>, Path((_, id)): One| async move {
+                    delete_item(&f, keys, &id, |_| None)
+                },
+            ),
+        )
+        .route(
+            "/volume",
+            get(|State(f): State<Shared>| async move { list_items(&f, volumes) })
+                .post(create_volume),
+        )
+        .route(
+            "/volume/snapshot",
+            get(|State(f): State<Shared>| async move { list_items(&f, snapshots) }),
+        )
+        .route(
+            "/volume/snapshot/{id}",
+            get(|State(f): State<Shared>, Path((_, id)): One| async move {
+                get_item(&f, snapshots, &id)
+            })
+            .delete(
+                |State(f): State<Shared>, Path((_, id)): One| async move {
+                    delete_item(&f, snapshots, &id, |_| None)
+                },
+            ),
+        )
+        .route(
+            "/volume/{id}",
+            get(|State(f): State<Shared>, Path((_, id)): One| async move {
+                get_item(&f, volumes, &id)
+            })
+            .delete(delete_volume),
+        )
+        .route("/volume/{id}/{action}", post(volume_action))
+        .route_layer(middleware::from_fn_with_state(fake.clone(), project_check))
 }

@@ -74,8 +74,6 @@ pub struct OvhFaults {
     pub error_429: f64,
     /// Every answer waits this long.
     pub slow: Duration,
-    /// This many `POST /instance` answers are dropped after the instance was created.
-    pub drop_create_answers: u32,
     /// Faults on given routes, checked in order; the first that matches fires.
     pub routes: Vec<RouteFault>,
 }

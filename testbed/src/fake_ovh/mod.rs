@@ -6,8 +6,9 @@
 //! error bodies and an `X-Ovh-QueryID`, and moves instances through BUILD → ACTIVE, their address
 //! appearing later still. Each instance is a local node of the test bed (image `cloud-debian`: root
 //! refused as on OVH's images, the image's user `debian` holding the instance's SSH key); DELETE
-//! destroys it. Faults: a share of 500 and 429 answers, slow answers, dropped answers after an
-//! instance was created.
+//! destroys it (the instance stays DELETING a while). Faults (`faults`): a share of 500 and 429
+//! answers, slow answers, and per-route 500s, 429s with a Retry-After and answers lost after the
+//! request was done; every fault that fires is counted.
 
 // Handlers answer early with an error `Response`, as axum handlers do; it is large by nature.
 #![allow(clippy::result_large_err)]
@@ -193,78 +194,13 @@ impl FakeOvh {
             driver,
             dedicated: Mutex::new(Vec::new()),
         });
-        type One = Path<(String, String)>;
-        let project_routes = Router::new()
-            .route("/instance", get(list_instances).post(create_instance))
-            .route("/instance/{id}", get(get_instance).delete(delete_instance))
-            .route("/instance/{id}/{action}", post(instance_action))
-            .route("/flavor", get(list_flavors))
-            .route(
-                "/flavor/{id}",
-                get(|Path((_, id)): One| async move {
-                    match flavor(&id) {
-                        Some(f) => Json(f).into_response(),
-                        None => missing(&format!("flavorId = {id}")),
-                    }
-                }),
-            )
-            .route("/image", get(list_images))
-            .route(
-                "/image/{id}",
-                get(|State(f): State<Shared>, Path((_, id)): One| async move {
-                    get_item(&f, state::images, &id)
-                }),
-            )
-            .route("/snapshot/{id}", axum::routing::delete(delete_image))
-            .route("/region", get(list_regions))
-            .route("/sshkey", get(list_keys).post(create_key))
-            .route(
-                "/sshkey/{id}",
-                get(|State(f): State<Shared>, Path((_, id)): One| async move {
-                    get_item(&f, keys, &id)
-                })
-                .delete(
-                    |State(f): State<Shared>, Path((_, id)): One| async move {
-                        delete_item(&f, keys, &id, |_| None)
-                    },
-                ),
-            )
-            .route(
-                "/volume",
-                get(|State(f): State<Shared>| async move { list_items(&f, volumes) })
-                    .post(create_volume),
-            )
-            .route(
-                "/volume/snapshot",
-                get(|State(f): State<Shared>| async move { list_items(&f, snapshots) }),
-            )
-            .route(
-                "/volume/snapshot/{id}",
-                get(|State(f): State<Shared>, Path((_, id)): One| async move {
-                    get_item(&f, snapshots, &id)
-                })
-                .delete(
-                    |State(f): State<Shared>, Path((_, id)): One| async move {
-                        delete_item(&f, snapshots, &id, |_| None)
-                    },
-                ),
-            )
-            .route(
-                "/volume/{id}",
-                get(|State(f): State<Shared>, Path((_, id)): One| async move {
-                    get_item(&f, volumes, &id)
-                })
-                .delete(delete_volume),
-            )
-            .route("/volume/{id}/{action}", post(volume_action))
-            .route_layer(middleware::from_fn_with_state(fake.clone(), project_check));
         let app = Router::new()
             .route("/1.0/auth/time", get(auth_time))
             .route("/1.0/auth/credential", post(auth_credential))
             .route("/1.0/cloud/project", get(list_projects))
             .route("/1.0/cloud/subsidiaryPrice", get(subsidiary_price))
             .route("/1.0/cloud/project/{project}", get(get_project))
-            .nest("/1.0/cloud/project/{project}", project_routes)
+            .nest("/1.0/cloud/project/{project}", project_routes(&fake))
             .nest("/1.0/dedicated/server/{name}", dedicated_routes())
             .fallback(not_found)
             .layer(middleware::from_fn_with_state(fake.clone(), check))
