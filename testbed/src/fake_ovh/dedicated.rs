@@ -333,88 +333,75 @@ pub(super) fn digest(kind: &str, data: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Downloads, checks, then (SSH down for the install time) reinstalls the server's node.
-pub(super) async fn run_install(fake: Shared, name: String, spec: InstallSpec) {
-    let legacy = spec.task.is_none();
-    let set = |status: &str, comment: &str, error: Option<String>| {
-        let _ = with_server(&fake, &name, |s| {
-            if s.run != spec.run {
-                return; // cancelled
-            }
-            if legacy {
-                s.legacy = Some((
-                    status.to_string(),
-                    error.clone().unwrap_or(comment.to_string()),
-                ));
-                return;
-            }
-            let task_status = match status {
-                "error" => "customerError",
-                other => other,
-            };
-            if let Some(t) = s
-                .tasks
-                .iter_mut()
-                .find(|t| Some(t["taskId"].as_u64().unwrap_or(0)) == spec.task)
-            {
-                t["status"] = json!(task_status);
-                t["comment"] = json!(error.clone().unwrap_or(comment.to_string()));
-                if status == "done" {
-                    t["doneDate"] = json!(humantime_now());
-                }
-            }
-            match status {
-                "done" => s.install = None,
-                _ => {
-                    if let Some((_, steps)) = &mut s.install {
-                        for step in steps.iter_mut() {
-                            if step.1 == "doing" {
-                                step.1 = "done".into();
-                            }
-                        }
-                        steps.push((
-                            comment.to_string(),
-                            if status == "error" {
-                                "error".into()
-                            } else {
-                                "doing".into()
-                            },
-                            error.clone(),
-                        ));
-                    }
-                }
-            }
-        });
-    };
-    set("doing", "Downloading image", None);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build();
-    let mut request = match &client {
-        Ok(c) => c.get(&spec.url),
-        Err(_) => {
-            return set(
-                "error",
-                "Downloading image",
-                Some("Could not download image: no HTTP client".into()),
-            )
-        }
-    };
-    for (k, v) in &spec.headers {
-        request = request.header(k, v);
+/// Records an install's progress as the API generation of `spec` shows it: the legacy status, or
+/// the task and `/install/status` steps. A cancelled install records nothing more.
+fn record_progress(
+    s: &mut Dedicated,
+    spec: &InstallSpec,
+    status: &str,
+    comment: &str,
+    error: Option<String>,
+) {
+    if s.run != spec.run {
+        return;
     }
-    let image = match request.send().await {
-        Ok(r) if r.status().is_success() => r.bytes().await.ok(),
-        _ => None,
+    let message = error.clone().unwrap_or(comment.to_string());
+    if spec.task.is_none() {
+        s.legacy = Some((status.to_string(), message));
+        return;
+    }
+    let task_status = if status == "error" {
+        "customerError"
+    } else {
+        status
     };
-    let Some(image) = image else {
-        let message = if legacy {
+    if let Some(t) = s
+        .tasks
+        .iter_mut()
+        .find(|t| Some(t["taskId"].as_u64().unwrap_or(0)) == spec.task)
+    {
+        t["status"] = json!(task_status);
+        t["comment"] = json!(message);
+        if status == "done" {
+            t["doneDate"] = json!(humantime_now());
+        }
+    }
+    if status == "done" {
+        s.install = None;
+    } else if let Some((_, steps)) = &mut s.install {
+        for step in steps.iter_mut().filter(|step| step.1 == "doing") {
+            step.1 = "done".into();
+        }
+        let state = if status == "error" { "error" } else { "doing" };
+        steps.push((comment.to_string(), state.into(), error));
+    }
+}
+
+/// Downloads the image as a server would: `Err` with OVH's message when it cannot.
+async fn download(spec: &InstallSpec) -> Result<Bytes, String> {
+    let failed = || {
+        if spec.task.is_none() {
             format!("Could not download image located : {}", spec.url)
         } else {
             format!("Could not download image: {}", spec.url)
-        };
-        return set("error", "Downloading image", Some(message));
+        }
     };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|_| failed())?;
+    let mut request = client.get(&spec.url);
+    for (k, v) in &spec.headers {
+        request = request.header(k, v);
+    }
+    match request.send().await {
+        Ok(r) if r.status().is_success() => r.bytes().await.map_err(|_| failed()),
+        _ => Err(failed()),
+    }
+}
+
+/// Checks the image's format (by its magic bytes) and checksum: `Err` with OVH's message.
+fn check_image(spec: &InstallSpec, image: &[u8]) -> Result<(), String> {
     let actual = if image.starts_with(b"QFI\xfb") {
         "qcow2"
     } else if image.get(257..262) == Some(b"ustar") {
@@ -423,27 +410,37 @@ pub(super) async fn run_install(fake: Shared, name: String, spec: InstallSpec) {
         "raw"
     };
     if actual != spec.image_type {
-        return set(
-            "error",
-            "Checking image",
-            Some(format!(
-                "image provided format is {actual} which does not match expected {} format",
-                spec.image_type
-            )),
-        );
+        return Err(format!(
+            "image provided format is {actual} which does not match expected {} format",
+            spec.image_type
+        ));
     }
     if let Some((kind, want)) = &spec.checksum {
-        let got = digest(kind, &image);
+        let got = digest(kind, image);
         if &got != want {
-            let sep = if legacy { " : " } else { ": " };
-            return set(
-                "error",
-                "Checking image",
-                Some(format!(
-                    "Bad {kind} for downloaded file, got{sep}{got} while expecting {want}."
-                )),
-            );
+            let sep = if spec.task.is_none() { " : " } else { ": " };
+            return Err(format!(
+                "Bad {kind} for downloaded file, got{sep}{got} while expecting {want}."
+            ));
         }
+    }
+    Ok(())
+}
+
+/// Downloads, checks, then (SSH down for the install time) reinstalls the server's node.
+pub(super) async fn run_install(fake: Shared, name: String, spec: InstallSpec) {
+    let set = |status: &str, comment: &str, error: Option<String>| {
+        let _ = with_server(&fake, &name, |s| {
+            record_progress(s, &spec, status, comment, error)
+        });
+    };
+    set("doing", "Downloading image", None);
+    let image = match download(&spec).await {
+        Ok(image) => image,
+        Err(message) => return set("error", "Downloading image", Some(message)),
+    };
+    if let Err(message) = check_image(&spec, &image) {
+        return set("error", "Checking image", Some(message));
     }
     set("doing", "Installing image", None);
     let Ok(node) = with_server(&fake, &name, |s| s.node.clone()) else {
