@@ -593,7 +593,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn images_keys_volumes_and_snapshots_round_trip() {
+    async fn images_sizes_and_keys_round_trip_with_their_filters() {
         let d = DummyDriver::new();
         let node = d
             .create_node(&CreateNode {
@@ -653,7 +653,18 @@ mod tests {
         assert_eq!(d.list_key_pairs(Some("elsewhere")).await.unwrap().len(), 2);
         d.delete_key_pair(&imported).await.unwrap();
         assert_eq!(d.list_key_pairs(None).await.unwrap().len(), 1);
+    }
 
+    #[tokio::test]
+    async fn volumes_and_snapshots_round_trip() {
+        let d = DummyDriver::new();
+        let node = d
+            .create_node(&CreateNode {
+                name: "a".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         let volume = d
             .create_volume(&CreateVolume {
                 size_gb: 10,
