@@ -63,7 +63,7 @@ impl OvhDriver {
             "they come from OVH_* variables or ovh.conf",
         )?;
         let plan = self.plan(request).await?;
-        self.refuse_taken_name(&request.name, &plan.region).await?;
+        let before = self.refuse_taken_name(&request.name, &plan.region).await?;
         let key = match &request.auth {
             Some(NodeAuth::SshKey(public)) => Some(self.ensure_key(public, &plan.region).await?),
             Some(NodeAuth::Password(_)) => {
@@ -88,7 +88,10 @@ impl OvhDriver {
             (None, Some(id)) => body["sshKeyId"] = json!(id),
             (None, None) => {}
         }
-        let created = match self.post_instance(&request.name, &plan.region, &body).await {
+        let created = match self
+            .post_instance(&request.name, &plan.region, &body, &before)
+            .await
+        {
             Ok(instance) => instance,
             Err(e) => {
                 self.release_key(key.as_ref()).await;
@@ -160,20 +163,26 @@ impl OvhDriver {
         })
     }
 
-    /// Refuses a name that an instance in `region` holds already.
-    async fn refuse_taken_name(&self, name: &str, region: &str) -> Result<()> {
-        let taken = self
+    /// Refuses a name that an instance in `region` holds already; returns the ids of the
+    /// instances of that name there are (being deleted), which a create's lookup must not take
+    /// for the one it made.
+    async fn refuse_taken_name(&self, name: &str, region: &str) -> Result<Vec<String>> {
+        let same: Vec<Instance> = self
             .instances()
             .await?
             .into_iter()
-            .find(|i| i.name == name && i.region.as_deref() == Some(region) && alive(i));
-        match taken {
+            .filter(|i| i.name == name)
+            .collect();
+        match same
+            .iter()
+            .find(|i| i.region.as_deref() == Some(region) && alive(i))
+        {
             Some(other) => Err(invalid(format!(
                 "an instance named {name:?} exists already in region {region} (id {}, {}): \
                  choose another name, or destroy it first",
                 other.id, other.status
             ))),
-            None => Ok(()),
+            None => Ok(same.into_iter().map(|i| i.id).collect()),
         }
     }
 
@@ -250,15 +259,14 @@ impl OvhDriver {
     }
 
     /// `POST /instance`; an answer lost on the way is looked up by name (an instance of that name
-    /// in the region that was not there before), and only sent again when none is found.
-    async fn post_instance(&self, name: &str, region: &str, body: &Value) -> Result<Instance> {
-        let before: Vec<String> = self
-            .instances()
-            .await?
-            .into_iter()
-            .filter(|i| i.name == name)
-            .map(|i| i.id)
-            .collect();
+    /// in the region that is not one of `before`), and only sent again when none is found.
+    async fn post_instance(
+        &self,
+        name: &str,
+        region: &str,
+        body: &Value,
+        before: &[String],
+    ) -> Result<Instance> {
         let path = self.path("/instance");
         let mut last = None;
         for attempt in 1..=CREATE_ATTEMPTS {
