@@ -408,6 +408,14 @@ fn ssh_section(ctx: &Ctx<'_>, ssh: Option<RawSsh>) -> Result<SshSection, StepFil
     })
 }
 
+/// Prefixes an error's message with the step it is in.
+fn in_step(number: usize) -> impl Fn(StepFileError) -> StepFileError {
+    move |e| StepFileError {
+        message: format!("step {number}: {}", e.message),
+        ..e
+    }
+}
+
 /// One `[[step]]`: which kind it is (exactly one), which keys apply to that kind, then the kind's
 /// own checks.
 fn step(ctx: &Ctx<'_>, number: usize, raw: &Spanned<RawStep>) -> Result<Step, StepFileError> {
@@ -502,10 +510,7 @@ fn ssh_key_step(
                     .ok_or_else(|| err(span.clone(), "no key".into()))?,
                 "ssh-key",
             )
-            .map_err(|e| StepFileError {
-                message: format!("step {number}: {}", e.message),
-                ..e
-            })?;
+            .map_err(in_step(number))?;
         let text = std::fs::read_to_string(&path).map_err(|e| {
             err(
                 span.clone(),
@@ -540,10 +545,7 @@ fn file_step(
         .file
         .as_ref()
         .ok_or_else(|| err(raw.span(), "no file".into()))?;
-    let source = ctx.local_file(file, "file").map_err(|e| StepFileError {
-        message: format!("step {number}: {}", e.message),
-        ..e
-    })?;
+    let source = ctx.local_file(file, "file").map_err(in_step(number))?;
     let Some(target) = &s.target else {
         return Err(err(
             file.span(),
@@ -592,22 +594,18 @@ fn script_step(
     let s = raw.get_ref();
     let err =
         |span: Range<usize>, message: String| ctx.error(span, format!("step {number}: {message}"));
-    let source =
-        match (&s.script, &s.inline) {
-            (Some(script), _) => ScriptSource::File(ctx.local_file(script, "script").map_err(
-                |e| StepFileError {
-                    message: format!("step {number}: {}", e.message),
-                    ..e
-                },
-            )?),
-            (None, Some(inline)) => {
-                if inline.get_ref().trim().is_empty() {
-                    return Err(err(inline.span(), "`inline` is empty".into()));
-                }
-                ScriptSource::Inline(inline.get_ref().clone())
+    let source = match (&s.script, &s.inline) {
+        (Some(script), _) => {
+            ScriptSource::File(ctx.local_file(script, "script").map_err(in_step(number))?)
+        }
+        (None, Some(inline)) => {
+            if inline.get_ref().trim().is_empty() {
+                return Err(err(inline.span(), "`inline` is empty".into()));
             }
-            (None, None) => return Err(err(raw.span(), "no script".into())),
-        };
+            ScriptSource::Inline(inline.get_ref().clone())
+        }
+        (None, None) => return Err(err(raw.span(), "no script".into())),
+    };
     let mut step = ScriptStep {
         source,
         args: s
@@ -626,10 +624,7 @@ fn script_step(
             .as_ref()
             .map(|t| ctx.duration(t, "timeout"))
             .transpose()
-            .map_err(|e| StepFileError {
-                message: format!("step {number}: {}", e.message),
-                ..e
-            })?,
+            .map_err(in_step(number))?,
         exit_codes: vec![0],
         keep: s.keep.as_ref().is_some_and(|k| *k.get_ref()),
         name: s.name.as_ref().map(|n| n.get_ref().clone()),

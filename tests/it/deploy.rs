@@ -2,7 +2,6 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +15,7 @@ use nodeup::model::{CreateNode, Node, NodeAuth};
 use nodeup::ssh::{self, ExitStatus, Password};
 use testbed::{Faults, NodeSpec, RelayedDriver, TestBed};
 
-use crate::{assert_ok, stdout};
+use crate::{assert_ok, keygen, stdout};
 
 fn options(bed: &TestBed) -> DeployOptions {
     DeployOptions {
@@ -35,17 +34,6 @@ fn request(bed: &TestBed, name: &str, image: &str) -> CreateNode {
         auth: Some(NodeAuth::SshKey(bed.client_public_key().into())),
         ..Default::default()
     }
-}
-
-fn keygen(dir: &Path, name: &str, passphrase: &str) -> std::path::PathBuf {
-    let path = dir.join(name);
-    let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", passphrase, "-f"])
-        .arg(&path)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    path
 }
 
 /// Logs in with OpenSSH and a given key: proves the key works.

@@ -12,7 +12,7 @@ use testbed::fake_ovh::{FakeOvh, Fault, OvhConfig, OvhFaults, RouteFault};
 use testbed::TestBed;
 
 use crate::{
-    bed_leftovers, nodeup_on as nodeup_cmd, signal, spawn_until, stderr_of as stderr,
+    bed_leftovers, keygen, nodeup_on as nodeup_cmd, signal, spawn_until, stderr_of as stderr,
     write_file as write,
 };
 
@@ -103,13 +103,7 @@ async fn key_files_warn_and_fail_with_the_fix_in_plain_text() {
     let dir = bed.dir();
     let file = write(dir, "s.toml", "[[step]]\ninline = \"true\"\n");
     // An encrypted key and no passphrase: the variable to set, not a flag that does not exist.
-    let encrypted = dir.join("enc");
-    let made = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "sesame", "-f"])
-        .arg(&encrypted)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    let encrypted = keygen(dir, "enc", "sesame");
     let out = nodeup_cmd(
         &bed,
         &[
@@ -400,13 +394,7 @@ async fn ovh_one_name_is_one_instance_and_one_key_serves_concurrent_deploys() {
     let k1 = o.stepfile("k1", "", "true");
     let k2 = o.stepfile("k2", "", "true");
     // A key nodeup has not imported yet: a fresh one, shared by both runs.
-    let key = o.bed.dir().join("shared_key");
-    let made = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    let key = keygen(o.bed.dir(), "shared_key", "");
     let spawn = |file: &Path| {
         let mut cmd = nodeup_cmd(&o.bed, &["deploy", file.to_str().unwrap(), "--key"]);
         cmd.arg(&key)

@@ -139,3 +139,15 @@ pub fn ovh_request(bed: &testbed::TestBed, name: &str) -> nodeup::model::CreateN
         ..Default::default()
     }
 }
+
+/// Makes an ed25519 key pair `dir/name` (and `.pub`) with ssh-keygen; `passphrase` may be empty.
+pub fn keygen(dir: &std::path::Path, name: &str, passphrase: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", passphrase, "-f"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    path
+}

@@ -5,7 +5,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use nodeup::driver::NodeDriver;
@@ -13,7 +13,7 @@ use serde_json::Value;
 use testbed::{NodeSpec, TestBed};
 
 use crate::{
-    bed_leftovers, nodeup_on as nodeup, signal, spawn_until, stderr_of as stderr,
+    bed_leftovers, keygen, nodeup_on as nodeup, signal, spawn_until, stderr_of as stderr,
     write_file as write, StderrLines,
 };
 
@@ -213,13 +213,7 @@ async fn passphrases_and_passwords_come_from_the_environment() {
         "env.toml",
         "[node]\nname = \"env-key\"\n\n[[step]]\ninline = \"id -un\"\n",
     );
-    let encrypted = dir.join("enc");
-    let made = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "sesame", "-f"])
-        .arg(&encrypted)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    let encrypted = keygen(dir, "enc", "sesame");
     let out = nodeup(&bed, &["deploy", file.to_str().unwrap(), "--json", "--key"])
         .arg(&encrypted)
         .env("NODEUP_KEY_PASSPHRASE", "sesame")

@@ -244,13 +244,7 @@ async fn legacy_api_reinstall_with_a_private_url_and_a_raw_image() {
     let s = setup().await;
     let dir = s.bed.dir();
     let then = write(dir, "post.toml", "[[step]]\ninline = \"uname -n\"\n");
-    let key = dir.join("mine");
-    let made = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    let key = crate::keygen(dir, "mine", "");
     let url = format!("{}/private/disk.raw", s.images);
     let checksum = format!("sha1:{}", s.raw_sha1);
     let out = nodeup(

@@ -272,12 +272,7 @@ async fn host_keys_are_checked() {
 
     // The recorded key differs from the one the node presents (an impostor, or a re-created
     // node the provider does not vouch for): refused, with the fix.
-    let impostor = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(bed.dir().join("impostor"))
-        .status()
-        .unwrap();
-    assert!(impostor.success());
+    crate::keygen(bed.dir(), "impostor", "");
     let other = std::fs::read_to_string(bed.dir().join("impostor.pub")).unwrap();
     let other = other
         .split_whitespace()
