@@ -158,6 +158,7 @@ async fn fleet(bed: &TestBed, n: usize, key: &str) -> Vec<Target> {
             users: vec!["root".into()],
             pinned_host_keys: node.host_keys(),
             node: None,
+            journal: None,
         });
     }
     for target in &targets {

@@ -97,6 +97,12 @@ pub trait NodeDriver: Send + Sync {
     /// What `create_node` accepts.
     fn features(&self) -> Features;
 
+    /// The settings that reach this driver again through the registry (`[provider]` keys, never
+    /// credentials): the journal records them so that cleanup can find a node later.
+    fn settings(&self) -> ProviderConfig {
+        ProviderConfig::new()
+    }
+
     /// Every node of the account (or, for `local`, of the state directory).
     async fn list_nodes(&self) -> Result<Vec<Node>>;
 

@@ -18,7 +18,9 @@ pub mod deploy;
 pub mod driver;
 pub mod engine;
 pub mod http;
+pub mod journal;
 pub mod model;
+pub mod procfs;
 pub mod providers;
 pub mod ssh;
 

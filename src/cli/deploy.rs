@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use nodeup::deploy::stepfile::{self, parse_positive_duration, StepFile};
 use nodeup::driver::NodeDriver;
 use nodeup::engine::{self, destroy_at_exit, Cause, DeployOptions, Event};
+use nodeup::journal::{NodeEntry, NodeState, RunEnd, RunStart};
 use nodeup::model::{CreateNode, Node};
 use nodeup::providers;
 use nodeup::ssh::{HostKeyPolicy, Password};
@@ -227,9 +228,12 @@ pub async fn run(args: DeployArgs) -> Result<(), Failure> {
         auth: None,
         extra: file.node.options.clone(),
     };
+    let journal =
+        super::journal::begin_run(RunStart::with_stepfile("deploy", &args.stepfile)).await?;
     let started = Instant::now();
     let created = Created::default();
     let mut options = options(&file, &args.ssh, HostKeyPolicy::AcceptNew);
+    options.journal = journal.clone();
     options.at_exit = Some(destroy_at_exit());
     options.output = Some(output::script_output(None));
     let print = output::progress(None, started);
@@ -240,7 +244,36 @@ pub async fn run(args: DeployArgs) -> Result<(), Failure> {
     }));
     cancel_on_signals(options.cancel.clone(), created);
     tracing::info!("deploying node {name} on {provider}");
-    match engine::deploy_node(driver.clone(), &request, &file.steps, &options).await {
+    let outcome = engine::deploy_node(driver.clone(), &request, &file.steps, &options).await;
+    let end = match &outcome {
+        Ok(_) => RunEnd::Done,
+        Err(e) if matches!(e.cause, Cause::Cancelled) => RunEnd::Cancelled,
+        Err(_) => RunEnd::Failed,
+    };
+    let result = report(
+        outcome,
+        &args,
+        driver.as_ref(),
+        &options.known_hosts,
+        started,
+    )
+    .await;
+    if let Some(journal) = &journal {
+        journal.finish_run(end).await;
+    }
+    result
+}
+
+/// Says what a deployment did (stderr, and stdout with --json); destroys or keeps a node whose
+/// deployment failed.
+async fn report(
+    outcome: Result<engine::Deployment, engine::DeploymentError>,
+    args: &DeployArgs,
+    driver: &dyn NodeDriver,
+    known_hosts: &std::path::Path,
+    started: Instant,
+) -> Result<(), Failure> {
+    match outcome {
         Ok(done) => {
             eprintln!(
                 "deployed node {} ({}) as {}: {} steps in {:.1}s",
@@ -261,7 +294,7 @@ pub async fn run(args: DeployArgs) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Err(error) => Err(failed(error, &args, driver.as_ref(), &options.known_hosts).await),
+        Err(error) => Err(failed(error, args, driver, known_hosts).await),
     }
 }
 
@@ -277,11 +310,16 @@ async fn failed(
         (None, _) => "nothing was created".to_string(),
         // The at-exit hook destroyed it already.
         (Some(node), Cause::Cancelled) => format!("node {} was destroyed", node.name),
-        (Some(node), _) if args.keep_on_failure => format!(
-            "node {} ({}) was kept: log in to look, then `nodeup nodes destroy {} --provider {}`",
-            node.name, node.id, node.id, node.provider
-        ),
-        (Some(node), _) => destroy(driver, node, known_hosts).await,
+        (Some(node), _) if args.keep_on_failure => {
+            if let Some(entry) = &error.journal {
+                entry.finish(NodeState::Kept).await;
+            }
+            format!(
+                "node {} ({}) was kept: log in to look, then `nodeup nodes destroy {} --provider {}`",
+                node.name, node.id, node.id, node.provider
+            )
+        }
+        (Some(node), _) => destroy(driver, node, known_hosts, error.journal.as_ref()).await,
     };
     eprintln!("{cleanup}");
     if args.ssh.json {
@@ -304,9 +342,19 @@ async fn failed(
     }
 }
 
-async fn destroy(driver: &dyn NodeDriver, node: &Node, known_hosts: &std::path::Path) -> String {
+async fn destroy(
+    driver: &dyn NodeDriver,
+    node: &Node,
+    known_hosts: &std::path::Path,
+    entry: Option<&NodeEntry>,
+) -> String {
     match engine::destroy_node(driver, node, known_hosts).await {
-        Ok(()) => format!("node {} ({}) was destroyed", node.name, node.id),
+        Ok(()) => {
+            if let Some(entry) = entry {
+                entry.finish(NodeState::Destroyed).await;
+            }
+            format!("node {} ({}) was destroyed", node.name, node.id)
+        }
         Err(e) => format!(
             "destroying node {} ({}) failed ({e}): destroy it with `nodeup nodes destroy {} --provider {}`",
             node.name, node.id, node.id, node.provider

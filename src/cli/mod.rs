@@ -2,6 +2,7 @@
 
 pub mod catalog;
 pub mod deploy;
+pub mod journal;
 pub mod nodes;
 pub mod output;
 pub mod ovh;
@@ -36,6 +37,10 @@ pub enum Command {
     /// Create, list, reboot and destroy nodes.
     #[command(subcommand)]
     Nodes(nodes::NodesCommand),
+    /// List the journal's runs, or one run in detail (orphans are marked).
+    Journal(journal::JournalArgs),
+    /// Destroy orphans: nodes whose deploy died without finishing (dry run without --yes).
+    Cleanup(journal::CleanupArgs),
     /// Reinstall an OVH dedicated server with your own image, then provision it.
     Reinstall(Box<reinstall::ReinstallArgs>),
     /// OVH helpers.
@@ -108,6 +113,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Run(args) => run::run(args).await,
         Command::Nodes(cmd) => nodes::run(cmd).await,
         Command::Ovh(cmd) => ovh::run(cmd).await,
+        Command::Journal(args) => journal::list(args).await,
+        Command::Cleanup(args) => journal::clean(args).await,
         Command::Reinstall(args) => reinstall::run(*args).await,
         Command::Providers { json } => {
             catalog::providers(json);

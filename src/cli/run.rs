@@ -10,8 +10,9 @@ use anyhow::anyhow;
 use clap::Args;
 use serde_json::{json, Value};
 
-use nodeup::deploy::stepfile;
+use nodeup::deploy::{stepfile, Step};
 use nodeup::engine::{self, run_steps, Target};
+use nodeup::journal::{NodeIntent, NodeState, RunEnd, RunStart};
 use nodeup::ssh::HostKeyPolicy;
 
 use super::deploy::{cancel_on_signals, options, SshArgs};
@@ -97,6 +98,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
             "no way to log in: give a private key file (--key), NODEUP_SSH_PASSWORD, or run an ssh-agent"
         )));
     }
+    let journal = super::journal::begin_run(RunStart::with_stepfile("run", &args.stepfile)).await?;
     cancel_on_signals(options.cancel.clone(), super::deploy::Created::default());
 
     let started = Instant::now();
@@ -115,11 +117,20 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
                 users.push(user.clone());
             }
         }
+        let entry = match &journal {
+            Some(journal) => Some(
+                journal
+                    .begin_node(&host_intent(&text, addr, &steps), "run")
+                    .await?,
+            ),
+            None => None,
+        };
         let target = Target {
             addr,
             users,
             pinned_host_keys: Vec::new(),
             node: None,
+            journal: entry,
         };
         let (creds, steps) = (creds.clone(), steps.clone());
         tasks.spawn(async move {
@@ -128,6 +139,13 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
                 _ = cancel.cancelled() => None,
                 r = run_steps(&target, &steps, &creds, &options) => Some(r),
             };
+            if let Some(entry) = &target.journal {
+                match &result {
+                    Some(Ok(_)) => entry.finish(NodeState::Done).await,
+                    Some(Err(f)) => entry.failed(&engine::error_chain(&f.cause)).await,
+                    None => entry.finish(NodeState::Cancelled).await,
+                }
+            }
             (i, text, result)
         });
     }
@@ -143,6 +161,14 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     if args.ssh.json {
         print_json(&results.iter().map(|r| r.1.clone()).collect::<Vec<_>>());
     }
+    if let Some(journal) = &journal {
+        let end = match failed {
+            0 => RunEnd::Done,
+            _ if options.cancel.is_cancelled() => RunEnd::Cancelled,
+            _ => RunEnd::Failed,
+        };
+        journal.finish_run(end).await;
+    }
     if failed > 0 {
         return Err(Failure::Failed(anyhow!(
             "{failed} of {} hosts failed",
@@ -150,6 +176,16 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         )));
     }
     Ok(())
+}
+
+/// A host of `run`, as the journal records it.
+fn host_intent(text: &str, addr: SocketAddr, steps: &Step) -> NodeIntent {
+    NodeIntent {
+        name: text.to_string(),
+        address: Some(addr.ip().to_string()),
+        steps: steps.flatten().len(),
+        ..Default::default()
+    }
 }
 
 /// Each `--host` as given, parsed, with the address it resolves to (port: its own, else the

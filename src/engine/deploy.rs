@@ -14,13 +14,15 @@ use super::connect::{error_chain, login, LoggedIn, LoginAttempt, LoginOptions};
 use super::wait::{wait_until_running, Interface, WaitError, WaitOptions};
 use crate::deploy::{self, Context, Step, StepResult};
 use crate::driver::{Features, NodeDriver, ProviderError};
+use crate::journal::{Journal, JournalError, NodeEntry, NodeIntent, NodeState, StepRecord};
 use crate::model::{CreateNode, Node, NodeAuth};
 use crate::ssh::{
     self, Credentials, ErrorClass, HostKeyCheck, HostKeyPolicy, OutputSink, Password,
 };
 
-/// Called with the driver and the node when a deployment is cancelled after the node exists.
-pub type AtExit = Arc<dyn Fn(Arc<dyn NodeDriver>, Node) -> BoxFuture<'static, ()> + Send + Sync>;
+/// Called with the driver and the node when a deployment is cancelled after the node exists;
+/// answers whether the node is gone (the journal records it destroyed, else cancelled).
+pub type AtExit = Arc<dyn Fn(Arc<dyn NodeDriver>, Node) -> BoxFuture<'static, bool> + Send + Sync>;
 
 /// Destroys a node and forgets its host keys in `known_hosts`: its addresses will belong to other
 /// machines, whose keys must not be refused as "changed".
@@ -52,9 +54,13 @@ pub fn destroy_at_exit() -> AtExit {
     Arc::new(|driver, node| {
         Box::pin(async move {
             match destroy_node(driver.as_ref(), &node, &default_known_hosts()).await {
-                Ok(()) => tracing::warn!(node = %node.name, "deployment cancelled: node destroyed"),
+                Ok(()) => {
+                    tracing::warn!(node = %node.name, "deployment cancelled: node destroyed");
+                    true
+                }
                 Err(e) => {
-                    tracing::error!(node = %node.name, "deployment cancelled; destroying the node failed: {e}")
+                    tracing::error!(node = %node.name, "deployment cancelled; destroying the node failed: {e}");
+                    false
                 }
             }
         })
@@ -159,6 +165,11 @@ pub struct DeployOptions {
     pub output: Option<OutputSink>,
     /// Receives progress events.
     pub progress: Option<Progress>,
+    /// Where the deployment is recorded before anything is created (default: the embedded
+    /// SQLite journal in nodeup's state directory; `None` records nothing). A handle bound to a
+    /// run ([`Journal::begin_run`]) records the node in that run; otherwise each deployment is a
+    /// run of its own.
+    pub journal: Option<Journal>,
 }
 
 impl Default for DeployOptions {
@@ -188,6 +199,7 @@ impl Default for DeployOptions {
             cancel: CancellationToken::new(),
             output: None,
             progress: None,
+            journal: Some(Journal::embedded()),
         }
     }
 }
@@ -239,6 +251,8 @@ pub struct Deployment {
     pub steps: Vec<StepResult>,
     /// How many times the connection was lost and resumed.
     pub reconnects: u32,
+    /// The node's record in the journal (already finished as done).
+    pub journal: Option<NodeEntry>,
 }
 
 /// Why a deployment failed.
@@ -265,6 +279,9 @@ pub enum Cause {
     /// The deployment was cancelled.
     #[error("cancelled")]
     Cancelled,
+    /// The journal cannot record the node, or another run holds its name; nothing was created.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
 }
 
 /// A failed deployment: the node (so that the caller can destroy or keep it), the failing step,
@@ -281,6 +298,11 @@ pub struct DeploymentError {
     pub attempts: Vec<LoginAttempt>,
     /// The steps that finished before the failure.
     pub completed: Vec<StepResult>,
+    /// The node's record in the journal, in state `failed` (or `cancelled`/`destroyed` after a
+    /// cancellation): record what becomes of the node with [`NodeEntry::finish`] (`Destroyed` or
+    /// `Kept`); a node left `failed` is an orphan once this process ends, and `nodeup cleanup`
+    /// destroys it.
+    pub journal: Option<NodeEntry>,
 }
 
 impl std::fmt::Display for DeploymentError {
@@ -322,6 +344,7 @@ impl DeploymentError {
             cause,
             attempts: Vec::new(),
             completed: Vec::new(),
+            journal: None,
         }
     }
 
@@ -342,6 +365,8 @@ pub struct Target {
     pub pinned_host_keys: Vec<String>,
     /// The node, when it is one a provider reported (custom steps see it).
     pub node: Option<Node>,
+    /// Where its login user and step results are recorded.
+    pub journal: Option<NodeEntry>,
 }
 
 /// A failure of [`run_steps`]: everything of a [`DeploymentError`] but the node.
@@ -474,6 +499,9 @@ pub async fn run_steps(
         Err(e) => return Err(runner.fail(Cause::Login(e), None, results)),
     };
     options.emit(Event::LoggedIn(logged_in.user.clone()));
+    if let Some(entry) = &target.journal {
+        entry.logged_in(&logged_in.user).await;
+    }
     let (mut connections, mut runs, mut index) = (1, 1, 0);
     while index < flat.len() {
         let step = flat[index];
@@ -483,9 +511,14 @@ pub async fn run_steps(
             total,
             kind,
         });
+        if let Some(entry) = &target.journal {
+            entry.step_started(number, total).await;
+        }
+        let started = Instant::now();
         let outcome = step
             .run(&runner.context(&logged_in, options.output.clone()))
             .await;
+        record_step(target, (number, kind), started.elapsed(), &outcome).await;
         match outcome {
             Ok(result) => {
                 let elapsed = result.duration;
@@ -540,11 +573,49 @@ pub async fn run_steps(
     })
 }
 
+/// Records a step's result in the target's journal entry: status, exit status, duration, and the
+/// note or (shortened) error; never the step's output.
+async fn record_step(
+    target: &Target,
+    (index, kind): (usize, &str),
+    duration: Duration,
+    outcome: &Result<StepResult, deploy::Error>,
+) {
+    let Some(entry) = &target.journal else { return };
+    let (ok, status, note) = match outcome {
+        Ok(result) => (true, result.status.as_ref(), result.note.clone()),
+        Err(e) => (false, e.output().and_then(|o| o.0), error_chain(e)),
+    };
+    let record = StepRecord {
+        index,
+        kind: kind.into(),
+        ok,
+        exit_status: status.and_then(|s| s.code()).map(i64::from),
+        duration,
+        note,
+    };
+    entry.step_finished(&record).await;
+}
+
 /// Calls the at-exit hook if dropped while armed (the deployment future was dropped).
 struct ExitGuard {
     driver: Arc<dyn NodeDriver>,
     node: Node,
     hook: Option<AtExit>,
+    journal: Option<NodeEntry>,
+}
+
+/// Runs the at-exit hook, then records in the journal whether the node is gone.
+async fn run_hook(hook: AtExit, driver: Arc<dyn NodeDriver>, node: Node, entry: Option<NodeEntry>) {
+    let gone = hook(driver, node).await;
+    if let Some(entry) = entry {
+        let state = if gone {
+            NodeState::Destroyed
+        } else {
+            NodeState::Cancelled
+        };
+        entry.finish(state).await;
+    }
 }
 
 impl ExitGuard {
@@ -554,8 +625,16 @@ impl ExitGuard {
     }
 
     async fn fire(mut self) -> Node {
-        if let Some(hook) = self.hook.take() {
-            hook(self.driver.clone(), self.node.clone()).await;
+        match self.hook.take() {
+            Some(hook) => {
+                let entry = self.journal.clone();
+                run_hook(hook, self.driver.clone(), self.node.clone(), entry).await;
+            }
+            None => {
+                if let Some(entry) = &self.journal {
+                    entry.finish(NodeState::Cancelled).await;
+                }
+            }
         }
         self.node.clone()
     }
@@ -566,7 +645,13 @@ impl Drop for ExitGuard {
         if let Some(hook) = self.hook.take() {
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
-                    runtime.spawn(hook(self.driver.clone(), self.node.clone()));
+                    let entry = self.journal.clone();
+                    runtime.spawn(run_hook(
+                        hook,
+                        self.driver.clone(),
+                        self.node.clone(),
+                        entry,
+                    ));
                 }
                 Err(_) => tracing::error!(
                     node = %self.node.name,
@@ -654,22 +739,29 @@ pub async fn deploy_node(
         return Err(DeploymentError::before_create(Cause::Cancelled));
     }
 
-    options.emit(Event::Creating(request.name.clone()));
-    let node = driver
-        .create_node(&request)
+    let entry = begin_entry(driver.as_ref(), &request, steps, options)
         .await
-        .map_err(|e| DeploymentError::before_create(Cause::Provider(e)))?;
+        .map_err(|e| DeploymentError::before_create(Cause::Journal(e)))?;
+    options.emit(Event::Creating(request.name.clone()));
+    let node = match driver.create_node(&request).await {
+        Ok(node) => node,
+        Err(e) => return Err(create_failed(e, entry).await),
+    };
     tracing::info!(node = %node.name, id = %node.id, "node created");
+    if let Some(entry) = &entry {
+        entry.created(&node).await;
+    }
     options.emit(Event::Created(node.clone()));
     let guard = ExitGuard {
         driver: driver.clone(),
         node: node.clone(),
         hook: options.at_exit.clone(),
+        journal: entry.clone(),
     };
     let outcome = tokio::select! {
         biased;
         _ = options.cancel.cancelled() => None,
-        result = provision(driver.as_ref(), &node, steps, creds, options) => Some(result),
+        result = provision(driver.as_ref(), &node, steps, creds, options, entry.as_ref()) => Some(result),
     };
     match outcome {
         None => {
@@ -680,18 +772,63 @@ pub async fn deploy_node(
                 cause: Cause::Cancelled,
                 attempts: Vec::new(),
                 completed: Vec::new(),
+                journal: entry,
             })
         }
-        Some(Ok(deployment)) => {
+        Some(Ok(mut deployment)) => {
             guard.disarm();
+            if let Some(entry) = &entry {
+                entry.finish(NodeState::Done).await;
+            }
+            deployment.journal = entry;
             Ok(deployment)
         }
         Some(Err(mut error)) => {
             let node = guard.disarm();
             error.node.get_or_insert(node);
+            if let Some(entry) = &entry {
+                entry.failed(&error_chain(&error)).await;
+            }
+            error.journal = entry;
             Err(error)
         }
     }
+}
+
+/// Records the node in the journal (and locks its name) before it is created.
+async fn begin_entry(
+    driver: &dyn NodeDriver,
+    request: &CreateNode,
+    steps: &Step,
+    options: &DeployOptions,
+) -> Result<Option<NodeEntry>, JournalError> {
+    let Some(journal) = &options.journal else {
+        return Ok(None);
+    };
+    let intent = NodeIntent {
+        provider: Some(driver.name().to_string()),
+        settings: driver.settings(),
+        location: request.location.clone().unwrap_or_default(),
+        name: request.name.clone(),
+        address: None,
+        steps: steps.flatten().len(),
+    };
+    journal.begin_node(&intent, "deploy_node").await.map(Some)
+}
+
+/// A failed create: a refusal (bad request, credentials, not found) created nothing and is
+/// recorded so; any other failure may have made a node whose answer was lost, so the record stays
+/// `failed` and `nodeup cleanup` looks the node up by name once this process is gone.
+async fn create_failed(e: ProviderError, entry: Option<NodeEntry>) -> DeploymentError {
+    if let Some(entry) = &entry {
+        entry.failed(&format!("create_node: {e}")).await;
+        if !matches!(e, ProviderError::Failed { .. }) {
+            entry.finish(NodeState::Destroyed).await;
+        }
+    }
+    let mut error = DeploymentError::before_create(Cause::Provider(e));
+    error.journal = entry;
+    error
 }
 
 async fn provision(
@@ -700,6 +837,7 @@ async fn provision(
     steps: &Step,
     mut creds: Credentials,
     options: &DeployOptions,
+    entry: Option<&NodeEntry>,
 ) -> Result<Deployment, DeploymentError> {
     let failed = |cause| DeploymentError {
         node: Some(node.clone()),
@@ -707,6 +845,7 @@ async fn provision(
         cause,
         attempts: Vec::new(),
         completed: Vec::new(),
+        journal: None,
     };
     options.emit(Event::Waiting);
     let wait = WaitOptions {
@@ -752,11 +891,15 @@ async fn provision(
         options.port.unwrap_or_else(|| node.ssh_port()),
     );
     options.emit(Event::Running(node.clone(), addr));
+    if let Some(entry) = entry {
+        entry.running(&addr.ip().to_string()).await;
+    }
     let target = Target {
         addr,
         users,
         pinned_host_keys: pinned,
         node: Some(node.clone()),
+        journal: entry.cloned(),
     };
     match run_steps(&target, steps, &creds, options).await {
         Ok(run) => Ok(Deployment {
@@ -764,6 +907,7 @@ async fn provision(
             user: run.user,
             steps: run.steps,
             reconnects: run.reconnects,
+            journal: None,
         }),
         Err(f) => Err(DeploymentError {
             node: Some(node),
@@ -771,6 +915,7 @@ async fn provision(
             cause: f.cause,
             attempts: f.attempts,
             completed: f.completed,
+            journal: None,
         }),
     }
 }

@@ -1,7 +1,9 @@
 //! The deployment engine: `deploy_node` (create → wait until running → log in → run the steps),
 //! with retries by error class, resumption after a lost connection, cancellation and cleanup;
-//! `wait_until_running` for several nodes; `run_steps` on nodes that already exist.
+//! `wait_until_running` for several nodes; `run_steps` on nodes that already exist; `cleanup` of
+//! the orphans the journal knows.
 
+pub mod cleanup;
 mod connect;
 mod deploy;
 pub mod reinstall;

@@ -397,6 +397,7 @@ async fn provision(
         users: vec!["root".into()],
         pinned_host_keys: Vec::new(),
         node: None,
+        journal: None,
     };
     let steps = options.then.clone().unwrap_or(Step::Multi(Vec::new()));
     run_steps(&target, &steps, creds, &deploy)

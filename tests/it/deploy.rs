@@ -11,6 +11,7 @@ use nodeup::driver::NodeDriver;
 use nodeup::engine::{
     deploy_node, destroy_at_exit, run_steps, AtExit, Cause, DeployOptions, Event, Target,
 };
+use nodeup::journal::{Journal, Location};
 use nodeup::model::{CreateNode, Node, NodeAuth};
 use nodeup::ssh::{self, ExitStatus, Password};
 use testbed::{Faults, NodeSpec, RelayedDriver, TestBed};
@@ -23,6 +24,7 @@ fn options(bed: &TestBed) -> DeployOptions {
         known_hosts: bed.dir().join("known_hosts"),
         timeout: Duration::from_secs(60),
         poll_period: Duration::from_millis(200),
+        journal: Some(Journal::at(Location::Sqlite(bed.dir().join("journal.db")))),
         ..Default::default()
     }
 }
@@ -360,6 +362,7 @@ async fn a_changed_host_key_is_refused_at_once_unless_the_provider_vouches_for_i
         users: vec!["root".into()],
         pinned_host_keys: vec![],
         node: None,
+        journal: None,
     };
     let started = std::time::Instant::now();
     let err = run_steps(&target, &steps, &creds, &options)

@@ -334,7 +334,11 @@ impl NodeDriver for LocalDriver {
                 .into_iter()
                 .map(|r| to_node(&state, &heal(&state, r)))
                 .collect();
-            nodes.extend(broken.iter().map(|(id, why)| broken_node(id, why)));
+            nodes.extend(
+                broken
+                    .iter()
+                    .map(|(id, why)| broken_node(id, state.node_name(id).as_deref(), why)),
+            );
             Ok(nodes)
         })
         .await
@@ -514,7 +518,9 @@ fn create(state: &StateDir, request: &CreateNode, options: &LocalOptions) -> Res
     }
     let id = format!("loc-{:08x}", rand::random::<u32>());
     let dir = state.node_dir(&id);
-    fs::create_dir(&dir).map_err(failed(format!("creating {}", dir.display())))?;
+    state
+        .make_node_dir(&id, name)
+        .map_err(failed(format!("creating {}", dir.display())))?;
     match build(state, &id, &planned, options) {
         Ok(record) => {
             tracing::info!(node = %record.id, name, address = %record.address, "local node created");
@@ -627,8 +633,9 @@ fn heal(state: &StateDir, mut record: NodeRecord) -> NodeRecord {
     record
 }
 
-/// A node directory without a usable record, as a node in `error` that can be destroyed.
-fn broken_node(id: &str, why: &str) -> Node {
+/// A node directory without a usable record, as a node in `error` that can be destroyed; named
+/// as its creator asked when that is known.
+fn broken_node(id: &str, name: Option<&str>, why: &str) -> Node {
     let mut extra = BTreeMap::new();
     extra.insert(
         "error".into(),
@@ -640,7 +647,7 @@ fn broken_node(id: &str, why: &str) -> Node {
     );
     Node {
         id: id.into(),
-        name: id.into(),
+        name: name.unwrap_or(id).into(),
         state: NodeState::Error,
         public_ips: vec![],
         private_ips: vec![],

@@ -11,6 +11,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::state::Boot;
+pub use crate::procfs::start_time;
+use crate::procfs::stat;
 
 /// The script PID 1 of every node runs: mounts, hostname, then `exec sshd`.
 const NODE_INIT: &str = include_str!("node-init.sh");
@@ -198,44 +200,9 @@ pub fn is_listening(addr: Ipv4Addr, port: u16) -> bool {
     })
 }
 
-/// What /proc/PID/stat says of a process.
-#[derive(Debug, Clone, Copy)]
-struct Stat {
-    state: char,
-    ppid: i32,
-    start: u64,
-}
-
-fn stat(pid: i32) -> Option<Stat> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces: split after the last ')'.
-    let rest = &text[text.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(Stat {
-        state: fields.first()?.chars().next()?,
-        ppid: fields.get(1)?.parse().ok()?,
-        // Field 22 of stat is the start time; `rest` begins at field 3.
-        start: fields.get(19)?.parse().ok()?,
-    })
-}
-
-/// A process's start time, in clock ticks since boot.
-pub fn start_time(pid: i32) -> Option<u64> {
-    stat(pid).map(|s| s.start)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_our_own_stat() {
-        let me = std::process::id() as i32;
-        let s = stat(me).unwrap();
-        assert!("RSD".contains(s.state), "{s:?}");
-        assert_eq!(s.ppid, unsafe { libc::getppid() });
-        assert!(s.start > 0);
-    }
 
     #[tokio::test]
     async fn sees_a_listener_on_loopback() {

@@ -53,6 +53,11 @@ pub struct Boot {
 }
 
 /// One node directory: its record, or why there is none.
+/// The prefix of a node directory being filled, before it is renamed into place.
+const UNBORN_PREFIX: &str = ".new-";
+/// The file in a node's directory that holds its name.
+const NAME_FILE: &str = "name";
+
 enum Entry {
     Record(NodeRecord),
     Broken { id: String, reason: String },
@@ -121,6 +126,32 @@ impl StateDir {
         Ok(broken)
     }
 
+    /// Makes the directory of a new node, with its name in it from the first moment (so that a
+    /// creator stopped half-way leaves a node that can be found by name): filled under a hidden
+    /// name, then renamed into place. Call under [`StateDir::lock`]; hidden directories left by
+    /// creators that were stopped before the rename are removed first.
+    pub fn make_node_dir(&self, id: &str, name: &str) -> io::Result<()> {
+        let nodes = self.root.join("nodes");
+        for entry in fs::read_dir(&nodes)? {
+            let path = entry?.path();
+            if path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(UNBORN_PREFIX))
+            {
+                fs::remove_dir_all(&path)?;
+            }
+        }
+        let unborn = nodes.join(format!("{UNBORN_PREFIX}{id}"));
+        fs::create_dir(&unborn)?;
+        fs::write(unborn.join(NAME_FILE), name)?;
+        fs::rename(&unborn, self.node_dir(id))
+    }
+
+    /// The name a node's creator asked for, from the node's own directory.
+    pub fn node_name(&self, id: &str) -> Option<String> {
+        fs::read_to_string(self.node_dir(id).join(NAME_FILE)).ok()
+    }
+
     fn entries(&self) -> io::Result<Vec<Entry>> {
         let mut entries = Vec::new();
         for entry in fs::read_dir(self.root.join("nodes"))? {
@@ -128,6 +159,9 @@ impl StateDir {
             let Some(id) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
                 continue;
             };
+            if id.starts_with(UNBORN_PREFIX) {
+                continue;
+            }
             let path = dir.join("node.json");
             let broken = |reason: String| Entry::Broken {
                 id: id.clone(),

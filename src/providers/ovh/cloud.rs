@@ -512,6 +512,13 @@ impl NodeDriver for OvhDriver {
         PROVIDER
     }
 
+    fn settings(&self) -> crate::driver::ProviderConfig {
+        let mut settings = crate::driver::ProviderConfig::new();
+        settings.insert("project".into(), self.project.clone().into());
+        settings.insert("subsidiary".into(), self.subsidiary.clone().into());
+        settings
+    }
+
     fn features(&self) -> Features {
         Features {
             ssh_key: true,

@@ -1,0 +1,985 @@
+//! The journal: a durable record of every run of nodeup and of every node it creates, written
+//! before the fact, so that a run killed at any point (SIGKILL, out of memory, a crashed CI runner)
+//! leaves nothing that nodeup does not know about.
+//!
+//! - A run ([`Journal::begin_run`]) records who owns it: host, pid and the pid's start time (a
+//!   reused pid is not mistaken for the owner), and renews a lease while it lives.
+//! - A node ([`Journal::begin_node`]) is recorded, and its name locked, before `create_node` is
+//!   called; its provider id, addresses, state and each step's result follow.
+//! - Nodes whose run's owner is dead and that were neither finished, kept nor destroyed are
+//!   orphans ([`Journal::orphans`]); `engine::cleanup` destroys them.
+//!
+//! The journal is SQLite by default (`$NODEUP_STATE_DIR/journal.db`), PostgreSQL for teams
+//! (`NODEUP_JOURNAL=postgres://...`, or `[journal] url` in nodeup's config file).
+
+mod schema;
+pub mod store;
+mod views;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::driver::ProviderConfig;
+use crate::model::Node;
+use store::{Param, Store};
+
+pub use store::redact_url;
+pub use views::{NodeView, RunDetail, RunView, StepView};
+
+/// The journal file's name in the state directory.
+pub const JOURNAL_FILE: &str = "journal.db";
+/// How often a live run renews its lease.
+const LEASE_RENEW: Duration = Duration::from_secs(10);
+/// How long a run on another machine may go without renewing its lease before it counts as dead.
+pub const LEASE_TTL: Duration = Duration::from_secs(60);
+/// How many runs `nodeup journal` lists by default.
+pub const DEFAULT_RUN_LIMIT: i64 = 50;
+/// The longest error text kept for a node or step.
+const MAX_ERROR_CHARS: usize = 500;
+/// How many times taking a name lock is attempted when it changes hands meanwhile.
+const LOCK_ATTEMPTS: usize = 3;
+
+/// What went wrong with the journal. Each message names the journal and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The file exists but is not a SQLite database.
+    #[error(
+        "journal {journal} is not a nodeup journal (the file is not a SQLite database): move it \
+         away, or point NODEUP_JOURNAL at another file"
+    )]
+    NotADatabase {
+        /// The file.
+        journal: String,
+    },
+    /// The file or its directory cannot be written.
+    #[error(
+        "journal {journal} cannot be written (read-only file or directory): make it writable, or \
+         point NODEUP_JOURNAL (or NODEUP_STATE_DIR) at a writable place"
+    )]
+    ReadOnly {
+        /// The file.
+        journal: String,
+    },
+    /// A newer nodeup wrote it.
+    #[error(
+        "journal {journal} was written by a newer nodeup (schema version {found}; this nodeup \
+         knows up to {known}): upgrade nodeup, or use another journal"
+    )]
+    Newer {
+        /// The journal.
+        journal: String,
+        /// Its schema version.
+        found: i64,
+        /// The newest version this nodeup knows.
+        known: i64,
+    },
+    /// PostgreSQL cannot be reached.
+    #[error(
+        "journal {journal}: cannot connect to PostgreSQL ({message}): check the URL \
+         (NODEUP_JOURNAL or [journal] url), that the server runs and lets this user in"
+    )]
+    Unreachable {
+        /// The URL, without its password.
+        journal: String,
+        /// Why.
+        message: String,
+    },
+    /// The journal URL does not parse.
+    #[error(
+        "journal {journal}: not a PostgreSQL URL ({message}): write \
+         postgres://user:password@host:port/database"
+    )]
+    BadUrl {
+        /// The URL, without its password.
+        journal: String,
+        /// Why.
+        message: String,
+    },
+    /// Another live run is deploying a node of this name.
+    #[error(
+        "node name {name:?} on {provider}{} is being deployed by run {run} (host {host}, pid \
+         {pid}, since {since}): wait for it to finish, or choose another name",
+        if .location.is_empty() { String::new() } else { format!(" in {}", .location) }
+    )]
+    NameLocked {
+        /// The provider.
+        provider: String,
+        /// The location ("" for none).
+        location: String,
+        /// The node name.
+        name: String,
+        /// The run that holds it.
+        run: String,
+        /// Its host.
+        host: String,
+        /// Its pid.
+        pid: i64,
+        /// Since when (UTC).
+        since: String,
+    },
+    /// No run (or more than one) has this id.
+    #[error("journal {journal}: {message}")]
+    NoSuchRun {
+        /// The journal.
+        journal: String,
+        /// What matched.
+        message: String,
+    },
+    /// nodeup's config file is wrong.
+    #[error("{path}: {message}")]
+    Config {
+        /// The file.
+        path: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// Anything else the database said.
+    #[error("journal {journal}: {message}")]
+    Other {
+        /// The journal.
+        journal: String,
+        /// What the database said.
+        message: String,
+    },
+}
+
+/// Where a journal lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL.
+    Postgres(String),
+}
+
+impl Location {
+    /// The embedded default: `journal.db` in nodeup's state directory.
+    pub fn default_sqlite() -> Location {
+        Location::Sqlite(crate::state_dir().join(JOURNAL_FILE))
+    }
+
+    /// A `postgres://` (or `postgresql://`) URL, a `sqlite:PATH`, or a path.
+    pub fn parse(text: &str) -> Location {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            Location::Postgres(text.to_string())
+        } else {
+            Location::Sqlite(PathBuf::from(text.strip_prefix("sqlite:").unwrap_or(text)))
+        }
+    }
+
+    /// Where the journal is, for messages (never a password).
+    pub fn describe(&self) -> String {
+        match self {
+            Location::Sqlite(path) => path.display().to_string(),
+            Location::Postgres(url) => redact_url(url),
+        }
+    }
+
+    /// The journal the user asked for: `NODEUP_JOURNAL` (`off` for none), else `[journal] url` in
+    /// nodeup's config file (`$NODEUP_CONFIG`, else `~/.config/nodeup/config.toml`), else the
+    /// embedded default.
+    ///
+    /// # Errors
+    /// A config file that exists but cannot be read or does not parse.
+    pub fn from_env() -> Result<Option<Location>, JournalError> {
+        if let Some(value) = std::env::var("NODEUP_JOURNAL")
+            .ok()
+            .filter(|v| !v.is_empty())
+        {
+            return Ok((value != "off").then(|| Location::parse(&value)));
+        }
+        match config_file()? {
+            Some(ConfigFile {
+                journal: Some(JournalConfig { url }),
+            }) => Ok(Some(Location::parse(&url))),
+            _ => Ok(Some(Location::default_sqlite())),
+        }
+    }
+}
+
+/// nodeup's config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    journal: Option<JournalConfig>,
+}
+
+/// `[journal]` in the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JournalConfig {
+    /// A PostgreSQL URL or a SQLite path.
+    url: String,
+}
+
+/// Where nodeup's config file is looked for.
+fn config_path() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("NODEUP_CONFIG") {
+        return Some(PathBuf::from(path));
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("nodeup/config.toml"))
+}
+
+fn config_file() -> Result<Option<ConfigFile>, JournalError> {
+    let Some(path) = config_path() else {
+        return Ok(None);
+    };
+    let error = |message: String| JournalError::Config {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(error(format!("cannot read nodeup's config file: {e}"))),
+    };
+    toml::from_str(&text).map(Some).map_err(|e| {
+        error(format!(
+            "{} (the config file takes `[journal] url = \"postgres://...\"`)",
+            e.message()
+        ))
+    })
+}
+
+/// The process that owns a run: where it runs and which process it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Owner {
+    /// The host name.
+    pub host: String,
+    /// The kernel boot and PID namespace: only processes in the same one can check the pid.
+    #[serde(skip)]
+    pub pid_space: String,
+    /// The pid.
+    pub pid: i64,
+    /// The pid's start time (clock ticks since boot).
+    #[serde(skip)]
+    pub pid_start: i64,
+}
+
+impl Owner {
+    /// This process.
+    pub fn this() -> Owner {
+        let pid = std::process::id() as i32;
+        Owner {
+            host: crate::procfs::host_name(),
+            pid_space: crate::procfs::pid_space(),
+            pid: pid.into(),
+            pid_start: crate::procfs::start_time(pid).unwrap_or(0) as i64,
+        }
+    }
+
+    /// Whether the owner still runs: its pid (with its start time) when it shares this pid space,
+    /// else whether it renewed its lease (`heartbeat`, Unix ms) within [`LEASE_TTL`].
+    pub fn is_alive(&self, heartbeat: i64) -> bool {
+        if self.pid_space == crate::procfs::pid_space() {
+            return crate::procfs::is_running(self.pid as i32, self.pid_start as u64);
+        }
+        now_ms() - heartbeat < LEASE_TTL.as_millis() as i64
+    }
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Unix milliseconds as people read them (UTC).
+pub fn show_time(ms: i64) -> String {
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+}
+
+/// Where a node is in its life, as the journal records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeState {
+    /// `create_node` was called (or is about to be).
+    Creating,
+    /// Created; waiting until it runs and has an address.
+    Waiting,
+    /// Running; logging in.
+    LoggingIn,
+    /// Running its steps (`step` of `steps`).
+    Provisioning,
+    /// Deployed: the node is meant to stay.
+    Done,
+    /// Its deployment failed; what happens to it is recorded next (destroyed or kept).
+    Failed,
+    /// Kept on purpose after a failure.
+    Kept,
+    /// Destroyed (or found never to have been made).
+    Destroyed,
+    /// Cancelled, and destroying it failed.
+    Cancelled,
+}
+
+impl NodeState {
+    /// How the journal writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Creating => "creating",
+            NodeState::Waiting => "waiting",
+            NodeState::LoggingIn => "logging-in",
+            NodeState::Provisioning => "provisioning",
+            NodeState::Done => "done",
+            NodeState::Failed => "failed",
+            NodeState::Kept => "kept",
+            NodeState::Destroyed => "destroyed",
+            NodeState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether nothing more is to be done with a node in this state (it is not an orphan).
+    pub fn is_settled(self) -> bool {
+        matches!(
+            self,
+            NodeState::Done | NodeState::Kept | NodeState::Destroyed
+        )
+    }
+
+    fn parse(text: &str) -> NodeState {
+        [
+            NodeState::Creating,
+            NodeState::Waiting,
+            NodeState::LoggingIn,
+            NodeState::Provisioning,
+            NodeState::Done,
+            NodeState::Failed,
+            NodeState::Kept,
+            NodeState::Destroyed,
+            NodeState::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+        .unwrap_or(NodeState::Failed)
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Everything succeeded.
+    Done,
+    /// Something failed.
+    Failed,
+    /// It was cancelled.
+    Cancelled,
+}
+
+impl RunEnd {
+    fn as_str(self) -> &'static str {
+        match self {
+            RunEnd::Done => "done",
+            RunEnd::Failed => "failed",
+            RunEnd::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What a run is, recorded when it begins.
+#[derive(Debug, Clone, Default)]
+pub struct RunStart {
+    /// The command (`deploy`, `run`, `deploy_node` for the library, ...).
+    pub command: String,
+    /// The step file, when there is one.
+    pub stepfile: Option<PathBuf>,
+    /// The step file's SHA-256, hex.
+    pub stepfile_hash: Option<String>,
+}
+
+impl RunStart {
+    /// A run of `command` with `stepfile`, its hash taken now.
+    pub fn with_stepfile(command: &str, stepfile: &Path) -> RunStart {
+        use sha2::Digest;
+        let hash = std::fs::read(stepfile)
+            .ok()
+            .map(|bytes| hex(&sha2::Sha256::digest(bytes)));
+        RunStart {
+            command: command.into(),
+            stepfile: Some(std::path::absolute(stepfile).unwrap_or(stepfile.to_path_buf())),
+            stepfile_hash: hash,
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A node (or, for `run`, a host) about to be worked on.
+#[derive(Debug, Clone, Default)]
+pub struct NodeIntent {
+    /// The provider; `None` for a host that exists already.
+    pub provider: Option<String>,
+    /// The provider's settings (never credentials), to reach it again for cleanup.
+    pub settings: ProviderConfig,
+    /// The location ("" for the provider's default).
+    pub location: String,
+    /// The node's name (or the host as given).
+    pub name: String,
+    /// Its address, when known already.
+    pub address: Option<String>,
+    /// How many steps it will run.
+    pub steps: usize,
+}
+
+struct Shared {
+    location: Location,
+    store: tokio::sync::OnceCell<Arc<dyn Store>>,
+    owner: Owner,
+}
+
+/// A handle on the journal: cheap to clone; opened on first use. A handle may be bound to a run
+/// ([`Journal::begin_run`]); nodes recorded through it belong to that run.
+#[derive(Clone)]
+pub struct Journal {
+    shared: Arc<Shared>,
+    run: Option<Arc<RunInner>>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("location", &self.shared.location.describe())
+            .field("run", &self.run_id())
+            .finish()
+    }
+}
+
+struct RunInner {
+    id: String,
+    next_seq: AtomicI64,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RunInner {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
+}
+
+impl Journal {
+    /// The journal at `location`, opened (and its schema brought up to date) on first use.
+    pub fn at(location: Location) -> Journal {
+        Journal {
+            shared: Arc::new(Shared {
+                location,
+                store: tokio::sync::OnceCell::new(),
+                owner: Owner::this(),
+            }),
+            run: None,
+        }
+    }
+
+    /// The embedded default: SQLite in nodeup's state directory.
+    pub fn embedded() -> Journal {
+        Journal::at(Location::default_sqlite())
+    }
+
+    /// The journal the user configured ([`Location::from_env`]); `None` when turned off.
+    ///
+    /// # Errors
+    /// A config file that cannot be read or does not parse.
+    pub fn from_env() -> Result<Option<Journal>, JournalError> {
+        Ok(Location::from_env()?.map(Journal::at))
+    }
+
+    /// Where it is, for messages.
+    pub fn describe(&self) -> String {
+        self.shared.location.describe()
+    }
+
+    /// The run this handle is bound to.
+    pub fn run_id(&self) -> Option<&str> {
+        self.run.as_deref().map(|r| r.id.as_str())
+    }
+
+    async fn store(&self) -> Result<Arc<dyn Store>, JournalError> {
+        self.shared
+            .store
+            .get_or_try_init(|| async {
+                let store: Arc<dyn Store> = match &self.shared.location {
+                    Location::Sqlite(path) => Arc::new(store::Sqlite::open(path).await?),
+                    Location::Postgres(url) => Arc::new(store::Postgres::connect(url).await?),
+                };
+                schema::migrate(store.as_ref()).await?;
+                Ok(store)
+            })
+            .await
+            .cloned()
+    }
+
+    /// Opens the journal now (it is otherwise opened on first use), so that a bad journal is
+    /// reported before anything else happens.
+    ///
+    /// # Errors
+    /// The journal cannot be opened, read or brought up to date.
+    pub async fn check(&self) -> Result<(), JournalError> {
+        self.store().await.map(|_| ())
+    }
+
+    /// Records the start of a run owned by this process; the handle returned is bound to it and
+    /// renews its lease while it lives.
+    ///
+    /// # Errors
+    /// The journal cannot be opened or written.
+    pub async fn begin_run(&self, start: RunStart) -> Result<Journal, JournalError> {
+        let store = self.store().await?;
+        let id = format!("{:012x}", rand::random::<u64>() >> 16);
+        let owner = &self.shared.owner;
+        let now = now_ms();
+        store
+            .execute(
+                "INSERT INTO runs (id, command, stepfile, stepfile_hash, host, pid_space, pid,
+                 pid_start, started, heartbeat, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
+                 $9, $10, 'running')",
+                vec![
+                    id.clone().into(),
+                    start.command.into(),
+                    start.stepfile.map(|p| p.display().to_string()).into(),
+                    start.stepfile_hash.into(),
+                    owner.host.clone().into(),
+                    owner.pid_space.clone().into(),
+                    owner.pid.into(),
+                    owner.pid_start.into(),
+                    now.into(),
+                    now.into(),
+                ],
+            )
+            .await?;
+        let heartbeat = tokio::spawn(renew_lease(store, id.clone()));
+        Ok(Journal {
+            shared: self.shared.clone(),
+            run: Some(Arc::new(RunInner {
+                id,
+                next_seq: AtomicI64::new(1),
+                heartbeat,
+            })),
+        })
+    }
+
+    /// Records how the bound run ended, and gives up the name locks it still holds. Does nothing
+    /// on a handle bound to no run.
+    pub async fn finish_run(&self, end: RunEnd) {
+        let Some(run) = &self.run else { return };
+        let outcome = async {
+            let store = self.store().await?;
+            store
+                .execute(
+                    "UPDATE runs SET state = $1, finished = $2 WHERE id = $3",
+                    vec![end.as_str().into(), now_ms().into(), run.id.clone().into()],
+                )
+                .await?;
+            store
+                .execute(
+                    "DELETE FROM locks WHERE run_id = $1",
+                    vec![run.id.clone().into()],
+                )
+                .await
+        };
+        if let Err(e) = outcome.await {
+            tracing::warn!("recording the end of run {}: {e}", run.id);
+        }
+    }
+
+    /// Records a node before it is created (or a host before it is logged in to), taking the lock
+    /// on its (provider, location, name) when there is a provider. A handle bound to no run
+    /// begins one of its own (`command`), which ends with the node.
+    ///
+    /// # Errors
+    /// [`JournalError::NameLocked`] when a live run holds the name; any failure to write: a
+    /// node must never be created that the journal cannot record.
+    pub async fn begin_node(
+        &self,
+        intent: &NodeIntent,
+        command: &str,
+    ) -> Result<NodeEntry, JournalError> {
+        let (journal, owns_run) = match &self.run {
+            Some(_) => (self.clone(), false),
+            None => {
+                let start = RunStart {
+                    command: command.into(),
+                    ..Default::default()
+                };
+                (self.begin_run(start).await?, true)
+            }
+        };
+        let run = journal.run.clone().expect("bound to a run");
+        let seq = run.next_seq.fetch_add(1, Ordering::Relaxed);
+        let store = journal.store().await?;
+        let lock = match &intent.provider {
+            Some(provider) => {
+                let key = LockKey {
+                    provider: provider.clone(),
+                    location: intent.location.clone(),
+                    name: intent.name.clone(),
+                };
+                take_lock(store.as_ref(), &key, &run.id).await?;
+                Some(key)
+            }
+            None => None,
+        };
+        let settings = serde_json::to_string(&intent.settings).unwrap_or_default();
+        let now = now_ms();
+        let state = match intent.provider {
+            Some(_) => NodeState::Creating,
+            None => NodeState::LoggingIn,
+        };
+        store
+            .execute(
+                "INSERT INTO nodes (run_id, seq, provider, settings, location, name, addresses,
+                 state, steps, created, updated) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                 $11)",
+                vec![
+                    run.id.clone().into(),
+                    seq.into(),
+                    intent.provider.clone().into(),
+                    intent.provider.as_ref().map(|_| settings).into(),
+                    intent.location.clone().into(),
+                    intent.name.clone().into(),
+                    intent.address.clone().into(),
+                    state.as_str().into(),
+                    (intent.steps as i64).into(),
+                    now.into(),
+                    now.into(),
+                ],
+            )
+            .await?;
+        Ok(NodeEntry {
+            journal,
+            store,
+            run,
+            seq,
+            lock,
+            owns_run,
+        })
+    }
+}
+
+/// Renews a run's lease every [`LEASE_RENEW`] until the run's handle is dropped.
+async fn renew_lease(store: Arc<dyn Store>, id: String) {
+    loop {
+        tokio::time::sleep(LEASE_RENEW).await;
+        let renewed = store
+            .execute(
+                "UPDATE runs SET heartbeat = $1 WHERE id = $2",
+                vec![now_ms().into(), id.clone().into()],
+            )
+            .await;
+        if let Err(e) = renewed {
+            tracing::warn!("renewing the lease of run {id}: {e}");
+        }
+    }
+}
+
+/// What a name lock is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LockKey {
+    provider: String,
+    location: String,
+    name: String,
+}
+
+impl LockKey {
+    fn params(&self) -> Vec<Param> {
+        vec![
+            self.provider.clone().into(),
+            self.location.clone().into(),
+            self.name.clone().into(),
+        ]
+    }
+}
+
+/// Who holds a lock, with the run's owner.
+struct Holder {
+    run: String,
+    since: i64,
+    owner: Owner,
+    heartbeat: i64,
+    running: bool,
+}
+
+impl Holder {
+    fn is_alive(&self) -> bool {
+        self.running && self.owner.is_alive(self.heartbeat)
+    }
+}
+
+async fn holder(store: &dyn Store, key: &LockKey) -> Result<Option<Holder>, JournalError> {
+    let rows = store
+        .query(
+            "SELECT l.run_id, l.since, r.host, r.pid_space, r.pid, r.pid_start, r.heartbeat,
+             r.state FROM locks l LEFT JOIN runs r ON r.id = l.run_id
+             WHERE l.provider = $1 AND l.location = $2 AND l.name = $3",
+            key.params(),
+        )
+        .await?;
+    Ok(rows.first().map(|r| Holder {
+        run: r.string(0),
+        since: r.int(1).unwrap_or(0),
+        owner: Owner {
+            host: r.string(2),
+            pid_space: r.string(3),
+            pid: r.int(4).unwrap_or(0),
+            pid_start: r.int(5).unwrap_or(0),
+        },
+        heartbeat: r.int(6).unwrap_or(0),
+        running: r.text(7).as_deref() == Some("running"),
+    }))
+}
+
+/// Takes the lock on `key` for `run`: inserted when free; taken over (with a warning) when its
+/// holder is dead; refused when a live run holds it. Compare-and-swap, so two takers never both win.
+async fn take_lock(store: &dyn Store, key: &LockKey, run: &str) -> Result<(), JournalError> {
+    for _ in 0..LOCK_ATTEMPTS {
+        let mut params = key.params();
+        params.extend([Param::from(run), now_ms().into()]);
+        let inserted = store
+            .execute(
+                "INSERT INTO locks (provider, location, name, run_id, since)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                params,
+            )
+            .await?;
+        if inserted == 1 {
+            return Ok(());
+        }
+        let Some(holder) = holder(store, key).await? else {
+            continue;
+        };
+        if holder.is_alive() {
+            return Err(JournalError::NameLocked {
+                provider: key.provider.clone(),
+                location: key.location.clone(),
+                name: key.name.clone(),
+                run: holder.run,
+                host: holder.owner.host,
+                pid: holder.owner.pid,
+                since: show_time(holder.since),
+            });
+        }
+        let mut params = key.params();
+        params.extend([Param::from(run), now_ms().into(), holder.run.clone().into()]);
+        let taken = store
+            .execute(
+                "UPDATE locks SET run_id = $4, since = $5
+                 WHERE provider = $1 AND location = $2 AND name = $3 AND run_id = $6",
+                params,
+            )
+            .await?;
+        if taken == 1 {
+            tracing::warn!(
+                "taking over the name {:?} from run {} (host {}, pid {}), whose owner is gone; \
+                 `nodeup cleanup` removes what that run left",
+                key.name,
+                holder.run,
+                holder.owner.host,
+                holder.owner.pid
+            );
+            return Ok(());
+        }
+    }
+    Err(JournalError::Other {
+        journal: store.describe(),
+        message: format!("the lock on {:?} keeps changing hands; try again", key.name),
+    })
+}
+
+/// One node (or host) of a run, as recorded. Updates after creation never fail the deployment:
+/// a failure to write is logged, and the node goes on.
+#[derive(Clone)]
+pub struct NodeEntry {
+    journal: Journal,
+    store: Arc<dyn Store>,
+    run: Arc<RunInner>,
+    seq: i64,
+    lock: Option<LockKey>,
+    owns_run: bool,
+}
+
+impl std::fmt::Debug for NodeEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeEntry({}#{})", self.run.id, self.seq)
+    }
+}
+
+/// What one step did, as the journal keeps it (never its output).
+#[derive(Debug, Clone)]
+pub struct StepRecord {
+    /// 1-based.
+    pub index: usize,
+    /// The step's kind.
+    pub kind: String,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// For scripts: the exit status.
+    pub exit_status: Option<i64>,
+    /// How long it took.
+    pub duration: Duration,
+    /// The step's note, or why it failed (shortened).
+    pub note: String,
+}
+
+impl NodeEntry {
+    /// The run this node belongs to.
+    pub fn run_id(&self) -> &str {
+        &self.run.id
+    }
+
+    async fn update(&self, what: &str, sets: &str, mut params: Vec<Param>) {
+        let n = params.len();
+        let sql = format!(
+            "UPDATE nodes SET {sets}, updated = ${} WHERE run_id = ${} AND seq = ${}",
+            n + 1,
+            n + 2,
+            n + 3
+        );
+        params.extend([
+            Param::from(now_ms()),
+            self.run.id.clone().into(),
+            self.seq.into(),
+        ]);
+        if let Err(e) = self.store.execute(&sql, params).await {
+            tracing::warn!("journal: recording {what}: {e}");
+        }
+    }
+
+    /// The provider answered: its id for the node, and its addresses so far.
+    pub async fn created(&self, node: &Node) {
+        self.update(
+            "the new node",
+            "provider_id = $1, addresses = $2, state = $3",
+            vec![
+                node.id.clone().into(),
+                addresses(node).into(),
+                NodeState::Waiting.as_str().into(),
+            ],
+        )
+        .await;
+    }
+
+    /// The node runs and is being logged in to at `address`.
+    pub async fn running(&self, address: &str) {
+        self.update(
+            "the node's address",
+            "addresses = $1, state = $2",
+            vec![address.into(), NodeState::LoggingIn.as_str().into()],
+        )
+        .await;
+    }
+
+    /// Logged in as `user`.
+    pub async fn logged_in(&self, user: &str) {
+        self.update(
+            "the login user",
+            "login_user = $1, state = $2",
+            vec![user.into(), NodeState::Provisioning.as_str().into()],
+        )
+        .await;
+    }
+
+    /// Step `index` (1-based) of `total` starts.
+    pub async fn step_started(&self, index: usize, total: usize) {
+        self.update(
+            "the step",
+            "step = $1, steps = $2, state = $3",
+            vec![
+                (index as i64).into(),
+                (total as i64).into(),
+                NodeState::Provisioning.as_str().into(),
+            ],
+        )
+        .await;
+    }
+
+    /// A step's result.
+    pub async fn step_finished(&self, step: &StepRecord) {
+        let recorded = self
+            .store
+            .execute(
+                "INSERT INTO steps (run_id, seq, idx, kind, status, exit_status, duration_ms,
+                 note, finished) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                vec![
+                    self.run.id.clone().into(),
+                    self.seq.into(),
+                    (step.index as i64).into(),
+                    step.kind.clone().into(),
+                    if step.ok { "ok" } else { "failed" }.into(),
+                    step.exit_status.into(),
+                    (step.duration.as_millis() as i64).into(),
+                    shorten(&step.note).into(),
+                    now_ms().into(),
+                ],
+            )
+            .await;
+        if let Err(e) = recorded {
+            tracing::warn!("journal: recording the result of step {}: {e}", step.index);
+        }
+    }
+
+    /// The deployment failed (what becomes of the node is recorded next, with [`Self::finish`]).
+    pub async fn failed(&self, error: &str) {
+        self.update(
+            "the failure",
+            "state = $1, error = $2",
+            vec![NodeState::Failed.as_str().into(), shorten(error).into()],
+        )
+        .await;
+    }
+
+    /// What finally became of the node: `Done`, `Kept`, `Destroyed`, or `Cancelled` (destroying it
+    /// failed). Gives up its name lock when the state is settled, and ends the run when the
+    /// entry began it.
+    pub async fn finish(&self, state: NodeState) {
+        self.update("the node's end", "state = $1", vec![state.as_str().into()])
+            .await;
+        if let (Some(key), true) = (&self.lock, state.is_settled()) {
+            let mut params = key.params();
+            params.push(self.run.id.clone().into());
+            let released = self
+                .store
+                .execute(
+                    "DELETE FROM locks WHERE provider = $1 AND location = $2 AND name = $3
+                     AND run_id = $4",
+                    params,
+                )
+                .await;
+            if let Err(e) = released {
+                tracing::warn!("journal: releasing the name {:?}: {e}", key.name);
+            }
+        }
+        if self.owns_run {
+            let end = match state {
+                NodeState::Done => RunEnd::Done,
+                NodeState::Cancelled => RunEnd::Cancelled,
+                _ => RunEnd::Failed,
+            };
+            self.journal.finish_run(end).await;
+        }
+    }
+}
+
+fn addresses(node: &Node) -> String {
+    node.public_ips
+        .iter()
+        .chain(&node.private_ips)
+        .map(|ip| ip.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(MAX_ERROR_CHARS) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.to_string(),
+    }
+}
