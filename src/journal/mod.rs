@@ -100,27 +100,8 @@ pub enum JournalError {
         message: String,
     },
     /// Another live run is deploying a node of this name.
-    #[error(
-        "node name {name:?} on {provider}{} is being deployed by run {run} (host {host}, pid \
-         {pid}, since {since}): wait for it to finish, or choose another name",
-        if .location.is_empty() { String::new() } else { format!(" in {}", .location) }
-    )]
-    NameLocked {
-        /// The provider.
-        provider: String,
-        /// The location ("" for none).
-        location: String,
-        /// The node name.
-        name: String,
-        /// The run that holds it.
-        run: String,
-        /// Its host.
-        host: String,
-        /// Its pid.
-        pid: i64,
-        /// Since when (UTC).
-        since: String,
-    },
+    #[error("{0}")]
+    NameLocked(Box<NameHeld>),
     /// No run (or more than one) has this id.
     #[error("journal {journal}: {message}")]
     NoSuchRun {
@@ -145,6 +126,30 @@ pub enum JournalError {
         /// What the database said.
         message: String,
     },
+}
+
+/// Who holds the name a deploy asked for.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "node name {name:?} on {provider}{} is being deployed by run {run} (host {host}, pid {pid}, \
+     since {since}): wait for it to finish, or choose another name",
+    if .location.is_empty() { String::new() } else { format!(" in {}", .location) }
+)]
+pub struct NameHeld {
+    /// The provider.
+    pub provider: String,
+    /// The location ("" for none).
+    pub location: String,
+    /// The node name.
+    pub name: String,
+    /// The run that holds it.
+    pub run: String,
+    /// Its host.
+    pub host: String,
+    /// Its pid.
+    pub pid: i64,
+    /// Since when (UTC).
+    pub since: String,
 }
 
 /// Where a journal lives.
@@ -757,7 +762,7 @@ async fn take_lock(store: &dyn Store, key: &LockKey, run: &str) -> Result<(), Jo
             continue;
         };
         if holder.is_alive() {
-            return Err(JournalError::NameLocked {
+            return Err(JournalError::NameLocked(Box::new(NameHeld {
                 provider: key.provider.clone(),
                 location: key.location.clone(),
                 name: key.name.clone(),
@@ -765,7 +770,7 @@ async fn take_lock(store: &dyn Store, key: &LockKey, run: &str) -> Result<(), Jo
                 host: holder.owner.host,
                 pid: holder.owner.pid,
                 since: show_time(holder.since),
-            });
+            })));
         }
         let mut params = key.params();
         params.extend([Param::from(run), now_ms().into(), holder.run.clone().into()]);
@@ -981,5 +986,154 @@ fn shorten(text: &str) -> String {
     match text.char_indices().nth(MAX_ERROR_CHARS) {
         Some((at, _)) => format!("{}...", &text[..at]),
         None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn intent(name: &str) -> NodeIntent {
+        NodeIntent {
+            provider: Some("dummy".into()),
+            location: "here".into(),
+            name: name.into(),
+            steps: 2,
+            ..Default::default()
+        }
+    }
+
+    async fn set_owner(journal: &Journal, run: &str, sets: &str, params: Vec<Param>) {
+        let store = journal.store().await.unwrap();
+        let n = params.len();
+        let mut params = params;
+        params.push(run.into());
+        let sql = format!("UPDATE runs SET {sets} WHERE id = ${}", n + 1);
+        assert_eq!(store.execute(&sql, params).await.unwrap(), 1);
+    }
+
+    /// A pid that belonged to a process that has ended (reaped), with that process's start time.
+    fn dead_pid() -> (i64, i64) {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        let start = crate::procfs::start_time(pid).unwrap_or(1);
+        child.wait().unwrap();
+        (pid.into(), start as i64)
+    }
+
+    #[tokio::test]
+    async fn a_live_holder_refuses_the_name_and_a_dead_one_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::Sqlite(dir.path().join("j.db"));
+        let first = Journal::at(location.clone());
+        let second = Journal::at(location);
+        let run = first.begin_run(RunStart::default()).await.unwrap();
+        let entry = run.begin_node(&intent("web-1"), "test").await.unwrap();
+        let other = second.begin_run(RunStart::default()).await.unwrap();
+
+        // The owner (this process) is alive.
+        let err = other
+            .begin_node(&intent("web-1"), "test")
+            .await
+            .unwrap_err();
+        let run_id = run.run_id().unwrap().to_string();
+        assert!(
+            matches!(&err, JournalError::NameLocked(held)
+                if held.run == run_id && held.pid == i64::from(std::process::id())),
+            "{err}"
+        );
+        // Another location is another name.
+        let mut elsewhere = intent("web-1");
+        elsewhere.location = "there".into();
+        other.begin_node(&elsewhere, "test").await.unwrap();
+
+        // Same pid space, the pid gone: taken over.
+        let (pid, start) = dead_pid();
+        set_owner(
+            &run,
+            &run_id,
+            "pid = $1, pid_start = $2",
+            vec![pid.into(), start.into()],
+        )
+        .await;
+        other.begin_node(&intent("web-1"), "test").await.unwrap();
+        // The first run's node is now an orphan; the second's are not.
+        entry.failed("killed").await;
+        let orphans = first.orphans().await.unwrap();
+        assert_eq!(orphans.len(), 1);
+        assert_eq!(orphans[0].name, "web-1");
+        assert_eq!(orphans[0].run, run_id);
+    }
+
+    #[tokio::test]
+    async fn on_another_machine_the_lease_decides() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::at(Location::Sqlite(dir.path().join("j.db")));
+        let run = journal.begin_run(RunStart::default()).await.unwrap();
+        let run_id = run.run_id().unwrap().to_string();
+        run.begin_node(&intent("db"), "test").await.unwrap();
+        let other = journal.begin_run(RunStart::default()).await.unwrap();
+
+        // Another machine whose lease is fresh: alive.
+        let sets = "pid_space = $1, heartbeat = $2";
+        let params = |at: i64| vec![Param::from("other-boot/pid:[1]"), at.into()];
+        set_owner(&run, &run_id, sets, params(now_ms())).await;
+        let err = other.begin_node(&intent("db"), "test").await.unwrap_err();
+        assert!(matches!(err, JournalError::NameLocked(_)), "{err}");
+
+        // Its lease ran out: taken over.
+        let stale = now_ms() - 2 * LEASE_TTL.as_millis() as i64;
+        set_owner(&run, &run_id, sets, params(stale)).await;
+        other.begin_node(&intent("db"), "test").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_settled_node_frees_its_name_and_its_run_ends_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::at(Location::Sqlite(dir.path().join("j.db")));
+        // Not bound to a run: the entry begins one of its own and ends it.
+        let entry = journal
+            .begin_node(&intent("app"), "deploy_node")
+            .await
+            .unwrap();
+        entry
+            .step_finished(&StepRecord {
+                index: 1,
+                kind: "script".into(),
+                ok: true,
+                exit_status: Some(0),
+                duration: Duration::from_millis(1500),
+                note: String::new(),
+            })
+            .await;
+        entry.finish(NodeState::Done).await;
+        let again = journal
+            .begin_node(&intent("app"), "deploy_node")
+            .await
+            .unwrap();
+        again.finish(NodeState::Kept).await;
+        let runs = journal.runs(None).await.unwrap();
+        assert_eq!(runs.len(), 2);
+        assert!(runs
+            .iter()
+            .all(|r| r.state != "running" && r.finished_ms.is_some()));
+        let detail = journal.run_detail(entry.run_id()).await.unwrap();
+        assert_eq!(detail.run.command, "deploy_node");
+        assert_eq!(detail.node_list[0].results[0].duration_s, 1.5);
+        assert_eq!(detail.node_list[0].state, NodeState::Done);
+        assert!(journal.orphans().await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn locations() {
+        assert_eq!(
+            Location::parse("postgresql://u:pw@db/nodeup").describe(),
+            "postgresql://u:***@db/nodeup"
+        );
+        assert_eq!(
+            Location::parse("sqlite:/tmp/j.db"),
+            Location::Sqlite("/tmp/j.db".into())
+        );
+        assert_eq!(Location::parse("j.db"), Location::Sqlite("j.db".into()));
     }
 }

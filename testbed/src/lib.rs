@@ -7,6 +7,7 @@
 //! owner is gone is destroyed node by node and deleted. Nothing is ever found by process name.
 
 pub mod fake_ovh;
+pub mod postgres;
 pub mod relay;
 pub mod relayed;
 

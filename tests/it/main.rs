@@ -4,6 +4,7 @@ mod cli_deploy;
 mod cli_nodes;
 mod deploy;
 mod hardening;
+mod journal;
 mod local_nodes;
 mod ovh;
 mod ovh_fake;

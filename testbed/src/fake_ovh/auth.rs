@@ -64,6 +64,13 @@ pub(super) async fn check(State(fake): State<Shared>, request: Request, next: Ne
             let _done = next.run(request).await;
             return with_query_id(faults::broken_answer(), &query_id);
         }
+        if let Some(Fault::SlowAnswer { millis }) = fault {
+            fake.data.lock().unwrap_or_else(|e| e.into_inner()).requests += 1;
+            let request = Request::from_parts(parts, Body::from(bytes));
+            let answer = next.run(request).await;
+            tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+            return with_query_id(answer, &query_id);
+        }
         fake.data.lock().unwrap_or_else(|e| e.into_inner()).requests += 1;
     }
     let request = Request::from_parts(parts, Body::from(bytes));

@@ -20,6 +20,12 @@ pub enum Fault {
     },
     /// Do the request, then lose the answer: the body breaks off after a few bytes.
     LoseAnswer,
+    /// Do the request, then hold the answer this many milliseconds: the request stays in flight
+    /// after what it made exists.
+    SlowAnswer {
+        /// How long the answer is held.
+        millis: u64,
+    },
 }
 
 /// A fault for the requests of one route: `method` and a path pattern matched against the end of
@@ -87,6 +93,8 @@ pub struct FaultCounts {
     pub error_429: u32,
     /// Answers lost after the request was done (per route, and dropped create answers).
     pub lost_answers: u32,
+    /// Answers held after the request was done.
+    pub slow_answers: u32,
 }
 
 impl FaultCounts {
@@ -96,6 +104,7 @@ impl FaultCounts {
             Fault::Error500 => self.error_500 += 1,
             Fault::TooMany { .. } => self.error_429 += 1,
             Fault::LoseAnswer => self.lost_answers += 1,
+            Fault::SlowAnswer { .. } => self.slow_answers += 1,
         }
     }
 }
@@ -120,7 +129,7 @@ pub fn refusal(fault: Fault) -> Option<Response> {
             }
             Some(response)
         }
-        Fault::LoseAnswer => None,
+        Fault::LoseAnswer | Fault::SlowAnswer { .. } => None,
     }
 }
 
