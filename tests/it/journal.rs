@@ -505,3 +505,40 @@ async fn the_config_file_names_the_journal() {
         "{stderr}"
     );
 }
+
+/// Eight handles on one journal (as eight nodeup processes would have) race for one name: exactly
+/// one wins, the others are told who holds it; none sees "database is locked".
+async fn one_winner_among_racers(location: nodeup::journal::Location) {
+    use nodeup::journal::{Journal, JournalError, NodeIntent, RunStart};
+    let racers = (0..8).map(|_| {
+        let journal = Journal::at(location.clone());
+        tokio::spawn(async move {
+            let run = journal.begin_run(RunStart::default()).await?;
+            let intent = NodeIntent {
+                provider: Some("dummy".into()),
+                name: "contended".into(),
+                ..Default::default()
+            };
+            run.begin_node(&intent, "race").await.map(|_| ())
+        })
+    });
+    let outcomes = futures::future::join_all(racers).await;
+    let mut won = 0;
+    for outcome in outcomes {
+        match outcome.unwrap() {
+            Ok(()) => won += 1,
+            Err(JournalError::NameLocked(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(won, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_for_one_name_in_sqlite_and_postgresql_one_wins() {
+    use nodeup::journal::Location;
+    let dir = tempfile::tempdir().unwrap();
+    one_winner_among_racers(Location::Sqlite(dir.path().join("race.db"))).await;
+    let pg = Postgres::start().unwrap();
+    one_winner_among_racers(Location::Postgres(pg.url())).await;
+}
