@@ -467,6 +467,38 @@ impl<'a> Runner<'a> {
         Ok(logged_in)
     }
 
+    /// Runs step `number` of `total`: progress events, and its result in the journal.
+    async fn step(
+        &self,
+        logged_in: &LoggedIn,
+        step: &Step,
+        (number, total): (usize, usize),
+    ) -> Result<StepResult, deploy::Error> {
+        let (options, kind) = (self.options, step.kind());
+        options.emit(Event::StepStarted {
+            index: number,
+            total,
+            kind,
+        });
+        if let Some(entry) = &self.target.journal {
+            entry.step_started(number, total).await;
+        }
+        let started = Instant::now();
+        let outcome = step
+            .run(&self.context(logged_in, options.output.clone()))
+            .await;
+        record_step(self.target, (number, kind), started.elapsed(), &outcome).await;
+        if let Ok(result) = &outcome {
+            options.emit(Event::StepFinished {
+                index: number,
+                total,
+                kind,
+                elapsed: result.duration,
+            });
+        }
+        outcome
+    }
+
     fn fail(
         self,
         cause: Cause,
@@ -505,29 +537,9 @@ pub async fn run_steps(
     let (mut connections, mut runs, mut index) = (1, 1, 0);
     while index < flat.len() {
         let step = flat[index];
-        let (number, total, kind) = (index + 1, flat.len(), step.kind());
-        options.emit(Event::StepStarted {
-            index: number,
-            total,
-            kind,
-        });
-        if let Some(entry) = &target.journal {
-            entry.step_started(number, total).await;
-        }
-        let started = Instant::now();
-        let outcome = step
-            .run(&runner.context(&logged_in, options.output.clone()))
-            .await;
-        record_step(target, (number, kind), started.elapsed(), &outcome).await;
-        match outcome {
+        let (number, kind) = (index + 1, step.kind());
+        match runner.step(&logged_in, step, (number, flat.len())).await {
             Ok(result) => {
-                let elapsed = result.duration;
-                options.emit(Event::StepFinished {
-                    index: number,
-                    total,
-                    kind,
-                    elapsed,
-                });
                 results.push(result);
                 index += 1;
             }
@@ -831,6 +843,46 @@ async fn create_failed(e: ProviderError, entry: Option<NodeEntry>) -> Deployment
     error
 }
 
+/// Waits until the node runs and has an address to log in on.
+async fn wait_for(
+    driver: &dyn NodeDriver,
+    node: &Node,
+    options: &DeployOptions,
+) -> Result<super::wait::Ready, WaitError> {
+    let wait = WaitOptions {
+        timeout: options.timeout,
+        poll_period: options.poll_period,
+        interface: options.interface,
+        force_ipv4: options.force_ipv4,
+        location: node.location().map(str::to_string),
+    };
+    let ready = wait_until_running(driver, std::slice::from_ref(&node.id), &wait).await?;
+    ready
+        .into_iter()
+        .next()
+        .ok_or_else(|| WaitError::Gone(node.id.clone()))
+}
+
+/// The usernames to try, in order: the first, the alternates, then the image's own login user.
+fn login_users(options: &DeployOptions, node: &Node) -> Vec<String> {
+    let mut users = vec![options.ssh_username.clone()];
+    let image_user = node
+        .login_user()
+        .filter(|_| options.try_image_user)
+        .map(str::to_string);
+    for user in options
+        .alternate_usernames
+        .iter()
+        .cloned()
+        .chain(image_user)
+    {
+        if !users.contains(&user) {
+            users.push(user);
+        }
+    }
+    users
+}
+
 async fn provision(
     driver: &dyn NodeDriver,
     node: &Node,
@@ -848,21 +900,10 @@ async fn provision(
         journal: None,
     };
     options.emit(Event::Waiting);
-    let wait = WaitOptions {
-        timeout: options.timeout,
-        poll_period: options.poll_period,
-        interface: options.interface,
-        force_ipv4: options.force_ipv4,
-        location: node.location().map(str::to_string),
-    };
-    let ready = wait_until_running(driver, std::slice::from_ref(&node.id), &wait)
+    let ready = wait_for(driver, node, options)
         .await
         .map_err(|e| failed(Cause::Wait(e)))?;
-    let Some(ready) = ready.into_iter().next() else {
-        return Err(failed(Cause::Wait(WaitError::Gone(node.id.clone()))));
-    };
-    let node = ready.node;
-    let mut node = node;
+    let mut node = ready.node;
     if driver.features().generates_password {
         if let Some(pw) = node.password() {
             creds.password.get_or_insert(Password(pw.to_string()));
@@ -872,19 +913,7 @@ async fn provision(
     if let (Some(NodeAuth::Password(pw)), None) = (&options.auth, node.password()) {
         node.set_password(pw);
     }
-    let mut users = vec![options.ssh_username.clone()];
-    for user in &options.alternate_usernames {
-        if !users.contains(user) {
-            users.push(user.clone());
-        }
-    }
-    if options.try_image_user {
-        if let Some(user) = node.login_user() {
-            if !users.iter().any(|u| u == user) {
-                users.push(user.to_string());
-            }
-        }
-    }
+    let users = login_users(options, &node);
     let pinned = node.host_keys();
     let addr = SocketAddr::new(
         ready.addresses[0],

@@ -369,15 +369,20 @@ fn assert_refused(bed: &TestBed, out: &Output, expected: &[&str]) {
     assert!(bed_leftovers(bed).is_empty(), "{:#?}", bed_leftovers(bed));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_journals_are_refused_before_anything_is_created() {
-    let bed = TestBed::new().unwrap();
+/// A deploy of a node named `never` on the bed: its arguments.
+fn never_args(bed: &TestBed) -> Vec<String> {
     let file = write_file(
         bed.dir(),
         "ok.toml",
         "[node]\nprovider = \"local\"\nimage = \"debian\"\n\n[[step]]\ninline = \"true\"\n",
     );
-    let args = deploy_args(&bed, &file, "never");
+    deploy_args(bed, &file, "never")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_that_is_not_a_database_or_is_newer_is_refused() {
+    let bed = TestBed::new().unwrap();
+    let args = never_args(&bed);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
 
     // Not a database.
@@ -419,8 +424,14 @@ async fn bad_journals_are_refused_before_anything_is_created() {
             "upgrade nodeup",
         ],
     );
+}
 
-    // Read-only: the journal's directory mounted read-only (in a mount namespace of its own, which
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_journal_is_refused() {
+    let bed = TestBed::new().unwrap();
+    let args = never_args(&bed);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // The journal's directory mounted read-only (in a mount namespace of its own, which
     // ends with the process).
     let ro = bed.dir().join("ro");
     std::fs::create_dir(&ro).unwrap();
@@ -451,8 +462,13 @@ async fn bad_journals_are_refused_before_anything_is_created() {
             "make it writable",
         ],
     );
+}
 
-    // PostgreSQL unreachable: the URL is named without its password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_postgresql_is_named_without_its_password() {
+    let bed = TestBed::new().unwrap();
+    let args = never_args(&bed);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -110,10 +110,7 @@ pub fn recorded_boot(node_dir: &Path) -> Option<Boot> {
 
 /// Whether the launcher of this boot is still alive (and not a zombie).
 pub fn is_alive(boot: &Boot) -> bool {
-    match stat(boot.launcher_pid) {
-        Some(s) => s.start == boot.launcher_start && s.state != 'Z' && s.state != 'X',
-        None => false,
-    }
+    crate::procfs::is_running(boot.launcher_pid, boot.launcher_start)
 }
 
 /// The host pid of the node's PID 1 (sshd once it started), while this boot lives.
