@@ -75,6 +75,9 @@ pub enum ProviderError {
 /// The result of a driver call.
 pub type Result<T, E = ProviderError> = std::result::Result<T, E>;
 
+/// How many nodes a fleet has in flight at once when the provider says nothing.
+pub const DEFAULT_PARALLEL_CREATES: usize = 10;
+
 /// What a driver's `create_node` accepts, as Libcloud's `features["create_node"]`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Features {
@@ -96,6 +99,12 @@ pub trait NodeDriver: Send + Sync {
 
     /// What `create_node` accepts.
     fn features(&self) -> Features;
+
+    /// How many nodes a fleet creates and provisions at once unless told otherwise: what the
+    /// provider's API and rate limits bear.
+    fn default_parallel(&self) -> usize {
+        DEFAULT_PARALLEL_CREATES
+    }
 
     /// The settings that reach this driver again through the registry (`[provider]` keys, never
     /// credentials): the journal records them so that cleanup can find a node later.

@@ -134,6 +134,9 @@ impl Default for RetryPolicy {
 pub struct HttpClient {
     client: reqwest::Client,
     trace: Option<Arc<Mutex<File>>>,
+    /// No request starts before this instant: set by a 429's `Retry-After`, shared by every clone
+    /// of the client, so that a fleet slows down as a whole rather than one request at a time.
+    hold: Arc<Mutex<Option<tokio::time::Instant>>>,
     /// The retry policy.
     pub retry: RetryPolicy,
 }
@@ -165,6 +168,7 @@ impl HttpClient {
         Ok(HttpClient {
             client,
             trace,
+            hold: Arc::default(),
             retry: RetryPolicy::default(),
         })
     }
@@ -190,6 +194,7 @@ impl HttpClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            self.wait_for_hold().await;
             let request = build();
             self.trace(&curl_line(&request, attempt));
             let sent_at = Instant::now();
@@ -198,6 +203,11 @@ impl HttpClient {
                 Verdict::Done => return outcome,
                 Verdict::Retry(after) => after,
             };
+            if let (Some(after), Ok(response)) = (retry_after, &outcome) {
+                if response.status == 429 {
+                    self.hold_for(after);
+                }
+            }
             let pause = retry_after
                 .unwrap_or_else(|| backoff.next().unwrap_or(self.retry.max_delay))
                 .min(self.retry.max_delay.max(retry_after.unwrap_or_default()));
@@ -206,6 +216,23 @@ impl HttpClient {
             }
             tracing::debug!(url = %request.url, attempt, ?pause, "retrying");
             tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Holds every request of this client (and its clones) for `pause` from now.
+    fn hold_for(&self, pause: Duration) {
+        let until = tokio::time::Instant::now() + pause;
+        let mut hold = self.hold.lock().unwrap_or_else(|e| e.into_inner());
+        if hold.is_none_or(|h| h < until) {
+            *hold = Some(until);
+        }
+    }
+
+    /// Waits until the hold a 429 put on this client is over.
+    async fn wait_for_hold(&self) {
+        let until = *self.hold.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(until) = until {
+            tokio::time::sleep_until(until).await;
         }
     }
 

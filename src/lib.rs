@@ -17,6 +17,7 @@ pub mod baremetal;
 pub mod deploy;
 pub mod driver;
 pub mod engine;
+pub mod fleet;
 pub mod http;
 pub mod journal;
 pub mod model;

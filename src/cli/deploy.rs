@@ -3,22 +3,23 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::anyhow;
 use clap::Args;
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use nodeup::deploy::stepfile::{self, parse_positive_duration, StepFile};
-use nodeup::driver::NodeDriver;
+use nodeup::engine::fleet::{deploy_fleet, Fate, FleetMember, FleetOptions, MemberResult};
 use nodeup::engine::{self, destroy_at_exit, Cause, DeployOptions, Event};
-use nodeup::journal::{NodeEntry, NodeState, RunEnd, RunStart};
+use nodeup::fleet::Shard;
+use nodeup::journal::{RunEnd, RunStart};
 use nodeup::model::{CreateNode, Node};
 use nodeup::providers;
 use nodeup::ssh::{HostKeyPolicy, Password};
 
-use super::output::{self, print_json};
+use super::fleet_view::{failure_lines, print_summary, FleetView, SummaryRow};
+use super::output::{self, print_json, FailedStep, FleetReport, NodeReport, StepReport};
 use super::Failure;
 
 /// Login options shared by `deploy` and `run`; each overrides the step file's `[ssh]`.
@@ -70,11 +71,44 @@ pub struct DeployArgs {
     /// The location id.
     #[arg(long)]
     pub location: Option<String>,
-    /// Keep the node when a step fails (it is destroyed otherwise).
+    /// Keep a node whose deployment fails (it is destroyed otherwise).
     #[arg(long)]
     pub keep_on_failure: bool,
+    /// How many nodes to make (default: the step file's `count`, else 1); the name may hold
+    /// {index} or {index:03}, else the nodes are NAME-1, NAME-2 ...
+    #[arg(long, value_parser = positive)]
+    pub count: Option<usize>,
+    /// How many nodes are in flight at once (default: the provider's).
+    #[arg(long, value_parser = positive)]
+    pub parallel: Option<usize>,
+    /// Once more than K nodes failed, start nothing new and cancel those in flight.
+    #[arg(long, value_name = "K")]
+    pub max_failures: Option<usize>,
+    /// Any failure destroys the whole fleet.
+    #[arg(long)]
+    pub all_or_nothing: bool,
+    /// Only the K-th of N parts of the fleet's nodes (K/N), for N nodeup processes in parallel.
+    #[arg(long, value_name = "K/N", value_parser = Shard::parse)]
+    pub shard: Option<Shard>,
+    /// How many connections may be being set up (handshake, login) at once.
+    #[arg(long, default_value_t = super::run::DEFAULT_MAX_STARTUPS, value_parser = positive)]
+    pub max_startups: usize,
+    /// Write each node's progress and script output to DIR/NAME.log.
+    #[arg(long, value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
+    /// Show script output live even with the fleet view.
+    #[arg(long)]
+    pub follow: bool,
     #[command(flatten)]
     pub ssh: SshArgs,
+}
+
+/// A count of 1 or more (`--parallel`, `--count` ...).
+pub fn positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{text:?}: give a whole number, 1 or more")),
+    }
 }
 
 /// Deploy options from the step file's `[ssh]`, then the command line over it.
@@ -208,156 +242,239 @@ pub async fn run(args: DeployArgs) -> Result<(), Failure> {
         .clone()
         .or(file.node.provider.clone())
         .unwrap_or_else(|| "local".into());
+    let driver = providers::get_driver_with(&provider, &file.provider)
+        .map_err(|e| Failure::from(e).context(args.stepfile.display().to_string()))?;
+    let requests = requests(&args, &file)?;
+    let journal = super::journal::begin_run(RunStart::with_stepfile("deploy", &args.stepfile)).await?;
+    let created = Created::default();
+    let mut options = options(&file, &args.ssh, HostKeyPolicy::AcceptNew);
+    options.at_exit = Some(destroy_at_exit());
+    options.journal = journal.clone();
+    options.startups = Some(Arc::new(tokio::sync::Semaphore::new(args.max_startups)));
+    let names: Vec<String> = requests.iter().map(|r| r.name.clone()).collect();
+    let view = FleetView::new(names, args.follow, args.log_dir.clone())
+        .map_err(|e| Failure::Usage(e.into()))?;
+    let record = created.clone();
+    let hooks = view.hooks(Some(Arc::new(move |event: &Event| record.observe(event))));
+    cancel_on_signals(options.cancel.clone(), created);
+    let fleet = FleetOptions {
+        parallel: args.parallel.unwrap_or_else(|| driver.default_parallel()),
+        max_failures: args.max_failures,
+        all_or_nothing: args.all_or_nothing,
+        keep_on_failure: args.keep_on_failure,
+    };
+    tracing::info!("deploying {} node(s) on {provider}", requests.len());
+    let members = deploy_fleet(driver, requests, &file.steps, &options, &fleet, &hooks).await;
+    view.close();
+    let end = match () {
+        _ if options.cancel.is_cancelled() => RunEnd::Cancelled,
+        _ if members.iter().all(|m| matches!(m.result, MemberResult::Deployed(_))) => RunEnd::Done,
+        _ => RunEnd::Failed,
+    };
+    let outcome = report(members, &args);
+    if let Some(journal) = &journal {
+        journal.finish_run(end).await;
+    }
+    outcome
+}
+
+/// The create requests of the fleet: `count` names from the name template, this shard's part.
+fn requests(args: &DeployArgs, file: &StepFile) -> Result<Vec<CreateNode>, Failure> {
+    let in_file = |message: String| {
+        Failure::Usage(anyhow!("{}: {message}", args.stepfile.display()))
+    };
     let name = args
         .name
         .clone()
         .or(file.node.name.clone())
-        .ok_or_else(|| {
-            Failure::Usage(anyhow!(
-                "{}: no node name: set `name` under [node] or pass --name",
-                args.stepfile.display()
-            ))
-        })?;
-    let driver = providers::get_driver_with(&provider, &file.provider)
-        .map_err(|e| Failure::from(e).context(args.stepfile.display().to_string()))?;
-    let request = CreateNode {
-        name: name.clone(),
-        image: args.image.clone().or(file.node.image.clone()),
-        size: args.size.clone().or(file.node.size.clone()),
-        location: args.location.clone().or(file.node.location.clone()),
-        auth: None,
-        extra: file.node.options.clone(),
-    };
-    let journal =
-        super::journal::begin_run(RunStart::with_stepfile("deploy", &args.stepfile)).await?;
-    let started = Instant::now();
-    let created = Created::default();
-    let mut options = options(&file, &args.ssh, HostKeyPolicy::AcceptNew);
-    options.journal = journal.clone();
-    options.at_exit = Some(destroy_at_exit());
-    options.output = Some(output::script_output(None));
-    let print = output::progress(None, started);
-    let record = created.clone();
-    options.progress = Some(Arc::new(move |event: &Event| {
-        record.observe(event);
-        print(event);
-    }));
-    cancel_on_signals(options.cancel.clone(), created);
-    tracing::info!("deploying node {name} on {provider}");
-    let outcome = engine::deploy_node(driver.clone(), &request, &file.steps, &options).await;
-    let end = match &outcome {
-        Ok(_) => RunEnd::Done,
-        Err(e) if matches!(e.cause, Cause::Cancelled) => RunEnd::Cancelled,
-        Err(_) => RunEnd::Failed,
-    };
-    let result = report(
-        outcome,
-        &args,
-        driver.as_ref(),
-        &options.known_hosts,
-        started,
-    )
-    .await;
-    if let Some(journal) = &journal {
-        journal.finish_run(end).await;
+        .ok_or_else(|| in_file("no node name: set `name` under [node] or pass --name".into()))?;
+    let count = args.count.or(file.node.count).unwrap_or(1);
+    let mut names = nodeup::fleet::node_names(&name, count).map_err(in_file)?;
+    if let Some(shard) = args.shard {
+        names = shard.pick(names);
     }
-    result
+    Ok(names
+        .into_iter()
+        .map(|name| CreateNode {
+            name,
+            image: args.image.clone().or(file.node.image.clone()),
+            size: args.size.clone().or(file.node.size.clone()),
+            location: args.location.clone().or(file.node.location.clone()),
+            auth: None,
+            extra: file.node.options.clone(),
+        })
+        .collect())
 }
 
-/// Says what a deployment did (stderr, and stdout with --json); destroys or keeps a node whose
-/// deployment failed.
-async fn report(
-    outcome: Result<engine::Deployment, engine::DeploymentError>,
-    args: &DeployArgs,
-    driver: &dyn NodeDriver,
-    known_hosts: &std::path::Path,
-    started: Instant,
-) -> Result<(), Failure> {
-    match outcome {
-        Ok(done) => {
-            eprintln!(
-                "deployed node {} ({}) as {}: {} steps in {:.1}s",
-                done.node.name,
-                done.node.id,
-                done.user,
-                done.steps.len(),
-                started.elapsed().as_secs_f64()
-            );
-            if args.ssh.json {
-                print_json(&json!({
-                    "ok": true,
-                    "node": output::shown(&done.node),
-                    "user": done.user,
-                    "reconnects": done.reconnects,
-                    "steps": output::steps_json(&done.steps),
-                }));
-            }
-            Ok(())
-        }
-        Err(error) => Err(failed(error, args, driver, known_hosts).await),
+/// Says what the fleet did: each failure and what became of its node, the summary table, the
+/// JSON (one node's report, or the fleet's), and the exit code's failure.
+fn report(members: Vec<FleetMember>, args: &DeployArgs) -> Result<(), Failure> {
+    let single = members.len() == 1;
+    let mut rows = Vec::new();
+    let mut reports = Vec::new();
+    for member in &members {
+        say(member, single);
+        rows.push(summary_row(member));
+        reports.push(node_report(member));
     }
-}
-
-/// A failed deployment: the node destroyed (or kept, or already destroyed by the cancel), what
-/// happened said on stderr and, with --json, on stdout; the exit code's failure.
-async fn failed(
-    error: engine::DeploymentError,
-    args: &DeployArgs,
-    driver: &dyn NodeDriver,
-    known_hosts: &std::path::Path,
-) -> Failure {
-    let cleanup = match (&error.node, &error.cause) {
-        (None, _) => "nothing was created".to_string(),
-        // The at-exit hook destroyed it already.
-        (Some(node), Cause::Cancelled) => format!("node {} was destroyed", node.name),
-        (Some(node), _) if args.keep_on_failure => {
-            if let Some(entry) = &error.journal {
-                entry.finish(NodeState::Kept).await;
-            }
-            format!(
-                "node {} ({}) was kept: log in to look, then `nodeup nodes destroy {} --provider {}`",
-                node.name, node.id, node.id, node.provider
-            )
-        }
-        (Some(node), _) => destroy(driver, node, known_hosts, error.journal.as_ref()).await,
-    };
-    eprintln!("{cleanup}");
+    if !single {
+        print_summary(&rows, "nodes");
+    }
     if args.ssh.json {
-        print_json(&json!({
-            "ok": false,
-            "error": engine::error_chain(&error),
-            "node": error.node.as_ref().map(output::shown),
-            "node_kept": error.node.is_some() && args.keep_on_failure && !matches!(error.cause, Cause::Cancelled),
-            "failed_step": output::failed_step_json(error.step, &error.cause),
-            "logins": error.attempts,
-            "steps": output::steps_json(&error.completed),
-        }));
+        match reports.as_slice() {
+            [one] => print_json(one),
+            _ => print_json(&FleetReport::new(reports)),
+        }
     }
-    let before_create = error.is_before_create();
-    let error = anyhow::Error::new(error);
-    if before_create {
-        Failure::Usage(error)
+    let failed = members
+        .iter()
+        .filter(|m| !matches!(m.result, MemberResult::Deployed(_)))
+        .count();
+    if failed == 0 {
+        return Ok(());
+    }
+    let nothing_created = failed == members.len()
+        && members.iter().all(|m| m.fate == Fate::NotCreated);
+    let error = match members.into_iter().next() {
+        Some(FleetMember {
+            result: MemberResult::Failed(error),
+            ..
+        }) if single => anyhow::Error::new(error),
+        _ => anyhow!("{failed} of {} nodes failed", rows.len()),
+    };
+    if nothing_created {
+        Err(Failure::Usage(error))
     } else {
-        Failure::Failed(error)
+        Err(Failure::Failed(error))
     }
 }
 
-async fn destroy(
-    driver: &dyn NodeDriver,
-    node: &Node,
-    known_hosts: &std::path::Path,
-    entry: Option<&NodeEntry>,
-) -> String {
-    match engine::destroy_node(driver, node, known_hosts).await {
-        Ok(()) => {
-            if let Some(entry) = entry {
-                entry.finish(NodeState::Destroyed).await;
-            }
-            format!("node {} ({}) was destroyed", node.name, node.id)
-        }
-        Err(e) => format!(
-            "destroying node {} ({}) failed ({e}): destroy it with `nodeup nodes destroy {} --provider {}`",
-            node.name, node.id, node.id, node.provider
+/// One member's outcome in words on stderr (a fleet's members are prefixed by their name).
+fn say(member: &FleetMember, single: bool) {
+    let tag = if single {
+        String::new()
+    } else {
+        format!("[{}] ", member.name)
+    };
+    match &member.result {
+        MemberResult::Deployed(done) => eprintln!(
+            "{tag}deployed node {} ({}) as {}: {} steps in {:.1}s",
+            done.node.name,
+            done.node.id,
+            done.user,
+            done.steps.len(),
+            member.elapsed.as_secs_f64()
         ),
+        MemberResult::Failed(error) => {
+            if !single {
+                eprintln!("{tag}{}", engine::error_chain(error));
+            }
+            if let Some(fate) = fate_text(member, error.node.as_ref()) {
+                eprintln!("{tag}{fate}");
+            }
+        }
+        MemberResult::NotStarted => eprintln!("{tag}not started: the fleet stopped first"),
     }
+    if let (MemberResult::Deployed(done), Fate::Destroyed) = (&member.result, &member.fate) {
+        eprintln!("{tag}node {} was destroyed with the fleet", done.node.name);
+    }
+}
+
+/// What became of a failed member's node, in words.
+fn fate_text(member: &FleetMember, node: Option<&Node>) -> Option<String> {
+    let Some(node) = node else {
+        return Some("nothing was created".into());
+    };
+    let destroy = format!("nodeup nodes destroy {} --provider {}", node.id, node.provider);
+    Some(match &member.fate {
+        Fate::Kept => format!(
+            "node {} ({}) was kept: log in to look, then `{destroy}`",
+            node.name, node.id
+        ),
+        Fate::Destroyed => format!("node {} ({}) was destroyed", node.name, node.id),
+        Fate::Left(why) => format!(
+            "destroying node {} ({}) failed ({why}): destroy it with `{destroy}`",
+            node.name, node.id
+        ),
+        Fate::Stays | Fate::NotCreated => return None,
+    })
+}
+
+fn fate_word(fate: &Fate) -> &'static str {
+    match fate {
+        Fate::Stays => "stays",
+        Fate::NotCreated => "not-created",
+        Fate::Kept => "kept",
+        Fate::Destroyed => "destroyed",
+        Fate::Left(_) => "left",
+    }
+}
+
+/// One member as `--json` prints it.
+fn node_report(member: &FleetMember) -> NodeReport {
+    let mut report = NodeReport {
+        name: Some(member.name.clone()),
+        fate: Some(fate_word(&member.fate)),
+        duration: member.elapsed.as_secs_f64(),
+        ..NodeReport::empty()
+    };
+    match &member.result {
+        MemberResult::Deployed(done) => {
+            report.ok = member.fate == Fate::Stays;
+            report.node = Some(output::shown(&done.node));
+            report.user = Some(done.user.clone());
+            report.reconnects = Some(done.reconnects);
+            report.steps = StepReport::all(&done.steps);
+        }
+        MemberResult::Failed(error) => {
+            report.node = error.node.as_ref().map(output::shown);
+            report.node_kept = Some(member.fate == Fate::Kept);
+            report.error = Some(engine::error_chain(error));
+            report.failed_step = FailedStep::new(error.step, &error.cause);
+            report.logins = error.attempts.clone();
+            report.steps = StepReport::all(&error.completed);
+        }
+        MemberResult::NotStarted => report.error = Some("cancelled".into()),
+    }
+    report
+}
+
+/// One member's line of the summary table.
+fn summary_row(member: &FleetMember) -> SummaryRow {
+    let mut row = SummaryRow {
+        name: member.name.clone(),
+        address: String::new(),
+        user: String::new(),
+        result: String::new(),
+        time: member.elapsed,
+        failed_step: String::new(),
+        stderr_tail: Vec::new(),
+    };
+    let address = |node: &Node| node.public_ips.first().map(|ip| ip.to_string()).unwrap_or_default();
+    match &member.result {
+        MemberResult::Deployed(done) => {
+            row.address = address(&done.node);
+            row.user = done.user.clone();
+            row.result = match member.fate {
+                Fate::Stays => "ok".into(),
+                _ => format!("undone ({})", fate_word(&member.fate)),
+            };
+        }
+        MemberResult::Failed(error) => {
+            row.address = error.node.as_ref().map(address).unwrap_or_default();
+            row.result = match error.cause {
+                Cause::Cancelled => format!("cancelled ({})", fate_word(&member.fate)),
+                _ => format!("failed ({})", fate_word(&member.fate)),
+            };
+            if let Some((index, kind)) = error.step {
+                row.failed_step = format!("{index} {kind}");
+            }
+            row.stderr_tail = match error.cause {
+                Cause::Cancelled => Vec::new(),
+                _ => failure_lines(&error.cause),
+            };
+        }
+        MemberResult::NotStarted => row.result = "not started".into(),
+    }
+    row
 }

@@ -2,6 +2,7 @@
 
 pub mod catalog;
 pub mod deploy;
+pub mod fleet_view;
 pub mod journal;
 pub mod nodes;
 pub mod output;

@@ -136,7 +136,7 @@ pub async fn run(args: ReinstallArgs) -> Result<(), Failure> {
                     "install_time": report.install_time.as_secs_f64(),
                     "key": report.key,
                     "user": report.user,
-                    "steps": output::steps_json(&report.steps),
+                    "steps": output::StepReport::all(&report.steps),
                 }));
             }
             Ok(())

@@ -1,23 +1,32 @@
-//! `nodeup run STEPFILE --host [user@]address[:port] ...`: the same steps on machines that already
-//! exist, all at once, output prefixed by the host.
+//! `nodeup run STEPFILE`: the same steps on machines that exist, from `--host` flags, an inventory
+//! (a plain list or Ansible's INI) or a provider's running nodes; at most `--parallel` at once,
+//! with a bounded number of connections being set up, a live view on a terminal, and a summary.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use anyhow::anyhow;
 use clap::Args;
-use serde_json::{json, Value};
 
-use nodeup::deploy::{stepfile, Step};
-use nodeup::engine::{self, run_steps, Target};
-use nodeup::journal::{NodeIntent, NodeState, RunEnd, RunStart};
-use nodeup::ssh::HostKeyPolicy;
+use nodeup::deploy::stepfile::{self, StepFile};
+use nodeup::engine::fleet::{run_fleet, RunMember, RunOutcome, DEFAULT_PARALLEL};
+use nodeup::engine::{default_known_hosts, preferred, DeployOptions, Target};
+use nodeup::fleet::{parse_host, Inventory, Shard};
+use nodeup::journal::{RunEnd, RunStart};
+use nodeup::providers;
+use nodeup::ssh::{Credentials, HostKeyPolicy};
 
-use super::deploy::{cancel_on_signals, options, SshArgs};
-use super::output::{self, print_json};
+use super::deploy::{cancel_on_signals, options, positive, SshArgs};
+use super::fleet_view::{failure_lines, print_summary, FleetView, SummaryRow};
+use super::output::{print_json, FleetReport, NodeReport};
 use super::Failure;
+
+/// How many connections may be being set up at once unless told otherwise: sshd's default
+/// `MaxStartups 10:30:100` starts dropping new connections beyond 10.
+pub const DEFAULT_MAX_STARTUPS: usize = 10;
 
 /// `nodeup run`.
 #[derive(Debug, Args)]
@@ -25,142 +34,85 @@ pub struct RunArgs {
     /// The step file.
     pub stepfile: PathBuf,
     /// A machine: [user@]address[:port], IPv6 as [address]:port (repeatable).
-    #[arg(long = "host", value_name = "HOST", required = true)]
+    #[arg(long = "host", value_name = "HOST")]
     pub hosts: Vec<String>,
+    /// An inventory: a plain list ([user@]host[:port] a line) or an Ansible INI inventory.
+    #[arg(long, value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
+    /// With --inventory: only these groups, hosts or globs (web,db:!db3, as Ansible's --limit).
+    #[arg(long, value_name = "PATTERN", requires = "inventory")]
+    pub limit: Option<String>,
+    /// A provider's running nodes, optionally those whose name matches a glob: local:web-*.
+    #[arg(long, value_name = "PROVIDER[:GLOB]")]
+    pub nodes: Option<String>,
+    /// How many machines are worked on at once.
+    #[arg(long, default_value_t = DEFAULT_PARALLEL, value_parser = positive)]
+    pub parallel: usize,
+    /// How many connections may be being set up (handshake, login) at once.
+    #[arg(long, default_value_t = DEFAULT_MAX_STARTUPS, value_parser = positive)]
+    pub max_startups: usize,
+    /// Only the K-th of N parts of the machines (K/N), for N nodeup processes in parallel.
+    #[arg(long, value_name = "K/N", value_parser = Shard::parse)]
+    pub shard: Option<Shard>,
+    /// Write each machine's progress and script output to DIR/NAME.log.
+    #[arg(long, value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
+    /// Show script output live even with the fleet view.
+    #[arg(long)]
+    pub follow: bool,
     #[command(flatten)]
     pub ssh: SshArgs,
 }
 
-/// A `--host` value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostSpec {
-    /// The user, when given.
-    pub user: Option<String>,
-    /// The address or name.
-    pub host: String,
-    /// The port, when given.
-    pub port: Option<u16>,
-}
-
-/// Parses `[user@]address[:port]`, with `[v6address]:port`.
-pub fn parse_host(text: &str) -> Result<HostSpec, String> {
-    let (user, rest) = match text.rsplit_once('@') {
-        Some((user, rest)) if !user.is_empty() => (Some(user.to_string()), rest),
-        Some(_) => return Err(format!("{text:?}: the user before @ is empty")),
-        None => (None, text),
-    };
-    let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
-        let (host, after) = inner
-            .split_once(']')
-            .ok_or_else(|| format!("{text:?}: a [ without its ]"))?;
-        match after.strip_prefix(':') {
-            Some(p) => (host.to_string(), Some(p)),
-            None if after.is_empty() => (host.to_string(), None),
-            None => return Err(format!("{text:?}: unexpected {after:?} after ]")),
-        }
-    } else if rest.matches(':').count() > 1 {
-        // A bare IPv6 address.
-        (rest.to_string(), None)
-    } else {
-        match rest.split_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (rest.to_string(), None),
-        }
-    };
-    if host.is_empty() {
-        return Err(format!("{text:?}: no address"));
-    }
-    let port = port
-        .map(|p| {
-            p.parse::<u16>()
-                .map_err(|_| format!("{text:?}: {p:?} is not a port"))
-        })
-        .transpose()?;
-    Ok(HostSpec { user, host, port })
+/// A machine to run on, wherever it was named.
+#[derive(Debug, Clone, Default)]
+struct Machine {
+    label: String,
+    host: String,
+    port: Option<u16>,
+    user: Option<String>,
+    key_file: Option<PathBuf>,
+    more_users: Vec<String>,
+    pinned: Vec<String>,
 }
 
 /// Runs `nodeup run`.
 pub async fn run(args: RunArgs) -> Result<(), Failure> {
     let file = stepfile::load(&args.stepfile).map_err(|e| Failure::Usage(e.into()))?;
-    let hosts = resolve_hosts(&args.hosts, file.ssh.port).await?;
-    // Machines that exist already are checked strictly, against the user's own known_hosts.
-    let mut options = options(&file, &args.ssh, HostKeyPolicy::Strict);
-    if args.ssh.known_hosts.is_none() && file.ssh.known_hosts.is_none() {
-        if let Some(home) = std::env::var_os("HOME") {
-            options.known_hosts = PathBuf::from(home).join(".ssh/known_hosts");
-        }
+    let mut machines = machines(&args).await?;
+    if let Some(shard) = args.shard {
+        machines = shard.pick(machines);
     }
-    let creds = options
-        .credentials()
-        .map_err(|e| Failure::Usage(anyhow::Error::new(e)))?;
-    if creds.is_empty() {
-        return Err(Failure::Usage(anyhow!(
-            "no way to log in: give a private key file (--key), NODEUP_SSH_PASSWORD, or run an ssh-agent"
-        )));
-    }
+    let options = run_options(&file, &args)?;
+    let members = members(machines, &file, &options).await?;
     let journal = super::journal::begin_run(RunStart::with_stepfile("run", &args.stepfile)).await?;
+    let mut options = options;
+    options.journal = journal.clone();
     cancel_on_signals(options.cancel.clone(), super::deploy::Created::default());
 
-    let started = Instant::now();
-    let several = hosts.len() > 1;
-    let creds = Arc::new(creds);
-    let steps = Arc::new(file.steps.clone());
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, (text, spec, addr)) in hosts.into_iter().enumerate() {
-        let mut options = options.clone();
-        let prefix = several.then(|| text.clone());
-        options.progress = Some(output::progress(prefix.clone(), started));
-        options.output = Some(output::script_output(prefix.clone()));
-        let mut users = vec![spec.user.clone().unwrap_or(options.ssh_username.clone())];
-        for user in &options.alternate_usernames {
-            if !users.contains(user) {
-                users.push(user.clone());
-            }
+    let labels: Vec<String> = members.iter().map(|m| m.label.clone()).collect();
+    let view = FleetView::new(labels.clone(), args.follow, args.log_dir.clone())
+        .map_err(|e| Failure::Usage(e.into()))?;
+    let addresses: Vec<String> = members.iter().map(|m| m.target.addr.to_string()).collect();
+    let mut rows: Vec<Option<SummaryRow>> = vec![None; members.len()];
+    let mut reports: Vec<Option<NodeReport>> = vec![None; members.len()];
+    let hooks = view.hooks(None);
+    let json = args.ssh.json;
+    run_fleet(members, &file.steps, &options, args.parallel, &hooks, |i, outcome, elapsed| {
+        rows[i] = Some(summary_row(&labels[i], &addresses[i], &outcome, elapsed));
+        if json {
+            reports[i] = Some(NodeReport::of_run(&labels[i], &outcome, elapsed));
         }
-        let entry = match &journal {
-            Some(journal) => Some(
-                journal
-                    .begin_node(&host_intent(&text, addr, &steps), "run")
-                    .await?,
-            ),
-            None => None,
-        };
-        let target = Target {
-            addr,
-            users,
-            pinned_host_keys: Vec::new(),
-            node: None,
-            journal: entry,
-        };
-        let (creds, steps) = (creds.clone(), steps.clone());
-        tasks.spawn(async move {
-            let cancel = options.cancel.clone();
-            let result = tokio::select! {
-                _ = cancel.cancelled() => None,
-                r = run_steps(&target, &steps, &creds, &options) => Some(r),
-            };
-            if let Some(entry) = &target.journal {
-                match &result {
-                    Some(Ok(_)) => entry.finish(NodeState::Done).await,
-                    Some(Err(f)) => entry.failed(&engine::error_chain(&f.cause)).await,
-                    None => entry.finish(NodeState::Cancelled).await,
-                }
-            }
-            (i, text, result)
-        });
+    })
+    .await;
+    view.close();
+    let rows: Vec<SummaryRow> = rows.into_iter().flatten().collect();
+    print_summary(&rows, "hosts");
+    let report = FleetReport::new(reports.into_iter().flatten().collect());
+    if json {
+        print_json(&report);
     }
-    let mut results: Vec<(usize, Value, bool)> = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        let (i, host, result) =
-            joined.map_err(|e| Failure::Failed(anyhow!("a task failed: {e}")))?;
-        let (value, ok) = host_result(&host, result, started);
-        results.push((i, value, ok));
-    }
-    results.sort_by_key(|r| r.0);
-    let failed = results.iter().filter(|r| !r.2).count();
-    if args.ssh.json {
-        print_json(&results.iter().map(|r| r.1.clone()).collect::<Vec<_>>());
-    }
+    let failed = rows.iter().filter(|r| !r.result.starts_with("ok")).count();
     if let Some(journal) = &journal {
         let end = match failed {
             0 => RunEnd::Done,
@@ -172,113 +124,191 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     if failed > 0 {
         return Err(Failure::Failed(anyhow!(
             "{failed} of {} hosts failed",
-            results.len()
+            rows.len()
         )));
     }
     Ok(())
 }
 
-/// A host of `run`, as the journal records it.
-fn host_intent(text: &str, addr: SocketAddr, steps: &Step) -> NodeIntent {
-    NodeIntent {
-        name: text.to_string(),
-        address: Some(addr.ip().to_string()),
-        steps: steps.flatten().len(),
-        ..Default::default()
+/// Deploy options for machines that exist: checked strictly against the user's own known_hosts
+/// (nodeup's, for a provider's nodes), with the startups bounded.
+fn run_options(file: &StepFile, args: &RunArgs) -> Result<DeployOptions, Failure> {
+    let mut options = options(file, &args.ssh, HostKeyPolicy::Strict);
+    if args.ssh.known_hosts.is_none() && file.ssh.known_hosts.is_none() {
+        options.known_hosts = match (&args.nodes, std::env::var_os("HOME")) {
+            (Some(_), _) => default_known_hosts(),
+            (None, Some(home)) => PathBuf::from(home).join(".ssh/known_hosts"),
+            (None, None) => options.known_hosts,
+        };
     }
+    options.startups = Some(Arc::new(tokio::sync::Semaphore::new(args.max_startups)));
+    Ok(options)
 }
 
-/// Each `--host` as given, parsed, with the address it resolves to (port: its own, else the
-/// step file's, else 22).
-async fn resolve_hosts(
-    texts: &[String],
-    default_port: Option<u16>,
-) -> Result<Vec<(String, HostSpec, SocketAddr)>, Failure> {
-    let mut hosts = Vec::new();
-    for text in texts {
+/// The machines named by --host, --inventory (with --limit) and --nodes, in that order.
+async fn machines(args: &RunArgs) -> Result<Vec<Machine>, Failure> {
+    let mut machines = Vec::new();
+    for text in &args.hosts {
         let spec = parse_host(text).map_err(|e| Failure::Usage(anyhow!("--host {e}")))?;
-        let port = spec.port.or(default_port).unwrap_or(22);
-        let addr: SocketAddr = tokio::net::lookup_host((spec.host.as_str(), port))
-            .await
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| {
-                Failure::Usage(anyhow!("--host {text}: cannot resolve {}", spec.host))
-            })?;
-        hosts.push((text.clone(), spec, addr));
+        machines.push(Machine {
+            label: text.clone(),
+            host: spec.host,
+            port: spec.port,
+            user: spec.user,
+            ..Default::default()
+        });
     }
-    Ok(hosts)
+    if let Some(path) = &args.inventory {
+        let inventory = Inventory::load(path).map_err(|e| Failure::Usage(e.into()))?;
+        let pattern = args.limit.as_deref().unwrap_or("all");
+        let hosts = inventory
+            .limit(pattern)
+            .map_err(|e| Failure::Usage(anyhow!("{}: {e}", path.display())))?;
+        machines.extend(hosts.into_iter().map(|h| Machine {
+            label: h.name,
+            host: h.address,
+            port: h.port,
+            user: h.user,
+            key_file: h.key_file,
+            ..Default::default()
+        }));
+    }
+    if let Some(spec) = &args.nodes {
+        machines.extend(provider_nodes(spec).await?);
+    }
+    if machines.is_empty() {
+        let what = if args.hosts.is_empty() && args.inventory.is_none() && args.nodes.is_none() {
+            "no machines: give --host, --inventory or --nodes"
+        } else {
+            "no machines selected (check --limit or the --nodes glob)"
+        };
+        return Err(Failure::Usage(anyhow!(what)));
+    }
+    Ok(machines)
 }
 
-/// One host's outcome: said on stderr, as JSON, and whether it succeeded.
-fn host_result(
-    host: &str,
-    result: Option<Result<engine::Run, engine::RunFailure>>,
-    started: Instant,
-) -> (Value, bool) {
-    match result {
-        None => {
-            eprintln!("[{host}] cancelled");
-            (
-                json!({ "host": host, "ok": false, "error": "cancelled" }),
-                false,
-            )
+/// `--nodes PROVIDER[:GLOB]`: the provider's running nodes whose name matches, with the login user
+/// and host keys the provider reports.
+async fn provider_nodes(spec: &str) -> Result<Vec<Machine>, Failure> {
+    let (provider, pattern) = spec.split_once(':').unwrap_or((spec, "*"));
+    let glob = glob::Pattern::new(pattern)
+        .map_err(|e| Failure::Usage(anyhow!("--nodes {spec}: {pattern:?} is not a glob ({e})")))?;
+    let driver = providers::get_driver(provider)?;
+    let nodes = driver.list_nodes().await?;
+    Ok(nodes
+        .into_iter()
+        .filter(|n| n.state == nodeup::model::NodeState::Running && glob.matches(&n.name))
+        .filter_map(|n| {
+            let ips: Vec<_> = n.public_ips.iter().chain(&n.private_ips).copied().collect();
+            let address = preferred(&ips).first()?.to_string();
+            Some(Machine {
+                label: n.name.clone(),
+                host: address,
+                port: Some(n.ssh_port()),
+                more_users: n.login_user().map(str::to_string).into_iter().collect(),
+                pinned: n.host_keys(),
+                ..Default::default()
+            })
+        })
+        .collect())
+}
+
+/// Each machine resolved, with its users and credentials (key files loaded once each).
+async fn members(
+    machines: Vec<Machine>,
+    file: &StepFile,
+    options: &DeployOptions,
+) -> Result<Vec<RunMember>, Failure> {
+    let usage = |e: nodeup::ssh::Error| Failure::Usage(anyhow::Error::new(e));
+    let default = Arc::new(options.credentials().map_err(usage)?);
+    if default.is_empty() && machines.iter().any(|m| m.key_file.is_none()) {
+        return Err(Failure::Usage(anyhow!(
+            "no way to log in: give a private key file (--key), NODEUP_SSH_PASSWORD, or run an ssh-agent"
+        )));
+    }
+    let mut keyed: HashMap<PathBuf, Arc<Credentials>> = HashMap::new();
+    let mut members = Vec::with_capacity(machines.len());
+    for machine in machines {
+        let creds = match &machine.key_file {
+            None => default.clone(),
+            Some(path) => match keyed.get(path) {
+                Some(creds) => creds.clone(),
+                None => {
+                    let passphrase = options.ssh_key_passphrase.as_ref().map(|p| p.0.as_str());
+                    let mut creds = Credentials::from_key_files(std::slice::from_ref(path), passphrase)
+                        .map_err(usage)?;
+                    creds.password = options.password.clone();
+                    let creds = Arc::new(creds);
+                    keyed.insert(path.clone(), creds.clone());
+                    creds
+                }
+            },
+        };
+        let addr = resolve(&machine, file.ssh.port).await?;
+        let mut users = vec![machine.user.clone().unwrap_or(options.ssh_username.clone())];
+        for user in options.alternate_usernames.iter().chain(&machine.more_users) {
+            if !users.contains(user) {
+                users.push(user.clone());
+            }
         }
+        members.push(RunMember {
+            label: machine.label,
+            target: Target {
+                addr,
+                users,
+                pinned_host_keys: machine.pinned,
+                node: None,
+                journal: None,
+            },
+            creds,
+        });
+    }
+    Ok(members)
+}
+
+/// A machine's address (port: its own, else the step file's, else 22).
+async fn resolve(machine: &Machine, default_port: Option<u16>) -> Result<SocketAddr, Failure> {
+    let port = machine.port.or(default_port).unwrap_or(22);
+    if let Ok(ip) = machine.host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    tokio::net::lookup_host((machine.host.as_str(), port))
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| {
+            Failure::Usage(anyhow!(
+                "{}: cannot resolve {}",
+                machine.label,
+                machine.host
+            ))
+        })
+}
+
+/// One host's line of the summary.
+fn summary_row(label: &str, address: &str, outcome: &RunOutcome, elapsed: Duration) -> SummaryRow {
+    let mut row = SummaryRow {
+        name: label.to_string(),
+        address: address.to_string(),
+        user: String::new(),
+        result: "cancelled".into(),
+        time: elapsed,
+        failed_step: String::new(),
+        stderr_tail: Vec::new(),
+    };
+    match outcome {
+        None => {}
         Some(Ok(run)) => {
-            eprintln!(
-                "[{host}] done as {}: {} steps in {:.1}s",
-                run.user,
-                run.steps.len(),
-                started.elapsed().as_secs_f64()
-            );
-            (
-                json!({
-                    "host": host, "ok": true, "user": run.user,
-                    "reconnects": run.reconnects, "steps": output::steps_json(&run.steps),
-                }),
-                true,
-            )
+            row.user = run.user.clone();
+            row.result = "ok".into();
         }
         Some(Err(failure)) => {
-            let error = engine::error_chain(&failure.cause);
-            let at = failure
-                .step
-                .map(|(i, kind)| format!(" at step {i} ({kind})"))
-                .unwrap_or_default();
-            eprintln!("[{host}] failed{at}: {error}");
-            (
-                json!({
-                    "host": host, "ok": false, "error": error,
-                    "failed_step": output::failed_step_json(failure.step, &failure.cause),
-                    "logins": failure.attempts,
-                    "steps": output::steps_json(&failure.completed),
-                }),
-                false,
-            )
+            row.result = "failed".into();
+            if let Some((index, kind)) = failure.step {
+                row.failed_step = format!("{index} {kind}");
+            }
+            row.stderr_tail = failure_lines(&failure.cause);
         }
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hosts() {
-        let h = parse_host("debian@10.0.0.5:2222").unwrap();
-        assert_eq!(
-            h,
-            HostSpec {
-                user: Some("debian".into()),
-                host: "10.0.0.5".into(),
-                port: Some(2222)
-            }
-        );
-        assert_eq!(parse_host("web-1").unwrap().port, None);
-        assert_eq!(parse_host("[2001:db8::1]:22").unwrap().host, "2001:db8::1");
-        assert_eq!(parse_host("root@2001:db8::1").unwrap().host, "2001:db8::1");
-        assert!(parse_host("@x").is_err());
-        assert!(parse_host("x:port").is_err());
-        assert!(parse_host("[::1").is_err());
-    }
+    row
 }

@@ -48,6 +48,8 @@ pub struct NodeSection {
     pub location: Option<String>,
     /// How long to wait for the node to run and accept a login.
     pub timeout: Option<Duration>,
+    /// How many nodes to make (a fleet); `name` may hold `{index}` or `{index:03}`.
+    pub count: Option<usize>,
     /// Provider-specific options, passed as `CreateNode::extra`.
     pub options: BTreeMap<String, serde_json::Value>,
 }
@@ -108,6 +110,7 @@ struct RawNode {
     size: Option<Spanned<String>>,
     location: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
+    count: Option<Spanned<i64>>,
     options: Option<toml::Table>,
 }
 
@@ -340,6 +343,14 @@ fn node_section(ctx: &Ctx<'_>, node: Option<RawNode>) -> Result<NodeSection, Ste
                     .timeout
                     .as_ref()
                     .map(|t| ctx.duration(t, "node.timeout"))
+                    .transpose()?,
+                count: n
+                    .count
+                    .as_ref()
+                    .map(|c| match usize::try_from(*c.get_ref()) {
+                        Ok(n) if n > 0 => Ok(n),
+                        _ => Err(ctx.error(c.span(), "`node.count`: give 1 or more".into())),
+                    })
                     .transpose()?,
                 options,
             }

@@ -31,6 +31,10 @@ pub struct LoginOptions {
     pub host_keys: HostKeyCheck,
     /// The name the host key is recorded under (the address when `None`).
     pub host_name: Option<String>,
+    /// Shared by the logins of a fleet: how many connections may be being set up (TCP, SSH
+    /// handshake and authentication) at once, so that sshd's `MaxStartups` or a bastion is not
+    /// overrun.
+    pub startups: Option<std::sync::Arc<tokio::sync::Semaphore>>,
 }
 
 /// What one username got, for the error a user reads.
@@ -120,7 +124,7 @@ pub async fn login(
                 keepalive: options.keepalive,
                 host_keys: options.host_keys.clone(),
             };
-            match try_user(&connect, creds).await {
+            match try_user(&connect, creds, options.startups.as_deref()).await {
                 Ok(logged_in) => {
                     tracing::info!(%addr, user, "logged in");
                     return Ok(logged_in);
@@ -163,8 +167,18 @@ pub async fn login(
 
 /// One attempt as one user: connect, then a probe that proves the account works and tells its
 /// home and uid (a cloud image's "Please login as ..." forced command fails it).
-async fn try_user(options: &ConnectOptions, creds: &Credentials) -> Result<LoggedIn, ssh::Error> {
-    let session = SshSession::connect(options, creds).await?;
+async fn try_user(
+    options: &ConnectOptions,
+    creds: &Credentials,
+    startups: Option<&tokio::sync::Semaphore>,
+) -> Result<LoggedIn, ssh::Error> {
+    let permit = match startups {
+        Some(gate) => gate.acquire().await.ok(),
+        None => None,
+    };
+    let session = SshSession::connect(options, creds).await;
+    drop(permit);
+    let session = session?;
     let probe = ExecOptions {
         timeout: Some(options.timeout),
         max_output: 4096,

@@ -170,6 +170,9 @@ pub struct DeployOptions {
     /// run ([`Journal::begin_run`]) records the node in that run; otherwise each deployment is a
     /// run of its own.
     pub journal: Option<Journal>,
+    /// Shared by a fleet's logins: how many connections may be being set up at once (see
+    /// [`LoginOptions::startups`]); `None` for no limit.
+    pub startups: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Default for DeployOptions {
@@ -200,6 +203,7 @@ impl Default for DeployOptions {
             output: None,
             progress: None,
             journal: Some(Journal::embedded()),
+            startups: None,
         }
     }
 }
@@ -422,6 +426,7 @@ impl<'a> Runner<'a> {
                     pinned: target.pinned_host_keys.clone(),
                 },
                 host_name: None,
+                startups: options.startups.clone(),
             },
             attempts: Vec::new(),
             leftovers: std::sync::Mutex::new(Vec::new()),

@@ -6,6 +6,7 @@
 pub mod cleanup;
 mod connect;
 mod deploy;
+pub mod fleet;
 pub mod reinstall;
 mod wait;
 

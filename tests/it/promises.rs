@@ -161,8 +161,8 @@ async fn run_works_on_both_hosts_at_the_same_moment() {
     }
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let results: Value = serde_json::from_slice(&out.stdout).unwrap();
-    for result in results.as_array().unwrap() {
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for result in report["nodes"].as_array().unwrap() {
         assert_eq!(result["steps"][0]["stdout"], "met\n");
     }
 }

@@ -1,0 +1,380 @@
+//! How a fleet's progress is shown. On a terminal, for more than one member: a live view
+//! (indicatif) with a bar for the fleet, counts by phase and one line per member in flight; script
+//! output is shown only with `--follow`. Otherwise (CI, or one member): plain lines, prefixed by
+//! the member when there are several, as before. With `--log-dir`, each member's progress and
+//! output also go to a file of its own. At the end, always: a summary table and the counts.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use nodeup::engine::fleet::{FleetHooks, MemberOutput, MemberProgress};
+use nodeup::engine::{error_chain, Cause, Event};
+
+use super::output::{event_text, line_sink};
+
+/// How many members in flight get a line of their own in the live view.
+const MAX_LIVE_LINES: usize = 12;
+/// How often the live view is redrawn, per second.
+const REDRAW_HZ: u8 = 10;
+/// How many lines of a failed step's stderr the summary shows.
+const SUMMARY_STDERR_LINES: usize = 3;
+
+/// Where a member is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Queued,
+    Creating,
+    Waiting,
+    LoggingIn,
+    Steps,
+    Done,
+    Failed,
+}
+
+const PHASES: [(Phase, &str); 6] = [
+    (Phase::Creating, "creating"),
+    (Phase::Waiting, "waiting"),
+    (Phase::LoggingIn, "logging in"),
+    (Phase::Steps, "running steps"),
+    (Phase::Done, "done"),
+    (Phase::Failed, "failed"),
+];
+
+struct Live {
+    multi: MultiProgress,
+    bar: ProgressBar,
+    lines: Mutex<HashMap<usize, ProgressBar>>,
+}
+
+/// A fleet's display.
+pub struct FleetView {
+    labels: Vec<String>,
+    started: Instant,
+    live: Option<Live>,
+    follow: bool,
+    log_dir: Option<PathBuf>,
+    logs: Mutex<HashMap<usize, File>>,
+    phases: Mutex<Vec<Phase>>,
+}
+
+impl FleetView {
+    /// A view of members named `labels`; live when stderr is a terminal and there are several.
+    ///
+    /// # Errors
+    /// The log directory cannot be made.
+    pub fn new(
+        labels: Vec<String>,
+        follow: bool,
+        log_dir: Option<PathBuf>,
+    ) -> std::io::Result<Arc<FleetView>> {
+        if let Some(dir) = &log_dir {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| std::io::Error::other(format!("--log-dir {}: {e}", dir.display())))?;
+        }
+        let live = (labels.len() > 1 && std::io::stderr().is_terminal()).then(|| live(labels.len()));
+        let phases = Mutex::new(vec![Phase::Queued; labels.len()]);
+        Ok(Arc::new(FleetView {
+            labels,
+            started: Instant::now(),
+            live,
+            follow,
+            log_dir,
+            logs: Mutex::default(),
+            phases,
+        }))
+    }
+
+    fn several(&self) -> bool {
+        self.labels.len() > 1
+    }
+
+    /// The hooks that feed this view; `also` sees every event too.
+    pub fn hooks(self: &Arc<Self>, also: Option<Arc<dyn Fn(&Event) + Send + Sync>>) -> FleetHooks {
+        let view = self.clone();
+        let progress: MemberProgress = Arc::new(move |index, event| {
+            if let Some(also) = &also {
+                also(event);
+            }
+            view.event(index, event);
+        });
+        let view = self.clone();
+        let output: MemberOutput = Arc::new(move |index| Some(view.output(index)));
+        let view = self.clone();
+        FleetHooks {
+            progress: Some(progress),
+            output: Some(output),
+            done: Some(Arc::new(move |index, ok| view.finished(index, ok))),
+        }
+    }
+
+    fn event(&self, index: usize, event: &Event) {
+        let phase = match event {
+            Event::Creating(_) => Phase::Creating,
+            Event::Created(_) | Event::Waiting => Phase::Waiting,
+            Event::Running(..) | Event::Reconnecting(_) => Phase::LoggingIn,
+            _ => Phase::Steps,
+        };
+        self.set_phase(index, phase);
+        let text = event_text(event);
+        let elapsed = self.started.elapsed().as_secs_f64();
+        self.log(index, format!("{text} ({elapsed:.1}s)\n").as_bytes());
+        let label = &self.labels[index];
+        match &self.live {
+            Some(live) => {
+                let mut lines = live.lines.lock().unwrap_or_else(|e| e.into_inner());
+                if !lines.contains_key(&index) && lines.len() < MAX_LIVE_LINES {
+                    let line = live.multi.add(ProgressBar::new_spinner());
+                    line.set_style(ProgressStyle::with_template("  {spinner} {msg}").expect("valid"));
+                    lines.insert(index, line);
+                }
+                if let Some(line) = lines.get(&index) {
+                    line.set_message(format!("{label}: {text}"));
+                    line.tick();
+                }
+            }
+            None if self.several() => eprintln!("[{label}] {text} ({elapsed:.1}s)"),
+            None => eprintln!("{text} ({elapsed:.1}s)"),
+        }
+    }
+
+    fn set_phase(&self, index: usize, phase: Phase) {
+        let mut phases = self.phases.lock().unwrap_or_else(|e| e.into_inner());
+        phases[index] = phase;
+        if let Some(live) = &self.live {
+            live.bar.set_message(counts_text(&phases));
+        }
+    }
+
+    /// Where member `index`'s script output goes: its log file, and the terminal for one member,
+    /// with `--follow`, or (prefixed) when the view is not live.
+    fn output(self: &Arc<Self>, index: usize) -> nodeup::ssh::OutputSink {
+        let view = self.clone();
+        let tag = if self.several() {
+            format!("[{}] ", self.labels[index])
+        } else {
+            "  | ".to_string()
+        };
+        line_sink(Arc::new(move |line: &[u8]| {
+            view.log(index, line);
+            match &view.live {
+                Some(live) if view.follow => {
+                    let text = String::from_utf8_lossy(line);
+                    live.multi.suspend(|| eprint!("{tag}{text}"));
+                }
+                Some(_) => {}
+                None => {
+                    let mut err = std::io::stderr().lock();
+                    let _ = err.write_all(tag.as_bytes());
+                    let _ = err.write_all(line);
+                }
+            }
+        }))
+    }
+
+    fn log(&self, index: usize, bytes: &[u8]) {
+        let Some(dir) = &self.log_dir else { return };
+        let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        if !logs.contains_key(&index) {
+            match open_log(dir, &self.labels[index]) {
+                Ok(file) => {
+                    logs.insert(index, file);
+                }
+                Err(e) => {
+                    tracing::warn!("--log-dir: {e}");
+                    return;
+                }
+            }
+        }
+        if let Some(file) = logs.get_mut(&index) {
+            let _ = file.write_all(bytes);
+        }
+    }
+
+    /// Member `index` finished (`ok` or not): its line goes, the bar moves, its log is closed.
+    pub fn finished(&self, index: usize, ok: bool) {
+        self.set_phase(index, if ok { Phase::Done } else { Phase::Failed });
+        let result = if ok { "ok" } else { "failed" };
+        let elapsed = self.started.elapsed().as_secs_f64();
+        self.log(index, format!("{result} ({elapsed:.1}s)\n").as_bytes());
+        self.logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&index);
+        if let Some(live) = &self.live {
+            let line = live
+                .lines
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&index);
+            if let Some(line) = line {
+                line.finish_and_clear();
+                live.multi.remove(&line);
+            }
+            live.bar.inc(1);
+        }
+    }
+
+    /// Ends the live view (the summary follows on plain stderr).
+    pub fn close(&self) {
+        if let Some(live) = &self.live {
+            for (_, line) in live.lines.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+                line.finish_and_clear();
+            }
+            live.bar.finish();
+        }
+    }
+}
+
+fn live(total: usize) -> Live {
+    let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(REDRAW_HZ));
+    let bar = multi.add(ProgressBar::new(total as u64));
+    bar.set_style(
+        ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .expect("valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(1000 / u64::from(REDRAW_HZ)));
+    Live {
+        multi,
+        bar,
+        lines: Mutex::default(),
+    }
+}
+
+/// "creating 2 · waiting 1 · done 5 · failed 1": the phases that have members.
+fn counts_text(phases: &[Phase]) -> String {
+    PHASES
+        .iter()
+        .filter_map(|(phase, name)| {
+            let n = phases.iter().filter(|p| *p == phase).count();
+            (n > 0).then(|| format!("{name} {n}"))
+        })
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
+/// A member's log file in `dir` (0600: script output may hold secrets), named after it.
+fn open_log(dir: &Path, label: &str) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let name: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "-_.@".contains(c) { c } else { '_' })
+        .collect();
+    let path = dir.join(format!("{name}.log"));
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))
+}
+
+/// One line of the summary table.
+#[derive(Debug, Clone)]
+pub struct SummaryRow {
+    /// The node or host.
+    pub name: String,
+    /// Its address.
+    pub address: String,
+    /// The user nodeup logged in as.
+    pub user: String,
+    /// `ok`, `failed`, `cancelled` ... and what became of the node.
+    pub result: String,
+    /// How long it took.
+    pub time: Duration,
+    /// The step that failed, as "N kind".
+    pub failed_step: String,
+    /// The last lines of the failed step's stderr (or the error).
+    pub stderr_tail: Vec<String>,
+}
+
+impl SummaryRow {
+    /// The last lines of `text`.
+    pub fn tail(text: &str) -> Vec<String> {
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines[lines.len().saturating_sub(SUMMARY_STDERR_LINES)..]
+            .iter()
+            .map(|l| l.to_string())
+            .collect()
+    }
+}
+
+/// What the summary says of a failure: the error's first line, then the last lines of the failed
+/// step's stderr.
+pub fn failure_lines(cause: &Cause) -> Vec<String> {
+    let text = error_chain(cause);
+    let head = text.split("; stderr: ").next().unwrap_or("");
+    let mut lines: Vec<String> = head.lines().take(1).map(str::to_string).collect();
+    if let Cause::Step(e) = cause {
+        if let Some((_, _, stderr)) = e.output() {
+            lines.extend(SummaryRow::tail(&stderr.text()));
+        }
+    }
+    lines
+}
+
+/// Prints the summary table and the counts on stderr.
+pub fn print_summary(rows: &[SummaryRow], noun: &str) {
+    let width = |f: fn(&SummaryRow) -> &str, title: &str| {
+        rows.iter()
+            .map(|r| f(r).chars().count())
+            .chain([title.len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let (wn, wa, wu, wr) = (
+        width(|r| &r.name, "NODE"),
+        width(|r| &r.address, "ADDRESS"),
+        width(|r| &r.user, "USER"),
+        width(|r| &r.result, "RESULT"),
+    );
+    eprintln!(
+        "{:<wn$}  {:<wa$}  {:<wu$}  {:<wr$}  {:>7}  FAILED STEP",
+        "NODE", "ADDRESS", "USER", "RESULT", "TIME"
+    );
+    for r in rows {
+        eprintln!(
+            "{:<wn$}  {:<wa$}  {:<wu$}  {:<wr$}  {:>6.1}s  {}",
+            r.name,
+            r.address,
+            r.user,
+            r.result,
+            r.time.as_secs_f64(),
+            r.failed_step
+        );
+        for line in &r.stderr_tail {
+            eprintln!("    | {line}");
+        }
+    }
+    let ok = rows.iter().filter(|r| r.result.starts_with("ok")).count();
+    let not_run = rows
+        .iter()
+        .filter(|r| r.result.starts_with("cancelled") || r.result.starts_with("not started"))
+        .count();
+    eprintln!(
+        "{} {noun}: {ok} ok, {} failed, {not_run} not run",
+        rows.len(),
+        rows.len() - ok - not_run
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_name_only_the_phases_that_have_members() {
+        let phases = [Phase::Creating, Phase::Done, Phase::Done, Phase::Queued];
+        assert_eq!(counts_text(&phases), "creating 1 · done 2");
+        assert_eq!(SummaryRow::tail("a\nb\n\nc\nd\n"), ["b", "c", "d"]);
+    }
+}

@@ -1,0 +1,431 @@
+//! Fleets: many deployments at once, with bounded concurrency and a failure policy
+//! ([`deploy_fleet`]); the same steps on many machines that exist ([`run_fleet`]).
+//!
+//! A fleet's nodes are waited for together: the driver is wrapped so that concurrent waits share
+//! one list call per poll. Each node is provisioned as soon as it is ready (no barrier). Memory is
+//! bounded by what is in flight: a member's task holds its connection only while it runs.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use super::deploy::{
+    deploy_node, destroy_node, run_steps, DeployOptions, Deployment, DeploymentError, Event, Run,
+    RunFailure, Target,
+};
+use crate::deploy::Step;
+use crate::driver::{Features, NodeDriver, ProviderConfig, Result as DriverResult};
+use crate::journal::NodeState;
+use crate::model::{CreateNode, Node};
+use crate::ssh::{Credentials, OutputSink};
+
+/// How a fleet deploys.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// How many members are in flight at once (1 or more).
+    pub parallel: usize,
+    /// Once more than this many members failed, start nothing new and cancel those in flight
+    /// (nodes that finished stay).
+    pub max_failures: Option<usize>,
+    /// Any failure destroys the whole fleet, finished nodes included.
+    pub all_or_nothing: bool,
+    /// Keep a node whose deployment failed (it is destroyed otherwise).
+    pub keep_on_failure: bool,
+}
+
+impl Default for FleetOptions {
+    fn default() -> Self {
+        FleetOptions {
+            parallel: DEFAULT_PARALLEL,
+            max_failures: None,
+            all_or_nothing: false,
+            keep_on_failure: false,
+        }
+    }
+}
+
+/// How many members are in flight at once unless told otherwise.
+pub const DEFAULT_PARALLEL: usize = 50;
+
+/// Progress of one member (by its 0-based index in the fleet).
+pub type MemberProgress = Arc<dyn Fn(usize, &Event) + Send + Sync>;
+/// Where one member's script output goes.
+pub type MemberOutput = Arc<dyn Fn(usize) -> Option<OutputSink> + Send + Sync>;
+
+/// What a fleet tells its caller as it goes.
+#[derive(Clone, Default)]
+pub struct FleetHooks {
+    /// Each member's progress events.
+    pub progress: Option<MemberProgress>,
+    /// Each member's script output.
+    pub output: Option<MemberOutput>,
+    /// Told when a member is finished, and whether it succeeded.
+    pub done: Option<Arc<dyn Fn(usize, bool) + Send + Sync>>,
+}
+
+/// What became of a node in the end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    /// Deployed; it stays.
+    Stays,
+    /// Never created (failed or cancelled before, or not started).
+    NotCreated,
+    /// Kept after a failure (`keep_on_failure`).
+    Kept,
+    /// Destroyed: it failed, was cancelled, or the fleet was undone.
+    Destroyed,
+    /// Destroying it failed: it is left, and this says why.
+    Left(String),
+}
+
+/// One member's result.
+#[derive(Debug)]
+pub enum MemberResult {
+    /// Deployed.
+    Deployed(Deployment),
+    /// Failed or cancelled.
+    Failed(DeploymentError),
+    /// Not started: the fleet stopped first (too many failures, or cancelled).
+    NotStarted,
+}
+
+/// One member of a deployed fleet.
+#[derive(Debug)]
+pub struct FleetMember {
+    /// Its 0-based index.
+    pub index: usize,
+    /// The node's name.
+    pub name: String,
+    /// What its deployment did.
+    pub result: MemberResult,
+    /// What became of the node.
+    pub fate: Fate,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+/// Deploys one node per request with `options` (each its own deployment: progress, output and
+/// journal entry), at most `fleet.parallel` at once, and applies the failure policy. Cancelling
+/// `options.cancel` cancels the whole fleet and destroys every node it made; the members are
+/// returned in request order.
+pub async fn deploy_fleet(
+    driver: Arc<dyn NodeDriver>,
+    requests: Vec<CreateNode>,
+    steps: &Step,
+    options: &DeployOptions,
+    fleet: &FleetOptions,
+    hooks: &FleetHooks,
+) -> Vec<FleetMember> {
+    let shared: Arc<dyn NodeDriver> = Arc::new(SharedListing::new(driver.clone(), options));
+    let stop = options.cancel.child_token();
+    let permits = Arc::new(Semaphore::new(fleet.parallel.max(1)));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let steps = Arc::new(steps.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, request) in requests.into_iter().enumerate() {
+        let member = Member {
+            index,
+            driver: shared.clone(),
+            options: member_options(options, &stop, hooks, index),
+            done: hooks.done.clone(),
+            fleet: fleet.clone(),
+            stop: stop.clone(),
+            failures: failures.clone(),
+        };
+        let (permits, steps) = (permits.clone(), steps.clone());
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            member.deploy(request, &steps).await
+        });
+    }
+    let mut members = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(member) = joined {
+            members.push(member);
+        }
+    }
+    members.sort_by_key(|m| m.index);
+    let failed = failures.load(Ordering::SeqCst);
+    if options.cancel.is_cancelled() || (fleet.all_or_nothing && failed > 0) {
+        undo(driver.as_ref(), &mut members, options).await;
+    }
+    members
+}
+
+/// One member's options: the fleet's, with the fleet's stop token and the member's own hooks.
+fn member_options(
+    options: &DeployOptions,
+    stop: &tokio_util::sync::CancellationToken,
+    hooks: &FleetHooks,
+    index: usize,
+) -> DeployOptions {
+    let mut member = options.clone();
+    member.cancel = stop.clone();
+    if let Some(progress) = hooks.progress.clone() {
+        member.progress = Some(Arc::new(move |event: &Event| progress(index, event)));
+    }
+    if let Some(output) = &hooks.output {
+        member.output = output(index);
+    }
+    member
+}
+
+/// A member's deployment and what it needs of the fleet.
+struct Member {
+    index: usize,
+    driver: Arc<dyn NodeDriver>,
+    options: DeployOptions,
+    fleet: FleetOptions,
+    stop: tokio_util::sync::CancellationToken,
+    failures: Arc<AtomicUsize>,
+    done: Option<Arc<dyn Fn(usize, bool) + Send + Sync>>,
+}
+
+impl Member {
+    async fn deploy(self, request: CreateNode, steps: &Step) -> FleetMember {
+        let started = Instant::now();
+        let name = request.name.clone();
+        if self.stop.is_cancelled() {
+            return FleetMember {
+                index: self.index,
+                name,
+                result: MemberResult::NotStarted,
+                fate: Fate::NotCreated,
+                elapsed: Duration::ZERO,
+            };
+        }
+        let outcome = deploy_node(self.driver.clone(), &request, steps, &self.options).await;
+        let (result, fate) = match outcome {
+            Ok(done) => (MemberResult::Deployed(done), Fate::Stays),
+            Err(error) => {
+                let fate = self.settle(&error).await;
+                let failed = self.failures.fetch_add(1, Ordering::SeqCst) + 1;
+                let too_many = self.fleet.max_failures.is_some_and(|k| failed > k);
+                if too_many || self.fleet.all_or_nothing {
+                    self.stop.cancel();
+                }
+                (MemberResult::Failed(error), fate)
+            }
+        };
+        if let Some(done) = &self.done {
+            done(self.index, matches!(result, MemberResult::Deployed(_)));
+        }
+        FleetMember {
+            index: self.index,
+            name,
+            result,
+            fate,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// A failed member's node: destroyed (unless kept), or destroyed already by the cancel.
+    async fn settle(&self, error: &DeploymentError) -> Fate {
+        let Some(node) = &error.node else {
+            return Fate::NotCreated;
+        };
+        if matches!(error.cause, super::deploy::Cause::Cancelled) {
+            // The at-exit hook ran; the journal says whether it succeeded.
+            return if self.options.at_exit.is_some() {
+                Fate::Destroyed
+            } else {
+                Fate::Left("cancelled: no at-exit hook destroyed it".into())
+            };
+        }
+        if self.fleet.keep_on_failure {
+            if let Some(entry) = &error.journal {
+                entry.finish(NodeState::Kept).await;
+            }
+            return Fate::Kept;
+        }
+        destroy(self.driver.as_ref(), node, &self.options, error.journal.as_ref()).await
+    }
+}
+
+async fn destroy(
+    driver: &dyn NodeDriver,
+    node: &Node,
+    options: &DeployOptions,
+    entry: Option<&crate::journal::NodeEntry>,
+) -> Fate {
+    match destroy_node(driver, node, &options.known_hosts).await {
+        Ok(()) => {
+            if let Some(entry) = entry {
+                entry.finish(NodeState::Destroyed).await;
+            }
+            Fate::Destroyed
+        }
+        Err(e) => Fate::Left(super::connect::error_chain(&e)),
+    }
+}
+
+/// Destroys the nodes of a fleet that was cancelled or must be all or nothing.
+async fn undo(driver: &dyn NodeDriver, members: &mut [FleetMember], options: &DeployOptions) {
+    for member in members.iter_mut() {
+        if let MemberResult::Deployed(done) = &member.result {
+            member.fate = destroy(driver, &done.node, options, done.journal.as_ref()).await;
+        }
+    }
+}
+
+/// A driver whose list calls are shared: concurrent waits of a fleet make one list call per
+/// poll period between them, rather than one each. Everything a deployment calls is passed on.
+struct SharedListing {
+    driver: Arc<dyn NodeDriver>,
+    max_age: Duration,
+    last: tokio::sync::Mutex<std::collections::HashMap<Option<String>, (Instant, Vec<Node>)>>,
+}
+
+impl SharedListing {
+    fn new(driver: Arc<dyn NodeDriver>, options: &DeployOptions) -> Self {
+        SharedListing {
+            driver,
+            max_age: options.poll_period / 2,
+            last: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// The nodes (of `location`), from a list call made less than half a poll period ago when
+    /// there was one; callers that arrive while a call is in flight wait for it.
+    async fn list(&self, location: Option<&str>) -> DriverResult<Vec<Node>> {
+        let mut last = self.last.lock().await;
+        let key = location.map(str::to_string);
+        if let Some((at, nodes)) = last.get(&key) {
+            if at.elapsed() < self.max_age {
+                return Ok(nodes.clone());
+            }
+        }
+        let nodes = match location {
+            Some(l) => self.driver.list_nodes_in(l).await?,
+            None => self.driver.list_nodes().await?,
+        };
+        last.insert(key, (Instant::now(), nodes.clone()));
+        Ok(nodes)
+    }
+}
+
+#[async_trait::async_trait]
+impl NodeDriver for SharedListing {
+    fn name(&self) -> &str {
+        self.driver.name()
+    }
+
+    fn features(&self) -> Features {
+        self.driver.features()
+    }
+
+    fn settings(&self) -> ProviderConfig {
+        self.driver.settings()
+    }
+
+    async fn list_nodes(&self) -> DriverResult<Vec<Node>> {
+        self.list(None).await
+    }
+
+    async fn list_nodes_in(&self, location: &str) -> DriverResult<Vec<Node>> {
+        self.list(Some(location)).await
+    }
+
+    async fn get_node(&self, id: &str) -> DriverResult<Node> {
+        self.driver.get_node(id).await
+    }
+
+    async fn create_node(&self, request: &CreateNode) -> DriverResult<Node> {
+        self.driver.create_node(request).await
+    }
+
+    async fn destroy_node(&self, node: &Node) -> DriverResult<()> {
+        self.driver.destroy_node(node).await
+    }
+
+    async fn reboot_node(&self, node: &Node) -> DriverResult<()> {
+        self.driver.reboot_node(node).await
+    }
+}
+
+/// What one target of [`run_fleet`] did: `None` when it was cancelled.
+pub type RunOutcome = Option<Result<Run, RunFailure>>;
+
+/// One machine of [`run_fleet`]: how it is named, where and how to log in.
+#[derive(Debug, Clone)]
+pub struct RunMember {
+    /// Its name, as the journal and the output show it (the host as given).
+    pub label: String,
+    /// Where and as whom to log in.
+    pub target: Target,
+    /// What to log in with (hosts of an inventory may each have a key of their own).
+    pub creds: Arc<Credentials>,
+}
+
+/// Runs `steps` on every member, at most `parallel` at once, and hands each outcome to
+/// `on_result` with the member's index and how long it took, as soon as it is known. A member's task (and its journal
+/// entry, when `options.journal` is bound to a run) is made only when a slot is free, so memory
+/// follows what is in flight, not the length of the inventory.
+pub async fn run_fleet(
+    members: impl IntoIterator<Item = RunMember>,
+    steps: &Step,
+    options: &DeployOptions,
+    parallel: usize,
+    hooks: &FleetHooks,
+    mut on_result: impl FnMut(usize, RunOutcome, Duration),
+) {
+    let permits = Arc::new(Semaphore::new(parallel.max(1)));
+    let steps = Arc::new(steps.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, member) in members.into_iter().enumerate() {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let options = member_options(options, &options.cancel, hooks, index);
+        let (steps, done) = (steps.clone(), hooks.done.clone());
+        tasks.spawn(async move {
+            let _permit = permit;
+            let started = Instant::now();
+            let outcome = run_member(member, &steps, &options).await;
+            if let Some(done) = done {
+                done(index, matches!(outcome, Some(Ok(_))));
+            }
+            (index, outcome, started.elapsed())
+        });
+        while let Some(Ok((index, result, elapsed))) = tasks.try_join_next() {
+            on_result(index, result, elapsed);
+        }
+    }
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((index, result, elapsed)) = joined {
+            on_result(index, result, elapsed);
+        }
+    }
+}
+
+/// One member of `run_fleet`: recorded in the journal, its steps run, its end recorded.
+async fn run_member(mut member: RunMember, steps: &Step, options: &DeployOptions) -> RunOutcome {
+    if let Some(journal) = options.journal.as_ref().filter(|j| j.run_id().is_some()) {
+        let intent = crate::journal::NodeIntent {
+            name: member.label.clone(),
+            address: Some(member.target.addr.ip().to_string()),
+            steps: steps.flatten().len(),
+            ..Default::default()
+        };
+        match journal.begin_node(&intent, "run").await {
+            Ok(entry) => member.target.journal = Some(entry),
+            Err(e) => tracing::warn!("journal: recording host {}: {e}", member.label),
+        }
+    }
+    let cancel = options.cancel.clone();
+    let result = tokio::select! {
+        _ = cancel.cancelled() => None,
+        r = run_steps(&member.target, steps, &member.creds, options) => Some(r),
+    };
+    if let Some(entry) = &member.target.journal {
+        match &result {
+            Some(Ok(_)) => entry.finish(NodeState::Done).await,
+            Some(Err(f)) => entry.failed(&super::connect::error_chain(&f.cause)).await,
+            None => entry.finish(NodeState::Cancelled).await,
+        }
+    }
+    result
+}

@@ -1,0 +1,535 @@
+//! Inventories of machines that exist: a plain list (`[user@]host[:port]` a line, `#` comments)
+//! or an Ansible INI inventory (groups, `[group:vars]`, `[group:children]`, host ranges such as
+//! `web[01:20]`, and the connection variables `ansible_host`, `ansible_user`, `ansible_port`,
+//! `ansible_ssh_private_key_file`), so that Ansible users point nodeup at what they have.
+//! `--limit` selects by group, host name or glob, as Ansible's does.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// A `[user@]address[:port]` as written on the command line or in a plain list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSpec {
+    /// The user, when given.
+    pub user: Option<String>,
+    /// The address or name.
+    pub host: String,
+    /// The port, when given.
+    pub port: Option<u16>,
+}
+
+/// Parses `[user@]address[:port]`, with `[v6address]:port`.
+///
+/// # Errors
+/// An empty user or address, a bad port, an unclosed bracket.
+pub fn parse_host(text: &str) -> Result<HostSpec, String> {
+    let (user, rest) = match text.rsplit_once('@') {
+        Some((user, rest)) if !user.is_empty() => (Some(user.to_string()), rest),
+        Some(_) => return Err(format!("{text:?}: the user before @ is empty")),
+        None => (None, text),
+    };
+    let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
+        let (host, after) = inner
+            .split_once(']')
+            .ok_or_else(|| format!("{text:?}: a [ without its ]"))?;
+        match after.strip_prefix(':') {
+            Some(p) => (host.to_string(), Some(p)),
+            None if after.is_empty() => (host.to_string(), None),
+            None => return Err(format!("{text:?}: unexpected {after:?} after ]")),
+        }
+    } else if rest.matches(':').count() > 1 {
+        // A bare IPv6 address.
+        (rest.to_string(), None)
+    } else {
+        match rest.split_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (rest.to_string(), None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{text:?}: no address"));
+    }
+    let port = port
+        .map(|p| {
+            p.parse::<u16>()
+                .map_err(|_| format!("{text:?}: {p:?} is not a port"))
+        })
+        .transpose()?;
+    Ok(HostSpec { user, host, port })
+}
+
+/// One machine of an inventory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InventoryHost {
+    /// Its name in the inventory (what `--limit` and the output show).
+    pub name: String,
+    /// Where to connect (`ansible_host`, else the name).
+    pub address: String,
+    /// The port (`ansible_port`).
+    pub port: Option<u16>,
+    /// The user (`ansible_user`).
+    pub user: Option<String>,
+    /// A private key file (`ansible_ssh_private_key_file`).
+    pub key_file: Option<PathBuf>,
+    /// The groups it is in, directly or through `:children`.
+    pub groups: BTreeSet<String>,
+}
+
+/// A bad inventory: the file, the line, what is wrong and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}:{line}: {message}")]
+pub struct InventoryError {
+    /// The file.
+    pub path: String,
+    /// The line (1-based; 0 for the file as a whole).
+    pub line: usize,
+    /// What is wrong, and the fix.
+    pub message: String,
+}
+
+/// An inventory: its hosts in file order (each once), and its groups.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    /// The hosts, in the order they first appear.
+    pub hosts: Vec<InventoryHost>,
+    /// Each group's direct hosts and child groups.
+    groups: BTreeMap<String, Group>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Group {
+    hosts: Vec<String>,
+    children: Vec<String>,
+    vars: Vec<(String, String)>,
+}
+
+/// The connection variables nodeup reads; other `ansible_` variables are for Ansible's modules.
+const HOST_VARS: [&str; 7] = [
+    "ansible_host",
+    "ansible_ssh_host",
+    "ansible_user",
+    "ansible_ssh_user",
+    "ansible_port",
+    "ansible_ssh_port",
+    "ansible_ssh_private_key_file",
+];
+
+impl Inventory {
+    /// Reads an inventory file: Ansible INI when it has a `[section]` or a `key=value`, else a
+    /// plain list. Relative key files are taken relative to the file's directory.
+    ///
+    /// # Errors
+    /// The file cannot be read, or a line is wrong (named with its number).
+    pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
+        let text = std::fs::read_to_string(path).map_err(|e| InventoryError {
+            path: path.display().to_string(),
+            line: 0,
+            message: format!("cannot read the inventory: {e}"),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Inventory::parse(&text, &path.display().to_string(), base)
+    }
+
+    /// Parses inventory text (see [`Inventory::load`]); `path` names it in errors.
+    ///
+    /// # Errors
+    /// A line that is wrong, named with its number.
+    pub fn parse(text: &str, path: &str, base: &Path) -> Result<Inventory, InventoryError> {
+        let ini = text.lines().map(str::trim).any(|l| {
+            !l.starts_with('#') && !l.starts_with(';') && (is_section(l) || l.contains('='))
+        });
+        if ini {
+            Parser::new(path, base).ini(text)
+        } else {
+            plain(text, path)
+        }
+    }
+
+    /// The hosts `pattern` selects, in inventory order: items separated by `,` or `:`; each a
+    /// group, a host name, or a glob on host names (`web*`); `!item` excludes, `&item` keeps only
+    /// what it also selects. `all` is every host.
+    ///
+    /// # Errors
+    /// An item that selects nothing and is no valid glob.
+    pub fn limit(&self, pattern: &str) -> Result<Vec<InventoryHost>, String> {
+        let mut chosen: Option<BTreeSet<String>> = None;
+        let (mut excluded, mut required) = (Vec::new(), Vec::new());
+        for item in pattern.split([',', ':']).map(str::trim).filter(|i| !i.is_empty()) {
+            if let Some(rest) = item.strip_prefix('!') {
+                excluded.push(self.select(rest)?);
+            } else if let Some(rest) = item.strip_prefix('&') {
+                required.push(self.select(rest)?);
+            } else {
+                chosen.get_or_insert_with(BTreeSet::new).extend(self.select(item)?);
+            }
+        }
+        let chosen = chosen.unwrap_or_else(|| self.select("all").unwrap_or_default());
+        Ok(self
+            .hosts
+            .iter()
+            .filter(|h| chosen.contains(&h.name))
+            .filter(|h| excluded.iter().all(|x| !x.contains(&h.name)))
+            .filter(|h| required.iter().all(|r| r.contains(&h.name)))
+            .cloned()
+            .collect())
+    }
+
+    fn select(&self, item: &str) -> Result<BTreeSet<String>, String> {
+        if item == "all" || item == "*" {
+            return Ok(self.hosts.iter().map(|h| h.name.clone()).collect());
+        }
+        if self.groups.contains_key(item) {
+            return Ok(self
+                .hosts
+                .iter()
+                .filter(|h| h.groups.contains(item))
+                .map(|h| h.name.clone())
+                .collect());
+        }
+        let glob = glob::Pattern::new(item)
+            .map_err(|e| format!("--limit {item:?}: not a group, host or glob ({e})"))?;
+        Ok(self
+            .hosts
+            .iter()
+            .filter(|h| glob.matches(&h.name))
+            .map(|h| h.name.clone())
+            .collect())
+    }
+}
+
+/// A plain list: `[user@]host[:port]` a line, `#` comments, blank lines.
+fn plain(text: &str, path: &str) -> Result<Inventory, InventoryError> {
+    let mut inventory = Inventory::default();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let spec = parse_host(line).map_err(|message| InventoryError {
+            path: path.into(),
+            line: n + 1,
+            message: format!("{message}: write [user@]host[:port]"),
+        })?;
+        if inventory.hosts.iter().any(|h| h.name == line) {
+            continue;
+        }
+        inventory.hosts.push(InventoryHost {
+            name: line.to_string(),
+            address: spec.host,
+            port: spec.port,
+            user: spec.user,
+            key_file: None,
+            groups: BTreeSet::new(),
+        });
+    }
+    Ok(inventory)
+}
+
+/// Where an INI line goes.
+enum Section {
+    Hosts(String),
+    Vars(String),
+    Children(String),
+}
+
+struct Parser<'a> {
+    path: &'a str,
+    base: &'a Path,
+    inventory: Inventory,
+    host_vars: BTreeMap<String, Vec<(String, String)>>,
+    /// Host names in the order first seen.
+    seen: Vec<String>,
+}
+
+impl<'a> Parser<'a> {
+    fn new(path: &'a str, base: &'a Path) -> Self {
+        Parser {
+            path,
+            base,
+            inventory: Inventory::default(),
+            host_vars: BTreeMap::new(),
+            seen: Vec::new(),
+        }
+    }
+
+    fn error(&self, line: usize, message: String) -> InventoryError {
+        InventoryError {
+            path: self.path.into(),
+            line,
+            message,
+        }
+    }
+
+    fn ini(mut self, text: &str) -> Result<Inventory, InventoryError> {
+        let mut section = Section::Hosts("ungrouped".into());
+        for (n, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+                continue;
+            }
+            if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = match header.split_once(':') {
+                    None => Section::Hosts(header.into()),
+                    Some((group, "vars")) => Section::Vars(group.into()),
+                    Some((group, "children")) => Section::Children(group.into()),
+                    Some((_, other)) => {
+                        return Err(self.error(
+                            n + 1,
+                            format!("unknown section kind :{other}: write [group], [group:vars] or [group:children]"),
+                        ))
+                    }
+                };
+                self.inventory.groups.entry(group_of(&section).into()).or_default();
+                continue;
+            }
+            self.line(&section, line, n + 1)?;
+        }
+        self.finish()
+    }
+
+    fn line(&mut self, section: &Section, line: &str, n: usize) -> Result<(), InventoryError> {
+        let words = shlex::split(line)
+            .ok_or_else(|| self.error(n, "unbalanced quotes".into()))?;
+        let group = group_of(section).to_string();
+        match section {
+            Section::Hosts(_) => {
+                let vars = pairs(&words[1..]).map_err(|m| self.error(n, m))?;
+                for name in expand_range(&words[0]).map_err(|m| self.error(n, m))? {
+                    let entry = self.inventory.groups.entry(group.clone()).or_default();
+                    entry.hosts.push(name.clone());
+                    if !self.host_vars.contains_key(&name) {
+                        self.seen.push(name.clone());
+                    }
+                    self.host_vars.entry(name).or_default().extend(vars.clone());
+                }
+            }
+            Section::Vars(_) => {
+                let vars = pairs(&words).map_err(|m| self.error(n, m))?;
+                let entry = self.inventory.groups.entry(group).or_default();
+                entry.vars.extend(vars);
+            }
+            Section::Children(_) => {
+                let entry = self.inventory.groups.entry(group).or_default();
+                entry.children.push(words[0].clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Each host once, in the order first seen, with its groups and variables resolved.
+    fn finish(mut self) -> Result<Inventory, InventoryError> {
+        let mut hosts = Vec::new();
+        for name in std::mem::take(&mut self.seen) {
+            let groups = self.groups_of(&name);
+            let mut vars: BTreeMap<String, String> = BTreeMap::new();
+            for group in std::iter::once("all").chain(groups.iter().map(String::as_str)) {
+                if let Some(g) = self.inventory.groups.get(group) {
+                    vars.extend(g.vars.iter().cloned());
+                }
+            }
+            vars.extend(self.host_vars.get(&name).cloned().unwrap_or_default());
+            hosts.push(self.host(name, groups, &vars)?);
+        }
+        self.inventory.hosts = hosts;
+        Ok(self.inventory)
+    }
+
+    /// The groups a host is in: directly, and every group whose children include one of those.
+    fn groups_of(&self, host: &str) -> BTreeSet<String> {
+        let mut groups: BTreeSet<String> = self
+            .inventory
+            .groups
+            .iter()
+            .filter(|(_, g)| g.hosts.iter().any(|h| h == host))
+            .map(|(name, _)| name.clone())
+            .collect();
+        loop {
+            let parents: Vec<String> = self
+                .inventory
+                .groups
+                .iter()
+                .filter(|(name, g)| {
+                    !groups.contains(*name) && g.children.iter().any(|c| groups.contains(c))
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            if parents.is_empty() {
+                return groups;
+            }
+            groups.extend(parents);
+        }
+    }
+
+    fn host(
+        &self,
+        name: String,
+        groups: BTreeSet<String>,
+        vars: &BTreeMap<String, String>,
+    ) -> Result<InventoryHost, InventoryError> {
+        let var = |keys: [&str; 2]| keys.iter().find_map(|k| vars.get(*k).cloned());
+        let port = var(["ansible_port", "ansible_ssh_port"])
+            .map(|p| {
+                p.parse::<u16>().map_err(|_| {
+                    self.error(0, format!("host {name}: ansible_port {p:?} is not a port"))
+                })
+            })
+            .transpose()?;
+        for key in vars.keys() {
+            if key.starts_with("ansible_") && !HOST_VARS.contains(&key.as_str()) {
+                tracing::debug!("inventory {}: {key} is not used by nodeup", self.path);
+            }
+        }
+        Ok(InventoryHost {
+            address: var(["ansible_host", "ansible_ssh_host"]).unwrap_or_else(|| name.clone()),
+            port,
+            user: var(["ansible_user", "ansible_ssh_user"]),
+            key_file: vars
+                .get("ansible_ssh_private_key_file")
+                .map(|k| crate::deploy::stepfile::resolve_path(self.base, k)),
+            groups,
+            name,
+        })
+    }
+}
+
+/// Whether a line is an INI section header (`[web]`, `[web:vars]`), not a bracketed IPv6 address.
+fn is_section(line: &str) -> bool {
+    let Some(inner) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) else {
+        return false;
+    };
+    let name = inner.split_once(':').map_or(inner, |(name, _)| name);
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '_' || c == '-' || c == '.')
+}
+
+fn group_of(section: &Section) -> &str {
+    match section {
+        Section::Hosts(g) | Section::Vars(g) | Section::Children(g) => g,
+    }
+}
+
+/// `key=value` words.
+fn pairs(words: &[String]) -> Result<Vec<(String, String)>, String> {
+    words
+        .iter()
+        .map(|w| {
+            w.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| format!("{w:?} is not key=value"))
+        })
+        .collect()
+}
+
+/// `web[01:03].lab` → web01.lab, web02.lab, web03.lab (numeric ranges; the width of the first
+/// bound is kept).
+fn expand_range(name: &str) -> Result<Vec<String>, String> {
+    let Some(open) = name.find('[') else {
+        return Ok(vec![name.to_string()]);
+    };
+    let close = name[open..]
+        .find(']')
+        .map(|c| open + c)
+        .ok_or_else(|| format!("{name:?}: a [ without its ]"))?;
+    let (from, to) = name[open + 1..close]
+        .split_once(':')
+        .ok_or_else(|| format!("{name:?}: write a range as [01:20]"))?;
+    let width = from.len();
+    let bad = || format!("{name:?}: {from}:{to} is not a numeric range");
+    let (a, b): (usize, usize) = (from.parse().map_err(|_| bad())?, to.parse().map_err(|_| bad())?);
+    if a > b {
+        return Err(bad());
+    }
+    let (head, tail) = (&name[..open], &name[close + 1..]);
+    Ok((a..=b).map(|i| format!("{head}{i:0width$}{tail}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        let h = parse_host("debian@10.0.0.5:2222").unwrap();
+        assert_eq!(
+            h,
+            HostSpec {
+                user: Some("debian".into()),
+                host: "10.0.0.5".into(),
+                port: Some(2222)
+            }
+        );
+        assert_eq!(parse_host("web-1").unwrap().port, None);
+        assert_eq!(parse_host("[2001:db8::1]:22").unwrap().host, "2001:db8::1");
+        assert_eq!(parse_host("root@2001:db8::1").unwrap().host, "2001:db8::1");
+        assert!(parse_host("@x").is_err());
+        assert!(parse_host("x:port").is_err());
+        assert!(parse_host("[::1").is_err());
+    }
+
+    #[test]
+    fn a_plain_list() {
+        let inv = Inventory::parse(
+            "# web\nroot@10.0.0.1\n10.0.0.2:2222  # second\n\n10.0.0.1\nroot@10.0.0.1\n[::1]\n",
+            "hosts.txt",
+            Path::new("/x"),
+        )
+        .unwrap();
+        let names: Vec<&str> = inv.hosts.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["root@10.0.0.1", "10.0.0.2:2222", "10.0.0.1", "[::1]"]);
+        assert_eq!(inv.hosts[1].port, Some(2222));
+        let err = Inventory::parse("ok\nx:y\n", "hosts.txt", Path::new("/")).unwrap_err();
+        assert_eq!(err.line, 2);
+        assert!(err.to_string().starts_with("hosts.txt:2: "), "{err}");
+    }
+
+    const INI: &str = "\
+mail.example.com
+
+[web]
+web[1:3] ansible_user=debian
+web9 ansible_host=10.0.0.9 ansible_port=2222 ansible_ssh_private_key_file=keys/web
+
+[db]
+db1 ansible_host=10.0.1.1 ansible_user=\"post gres\"
+
+[web:vars]
+ansible_user=ubuntu
+http_port=80
+
+[prod:children]
+web
+db
+
+[all:vars]
+ansible_port=22
+";
+
+    #[test]
+    fn an_ansible_inventory() {
+        let inv = Inventory::parse(INI, "hosts.ini", Path::new("/inv")).unwrap();
+        let names: Vec<&str> = inv.hosts.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["mail.example.com", "web1", "web2", "web3", "web9", "db1"]);
+        let web1 = &inv.hosts[1];
+        // Host variables win over group variables.
+        assert_eq!(web1.user.as_deref(), Some("debian"));
+        assert_eq!(web1.port, Some(22));
+        assert!(web1.groups.contains("prod") && web1.groups.contains("web"));
+        let web9 = &inv.hosts[4];
+        assert_eq!((web9.address.as_str(), web9.port), ("10.0.0.9", Some(2222)));
+        assert_eq!(web9.user.as_deref(), Some("ubuntu"));
+        assert_eq!(web9.key_file.as_deref(), Some(Path::new("/inv/keys/web")));
+        assert_eq!(inv.hosts[5].user.as_deref(), Some("post gres"));
+        let pick = |p: &str| -> Vec<String> {
+            inv.limit(p).unwrap().into_iter().map(|h| h.name).collect()
+        };
+        assert_eq!(pick("db"), ["db1"]);
+        assert_eq!(pick("prod:!web[12]"), ["web3", "web9", "db1"]);
+        assert_eq!(pick("web*,mail*"), ["mail.example.com", "web1", "web2", "web3", "web9"]);
+        assert_eq!(pick("all:&db"), ["db1"]);
+        assert_eq!(pick("nothing"), Vec::<String>::new());
+        let err = Inventory::parse("[web:bogus]\n", "h.ini", Path::new("/")).unwrap_err();
+        assert!(err.to_string().contains("h.ini:1: unknown section kind :bogus"), "{err}");
+    }
+}
