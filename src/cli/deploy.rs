@@ -245,7 +245,8 @@ pub async fn run(args: DeployArgs) -> Result<(), Failure> {
     let driver = providers::get_driver_with(&provider, &file.provider)
         .map_err(|e| Failure::from(e).context(args.stepfile.display().to_string()))?;
     let requests = requests(&args, &file)?;
-    let journal = super::journal::begin_run(RunStart::with_stepfile("deploy", &args.stepfile)).await?;
+    let journal =
+        super::journal::begin_run(RunStart::with_stepfile("deploy", &args.stepfile)).await?;
     let created = Created::default();
     let mut options = options(&file, &args.ssh, HostKeyPolicy::AcceptNew);
     options.at_exit = Some(destroy_at_exit());
@@ -268,7 +269,12 @@ pub async fn run(args: DeployArgs) -> Result<(), Failure> {
     view.close();
     let end = match () {
         _ if options.cancel.is_cancelled() => RunEnd::Cancelled,
-        _ if members.iter().all(|m| matches!(m.result, MemberResult::Deployed(_))) => RunEnd::Done,
+        _ if members
+            .iter()
+            .all(|m| matches!(m.result, MemberResult::Deployed(_))) =>
+        {
+            RunEnd::Done
+        }
         _ => RunEnd::Failed,
     };
     let outcome = report(members, &args);
@@ -280,9 +286,8 @@ pub async fn run(args: DeployArgs) -> Result<(), Failure> {
 
 /// The create requests of the fleet: `count` names from the name template, this shard's part.
 fn requests(args: &DeployArgs, file: &StepFile) -> Result<Vec<CreateNode>, Failure> {
-    let in_file = |message: String| {
-        Failure::Usage(anyhow!("{}: {message}", args.stepfile.display()))
-    };
+    let in_file =
+        |message: String| Failure::Usage(anyhow!("{}: {message}", args.stepfile.display()));
     let name = args
         .name
         .clone()
@@ -333,8 +338,8 @@ fn report(members: Vec<FleetMember>, args: &DeployArgs) -> Result<(), Failure> {
     if failed == 0 {
         return Ok(());
     }
-    let nothing_created = failed == members.len()
-        && members.iter().all(|m| m.fate == Fate::NotCreated);
+    let nothing_created =
+        failed == members.len() && members.iter().all(|m| m.fate == Fate::NotCreated);
     let error = match members.into_iter().next() {
         Some(FleetMember {
             result: MemberResult::Failed(error),
@@ -357,8 +362,10 @@ fn say(member: &FleetMember, single: bool) {
         format!("[{}] ", member.name)
     };
     match &member.result {
+        // A fleet's table says it.
+        MemberResult::Deployed(_) if !single => {}
         MemberResult::Deployed(done) => eprintln!(
-            "{tag}deployed node {} ({}) as {}: {} steps in {:.1}s",
+            "deployed node {} ({}) as {}: {} steps in {:.1}s",
             done.node.name,
             done.node.id,
             done.user,
@@ -385,7 +392,10 @@ fn fate_text(member: &FleetMember, node: Option<&Node>) -> Option<String> {
     let Some(node) = node else {
         return Some("nothing was created".into());
     };
-    let destroy = format!("nodeup nodes destroy {} --provider {}", node.id, node.provider);
+    let destroy = format!(
+        "nodeup nodes destroy {} --provider {}",
+        node.id, node.provider
+    );
     Some(match &member.fate {
         Fate::Kept => format!(
             "node {} ({}) was kept: log in to look, then `{destroy}`",
@@ -450,7 +460,12 @@ fn summary_row(member: &FleetMember) -> SummaryRow {
         failed_step: String::new(),
         stderr_tail: Vec::new(),
     };
-    let address = |node: &Node| node.public_ips.first().map(|ip| ip.to_string()).unwrap_or_default();
+    let address = |node: &Node| {
+        node.public_ips
+            .first()
+            .map(|ip| ip.to_string())
+            .unwrap_or_default()
+    };
     match &member.result {
         MemberResult::Deployed(done) => {
             row.address = address(&done.node);

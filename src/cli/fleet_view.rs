@@ -81,7 +81,8 @@ impl FleetView {
                 .create(dir)
                 .map_err(|e| std::io::Error::other(format!("--log-dir {}: {e}", dir.display())))?;
         }
-        let live = (labels.len() > 1 && std::io::stderr().is_terminal()).then(|| live(labels.len()));
+        let live =
+            (labels.len() > 1 && std::io::stderr().is_terminal()).then(|| live(labels.len()));
         let phases = Mutex::new(vec![Phase::Queued; labels.len()]);
         Ok(Arc::new(FleetView {
             labels,
@@ -99,7 +100,7 @@ impl FleetView {
     }
 
     /// The hooks that feed this view; `also` sees every event too.
-    pub fn hooks(self: &Arc<Self>, also: Option<Arc<dyn Fn(&Event) + Send + Sync>>) -> FleetHooks {
+    pub fn hooks(self: &Arc<Self>, also: Option<nodeup::engine::Progress>) -> FleetHooks {
         let view = self.clone();
         let progress: MemberProgress = Arc::new(move |index, event| {
             if let Some(also) = &also {
@@ -134,7 +135,9 @@ impl FleetView {
                 let mut lines = live.lines.lock().unwrap_or_else(|e| e.into_inner());
                 if !lines.contains_key(&index) && lines.len() < MAX_LIVE_LINES {
                     let line = live.multi.add(ProgressBar::new_spinner());
-                    line.set_style(ProgressStyle::with_template("  {spinner} {msg}").expect("valid"));
+                    line.set_style(
+                        ProgressStyle::with_template("  {spinner} {msg}").expect("valid"),
+                    );
                     lines.insert(index, line);
                 }
                 if let Some(line) = lines.get(&index) {
@@ -184,20 +187,19 @@ impl FleetView {
     fn log(&self, index: usize, bytes: &[u8]) {
         let Some(dir) = &self.log_dir else { return };
         let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
-        if !logs.contains_key(&index) {
-            match open_log(dir, &self.labels[index]) {
-                Ok(file) => {
-                    logs.insert(index, file);
-                }
-                Err(e) => {
-                    tracing::warn!("--log-dir: {e}");
-                    return;
+        let file = match logs.entry(index) {
+            std::collections::hash_map::Entry::Occupied(file) => file.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                match open_log(dir, &self.labels[index]) {
+                    Ok(file) => slot.insert(file),
+                    Err(e) => {
+                        tracing::warn!("--log-dir: {e}");
+                        return;
+                    }
                 }
             }
-        }
-        if let Some(file) = logs.get_mut(&index) {
-            let _ = file.write_all(bytes);
-        }
+        };
+        let _ = file.write_all(bytes);
     }
 
     /// Member `index` finished (`ok` or not): its line goes, the bar moves, its log is closed.
@@ -267,7 +269,13 @@ fn open_log(dir: &Path, label: &str) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let name: String = label
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.@".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.@".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let path = dir.join(format!("{name}.log"));
     std::fs::OpenOptions::new()

@@ -98,12 +98,19 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     let mut reports: Vec<Option<NodeReport>> = vec![None; members.len()];
     let hooks = view.hooks(None);
     let json = args.ssh.json;
-    run_fleet(members, &file.steps, &options, args.parallel, &hooks, |i, outcome, elapsed| {
-        rows[i] = Some(summary_row(&labels[i], &addresses[i], &outcome, elapsed));
-        if json {
-            reports[i] = Some(NodeReport::of_run(&labels[i], &outcome, elapsed));
-        }
-    })
+    run_fleet(
+        members,
+        &file.steps,
+        &options,
+        args.parallel,
+        &hooks,
+        |i, outcome, elapsed| {
+            rows[i] = Some(summary_row(&labels[i], &addresses[i], &outcome, elapsed));
+            if json {
+                reports[i] = Some(NodeReport::of_run(&labels[i], &outcome, elapsed));
+            }
+        },
+    )
     .await;
     view.close();
     let rows: Vec<SummaryRow> = rows.into_iter().flatten().collect();
@@ -235,8 +242,9 @@ async fn members(
                 Some(creds) => creds.clone(),
                 None => {
                     let passphrase = options.ssh_key_passphrase.as_ref().map(|p| p.0.as_str());
-                    let mut creds = Credentials::from_key_files(std::slice::from_ref(path), passphrase)
-                        .map_err(usage)?;
+                    let mut creds =
+                        Credentials::from_key_files(std::slice::from_ref(path), passphrase)
+                            .map_err(usage)?;
                     creds.password = options.password.clone();
                     let creds = Arc::new(creds);
                     keyed.insert(path.clone(), creds.clone());
@@ -246,7 +254,11 @@ async fn members(
         };
         let addr = resolve(&machine, file.ssh.port).await?;
         let mut users = vec![machine.user.clone().unwrap_or(options.ssh_username.clone())];
-        for user in options.alternate_usernames.iter().chain(&machine.more_users) {
+        for user in options
+            .alternate_usernames
+            .iter()
+            .chain(&machine.more_users)
+        {
             if !users.contains(user) {
                 users.push(user.clone());
             }

@@ -125,7 +125,12 @@ pub async fn deploy_fleet(
     let failures = Arc::new(AtomicUsize::new(0));
     let steps = Arc::new(steps.clone());
     let mut tasks = tokio::task::JoinSet::new();
+    let mut members = Vec::new();
     for (index, request) in requests.into_iter().enumerate() {
+        // In order: a slot is taken before the member's task is made.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
         let member = Member {
             index,
             driver: shared.clone(),
@@ -135,13 +140,15 @@ pub async fn deploy_fleet(
             stop: stop.clone(),
             failures: failures.clone(),
         };
-        let (permits, steps) = (permits.clone(), steps.clone());
+        let steps = steps.clone();
         tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await;
+            let _permit = permit;
             member.deploy(request, &steps).await
         });
+        while let Some(Ok(member)) = tasks.try_join_next() {
+            members.push(member);
+        }
     }
-    let mut members = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         if let Ok(member) = joined {
             members.push(member);
@@ -241,7 +248,13 @@ impl Member {
             }
             return Fate::Kept;
         }
-        destroy(self.driver.as_ref(), node, &self.options, error.journal.as_ref()).await
+        destroy(
+            self.driver.as_ref(),
+            node,
+            &self.options,
+            error.journal.as_ref(),
+        )
+        .await
     }
 }
 
@@ -276,8 +289,11 @@ async fn undo(driver: &dyn NodeDriver, members: &mut [FleetMember], options: &De
 struct SharedListing {
     driver: Arc<dyn NodeDriver>,
     max_age: Duration,
-    last: tokio::sync::Mutex<std::collections::HashMap<Option<String>, (Instant, Vec<Node>)>>,
+    last: tokio::sync::Mutex<std::collections::HashMap<Option<String>, Listing>>,
 }
+
+/// A list call's answer and when it came.
+type Listing = (Instant, Vec<Node>);
 
 impl SharedListing {
     fn new(driver: Arc<dyn NodeDriver>, options: &DeployOptions) -> Self {

@@ -154,13 +154,19 @@ impl Inventory {
     pub fn limit(&self, pattern: &str) -> Result<Vec<InventoryHost>, String> {
         let mut chosen: Option<BTreeSet<String>> = None;
         let (mut excluded, mut required) = (Vec::new(), Vec::new());
-        for item in pattern.split([',', ':']).map(str::trim).filter(|i| !i.is_empty()) {
+        for item in pattern
+            .split([',', ':'])
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+        {
             if let Some(rest) = item.strip_prefix('!') {
                 excluded.push(self.select(rest)?);
             } else if let Some(rest) = item.strip_prefix('&') {
                 required.push(self.select(rest)?);
             } else {
-                chosen.get_or_insert_with(BTreeSet::new).extend(self.select(item)?);
+                chosen
+                    .get_or_insert_with(BTreeSet::new)
+                    .extend(self.select(item)?);
             }
         }
         let chosen = chosen.unwrap_or_else(|| self.select("all").unwrap_or_default());
@@ -279,7 +285,10 @@ impl<'a> Parser<'a> {
                         ))
                     }
                 };
-                self.inventory.groups.entry(group_of(&section).into()).or_default();
+                self.inventory
+                    .groups
+                    .entry(group_of(&section).into())
+                    .or_default();
                 continue;
             }
             self.line(&section, line, n + 1)?;
@@ -288,8 +297,7 @@ impl<'a> Parser<'a> {
     }
 
     fn line(&mut self, section: &Section, line: &str, n: usize) -> Result<(), InventoryError> {
-        let words = shlex::split(line)
-            .ok_or_else(|| self.error(n, "unbalanced quotes".into()))?;
+        let words = shlex::split(line).ok_or_else(|| self.error(n, "unbalanced quotes".into()))?;
         let group = group_of(section).to_string();
         match section {
             Section::Hosts(_) => {
@@ -437,12 +445,17 @@ fn expand_range(name: &str) -> Result<Vec<String>, String> {
         .ok_or_else(|| format!("{name:?}: write a range as [01:20]"))?;
     let width = from.len();
     let bad = || format!("{name:?}: {from}:{to} is not a numeric range");
-    let (a, b): (usize, usize) = (from.parse().map_err(|_| bad())?, to.parse().map_err(|_| bad())?);
+    let (a, b): (usize, usize) = (
+        from.parse().map_err(|_| bad())?,
+        to.parse().map_err(|_| bad())?,
+    );
     if a > b {
         return Err(bad());
     }
     let (head, tail) = (&name[..open], &name[close + 1..]);
-    Ok((a..=b).map(|i| format!("{head}{i:0width$}{tail}")).collect())
+    Ok((a..=b)
+        .map(|i| format!("{head}{i:0width$}{tail}"))
+        .collect())
 }
 
 #[cfg(test)]
@@ -477,7 +490,10 @@ mod tests {
         )
         .unwrap();
         let names: Vec<&str> = inv.hosts.iter().map(|h| h.name.as_str()).collect();
-        assert_eq!(names, ["root@10.0.0.1", "10.0.0.2:2222", "10.0.0.1", "[::1]"]);
+        assert_eq!(
+            names,
+            ["root@10.0.0.1", "10.0.0.2:2222", "10.0.0.1", "[::1]"]
+        );
         assert_eq!(inv.hosts[1].port, Some(2222));
         let err = Inventory::parse("ok\nx:y\n", "hosts.txt", Path::new("/")).unwrap_err();
         assert_eq!(err.line, 2);
@@ -510,7 +526,10 @@ ansible_port=22
     fn an_ansible_inventory() {
         let inv = Inventory::parse(INI, "hosts.ini", Path::new("/inv")).unwrap();
         let names: Vec<&str> = inv.hosts.iter().map(|h| h.name.as_str()).collect();
-        assert_eq!(names, ["mail.example.com", "web1", "web2", "web3", "web9", "db1"]);
+        assert_eq!(
+            names,
+            ["mail.example.com", "web1", "web2", "web3", "web9", "db1"]
+        );
         let web1 = &inv.hosts[1];
         // Host variables win over group variables.
         assert_eq!(web1.user.as_deref(), Some("debian"));
@@ -526,10 +545,17 @@ ansible_port=22
         };
         assert_eq!(pick("db"), ["db1"]);
         assert_eq!(pick("prod:!web[12]"), ["web3", "web9", "db1"]);
-        assert_eq!(pick("web*,mail*"), ["mail.example.com", "web1", "web2", "web3", "web9"]);
+        assert_eq!(
+            pick("web*,mail*"),
+            ["mail.example.com", "web1", "web2", "web3", "web9"]
+        );
         assert_eq!(pick("all:&db"), ["db1"]);
         assert_eq!(pick("nothing"), Vec::<String>::new());
         let err = Inventory::parse("[web:bogus]\n", "h.ini", Path::new("/")).unwrap_err();
-        assert!(err.to_string().contains("h.ini:1: unknown section kind :bogus"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("h.ini:1: unknown section kind :bogus"),
+            "{err}"
+        );
     }
 }

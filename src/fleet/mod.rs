@@ -104,14 +104,19 @@ mod tests {
 
     #[test]
     fn names_from_templates() {
-        assert_eq!(node_names("web-{index}", 3).unwrap(), ["web-1", "web-2", "web-3"]);
+        assert_eq!(
+            node_names("web-{index}", 3).unwrap(),
+            ["web-1", "web-2", "web-3"]
+        );
         assert_eq!(
             node_names("w{index:03}.lab", 2).unwrap(),
             ["w001.lab", "w002.lab"]
         );
         assert_eq!(node_names("web", 2).unwrap(), ["web-1", "web-2"]);
         assert_eq!(node_names("web", 1).unwrap(), ["web"]);
-        assert!(node_names("web-{i}", 2).unwrap_err().contains("unknown placeholder {i}"));
+        assert!(node_names("web-{i}", 2)
+            .unwrap_err()
+            .contains("unknown placeholder {i}"));
         assert!(node_names("web-{index", 2).is_err());
         assert!(node_names("web", 0).is_err());
     }

@@ -85,6 +85,9 @@ impl client::Handler for Client {
     }
 }
 
+/// How long closing a session waits for the connection to end.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A logged-in SSH session to one node.
 pub struct SshSession {
     handle: Handle<Client>,
@@ -217,12 +220,14 @@ impl SshSession {
         }
     }
 
-    /// Says goodbye to the server.
+    /// Says goodbye to the server, and waits (a little) until the connection is closed, so that a
+    /// fleet bounded to N connections never has more than N open.
     pub async fn close(self) {
         let _ = self
             .handle
             .disconnect(russh::Disconnect::ByApplication, "", "en")
             .await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, self.handle).await;
     }
 }
 

@@ -22,7 +22,7 @@ use nodeup::driver::NodeDriver;
 use nodeup::model::{CreateNode, Node, NodeAuth};
 use nodeup::providers::local::{self, LocalDriver, LocalOptions};
 
-pub use relay::{Faults, Relay};
+pub use relay::{Faults, Gauge, Relay};
 pub use relayed::RelayedDriver;
 
 /// Where every test bed keeps its state directory.

@@ -27,11 +27,72 @@ pub struct Faults {
     pub blackhole: bool,
 }
 
+/// How many connections are open through one or more relays, and when each was: from its accept
+/// to the end of its client's side. Clones share the record: give one gauge to several relays to
+/// count connections to all of them.
+#[derive(Debug, Clone, Default)]
+pub struct Gauge(Arc<Mutex<GaugeRecord>>);
+
+#[derive(Debug, Default)]
+struct GaugeRecord {
+    open: usize,
+    intervals: Vec<(Instant, Option<Instant>)>,
+}
+
+impl Gauge {
+    /// How many connections are open now.
+    pub fn open(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).open
+    }
+
+    /// The most connections that were open at once, a connection's end counted `grace` early: a
+    /// client's close reaches the relay a moment after the client moved on, so a connection that
+    /// only overlaps another by less than `grace` was not open at the same time from the client's
+    /// side.
+    pub fn peak(&self, grace: Duration) -> usize {
+        let record = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut events: Vec<(Instant, i32)> = Vec::new();
+        for (start, end) in &record.intervals {
+            events.push((*start, 1));
+            if let Some(end) = end {
+                events.push(((*end - grace).max(*start), -1));
+            }
+        }
+        // Ends before starts at the same instant.
+        events.sort();
+        let (mut now, mut peak) = (0i32, 0i32);
+        for (_, change) in events {
+            now += change;
+            peak = peak.max(now);
+        }
+        peak as usize
+    }
+
+    fn enter(&self) -> GaugeGuard {
+        let mut record = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        record.open += 1;
+        record.intervals.push((Instant::now(), None));
+        GaugeGuard(self.clone(), record.intervals.len() - 1)
+    }
+}
+
+/// One open connection of a gauge; its end is recorded when dropped.
+struct GaugeGuard(Gauge, usize);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        let mut record = self.0 .0.lock().unwrap_or_else(|e| e.into_inner());
+        record.open -= 1;
+        record.intervals[self.1].1 = Some(Instant::now());
+    }
+}
+
 /// A running relay. Dropping it stops it and closes every connection it holds.
 pub struct Relay {
     addr: SocketAddr,
     faults: Arc<Mutex<(Faults, Option<Faults>)>>,
     accepted: Arc<AtomicUsize>,
+    gauge: Gauge,
     tasks: JoinSet<()>,
 }
 
@@ -41,16 +102,29 @@ impl Relay {
         Self::start_refusing(target, Duration::ZERO).await
     }
 
+    /// A relay to `target` whose open connections count in `gauge` (shared with other relays).
+    pub async fn start_counted(target: SocketAddr, gauge: Gauge) -> io::Result<Relay> {
+        Self::start_with(target, Duration::ZERO, gauge).await
+    }
+
     /// A relay that refuses connections (the port is bound but not listening, so connects get
     /// ECONNREFUSED) for `refuse_for`, then relays.
     pub async fn start_refusing(target: SocketAddr, refuse_for: Duration) -> io::Result<Relay> {
+        Self::start_with(target, refuse_for, Gauge::default()).await
+    }
+
+    async fn start_with(
+        target: SocketAddr,
+        refuse_for: Duration,
+        gauge: Gauge,
+    ) -> io::Result<Relay> {
         let socket = TcpSocket::new_v4()?;
         socket.bind("127.0.0.1:0".parse().map_err(io::Error::other)?)?;
         let addr = socket.local_addr()?;
         let faults = Arc::new(Mutex::new((Faults::default(), None)));
         let accepted = Arc::new(AtomicUsize::new(0));
         let mut tasks = JoinSet::new();
-        let (faults2, accepted2) = (faults.clone(), accepted.clone());
+        let (faults2, accepted2, gauge2) = (faults.clone(), accepted.clone(), gauge.clone());
         // Listening at once when there is nothing to refuse, so that the first connect succeeds.
         let ready = if refuse_for.is_zero() {
             Ok(socket.listen(128)?)
@@ -75,7 +149,8 @@ impl Relay {
                     let mut f = faults2.lock().unwrap_or_else(|e| e.into_inner());
                     f.1.take().unwrap_or_else(|| f.0.clone())
                 };
-                connections.spawn(relay_connection(client, target, faults));
+                let open = gauge2.enter();
+                connections.spawn(relay_connection(client, target, faults, open));
                 // Forget connections that ended.
                 while connections.try_join_next().is_some() {}
             }
@@ -84,6 +159,7 @@ impl Relay {
             addr,
             faults,
             accepted,
+            gauge,
             tasks,
         })
     }
@@ -107,6 +183,11 @@ impl Relay {
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
+
+    /// The gauge of its open connections.
+    pub fn gauge(&self) -> &Gauge {
+        &self.gauge
+    }
 }
 
 impl Drop for Relay {
@@ -115,7 +196,14 @@ impl Drop for Relay {
     }
 }
 
-async fn relay_connection(mut client: TcpStream, target: SocketAddr, faults: Faults) {
+/// Relays one connection; `open` counts it in the gauge until the client's side ends (it closed,
+/// or was reset), which is when the client sees it closed.
+async fn relay_connection(
+    mut client: TcpStream,
+    target: SocketAddr,
+    faults: Faults,
+    open: GaugeGuard,
+) {
     if faults.blackhole {
         // Hold the connection open, silent, until the relay is dropped.
         let _client = client;
@@ -134,13 +222,11 @@ async fn relay_connection(mut client: TcpStream, target: SocketAddr, faults: Fau
         // Borrowed halves: unlike owned ones they send no FIN when dropped, so a reset stays a reset.
         let (client_read, client_write) = client.split();
         let (server_read, server_write) = server.split();
-        let up = direction(
-            client_read,
-            server_write,
-            faults.delay,
-            budget.clone(),
-            &kill_tx,
-        );
+        let up_budget = budget.clone();
+        let up = async {
+            direction(client_read, server_write, faults.delay, up_budget, &kill_tx).await;
+            drop(open);
+        };
         let down = direction(server_read, client_write, faults.delay, budget, &kill_tx);
         tokio::join!(up, down);
     }

@@ -275,7 +275,10 @@ async fn run_provisions_two_existing_nodes_at_once() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((report["ok"].as_bool(), report["succeeded"].as_u64()), (Some(true), Some(2)));
+    assert_eq!(
+        (report["ok"].as_bool(), report["succeeded"].as_u64()),
+        (Some(true), Some(2))
+    );
     let results = report["nodes"].as_array().unwrap();
     assert_eq!(results.len(), 2);
     for (result, host) in results.iter().zip(&hosts) {

@@ -338,8 +338,11 @@ async fn run_on_two_hosts_is_recorded_with_each_step() {
     assert_eq!(detail["stepfile_hash"].as_str().unwrap().len(), 64);
     let recorded = detail["node_list"].as_array().unwrap();
     assert_eq!(recorded.len(), 2);
-    for (node, host) in recorded.iter().zip(&hosts) {
-        assert_eq!(node["name"], host.as_str());
+    for host in &hosts {
+        let node = recorded
+            .iter()
+            .find(|n| n["name"] == host.as_str())
+            .unwrap();
         assert_eq!(node["state"], "done");
         assert_eq!(node["login_user"], "debian");
         assert_eq!(node["orphan"], false);

@@ -3,6 +3,7 @@
 mod cli_deploy;
 mod cli_nodes;
 mod deploy;
+mod fleet;
 mod hardening;
 mod journal;
 mod local_nodes;
@@ -134,6 +135,18 @@ pub fn ovh_request(bed: &testbed::TestBed, name: &str) -> nodeup::model::CreateN
         image: Some("Debian 12".into()),
         size: Some("b2-7".into()),
         location: Some("GRA11".into()),
+        auth: Some(nodeup::model::NodeAuth::SshKey(
+            bed.client_public_key().into(),
+        )),
+        ..Default::default()
+    }
+}
+
+/// A local debian node of this name, authorizing the test bed's key.
+pub fn deploy_request(bed: &testbed::TestBed, name: &str) -> nodeup::model::CreateNode {
+    nodeup::model::CreateNode {
+        name: name.into(),
+        image: Some("debian".into()),
         auth: Some(nodeup::model::NodeAuth::SshKey(
             bed.client_public_key().into(),
         )),
