@@ -1,8 +1,9 @@
 //! Host-key checking: an OpenSSH-format known_hosts file, keys the provider reported for the node
 //! ("pinned"), and the policies strict / accept-new / off.
 
-use std::path::PathBuf;
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use russh::keys::{HashAlg, PublicKey};
 
@@ -68,7 +69,7 @@ impl HostKeyCheck {
             source: Box::new(source),
         };
         let recorded = if path.exists() {
-            russh::keys::known_hosts::known_host_keys_path(host, port, path).map_err(known_error)?
+            recorded_keys(path, host, port).map_err(known_error)?
         } else {
             Vec::new()
         };
@@ -141,6 +142,89 @@ impl HostKeyCheck {
     }
 }
 
+/// A known_hosts file, parsed once while it is unchanged: a fleet checks thousands of hosts
+/// against one file, and reading it whole for each (as russh does) costs time and memory in
+/// proportion to the file. Files with hashed names, patterns or markers go to russh's reader.
+struct Index {
+    /// The file's size, modification time and inode when it was read.
+    stamp: (u64, std::time::SystemTime, u64),
+    /// Plain host names (`host` or `[host]:port`) → (line, key text).
+    plain: HashMap<String, Vec<(usize, String)>>,
+    /// Whether every line is a plain entry (otherwise the index is not used).
+    simple: bool,
+}
+
+/// The parsed known_hosts files of this process, by path.
+static INDEXES: Mutex<Option<HashMap<PathBuf, Arc<Index>>>> = Mutex::new(None);
+
+fn stamp(path: &Path) -> std::io::Result<(u64, std::time::SystemTime, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.len(), meta.modified()?, meta.ino()))
+}
+
+fn index(path: &Path) -> std::io::Result<Arc<Index>> {
+    let now = stamp(path)?;
+    let mut indexes = INDEXES.lock().unwrap_or_else(|e| e.into_inner());
+    let indexes = indexes.get_or_insert_with(HashMap::new);
+    if let Some(index) = indexes.get(path).filter(|i| i.stamp == now) {
+        return Ok(index.clone());
+    }
+    let text = std::fs::read_to_string(path)?;
+    let mut index = Index {
+        stamp: now,
+        plain: HashMap::new(),
+        simple: true,
+    };
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let special = |h: &str| h.starts_with('|') || h.contains(['*', '?', '!']);
+        if fields.len() < 3 || line.starts_with('@') || fields[0].split(',').any(special) {
+            index.simple = false;
+            break;
+        }
+        let key = format!("{} {}", fields[1], fields[2]);
+        for host in fields[0].split(',') {
+            index
+                .plain
+                .entry(host.to_string())
+                .or_default()
+                .push((n + 1, key.clone()));
+        }
+    }
+    let index = Arc::new(index);
+    indexes.insert(path.to_path_buf(), index.clone());
+    Ok(index)
+}
+
+/// The keys recorded for `host:port` in `path`, with their line numbers.
+fn recorded_keys(
+    path: &Path,
+    host: &str,
+    port: u16,
+) -> Result<Vec<(usize, PublicKey)>, russh::keys::Error> {
+    let index = index(path)?;
+    if !index.simple {
+        return russh::keys::known_hosts::known_host_keys_path(host, port, path);
+    }
+    let name = if port == 22 {
+        host.to_string()
+    } else {
+        format!("[{host}]:{port}")
+    };
+    Ok(index
+        .plain
+        .get(&name)
+        .into_iter()
+        .flatten()
+        .filter_map(|(line, text)| PublicKey::from_openssh(text).ok().map(|k| (*line, k)))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +243,32 @@ mod tests {
             known_hosts: dir.path().join("known_hosts"),
             pinned: vec![],
         }
+    }
+
+    #[test]
+    fn the_index_follows_the_file_and_leaves_patterns_to_russh() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (key(), key());
+        check(HostKeyPolicy::AcceptNew, &dir)
+            .verify("10.0.0.1", 22, &a)
+            .unwrap();
+        let strict = check(HostKeyPolicy::Strict, &dir);
+        strict.verify("10.0.0.1", 22, &a).unwrap();
+        assert!(strict.verify("10.0.0.2", 22, &b).is_err());
+        // Another writer adds a host: the next check sees it.
+        let path = dir.path().join("known_hosts");
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(&format!("10.0.0.2 {}\n", b.to_openssh().unwrap()));
+        std::fs::write(&path, &text).unwrap();
+        strict.verify("10.0.0.2", 22, &b).unwrap();
+        // A pattern line: the file is read by russh, with the same answers.
+        text.push_str(&format!("*.lab {}\n", key().to_openssh().unwrap()));
+        std::fs::write(&path, &text).unwrap();
+        strict.verify("10.0.0.1", 22, &a).unwrap();
+        assert!(matches!(
+            strict.verify("10.0.0.1", 22, &b),
+            Err(Error::HostKeyChanged { .. })
+        ));
     }
 
     #[test]

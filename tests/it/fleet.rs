@@ -700,3 +700,30 @@ async fn a_429_holds_every_request_of_the_client() {
         b_at - limited
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_step_file_deploys_one_shard() {
+    let bed = TestBed::new().unwrap();
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy-scripts/fleet.toml");
+    let args = [
+        "deploy",
+        file.to_str().unwrap(),
+        "--count",
+        "6",
+        "--shard",
+        "2/3",
+        "--json",
+    ];
+    let out = nodeup(&bed, &args).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert_eq!(field(&json(&out), "name"), ["web-02", "web-05"]);
+    assert_eq!(node_names(&bed).await, ["web-02", "web-05"]);
+    let motd = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy-scripts/files/motd"),
+    )
+    .unwrap();
+    for entry in json(&out)["nodes"].as_array().unwrap() {
+        let node: nodeup::model::Node = serde_json::from_value(entry["node"].clone()).unwrap();
+        assert_eq!(bed.adopt(node).read_file("/etc/motd").unwrap(), motd);
+    }
+}
