@@ -51,6 +51,17 @@ fn measure(mut cmd: Command) -> Usage {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
+    if std::env::var_os("NODEUP_BENCH_TRACE").is_some() {
+        let pid = child.id();
+        std::thread::spawn(move || {
+            while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                let rss = status.lines().find(|l| l.starts_with("VmRSS")).unwrap_or("");
+                let threads = status.lines().find(|l| l.starts_with("Threads")).unwrap_or("");
+                eprintln!("trace {:>6.1}s {rss} {threads}", started.elapsed().as_secs_f64());
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        });
+    }
     let mut status = 0;
     // SAFETY: wait4 on our own child, with structs we own.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };

