@@ -55,9 +55,18 @@ fn measure(mut cmd: Command) -> Usage {
         let pid = child.id();
         std::thread::spawn(move || {
             while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-                let rss = status.lines().find(|l| l.starts_with("VmRSS")).unwrap_or("");
-                let threads = status.lines().find(|l| l.starts_with("Threads")).unwrap_or("");
-                eprintln!("trace {:>6.1}s {rss} {threads}", started.elapsed().as_secs_f64());
+                let rss = status
+                    .lines()
+                    .find(|l| l.starts_with("VmRSS"))
+                    .unwrap_or("");
+                let threads = status
+                    .lines()
+                    .find(|l| l.starts_with("Threads"))
+                    .unwrap_or("");
+                eprintln!(
+                    "trace {:>6.1}s {rss} {threads}",
+                    started.elapsed().as_secs_f64()
+                );
                 std::thread::sleep(Duration::from_secs(2));
             }
         });

@@ -84,18 +84,20 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         machines = shard.pick(machines);
     }
     let options = run_options(&file, &args)?;
-    let members = members(machines, &file, &options).await?;
+    let prepared = prepare(machines, &file, &options).await?;
     let journal = super::journal::begin_run(RunStart::with_stepfile("run", &args.stepfile)).await?;
     let mut options = options;
     options.journal = journal.clone();
     cancel_on_signals(options.cancel.clone(), super::deploy::Created::default());
 
-    let labels: Vec<String> = members.iter().map(|m| m.label.clone()).collect();
+    let labels: Vec<String> = prepared.iter().map(|p| p.machine.label.clone()).collect();
     let view = FleetView::new(labels.clone(), args.follow, args.log_dir.clone())
         .map_err(|e| Failure::Usage(e.into()))?;
-    let addresses: Vec<String> = members.iter().map(|m| m.target.addr.to_string()).collect();
-    let mut rows: Vec<Option<SummaryRow>> = vec![None; members.len()];
-    let mut reports: Vec<Option<NodeReport>> = vec![None; members.len()];
+    let addresses: Vec<SocketAddr> = prepared.iter().map(|p| p.addr).collect();
+    let mut rows: Vec<Option<SummaryRow>> = vec![None; prepared.len()];
+    let mut reports: Vec<Option<NodeReport>> = vec![None; prepared.len()];
+    let member_options = options.clone();
+    let members = prepared.into_iter().map(|p| p.member(&member_options));
     let hooks = view.hooks(None);
     let json = args.ssh.json;
     run_fleet(
@@ -220,12 +222,48 @@ async fn provider_nodes(spec: &str) -> Result<Vec<Machine>, Failure> {
         .collect())
 }
 
-/// Each machine resolved, with its users and credentials (key files loaded once each).
-async fn members(
+/// A machine ready to run on: resolved, with its credentials. Kept small: the fleet's member
+/// (with its session options) is made from it only when a slot is free.
+struct Prepared {
+    machine: Machine,
+    addr: SocketAddr,
+    creds: Arc<Credentials>,
+}
+
+impl Prepared {
+    /// The member: the machine's user first, then the alternates and the provider's login user.
+    fn member(self, options: &DeployOptions) -> RunMember {
+        let machine = self.machine;
+        let mut users = vec![machine.user.unwrap_or(options.ssh_username.clone())];
+        for user in options
+            .alternate_usernames
+            .iter()
+            .chain(&machine.more_users)
+        {
+            if !users.contains(user) {
+                users.push(user.clone());
+            }
+        }
+        RunMember {
+            label: machine.label,
+            target: Target {
+                addr: self.addr,
+                users,
+                pinned_host_keys: machine.pinned,
+                node: None,
+                journal: None,
+            },
+            creds: self.creds,
+        }
+    }
+}
+
+/// Each machine resolved, with its credentials (key files loaded once each).
+async fn prepare(
     machines: Vec<Machine>,
     file: &StepFile,
     options: &DeployOptions,
-) -> Result<Vec<RunMember>, Failure> {
+) -> Result<Vec<Prepared>, Failure> {
     let usage = |e: nodeup::ssh::Error| Failure::Usage(anyhow::Error::new(e));
     let default = Arc::new(options.credentials().map_err(usage)?);
     if default.is_empty() && machines.iter().any(|m| m.key_file.is_none()) {
@@ -234,7 +272,7 @@ async fn members(
         )));
     }
     let mut keyed: HashMap<PathBuf, Arc<Credentials>> = HashMap::new();
-    let mut members = Vec::with_capacity(machines.len());
+    let mut prepared = Vec::with_capacity(machines.len());
     for machine in machines {
         let creds = match &machine.key_file {
             None => default.clone(),
@@ -253,29 +291,13 @@ async fn members(
             },
         };
         let addr = resolve(&machine, file.ssh.port).await?;
-        let mut users = vec![machine.user.clone().unwrap_or(options.ssh_username.clone())];
-        for user in options
-            .alternate_usernames
-            .iter()
-            .chain(&machine.more_users)
-        {
-            if !users.contains(user) {
-                users.push(user.clone());
-            }
-        }
-        members.push(RunMember {
-            label: machine.label,
-            target: Target {
-                addr,
-                users,
-                pinned_host_keys: machine.pinned,
-                node: None,
-                journal: None,
-            },
+        prepared.push(Prepared {
+            machine,
+            addr,
             creds,
         });
     }
-    Ok(members)
+    Ok(prepared)
 }
 
 /// A machine's address (port: its own, else the step file's, else 22).
@@ -298,7 +320,12 @@ async fn resolve(machine: &Machine, default_port: Option<u16>) -> Result<SocketA
 }
 
 /// One host's line of the summary.
-fn summary_row(label: &str, address: &str, outcome: &RunOutcome, elapsed: Duration) -> SummaryRow {
+fn summary_row(
+    label: &str,
+    address: &SocketAddr,
+    outcome: &RunOutcome,
+    elapsed: Duration,
+) -> SummaryRow {
     let mut row = SummaryRow {
         name: label.to_string(),
         address: address.to_string(),

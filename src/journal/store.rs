@@ -3,7 +3,7 @@
 //! and text, so the journal's logic is written once.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::JournalError;
@@ -108,10 +108,12 @@ pub trait Store: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// The SQLite journal: one file, WAL mode, a busy timeout, one connection per process.
+/// The SQLite journal: one file, WAL mode, a busy timeout, one connection per process. Calls
+/// queue for the connection before they take a blocking thread, so that a fleet of hundreds of
+/// members uses one such thread at a time rather than hundreds waiting on a lock.
 pub struct Sqlite {
     path: PathBuf,
-    conn: Arc<Mutex<rusqlite::Connection>>,
+    conn: Arc<tokio::sync::Mutex<rusqlite::Connection>>,
 }
 
 impl Sqlite {
@@ -127,7 +129,7 @@ impl Sqlite {
             })??;
         Ok(Sqlite {
             path,
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Arc::new(tokio::sync::Mutex::new(conn)),
         })
     }
 
@@ -135,17 +137,14 @@ impl Sqlite {
         &self,
         f: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, JournalError> {
-        let conn = self.conn.clone();
+        let mut conn = self.conn.clone().lock_owned().await;
         let path = self.path.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut conn)
-        })
-        .await
-        .map_err(|e| JournalError::Other {
-            journal: self.describe(),
-            message: e.to_string(),
-        })?;
+        let outcome = tokio::task::spawn_blocking(move || f(&mut conn))
+            .await
+            .map_err(|e| JournalError::Other {
+                journal: self.describe(),
+                message: e.to_string(),
+            })?;
         outcome.map_err(|e| sqlite_error(&path, e))
     }
 }
