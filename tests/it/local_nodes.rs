@@ -379,3 +379,15 @@ async fn reinstall_gives_a_fresh_filesystem_new_host_keys_and_runs_user_data_onc
     node.wait_running(Duration::from_secs(20)).await.unwrap();
     assert_eq!(node.read_file("/root/first-boot").unwrap(), b"ran\n");
 }
+
+#[tokio::test]
+async fn what_a_creator_killed_before_its_rename_left_is_swept() {
+    let bed = TestBed::new().unwrap();
+    // A creator killed between making its hidden directory and renaming it into place.
+    let unborn = bed.dir().join("local/nodes/.new-loc-0badc0de");
+    std::fs::create_dir_all(&unborn).unwrap();
+    std::fs::write(unborn.join("name"), "half-made").unwrap();
+    assert!(bed.driver().list_nodes().await.unwrap().is_empty());
+    assert!(!unborn.exists());
+    assert!(crate::bed_leftovers(&bed).is_empty());
+}

@@ -325,6 +325,9 @@ impl NodeDriver for LocalDriver {
             let _lock = state
                 .lock()
                 .map_err(failed("locking the state directory"))?;
+            state
+                .sweep_unborn()
+                .map_err(failed("removing what stopped creators left"))?;
             let read = failed("reading the state directory");
             let records = state.records().map_err(read)?;
             let broken = state

@@ -132,7 +132,19 @@ impl StateDir {
     /// creators that were stopped before the rename are removed first.
     pub fn make_node_dir(&self, id: &str, name: &str) -> io::Result<()> {
         let nodes = self.root.join("nodes");
-        for entry in fs::read_dir(&nodes)? {
+        self.sweep_unborn()?;
+        let unborn = nodes.join(format!("{UNBORN_PREFIX}{id}"));
+        fs::create_dir(&unborn)?;
+        fs::write(unborn.join(NAME_FILE), name)?;
+        fs::rename(&unborn, self.node_dir(id))
+    }
+
+    /// Removes the hidden directories of node creators that were stopped before renaming them
+    /// into place (they hold only the node's name: no process, mount or address yet). Call under
+    /// [`StateDir::lock`]: a creator holds the lock throughout, so any such directory then is a dead
+    /// creator's.
+    pub fn sweep_unborn(&self) -> io::Result<()> {
+        for entry in fs::read_dir(self.root.join("nodes"))? {
             let path = entry?.path();
             if path
                 .file_name()
@@ -141,10 +153,7 @@ impl StateDir {
                 fs::remove_dir_all(&path)?;
             }
         }
-        let unborn = nodes.join(format!("{UNBORN_PREFIX}{id}"));
-        fs::create_dir(&unborn)?;
-        fs::write(unborn.join(NAME_FILE), name)?;
-        fs::rename(&unborn, self.node_dir(id))
+        Ok(())
     }
 
     /// The name a node's creator asked for, from the node's own directory.
