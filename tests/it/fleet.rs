@@ -512,7 +512,7 @@ async fn parallel_two_never_has_more_than_two_connections_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminal_shows_the_live_view_then_the_summary() {
     let bed = TestBed::new().unwrap();
-    let file = fleet_file(&bed, "tty-{index:02}", 20, "sleep 3");
+    let file = fleet_file(&bed, "tty-{index:02}", 20, "sleep 5");
     let socket = format!("nodeup-test-{}", std::process::id());
     let tmux = |args: &[&str]| {
         Command::new("tmux")
@@ -537,12 +537,16 @@ async fn a_terminal_shows_the_live_view_then_the_summary() {
     let mut live = String::new();
     while Instant::now() < deadline {
         live = capture();
-        if live.contains("running steps 20") {
+        if live.contains("/20 ") && live.contains(": step 1/1: script") {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(live.contains("/20 running steps 20"), "{live}");
+    // The bar with the counts by phase, and lines of nodes in flight.
+    assert!(
+        live.contains("/20 ") && live.contains("running steps"),
+        "{live}"
+    );
     assert!(
         live.contains("tty-") && live.contains("step 1/1: script"),
         "{live}"
