@@ -248,17 +248,8 @@ async fn a_malformed_step_file_exits_2_and_creates_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_provisions_two_existing_nodes_at_once() {
     let bed = TestBed::new().unwrap();
-    let (a, b) = tokio::join!(
-        bed.node(NodeSpec::new("exist-a").image("cloud-debian")),
-        bed.node(NodeSpec::new("exist-b").image("cloud-debian")),
-    );
-    let nodes = [a.unwrap(), b.unwrap()];
-    // Strict host-key checking against a known_hosts that lists both nodes.
-    let known: String = nodes
-        .iter()
-        .map(|n| std::fs::read_to_string(n.known_hosts()).unwrap())
-        .collect();
-    std::fs::write(bed.dir().join("known_hosts"), known).unwrap();
+    let specs = ["exist-a", "exist-b"].map(|n| NodeSpec::new(n).image("cloud-debian"));
+    let (nodes, _) = crate::known_nodes(&bed, specs.to_vec()).await;
     let hosts: Vec<String> = nodes.iter().map(|n| format!("debian@{}", n.ip())).collect();
     let out = nodeup(
         &bed,

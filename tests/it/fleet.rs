@@ -249,18 +249,7 @@ async fn ctrl_c_on_a_fleet_leaves_nothing() {
 
 /// Three debian nodes, and a known_hosts file that lists them.
 async fn three_nodes(bed: &TestBed, names: [&str; 3]) -> (Vec<TestNode>, PathBuf) {
-    let (a, b, c) = tokio::join!(
-        bed.node(NodeSpec::new(names[0])),
-        bed.node(NodeSpec::new(names[1])),
-        bed.node(NodeSpec::new(names[2])),
-    );
-    let nodes = vec![a.unwrap(), b.unwrap(), c.unwrap()];
-    let known: String = nodes
-        .iter()
-        .map(|n| std::fs::read_to_string(n.known_hosts()).unwrap())
-        .collect();
-    let known_hosts = write_file(bed.dir(), "inventory_known_hosts", &known);
-    (nodes, known_hosts)
+    crate::known_nodes(bed, names.map(NodeSpec::new).to_vec()).await
 }
 
 fn ran(node: &TestNode, marker: &str) -> bool {

@@ -285,16 +285,8 @@ async fn two_deploys_of_one_name_make_one_node_and_the_second_names_the_first() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_on_two_hosts_is_recorded_with_each_step() {
     let bed = TestBed::new().unwrap();
-    let (a, b) = tokio::join!(
-        bed.node(NodeSpec::new("audit-a").image("cloud-debian")),
-        bed.node(NodeSpec::new("audit-b").image("cloud-debian")),
-    );
-    let nodes = [a.unwrap(), b.unwrap()];
-    let known: String = nodes
-        .iter()
-        .map(|n| std::fs::read_to_string(n.known_hosts()).unwrap())
-        .collect();
-    std::fs::write(bed.dir().join("known_hosts"), known).unwrap();
+    let specs = ["audit-a", "audit-b"].map(|n| NodeSpec::new(n).image("cloud-debian"));
+    let (nodes, _) = crate::known_nodes(&bed, specs.to_vec()).await;
     let file = write_file(
         bed.dir(),
         "audit.toml",

@@ -142,6 +142,27 @@ pub fn ovh_request(bed: &testbed::TestBed, name: &str) -> nodeup::model::CreateN
     }
 }
 
+/// Nodes made at once, and `known_hosts` in the bed's directory listing all of them (for strict
+/// host-key checking, as `run` does).
+pub async fn known_nodes(
+    bed: &testbed::TestBed,
+    specs: Vec<testbed::NodeSpec>,
+) -> (Vec<testbed::TestNode>, std::path::PathBuf) {
+    let nodes: Vec<testbed::TestNode> =
+        futures::future::join_all(specs.into_iter().map(|s| bed.node(s)))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    let known: String = nodes
+        .iter()
+        .map(|n| std::fs::read_to_string(n.known_hosts()).unwrap())
+        .collect();
+    let path = bed.dir().join("known_hosts");
+    std::fs::write(&path, known).unwrap();
+    (nodes, path)
+}
+
 /// A local debian node of this name, authorizing the test bed's key.
 pub fn deploy_request(bed: &testbed::TestBed, name: &str) -> nodeup::model::CreateNode {
     nodeup::model::CreateNode {
