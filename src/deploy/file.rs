@@ -4,22 +4,28 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use super::{read_local, Context, Error, StepResult};
-use crate::ssh::{quote, temp_name, UploadOptions};
+use crate::ssh::{quote, temp_name};
 
-/// What root runs to put a file uploaded under the login user's home into place: parent
-/// directories, a temporary name next to the target, the mode, then an atomic rename.
-/// `$1` the uploaded file, `$2` the target, `$3` the mode.
-const INSTALL_AS_ROOT: &str = r#"set -e
-dir=$(dirname -- "$2")
-mkdir -p -- "$dir"
-t=$(mktemp -- "$dir/.nodeup.XXXXXXXX")
-trap 'rm -f -- "$t"' EXIT
-cat -- "$1" >"$t"
-chmod -- "$3" "$t"
-mv -f -- "$t" "$2""#;
+/// What puts a file in place from its standard input, in one command (one round trip): parent
+/// directories (0755), the bytes written to the temporary name `$2` (created exclusively, 0600,
+/// never through a link), their count checked against `$4` (a lost connection ends the input
+/// early, and half a file is never renamed into place), the mode `$3`, then an atomic rename over
+/// the target `$1`. What it made is removed on any failure.
+const INSTALL: &str = r#"dir=$(dirname -- "$1")
+(umask 022 && mkdir -p -- "$dir") || exit 1
+umask 077
+set -C
+exec 3>"$2" || exit 1
+fail() { rm -f -- "$2"; exit 1; }
+cat >&3 || fail
+exec 3>&-
+size=$(($(wc -c <"$2")))
+if [ "$size" -ne "$4" ]; then echo "received $size of $4 bytes" >&2; fail; fi
+chmod -- "$3" "$2" || fail
+mv -f -- "$2" "$1" || fail"#;
 
 /// Uploads a local file to `target`, with an explicit mode or the source's own; written under a
-/// temporary name and renamed into place. With `sudo`, the file is put in place by root.
+/// temporary name and renamed into place, in one command. With `sudo`, root writes it.
 #[derive(Debug, Clone)]
 pub struct FileStep {
     /// The local file.
@@ -75,45 +81,25 @@ impl FileStep {
             }
         };
         let sudo = ctx.sudo(self.sudo);
-        if sudo.is_empty() {
-            let options = UploadOptions {
-                mode: Some(mode),
-                create_parents: true,
-            };
-            let tmp = temp_name(&self.target);
-            ctx.track(&tmp);
-            ctx.session
-                .upload_via(&data, &self.target, &tmp, &options)
-                .await?;
-            ctx.untrack(&tmp);
-        } else {
-            let dir = ctx.private_dir().await?;
-            let staged = format!("{dir}/file");
-            let options = UploadOptions {
-                mode: Some(0o600),
-                create_parents: false,
-            };
-            let installed = async {
-                ctx.session.upload(&data, &staged, &options).await?;
-                let command = format!(
-                    "{sudo}sh -c {} sh {} {} {:o}",
-                    quote(INSTALL_AS_ROOT),
-                    quote(&staged),
-                    quote(&self.target),
-                    mode
-                );
-                ctx.check(&command, &format!("installing {} as root", self.target))
-                    .await
-            }
-            .await;
-            let cleaned = ctx.remove(&dir, false).await;
-            installed.and(cleaned)?;
-        }
+        let tmp = temp_name(&self.target);
+        let command = format!(
+            "{sudo}sh -c {} sh {} {} {:o} {}",
+            quote(INSTALL),
+            quote(&self.target),
+            quote(&tmp),
+            mode,
+            data.len()
+        );
+        let size = data.len();
+        ctx.track(&tmp);
+        ctx.helper(&command, Some(data), &format!("writing {}", self.target))
+            .await?;
+        ctx.untrack(&tmp);
         Ok(StepResult {
             note: format!(
                 "uploaded {} ({} bytes) to {} (mode {:04o})",
                 self.source.display(),
-                data.len(),
+                size,
                 self.target,
                 mode
             ),

@@ -195,18 +195,39 @@ impl Context<'_> {
 
     /// Runs a helper command that must succeed; its stderr goes into the error.
     pub async fn check(&self, command: &str, what: &str) -> Result<(), Error> {
-        let out = self
-            .session
-            .exec(command, &ssh::ExecOptions::default())
-            .await?;
+        self.helper(command, None, what).await.map(|_| ())
+    }
+
+    /// Runs a helper command that must succeed, with `stdin` as its input; returns what it
+    /// printed. A status other than 0 is an [`Error::Helper`] holding its stderr.
+    pub async fn helper(
+        &self,
+        command: &str,
+        stdin: Option<Vec<u8>>,
+        what: &str,
+    ) -> Result<ssh::ExecOutput, Error> {
+        let options = ssh::ExecOptions {
+            stdin,
+            ..Default::default()
+        };
+        let out = self.session.exec(command, &options).await?;
         if out.status == Some(ExitStatus::Code(0)) {
-            return Ok(());
+            return Ok(out);
         }
-        Err(Error::Helper {
-            what: what.to_string(),
-            status: out.status.map(|s| s.to_string()).unwrap_or_default(),
-            stderr: out.stderr.text().trim().to_string(),
-        })
+        Err(helper_failed(what, &out))
+    }
+}
+
+/// The error of a helper command that failed.
+fn helper_failed(what: &str, out: &ssh::ExecOutput) -> Error {
+    Error::Helper {
+        what: what.to_string(),
+        status: out
+            .status
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+        stderr: out.stderr.text().trim().to_string(),
     }
 }
 

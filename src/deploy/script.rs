@@ -4,11 +4,31 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{read_local, Context, Error, StepResult};
-use crate::ssh::{quote, ExecOptions, ExitStatus, UploadOptions};
+use super::{helper_failed, read_local, Context, Error, StepResult};
+use crate::ssh::{quote, ExecOptions, ExitStatus};
 
 /// The largest exit status a process can have (a wait status keeps 8 bits).
 const MAX_EXIT_STATUS: u32 = 255;
+
+/// What the staging part of [`STAGE_AND_RUN`] prints once the script is in place.
+const STAGED: &str = "nodeup-staged\n";
+
+/// What stages a script from its standard input and runs it, in one command (one round trip):
+/// `$1` a new private directory (0700, made here, so never one that was there before), `$2` the
+/// script's path in it, `$3` its length in bytes (a script cut short by a lost connection never
+/// runs), then the command that runs it. The command replaces the shell (`exec`), so that its exit
+/// status or signal is the command's own, and runs with the session's umask.
+const STAGE_AND_RUN: &str = r#"mask=$(umask)
+umask 077
+mkdir -m 0700 -- "$1" || exit 1
+(set -C && cat >"$2") || exit 1
+size=$(($(wc -c <"$2")))
+if [ "$size" -ne "$3" ]; then echo "received $size of $3 bytes of the script" >&2; exit 1; fi
+chmod 0700 -- "$2" || exit 1
+umask "$mask"
+printf 'nodeup-staged\n'
+shift 3
+exec "$@" </dev/null"#;
 
 /// Where a script's text comes from.
 #[derive(Debug, Clone)]
@@ -124,43 +144,62 @@ impl ScriptStep {
         Ok(())
     }
 
+    /// The remote command that stages and runs the script (see [`STAGE_AND_RUN`]).
+    fn command(&self, dir: &str, path: &str, len: usize, ctx: &Context<'_>) -> String {
+        let mut command = format!(
+            "sh -c {} sh {} {} {len} ",
+            quote(STAGE_AND_RUN),
+            quote(dir),
+            quote(path)
+        );
+        command.push_str(ctx.sudo(self.sudo));
+        if !self.env.is_empty() {
+            command.push_str("env");
+            for (name, value) in &self.env {
+                command.push(' ');
+                command.push_str(&quote(&format!("{name}={value}")));
+            }
+            command.push(' ');
+        }
+        command.push_str(&quote(path));
+        for arg in &self.args {
+            command.push(' ');
+            command.push_str(&quote(arg));
+        }
+        command
+    }
+
     pub(super) async fn run(&self, ctx: &Context<'_>) -> Result<StepResult, Error> {
         let text = match &self.source {
             ScriptSource::Inline(text) => text.clone().into_bytes(),
             ScriptSource::File(path) => read_local(path).map_err(Error::Local)?,
         };
-        let dir = ctx.private_dir().await?;
+        let dir = format!(
+            "{}/.nodeup-{:016x}",
+            ctx.home.trim_end_matches('/'),
+            rand::random::<u64>()
+        );
         let path = format!("{dir}/{}", self.name.as_deref().unwrap_or("script"));
-        let sudo = ctx.sudo(self.sudo);
-        let ran = async {
-            let options = UploadOptions {
-                mode: Some(0o700),
-                create_parents: false,
-            };
-            ctx.session.upload(&text, &path, &options).await?;
-            let mut command = String::from(sudo);
-            if !self.env.is_empty() {
-                command.push_str("env");
-                for (name, value) in &self.env {
-                    command.push(' ');
-                    command.push_str(&quote(&format!("{name}={value}")));
-                }
-                command.push(' ');
+        ctx.track(&dir);
+        let command = self.command(&dir, &path, text.len(), ctx);
+        let options = ExecOptions {
+            timeout: self.timeout,
+            sink: ctx.sink.clone(),
+            stdin: Some(text),
+            preamble: Some(STAGED),
+            ..Default::default()
+        };
+        let ran = ctx
+            .session
+            .exec(&command, &options)
+            .await
+            .map_err(Error::from);
+        if self.keep {
+            if ran.is_ok() {
+                // Kept on purpose: not a leftover for a resumed run to remove.
+                ctx.untrack(&dir);
             }
-            command.push_str(&quote(&path));
-            for arg in &self.args {
-                command.push(' ');
-                command.push_str(&quote(arg));
-            }
-            let options = ExecOptions {
-                timeout: self.timeout,
-                sink: ctx.sink.clone(),
-                ..Default::default()
-            };
-            Ok::<_, Error>(ctx.session.exec(&command, &options).await?)
-        }
-        .await;
-        if !self.keep {
+        } else {
             // Always, even when the script failed; files its root run left in there too.
             let removed = ctx.remove(&dir, self.sudo).await;
             if let (Ok(_), Err(e)) = (&ran, removed) {
@@ -168,6 +207,9 @@ impl ScriptStep {
             }
         }
         let output = ran?;
+        if !output.preamble {
+            return Err(helper_failed("putting the script on the node", &output));
+        }
         let status = output.status.clone().unwrap_or(ExitStatus::Code(u32::MAX));
         let result = StepResult {
             kind: "script",

@@ -1,6 +1,18 @@
 //! The ssh-key step: add a public key to the login user's `~/.ssh/authorized_keys`.
 
 use super::{Context, Error, StepResult};
+use crate::ssh::quote;
+
+/// What authorizes a key, in one command (one round trip): `$1` the authorized_keys file, `$2` the
+/// key's base64 blob, `$3` the key line. Prints `present` or `added`.
+const AUTHORIZE: &str = r#"umask 077
+mkdir -p -- "$(dirname -- "$1")" || exit 1
+if [ -f "$1" ] && awk -v b="$2" '{ for (i = 1; i <= NF; i++) if ($i == b) f = 1 } END { exit !f }' "$1"; then
+  echo present
+  exit 0
+fi
+if [ -s "$1" ] && [ -n "$(tail -c 1 -- "$1")" ]; then echo >>"$1" || exit 1; fi
+printf '%s\n' "$3" >>"$1" && echo added"#;
 
 /// Authorizes a public key for the login user: creates `~/.ssh` (0700) and `authorized_keys` (0600)
 /// when missing, adds a missing trailing newline before the key, and skips a key already there.
@@ -33,30 +45,24 @@ impl SshKeyStep {
     }
 
     pub(super) async fn run(&self, ctx: &Context<'_>) -> Result<StepResult, Error> {
-        let dir = format!("{}/.ssh", ctx.home.trim_end_matches('/'));
-        let file = format!("{dir}/authorized_keys");
-        ctx.session.create_dir_all(&dir, 0o700).await?;
-        let existing = ctx.session.read_file(&file).await?.unwrap_or_default();
-        let text = String::from_utf8_lossy(&existing);
-        let present = text
-            .lines()
-            .any(|line| line.split_whitespace().any(|word| word == self.blob()));
-        if present {
-            return Ok(StepResult {
-                note: format!("key already in {file}"),
-                ..Default::default()
-            });
-        }
-        let mut data = Vec::new();
-        if !existing.is_empty() && !existing.ends_with(b"\n") {
-            data.push(b'\n');
-        }
-        data.extend_from_slice(self.key.as_bytes());
-        data.push(b'\n');
-        // Created with mode 0600 when missing; an existing file keeps its mode.
-        ctx.session.append(&data, &file).await?;
+        let file = format!("{}/.ssh/authorized_keys", ctx.home.trim_end_matches('/'));
+        let command = format!(
+            "sh -c {} sh {} {} {}",
+            quote(AUTHORIZE),
+            quote(&file),
+            quote(self.blob()),
+            quote(&self.key)
+        );
+        let out = ctx
+            .helper(&command, None, &format!("adding the key to {file}"))
+            .await?;
+        let note = if out.stdout.text().trim() == "present" {
+            format!("key already in {file}")
+        } else {
+            format!("key added to {file}")
+        };
         Ok(StepResult {
-            note: format!("key added to {file}"),
+            note,
             ..Default::default()
         })
     }

@@ -1,8 +1,8 @@
 //! Logging in to a node that may still be booting: retries by error class, never by message text.
 //!
-//! Not reachable yet (refused, unreachable, timed out, closed before the banner): retry soon, with
-//! short jittered backoff, so that the first try after sshd starts listening comes within a few
-//! hundred milliseconds. Authentication rejected, or a login the image refuses: try the next
+//! Not reachable yet (refused, unreachable, timed out, closed before the banner): retry at a steady
+//! pace, an attempt starting every [`UNREACHABLE_PACE`] (a little jittered), so that the first try
+//! after sshd starts listening comes within that much (plus the network's round trip). Authentication rejected, or a login the image refuses: try the next
 //! username at once, and come back to all of them while the time lasts (images install keys late).
 //! Unreadable key, wrong passphrase, changed host key: fail at once.
 
@@ -17,6 +17,13 @@ use crate::ssh::{
     self, ConnectOptions, Credentials, ErrorClass, ExecOptions, ExitStatus, HostKeyCheck,
     SshSession,
 };
+
+/// How often an attempt starts while the node is not reachable yet.
+pub const UNREACHABLE_PACE: Duration = Duration::from_millis(100);
+
+/// The most an unreachable retry is delayed beyond the pace, at random, so that the attempts of
+/// many nodes do not go out in step.
+const UNREACHABLE_JITTER: Duration = Duration::from_millis(20);
 
 /// How to log in.
 #[derive(Debug, Clone)]
@@ -97,12 +104,6 @@ pub async fn login(
     deadline: Instant,
     attempts: &mut Vec<LoginAttempt>,
 ) -> Result<LoggedIn, ssh::Error> {
-    let mut unreachable = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_millis(300))
-        .with_jitter()
-        .without_max_times()
-        .build();
     let mut rejected = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(500))
         .with_max_delay(Duration::from_secs(3))
@@ -112,6 +113,7 @@ pub async fn login(
     loop {
         let mut last = None;
         let mut all_rejected = true;
+        let round = Instant::now();
         for user in &options.users {
             let left = deadline.saturating_duration_since(Instant::now());
             let connect = ConnectOptions {
@@ -146,11 +148,10 @@ pub async fn login(
             }
         }
         let pause = if all_rejected {
-            rejected.next()
+            rejected.next().unwrap_or(UNREACHABLE_PACE)
         } else {
-            unreachable.next()
-        }
-        .unwrap_or(Duration::from_millis(300));
+            unreachable_pause(round.elapsed())
+        };
         let Some(error) = last else {
             return Err(ssh::Error::AuthRejected {
                 user: String::new(),
@@ -163,6 +164,12 @@ pub async fn login(
         }
         tokio::time::sleep(pause).await;
     }
+}
+
+/// The pause after an unreachable attempt that took `took`: the rest of the pace, and a jitter.
+fn unreachable_pause(took: Duration) -> Duration {
+    let jitter = UNREACHABLE_JITTER.mul_f64(rand::random::<f64>());
+    UNREACHABLE_PACE.saturating_sub(took) + jitter
 }
 
 /// One attempt as one user: connect, then a probe that proves the account works and tells its

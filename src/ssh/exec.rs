@@ -36,6 +36,10 @@ pub struct ExecOptions {
     pub sink: Option<OutputSink>,
     /// Bytes to send on the command's standard input (then end of file).
     pub stdin: Option<Vec<u8>>,
+    /// A line the command prints first on stdout once its own preparations succeeded (before it
+    /// runs what the caller's output is about): taken out of stdout, and
+    /// [`ExecOutput::preamble`] says whether it came.
+    pub preamble: Option<&'static str>,
 }
 
 impl Default for ExecOptions {
@@ -45,6 +49,7 @@ impl Default for ExecOptions {
             max_output: 64 * 1024,
             sink: None,
             stdin: None,
+            preamble: None,
         }
     }
 }
@@ -150,6 +155,53 @@ pub struct ExecOutput {
     pub stderr: Captured,
     /// How it ended; `None` when it did not (timed out, channel closed without a status).
     pub status: Option<ExitStatus>,
+    /// Whether the command printed [`ExecOptions::preamble`] first.
+    pub preamble: bool,
+}
+
+/// Takes a preamble line out of the start of stdout: holds the first bytes until they match it
+/// or not, then lets everything through.
+struct Preamble {
+    line: Option<&'static [u8]>,
+    held: Vec<u8>,
+    seen: bool,
+}
+
+impl Preamble {
+    fn new(line: Option<&'static str>) -> Self {
+        Preamble {
+            line: line.map(str::as_bytes),
+            held: Vec::new(),
+            seen: false,
+        }
+    }
+
+    /// The stdout bytes to pass on for `data`, the preamble taken out.
+    fn filter<'a>(&mut self, data: &'a [u8]) -> Cow<'a, [u8]> {
+        let Some(line) = self.line else {
+            return Cow::Borrowed(data);
+        };
+        self.held.extend_from_slice(data);
+        let n = self.held.len().min(line.len());
+        if self.held[..n] != line[..n] {
+            // Not the preamble: what was held is output.
+            self.line = None;
+            return Cow::Owned(std::mem::take(&mut self.held));
+        }
+        if self.held.len() < line.len() {
+            return Cow::Owned(Vec::new());
+        }
+        self.line = None;
+        self.seen = true;
+        let after = self.held.split_off(line.len());
+        self.held.clear();
+        Cow::Owned(after)
+    }
+
+    /// What is still held when the output ends (a partial preamble is output after all).
+    fn rest(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.held)
+    }
 }
 
 impl SshSession {
@@ -158,7 +210,7 @@ impl SshSession {
     /// A non-zero exit status is not an error here: the caller decides. Errors are a channel that
     /// closes without a status, the time limit, and a lost connection.
     pub async fn exec(&self, command: &str, options: &ExecOptions) -> Result<ExecOutput, Error> {
-        self.run(command, options, None).await
+        self.run(command, options, None, true).await
     }
 
     /// Runs a probe: like [`SshSession::exec`], but when the first line of stdout does not start
@@ -177,7 +229,8 @@ impl SshSession {
             let complete = bytes.contains(&b'\n') || first.len() >= marker.len();
             complete && !first.starts_with(marker.as_bytes())
         };
-        self.run(command, options, Some(&wrong)).await
+        // On a channel of its own: the probe is what shows that the account runs commands at all.
+        self.run(command, options, Some(&wrong), false).await
     }
 
     async fn run(
@@ -185,6 +238,7 @@ impl SshSession {
         command: &str,
         options: &ExecOptions,
         stop: Option<&(dyn Fn(&Captured) -> bool + Sync)>,
+        ready: bool,
     ) -> Result<ExecOutput, Error> {
         // The time limit is enforced on the node by coreutils' `timeout` (which ends the command's
         // whole process group; sshd refuses SSH signal requests in root sessions), and here too,
@@ -203,16 +257,9 @@ impl SshSession {
             None => command,
         };
         let started = tokio::time::Instant::now();
-        let mut channel = self.channel().await?;
-        channel
-            .exec(true, remote)
-            .await
-            .map_err(|e| self.channel_error("starting a command", e))?;
+        let mut channel = self.start(remote, ready).await?;
         if let Some(input) = &options.stdin {
-            channel
-                .data(&input[..])
-                .await
-                .map_err(|e| self.channel_error("sending standard input", e))?;
+            self.send(&channel, input, "sending standard input").await?;
         }
         // End of input, so that a command reading stdin does not wait forever.
         let _ = channel.eof().await;
@@ -221,7 +268,9 @@ impl SshSession {
             stdout: Captured::new(options.max_output),
             stderr: Captured::new(options.max_output),
             status: None,
+            preamble: false,
         };
+        let mut preamble = Preamble::new(options.preamble);
         let mut closed = false;
         let mut refused = false;
         let mut stopped = false;
@@ -229,6 +278,10 @@ impl SshSession {
             while let Some(msg) = channel.wait().await {
                 match msg {
                     ChannelMsg::Data { data } => {
+                        let data = preamble.filter(&data);
+                        if data.is_empty() {
+                            continue;
+                        }
                         if let Some(sink) = &options.sink {
                             sink(Stream::Stdout, &data);
                         }
@@ -273,6 +326,8 @@ impl SshSession {
                 false
             }
         };
+        output.preamble = preamble.seen;
+        output.stdout.push(&preamble.rest());
         // `timeout` exits 124 when it ended the command, 137 when it had to kill it.
         let ended_remotely = options.timeout.is_some_and(|limit| {
             started.elapsed() >= limit && matches!(output.status, Some(ExitStatus::Code(124 | 137)))
@@ -315,6 +370,28 @@ impl SshSession {
     }
 }
 
+impl SshSession {
+    /// A channel running `command`: a ready one when `ready` and there is one, else a new one.
+    async fn start(
+        &self,
+        command: &str,
+        ready: bool,
+    ) -> Result<russh::Channel<russh::client::Msg>, Error> {
+        if ready {
+            if let Some((channel, preface)) = self.ready_channel(command).await {
+                self.send(&channel, &preface, "starting a command").await?;
+                return Ok(channel);
+            }
+        }
+        let channel = self.channel().await?;
+        channel
+            .exec(true, command)
+            .await
+            .map_err(|e| self.channel_error("starting a command", e))?;
+        Ok(channel)
+    }
+}
+
 fn signal_name_of(sig: &Sig) -> String {
     match sig {
         Sig::ABRT => "ABRT",
@@ -349,6 +426,29 @@ mod tests {
         assert_eq!(c.bytes(), b"defTHE-END");
         assert_eq!(c.dropped(), 16_007 - 10);
         assert!(c.tail.len() <= 4096 + 16);
+    }
+
+    #[test]
+    fn a_preamble_is_taken_out_however_it_is_split() {
+        let mut p = Preamble::new(Some("ready\n"));
+        assert!(p.filter(b"rea").is_empty());
+        assert_eq!(&*p.filter(b"dy\nhello"), b"hello");
+        assert_eq!(
+            &*p.filter(b"ready\n"),
+            b"ready\n",
+            "only the first is taken out"
+        );
+        assert!(p.seen);
+
+        let mut p = Preamble::new(Some("ready\n"));
+        assert!(p.filter(b"re").is_empty());
+        assert_eq!(&*p.filter(b"set"), b"reset");
+        assert!(!p.seen);
+
+        let mut p = Preamble::new(Some("ready\n"));
+        assert!(p.filter(b"read").is_empty());
+        assert_eq!(p.rest(), b"read", "a partial preamble at the end is output");
+        assert!(!p.seen);
     }
 
     #[test]

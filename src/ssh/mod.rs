@@ -5,6 +5,7 @@
 //! - `auth`: private key files (OpenSSH, PEM, PKCS#8; encrypted with a passphrase), the agent,
 //!   a password, the user's default keys;
 //! - `exec`: run a command, stream stdout and stderr apart, keep a bounded tail, end it at a deadline;
+//! - `ready`: channels made ready ahead of need, so that a command and its input cost one round trip;
 //! - `sftp`: upload (mode, parents, temporary name then rename), append, delete.
 //!
 //! Errors carry a class ([`ErrorClass`]) so that callers retry by class, never by message text.
@@ -12,6 +13,7 @@
 mod auth;
 mod exec;
 mod known_hosts;
+mod ready;
 mod session;
 mod sftp;
 

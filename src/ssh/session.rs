@@ -1,5 +1,7 @@
 //! One SSH session to a node: connect with a deadline, check the host key, authenticate with the
 //! credentials in order, keep the connection alive. Every step of a node runs over one session.
+//! Commands run on channels made ready ahead of need ([`super::ready`]), from the moment the login
+//! succeeds, so that each costs one round trip.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -13,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
 
 use super::auth::rsa_hash;
+use super::ready::ReadyChannels;
 use super::{Credentials, Error, HostKeyCheck};
 
 /// Where and how to connect.
@@ -88,12 +91,20 @@ impl client::Handler for Client {
 /// How long closing a session waits for the connection to end.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How often a send waiting for the server's window looks whether the connection ended.
+const CLOSED_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// How often closing looks whether the tasks making channels ready have let go of the handle.
+const CLOSE_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// A logged-in SSH session to one node.
 pub struct SshSession {
-    handle: Handle<Client>,
+    handle: Arc<Handle<Client>>,
     addr: SocketAddr,
     user: String,
     sftp: OnceCell<russh_sftp::client::SftpSession>,
+    /// Channels made ready for commands.
+    ready: ReadyChannels<Client>,
 }
 
 impl std::fmt::Debug for SshSession {
@@ -153,7 +164,9 @@ impl SshSession {
             .await
             .map_err(|_| timeout("SSH handshake with"))??;
         tracing::debug!(%addr, user = %options.user, "logged in");
+        let handle = Arc::new(handle);
         Ok(SshSession {
+            ready: ReadyChannels::start(handle.clone()),
             handle,
             addr,
             user: options.user.clone(),
@@ -176,12 +189,43 @@ impl SshSession {
         self.handle.is_closed()
     }
 
+    /// Sends `data` on `channel`, failing when the connection ends meanwhile (a send waiting for
+    /// the server to open the channel's window is not woken by the connection's end).
+    pub(super) async fn send(
+        &self,
+        channel: &russh::Channel<client::Msg>,
+        data: &[u8],
+        what: &str,
+    ) -> Result<(), Error> {
+        let gone = async {
+            while !self.handle.is_closed() {
+                tokio::time::sleep(CLOSED_POLL).await;
+            }
+        };
+        tokio::select! {
+            sent = channel.data(data) => sent.map_err(|e| self.channel_error(what, e)),
+            () = gone => Err(Error::ConnectionLost {
+                addr: self.addr,
+                source: Box::new(russh::Error::Disconnect),
+            }),
+        }
+    }
+
     /// Opens a session channel.
     pub(super) async fn channel(&self) -> Result<russh::Channel<client::Msg>, Error> {
         self.handle
             .channel_open_session()
             .await
             .map_err(|source| self.channel_error("opening a session channel", source))
+    }
+
+    /// A channel ready for `command`, and what to send on it before the command's input; `None`
+    /// when none could be made ready (then open one and `exec` on it).
+    pub(super) async fn ready_channel(
+        &self,
+        command: &str,
+    ) -> Option<(russh::Channel<client::Msg>, Vec<u8>)> {
+        self.ready.take(command).await
     }
 
     /// The SFTP session of this connection, opened on first use.
@@ -223,11 +267,23 @@ impl SshSession {
     /// Says goodbye to the server, and waits (a little) until the connection is closed, so that a
     /// fleet bounded to N connections never has more than N open.
     pub async fn close(self) {
+        self.ready.stop();
         let _ = self
             .handle
             .disconnect(russh::Disconnect::ByApplication, "", "en")
             .await;
-        let _ = tokio::time::timeout(CLOSE_WAIT, self.handle).await;
+        // Channels being made ready hold the handle a moment longer, until their task ends.
+        let mut handle = self.handle;
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            loop {
+                match Arc::try_unwrap(handle) {
+                    Ok(handle) => return handle.await,
+                    Err(shared) => handle = shared,
+                }
+                tokio::time::sleep(CLOSE_POLL).await;
+            }
+        })
+        .await;
     }
 }
 

@@ -2,6 +2,11 @@
 //! show: one-way delay, connections refused for a while, a reset after N bytes, and a peer that
 //! accepts and never answers. Faults can be changed while the relay runs; each new connection takes
 //! the faults in force when it is accepted.
+//!
+//! With a delay, the relay also emulates the TCP handshake's round trip (it reaches the node three
+//! one-way delays after the accept, so that no byte arrives earlier than over a real link), and
+//! counts each connection's request/answer turns ([`Relay::turns`]): how many times the client
+//! waited for its server.
 
 use std::io;
 use std::net::SocketAddr;
@@ -19,7 +24,8 @@ use tokio::time::Instant;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Faults {
     /// Every chunk is delivered this long after it was read, in each direction (a round trip
-    /// costs twice this). Order is kept and throughput is not limited.
+    /// costs twice this), and the node is reached only after a TCP handshake's round trip. Order
+    /// is kept and throughput is not limited.
     pub delay: Duration,
     /// After this many bytes (both directions together), both sides get a TCP reset.
     pub reset_after: Option<u64>,
@@ -93,6 +99,7 @@ pub struct Relay {
     faults: Arc<Mutex<(Faults, Option<Faults>)>>,
     accepted: Arc<AtomicUsize>,
     gauge: Gauge,
+    turns: Turns,
     tasks: JoinSet<()>,
 }
 
@@ -123,8 +130,10 @@ impl Relay {
         let addr = socket.local_addr()?;
         let faults = Arc::new(Mutex::new((Faults::default(), None)));
         let accepted = Arc::new(AtomicUsize::new(0));
+        let turns = Turns::default();
         let mut tasks = JoinSet::new();
         let (faults2, accepted2, gauge2) = (faults.clone(), accepted.clone(), gauge.clone());
+        let turns2 = turns.clone();
         // Listening at once when there is nothing to refuse, so that the first connect succeeds.
         let ready = if refuse_for.is_zero() {
             Ok(socket.listen(128)?)
@@ -150,7 +159,8 @@ impl Relay {
                     f.1.take().unwrap_or_else(|| f.0.clone())
                 };
                 let open = gauge2.enter();
-                connections.spawn(relay_connection(client, target, faults, open));
+                let counter = turns2.connection(faults.delay);
+                connections.spawn(relay_connection(client, target, faults, open, counter));
                 // Forget connections that ended.
                 while connections.try_join_next().is_some() {}
             }
@@ -160,6 +170,7 @@ impl Relay {
             faults,
             accepted,
             gauge,
+            turns,
             tasks,
         })
     }
@@ -188,6 +199,93 @@ impl Relay {
     pub fn gauge(&self) -> &Gauge {
         &self.gauge
     }
+
+    /// The round trips each connection accepted so far has waited for, in order of accept: one
+    /// for the TCP handshake, and one for each request/answer turn (the client sent, got an
+    /// answer, and only then sent again, after a pause of at least the one-way delay). Counted
+    /// only for connections with a delay; the pause tells a client that waits from one that
+    /// merely writes on while answers come in.
+    pub fn turns(&self) -> Vec<u32> {
+        self.turns.counts()
+    }
+}
+
+/// The turns of each connection of one relay.
+#[derive(Debug, Clone, Default)]
+struct Turns(Arc<Mutex<Vec<u32>>>);
+
+impl Turns {
+    fn connection(&self, delay: Duration) -> Option<TurnCounter> {
+        if delay.is_zero() {
+            return None;
+        }
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // The TCP handshake.
+        counts.push(1);
+        Some(TurnCounter {
+            turns: self.clone(),
+            index: counts.len() - 1,
+            pause: delay,
+            state: Arc::new(Mutex::new(TurnState::default())),
+        })
+    }
+
+    fn counts(&self) -> Vec<u32> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Counts one connection's turns, from both directions.
+#[derive(Debug, Clone)]
+struct TurnCounter {
+    turns: Turns,
+    index: usize,
+    /// The least pause between two sends that counts as waiting.
+    pause: Duration,
+    state: Arc<Mutex<TurnState>>,
+}
+
+#[derive(Debug, Default)]
+struct TurnState {
+    /// When the client last sent.
+    sent: Option<Instant>,
+    /// Whether an answer reached the client since.
+    answered: bool,
+}
+
+impl TurnCounter {
+    /// The client sent a chunk (read by the relay now); whether it ended a wait.
+    fn sent(&self) -> bool {
+        let now = Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let waited = state
+            .sent
+            .is_some_and(|last| state.answered && now.duration_since(last) >= self.pause);
+        if waited {
+            let mut counts = self.turns.0.lock().unwrap_or_else(|e| e.into_inner());
+            counts[self.index] += 1;
+        }
+        state.sent = Some(now);
+        state.answered = false;
+        waited
+    }
+
+    /// A chunk from the server reached the client.
+    fn answered(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .answered = true;
+    }
+}
+
+/// Which way a chunk goes, and what the turn counter hears of it.
+#[derive(Clone, Copy)]
+enum Way {
+    /// Client to node.
+    Up,
+    /// Node to client.
+    Down,
 }
 
 impl Drop for Relay {
@@ -203,12 +301,28 @@ async fn relay_connection(
     target: SocketAddr,
     faults: Faults,
     open: GaugeGuard,
+    counter: Option<TurnCounter>,
 ) {
     if faults.blackhole {
         // Hold the connection open, silent, until the relay is dropped.
         let _client = client;
         std::future::pending::<()>().await;
         return;
+    }
+    // The SYN, SYN-ACK, ACK of a real link: the client could send a round trip after it began,
+    // the node accepts a round trip and a half after, and what either side sends first arrives no
+    // earlier than it would there.
+    let accepted = Instant::now();
+    let mut first_due = None;
+    if !faults.delay.is_zero() {
+        let handshake = accepted + faults.delay * 3;
+        if tokio::time::timeout_at(handshake, client.readable())
+            .await
+            .is_ok()
+        {
+            first_due = Some(Instant::now().max(accepted + faults.delay * 2) + faults.delay);
+        }
+        tokio::time::sleep_until(handshake).await;
     }
     let Ok(mut server) = TcpStream::connect(target).await else {
         let _ = client.set_zero_linger();
@@ -223,11 +337,22 @@ async fn relay_connection(
         let (client_read, client_write) = client.split();
         let (server_read, server_write) = server.split();
         let up_budget = budget.clone();
+        let up_counter = counter.clone().map(|c| (c, Way::Up));
         let up = async {
-            direction(client_read, server_write, faults.delay, up_budget, &kill_tx).await;
+            let (delay, kill) = (faults.delay, &kill_tx);
+            let from = (client_read, first_due);
+            direction(from, server_write, delay, up_budget, kill, up_counter).await;
             drop(open);
         };
-        let down = direction(server_read, client_write, faults.delay, budget, &kill_tx);
+        let down_counter = counter.map(|c| (c, Way::Down));
+        let down = direction(
+            (server_read, None),
+            client_write,
+            faults.delay,
+            budget,
+            &kill_tx,
+            down_counter,
+        );
         tokio::join!(up, down);
     }
     if *kill_rx.borrow() {
@@ -245,13 +370,21 @@ enum Chunk {
 
 /// Copies one direction: a reader that stamps each chunk with its delivery time, and a writer that
 /// delivers it then. A reset (the byte budget spent, or a failed write) ends every direction.
+/// The counter hears of each chunk the client sent, and of each answer delivered to it. The first
+/// chunk is delivered at `first_due` when given (what the client sent during the handshake).
 async fn direction(
-    mut reader: impl AsyncRead + Unpin,
+    (mut reader, mut first_due): (impl AsyncRead + Unpin, Option<Instant>),
     mut writer: impl AsyncWrite + Unpin,
     delay: Duration,
     budget: Arc<Mutex<Option<u64>>>,
     kill: &watch::Sender<bool>,
+    counter: Option<(TurnCounter, Way)>,
 ) {
+    let (up, down) = match &counter {
+        Some((c, Way::Up)) => (Some(c.clone()), None),
+        Some((c, Way::Down)) => (None, Some(c.clone())),
+        None => (None, None),
+    };
     let (tx, mut rx) = mpsc::unbounded_channel::<Chunk>();
     let mut reader_kill = kill.subscribe();
     let read_side = async move {
@@ -265,6 +398,16 @@ async fn direction(
                 },
                 _ = reader_kill.wait_for(|k| *k) => return,
             };
+            if let Some(counter) = &up {
+                let waited = counter.sent();
+                if std::env::var_os("NODEUP_RELAY_TRACE").is_some() {
+                    eprintln!(
+                        "{:?} up {n} {}",
+                        Instant::now(),
+                        if waited { "TURN" } else { "" }
+                    );
+                }
+            }
             let mut data = buf[..n].to_vec();
             let mut reset = false;
             if let Some(left) = budget.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
@@ -274,7 +417,7 @@ async fn direction(
                 }
                 *left = left.saturating_sub(data.len() as u64);
             }
-            let at = Instant::now() + delay;
+            let at = first_due.take().unwrap_or(Instant::now() + delay);
             let _ = tx.send(Chunk::Data(at, data));
             if reset {
                 let _ = tx.send(Chunk::Reset(at));
@@ -295,6 +438,12 @@ async fn direction(
                     if writer.write_all(&data).await.is_err() {
                         let _ = kill.send(true);
                         return;
+                    }
+                    if let Some(counter) = &down {
+                        counter.answered();
+                        if std::env::var_os("NODEUP_RELAY_TRACE").is_some() {
+                            eprintln!("{:?} down {}", Instant::now(), data.len());
+                        }
                     }
                 }
                 Some(Chunk::Eof(at)) => {

@@ -12,6 +12,7 @@ mod ovh_fake;
 mod promises;
 mod reinstall;
 mod relay;
+mod round_trips;
 mod ssh;
 
 use std::process::Output;

@@ -1,0 +1,111 @@
+//! Channels made ready ahead of need, so that a command costs one round trip.
+//!
+//! Over SSH, a command on a new channel waits twice: once for the server to confirm the channel,
+//! and, when the command reads input, once more for the server to open the channel's window
+//! (OpenSSH's sshd opens it only once the command has started). So the session keeps
+//! [`READY_CHANNELS`] channels going ahead: each is opened, and a small POSIX shell loop is started
+//! on it that reads one command from its input, up to a line holding the session's random
+//! sentinel, then `exec`s the login shell on it, as sshd itself would have run it. Its input
+//! after that line is the command's input. A command sent on such a channel, with its input,
+//! costs one round trip; taking one starts the next, and that one's two round trips overlap the
+//! commands that run meanwhile.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use russh::client::{Handle, Msg};
+use russh::Channel;
+use tokio::task::JoinHandle;
+
+/// How many channels are kept going ahead: two, since making one ready takes two round trips
+/// and a command takes one.
+pub const READY_CHANNELS: usize = 2;
+
+/// The loop started on a ready channel; `$1` is the sentinel. What it reads before the sentinel
+/// line is the command, run as sshd runs a command: by the login shell, with `-c`.
+const WAIT_FOR_COMMAND: &str = r#"c=
+while IFS= read -r l; do
+  if [ "$l" = "$1" ]; then exec "${SHELL:-/bin/sh}" -c "$c"; fi
+  c="$c$l
+"
+done
+exit 255"#;
+
+type Opening = JoinHandle<Result<Channel<Msg>, russh::Error>>;
+
+/// The channels being made ready for one session.
+pub(super) struct ReadyChannels<H: russh::client::Handler> {
+    handle: Arc<Handle<H>>,
+    sentinel: String,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Opening>,
+    /// The server refused a channel (it limits a connection's sessions): no more are made ahead.
+    refused: bool,
+}
+
+impl<H: russh::client::Handler + 'static> ReadyChannels<H> {
+    /// Starts making channels ready on `handle`.
+    pub(super) fn start(handle: Arc<Handle<H>>) -> Self {
+        let ready = ReadyChannels {
+            handle,
+            sentinel: format!("nodeup-command-end-{:016x}", rand::random::<u64>()),
+            state: Mutex::new(State::default()),
+        };
+        ready.fill();
+        ready
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts making channels ready until [`READY_CHANNELS`] are going.
+    fn fill(&self) {
+        let mut state = self.lock();
+        while !state.refused && state.queue.len() < READY_CHANNELS {
+            let handle = self.handle.clone();
+            let command = format!(
+                "sh -c {} sh {}",
+                super::quote(WAIT_FOR_COMMAND),
+                self.sentinel
+            );
+            state.queue.push_back(tokio::spawn(async move {
+                let channel = handle.channel_open_session().await?;
+                channel.exec(true, command).await?;
+                Ok(channel)
+            }));
+        }
+    }
+
+    /// A ready channel, and the bytes to send first on it (the command and the sentinel); `None`
+    /// when there is none (the server refused one, or the connection is gone).
+    pub(super) async fn take(&self, command: &str) -> Option<(Channel<Msg>, Vec<u8>)> {
+        let opening = self.lock().queue.pop_front()?;
+        match opening.await {
+            Ok(Ok(channel)) => {
+                self.fill();
+                let preface = format!("{command}\n{}\n", self.sentinel).into_bytes();
+                Some((channel, preface))
+            }
+            Ok(Err(e)) => {
+                tracing::debug!("a channel made ahead was refused: {e}");
+                self.stop();
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Stops making channels ready, and drops those going.
+    pub(super) fn stop(&self) {
+        let mut state = self.lock();
+        state.refused = true;
+        for opening in state.queue.drain(..) {
+            opening.abort();
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Round trips, counted exactly where they can be: at the test bed's relay (with a delay, so that a
+//! client waiting for its server shows as a pause), the times nodeup waited for the node, beside
+//! the OpenSSH client doing the same work. Not timed: a count cannot be made flaky by a slow
+//! machine, and a change that adds a round trip fails here.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nodeup::deploy::{FileStep, ScriptStep, SshKeyStep, Step};
+use nodeup::engine::{run_steps, DeployOptions, Target};
+use testbed::{Faults, NodeSpec, Relay, TestBed, TestNode};
+
+use crate::assert_ok;
+
+/// The one-way delay: long enough that a pause of the client's own (scheduling, signing) is never
+/// taken for a wait, short enough to keep the test quick.
+const DELAY: Duration = Duration::from_millis(50);
+
+/// How many times the OpenSSH client's work is counted. Its count moves by one from run to run
+/// (whether the server's first messages come in one piece, whether its window opens before the
+/// input is sent), while nodeup's does not: the comparison takes OpenSSH's best login and its
+/// worst deployment, so that neither way does chance decide.
+const OPENSSH_RUNS: usize = 3;
+
+/// The round trips of nodeup's login: TCP, key exchange (2), the userauth service, the key's
+/// probe and its signature, and the probe command (a channel and a command) that proves the
+/// account works. The benchmark (`cargo bench --bench wan`) reached this.
+const LOGIN_BUDGET: u32 = 8;
+
+/// The round trips of the 3-step deployment (key, file, script): the login, one each for the key
+/// and the file, two for the script (it runs, then its private directory is removed). OpenSSH
+/// doing the same work in one command waits for 10: its login has one more (a `none`
+/// authentication first), and its command one more (sshd opens a channel's window for input only
+/// once the command started; nodeup's commands go to channels made ready ahead).
+const DEPLOY_BUDGET: u32 = LOGIN_BUDGET + 4;
+
+struct Bench {
+    bed: TestBed,
+    node: TestNode,
+    relay: Relay,
+    known_hosts: std::path::PathBuf,
+}
+
+impl Bench {
+    async fn new() -> Bench {
+        let bed = TestBed::new().unwrap();
+        let node = bed.node(NodeSpec::new("turns")).await.unwrap();
+        let relay = Relay::start(node.addr()).await.unwrap();
+        relay.set_faults(Faults {
+            delay: DELAY,
+            ..Faults::default()
+        });
+        let host = format!("[127.0.0.1]:{}", relay.addr().port());
+        let keys = std::fs::read_to_string(node.known_hosts()).unwrap();
+        let text: String = keys
+            .lines()
+            .filter_map(|l| l.split_once(' ').map(|(_, key)| format!("{host} {key}\n")))
+            .collect();
+        let known_hosts = bed.dir().join("known_hosts-relay");
+        std::fs::write(&known_hosts, text).unwrap();
+        Bench {
+            bed,
+            node,
+            relay,
+            known_hosts,
+        }
+    }
+
+    /// The round trips of the connections accepted since `before` connections.
+    fn turns_since(&self, before: usize) -> Vec<u32> {
+        self.relay.turns()[before..].to_vec()
+    }
+
+    async fn nodeup(&self, steps: &Step) -> Vec<u32> {
+        let before = self.relay.turns().len();
+        let target = Target {
+            addr: self.relay.addr(),
+            users: vec!["root".into()],
+            pinned_host_keys: Vec::new(),
+            node: None,
+            journal: None,
+        };
+        let options = DeployOptions {
+            ssh_keys: vec![self.bed.client_key().to_path_buf()],
+            known_hosts: self.known_hosts.clone(),
+            journal: None,
+            ..Default::default()
+        };
+        let creds = options.credentials().unwrap();
+        if let Err(e) = run_steps(&target, steps, &creds, &options).await {
+            panic!("{}", nodeup::engine::error_chain(&e.cause));
+        }
+        self.turns_since(before)
+    }
+
+    /// The round trips of [`OPENSSH_RUNS`] runs of the OpenSSH client running `command`.
+    fn openssh_runs(&self, command: &str, stdin: Option<&Path>) -> Vec<u32> {
+        (0..OPENSSH_RUNS)
+            .flat_map(|_| self.openssh(command, stdin))
+            .collect()
+    }
+
+    /// The OpenSSH client running `command` (with `stdin`) through the relay.
+    fn openssh(&self, command: &str, stdin: Option<&Path>) -> Vec<u32> {
+        let before = self.relay.turns().len();
+        let addr = SocketAddr::new([127, 0, 0, 1].into(), self.relay.addr().port());
+        let mut cmd = testbed::openssh(addr, "root", self.bed.client_key(), &self.known_hosts, &[]);
+        cmd.arg(command).stdout(Stdio::null());
+        if let Some(path) = stdin {
+            cmd.stdin(std::fs::File::open(path).unwrap());
+        }
+        assert_ok(&cmd.output().unwrap());
+        self.turns_since(before)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_waits_for_no_more_round_trips_than_openssh_plus_two() {
+    let bench = Bench::new().await;
+    let payload = bench.bed.dir().join("payload.bin");
+    std::fs::write(&payload, b"x").unwrap();
+    let key = bench.bed.client_public_key().to_string();
+
+    // Login alone (and the probe command) against OpenSSH logging in and running `true`.
+    let login = bench.nodeup(&Step::Multi(Vec::new())).await;
+    let openssh_login = bench.openssh_runs("true", None);
+    assert_eq!(login.len(), 1, "one connection");
+    assert!(
+        login[0] <= *openssh_login.iter().min().unwrap(),
+        "nodeup's login took {login:?} round trips, OpenSSH's {openssh_login:?}"
+    );
+    assert!(
+        login[0] <= LOGIN_BUDGET,
+        "login: {login:?} > {LOGIN_BUDGET}"
+    );
+
+    // The 3-step deployment against OpenSSH doing the same work in one command.
+    let steps = Step::Multi(vec![
+        Step::SshKey(SshKeyStep::new(&key)),
+        Step::File(FileStep {
+            mode: Some(0o640),
+            ..FileStep::new(&payload, "/root/payload.bin")
+        }),
+        Step::Script(ScriptStep::inline("echo one\necho two\n")),
+    ]);
+    let deploy = bench.nodeup(&steps).await;
+    let floor = bench.openssh_runs(
+        &format!(
+            "umask 077; mkdir -p ~/.ssh && printf '%s\\n' {} >> ~/.ssh/authorized_keys && \
+             cat > /root/floor.bin && sh -c 'echo one; echo two'",
+            nodeup::ssh::quote(&key)
+        ),
+        Some(&payload),
+    );
+    eprintln!("round trips: nodeup login {login:?}, OpenSSH `true` {openssh_login:?}, nodeup 3 steps {deploy:?}, OpenSSH floor {floor:?}");
+    assert_eq!(deploy.len(), 1, "one connection for everything");
+    assert!(
+        deploy[0] <= floor.iter().max().unwrap() + 2,
+        "3 steps took {deploy:?} round trips; the floor is {floor:?}"
+    );
+    assert!(
+        deploy[0] <= DEPLOY_BUDGET,
+        "3 steps: {deploy:?} > {DEPLOY_BUDGET}"
+    );
+
+    // Each further step: a file costs one, a script two.
+    let two_more = Step::Multi(vec![
+        Step::SshKey(SshKeyStep::new(&key)),
+        Step::File(FileStep::new(&payload, "/root/payload.bin")),
+        Step::Script(ScriptStep::inline("echo one\necho two\n")),
+        Step::File(FileStep::new(&payload, "/root/second.bin")),
+        Step::Script(ScriptStep::inline("echo three\n")),
+    ]);
+    let more = bench.nodeup(&two_more).await;
+    eprintln!("round trips: 5 steps {more:?}");
+    assert!(
+        more[0] <= deploy[0] + 3,
+        "a file and a script more took {more:?} round trips, the 3 steps {deploy:?}"
+    );
+
+    // The work was done.
+    assert_eq!(bench.node.read_file("/root/payload.bin").unwrap(), b"x");
+    assert_eq!(bench.node.read_file("/root/second.bin").unwrap(), b"x");
+}
