@@ -4,25 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use super::{read_local, Context, Error, StepResult};
-use crate::ssh::{quote, temp_name};
-
-/// What puts a file in place from its standard input, in one command (one round trip): parent
-/// directories (0755), the bytes written to the temporary name `$2` (created exclusively, 0600,
-/// never through a link), their count checked against `$4` (a lost connection ends the input
-/// early, and half a file is never renamed into place), the mode `$3`, then an atomic rename over
-/// the target `$1`. What it made is removed on any failure.
-const INSTALL: &str = r#"dir=$(dirname -- "$1")
-(umask 022 && mkdir -p -- "$dir") || exit 1
-umask 077
-set -C
-exec 3>"$2" || exit 1
-fail() { rm -f -- "$2"; exit 1; }
-cat >&3 || fail
-exec 3>&-
-size=$(($(wc -c <"$2")))
-if [ "$size" -ne "$4" ]; then echo "received $size of $4 bytes" >&2; fail; fi
-chmod -- "$3" "$2" || fail
-mv -f -- "$2" "$1" || fail"#;
+use crate::ssh::{temp_name, UploadOptions};
 
 /// Uploads a local file to `target`, with an explicit mode or the source's own; written under a
 /// temporary name and renamed into place, in one command. With `sudo`, root writes it.
@@ -80,19 +62,15 @@ impl FileStep {
                     & 0o7777
             }
         };
-        let sudo = ctx.sudo(self.sudo);
-        let tmp = temp_name(&self.target);
-        let command = format!(
-            "{sudo}sh -c {} sh {} {} {:o} {}",
-            quote(INSTALL),
-            quote(&self.target),
-            quote(&tmp),
-            mode,
-            data.len()
-        );
-        let size = data.len();
+        let options = UploadOptions {
+            mode: Some(mode),
+            create_parents: true,
+            sudo: !ctx.sudo(self.sudo).is_empty(),
+        };
+        let (size, tmp) = (data.len(), temp_name(&self.target));
         ctx.track(&tmp);
-        ctx.helper(&command, Some(data), &format!("writing {}", self.target))
+        ctx.session
+            .upload_via(data, &self.target, &tmp, &options)
             .await?;
         ctx.untrack(&tmp);
         Ok(StepResult {

@@ -20,12 +20,16 @@ const STAGED: &str = "nodeup-staged\n";
 /// status or signal is the command's own, and runs with the session's umask.
 const STAGE_AND_RUN: &str = r#"mask=$(umask)
 umask 077
-mkdir -m 0700 -- "$1" || exit 1
-(set -C && cat >"$2") || exit 1
+dir=$1
+mkdir -m 0700 -- "$dir" || exit 1
+fail() { rm -rf -- "$dir"; exit 1; }
+trap fail HUP INT TERM PIPE
+(set -C && cat >"$2") || fail
 size=$(($(wc -c <"$2")))
-if [ "$size" -ne "$3" ]; then echo "received $size of $3 bytes of the script" >&2; exit 1; fi
-chmod 0700 -- "$2" || exit 1
+if [ "$size" -ne "$3" ]; then echo "received $size of $3 bytes of the script" >&2; fail; fi
+chmod 0700 -- "$2" || fail
 umask "$mask"
+trap - HUP INT TERM PIPE
 printf 'nodeup-staged\n'
 shift 3
 exec "$@" </dev/null"#;

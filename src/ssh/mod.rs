@@ -6,7 +6,8 @@
 //!   a password, the user's default keys;
 //! - `exec`: run a command, stream stdout and stderr apart, keep a bounded tail, end it at a deadline;
 //! - `ready`: channels made ready ahead of need, so that a command and its input cost one round trip;
-//! - `sftp`: upload (mode, parents, temporary name then rename), append, delete.
+//! - `upload`: a file put in place by one command (mode, parents, temporary name then rename);
+//! - `sftp`: append, read, delete, modes, directories.
 //!
 //! Errors carry a class ([`ErrorClass`]) so that callers retry by class, never by message text.
 
@@ -16,6 +17,7 @@ mod known_hosts;
 mod ready;
 mod session;
 mod sftp;
+mod upload;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,7 +27,7 @@ pub use auth::{default_key_files, Credentials, Password};
 pub use exec::{Captured, ExecOptions, ExecOutput, ExitStatus, OutputSink, Stream};
 pub use known_hosts::{HostKeyCheck, HostKeyPolicy};
 pub use session::{ConnectOptions, SshSession};
-pub use sftp::{temp_name, UploadOptions};
+pub use upload::{parent_of, temp_name, UploadOptions};
 
 /// Quotes one word for a POSIX shell (single quotes), whatever it holds but NUL.
 pub fn quote(word: &str) -> String {
@@ -202,6 +204,18 @@ pub enum Error {
         /// What it printed until then.
         output: Box<ExecOutput>,
     },
+    /// The node could not put an uploaded file in place.
+    #[error("uploading {path} to {addr} failed ({status}): {message}")]
+    Upload {
+        /// The target path.
+        path: String,
+        /// Where.
+        addr: SocketAddr,
+        /// How the command that puts it in place ended.
+        status: String,
+        /// What it said (e.g. `Permission denied`).
+        message: String,
+    },
     /// An SFTP operation failed.
     #[error("sftp: {what} on {addr}")]
     Sftp {
@@ -254,6 +268,7 @@ impl Error {
             | Error::KnownHosts { .. }
             | Error::Key { .. }
             | Error::NoExitStatus { .. }
+            | Error::Upload { .. }
             | Error::CommandTimeout { .. } => ErrorClass::Fatal,
             // The SFTP channel itself broke (not a status the server answered): the connection.
             Error::Sftp { source, .. } => match **source {

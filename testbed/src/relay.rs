@@ -279,6 +279,13 @@ impl TurnCounter {
     }
 }
 
+/// Whether to print each chunk of a counted connection, with the turns it ends: set
+/// `NODEUP_RELAY_TRACE` to see which request waited for which answer.
+fn tracing_turns() -> bool {
+    static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var_os("NODEUP_RELAY_TRACE").is_some())
+}
+
 /// Which way a chunk goes, and what the turn counter hears of it.
 #[derive(Clone, Copy)]
 enum Way {
@@ -441,8 +448,8 @@ async fn direction(
                     }
                     if let Some(counter) = &down {
                         counter.answered();
-                        if std::env::var_os("NODEUP_RELAY_TRACE").is_some() {
-                            eprintln!("{:?} down {}", Instant::now(), data.len());
+                        if tracing_turns() {
+                            eprintln!("relay: {:?} down {}", Instant::now(), data.len());
                         }
                     }
                 }

@@ -184,3 +184,88 @@ async fn a_deployment_waits_for_no_more_round_trips_than_openssh_plus_two() {
     assert_eq!(bench.node.read_file("/root/payload.bin").unwrap(), b"x");
     assert_eq!(bench.node.read_file("/root/second.bin").unwrap(), b"x");
 }
+
+/// What a node holds under `dir` whose name starts with `prefix`.
+fn entries(node: &TestNode, dir: &str, prefix: &str) -> Vec<String> {
+    let out = node
+        .exec(&format!(
+            "ls -A {dir} 2>/dev/null | grep '^{prefix}' || true"
+        ))
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Commands and their input share one stream now: a connection lost in the middle ends the input
+/// early, and that must never put half a file in place or run half a script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_mid_input_leaves_no_half_file_and_runs_no_half_script() {
+    let bench = Bench::new().await;
+    bench.relay.set_faults(Faults::default());
+    let big: Vec<u8> = (0..2 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let local = bench.bed.dir().join("big.bin");
+    std::fs::write(&local, &big).unwrap();
+    let mut script = String::from("#!/bin/sh\n");
+    while script.len() < 1024 * 1024 {
+        script.push_str("# a long comment to make the script big enough to be cut short\n");
+    }
+    script.push_str("touch /root/half-script-ran\n");
+
+    let lose_after = |bytes| {
+        bench.relay.set_faults_once(Faults {
+            reset_after: Some(bytes),
+            ..Faults::default()
+        })
+    };
+    let options = DeployOptions {
+        ssh_keys: vec![bench.bed.client_key().to_path_buf()],
+        known_hosts: bench.known_hosts.clone(),
+        journal: None,
+        max_tries: 1,
+        ..Default::default()
+    };
+    let creds = options.credentials().unwrap();
+    let target = Target {
+        addr: bench.relay.addr(),
+        users: vec!["root".into()],
+        pinned_host_keys: Vec::new(),
+        node: None,
+        journal: None,
+    };
+    for step in [
+        Step::File(FileStep::new(&local, "/srv/big.bin")),
+        Step::Script(ScriptStep::inline(&script)),
+    ] {
+        lose_after(400_000);
+        let failed = run_steps(&target, &step, &creds, &options).await;
+        let failure = failed.expect_err("the connection is lost mid-step");
+
+        assert_eq!(failure.step.map(|s| s.0), Some(1), "{:?}", failure.cause);
+    }
+    // The node notices the input's early end a moment after the client does.
+    let mut left = Vec::new();
+    for _ in 0..50 {
+        left = entries(&bench.node, "/srv", ".big.bin");
+        left.extend(entries(&bench.node, "/root", ".nodeup-"));
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ps = bench.node.exec("ps -ef").unwrap();
+    assert!(
+        left.is_empty(),
+        "temporary files left: {left:?}\n{}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+    assert!(
+        bench.node.metadata("/srv/big.bin").is_err(),
+        "no half file in place"
+    );
+    assert!(
+        bench.node.metadata("/root/half-script-ran").is_err(),
+        "half a script never runs"
+    );
+}

@@ -149,13 +149,14 @@ async fn a_command_past_its_time_is_ended_on_the_node() {
 }
 
 #[tokio::test]
-async fn sftp_uploads_atomically_with_mode_and_parents() {
+async fn uploads_are_atomic_with_mode_and_parents() {
     let bed = TestBed::new().unwrap();
     let node = bed.node(NodeSpec::new("sftp")).await.unwrap();
     let ssh = login(&bed, &node, "root").await.unwrap();
     let opts = UploadOptions {
         mode: Some(0o640),
         create_parents: true,
+        sudo: false,
     };
     ssh.upload(b"first\n", "/opt/app/conf/app.conf", &opts)
         .await
@@ -181,6 +182,7 @@ async fn sftp_uploads_atomically_with_mode_and_parents() {
         &UploadOptions {
             mode: Some(0o600),
             create_parents: false,
+            sudo: false,
         },
     )
     .await
