@@ -100,8 +100,18 @@ impl<H: russh::client::Handler + 'static> ReadyChannels<H> {
         }
     }
 
+    /// Stops making channels ready, and lets go of the session: the channels being made ready
+    /// are dropped, and their tasks have ended when this returns.
+    pub(super) async fn shut(self) {
+        let going: Vec<Opening> = self.lock().queue.drain(..).collect();
+        for opening in going {
+            opening.abort();
+            let _ = opening.await;
+        }
+    }
+
     /// Stops making channels ready, and drops those going.
-    pub(super) fn stop(&self) {
+    fn stop(&self) {
         let mut state = self.lock();
         state.refused = true;
         for opening in state.queue.drain(..) {

@@ -94,8 +94,6 @@ const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// How often a send waiting for the server's window looks whether the connection ended.
 const CLOSED_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// How often closing looks whether the tasks making channels ready have let go of the handle.
-const CLOSE_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// A logged-in SSH session to one node.
 pub struct SshSession {
@@ -267,23 +265,14 @@ impl SshSession {
     /// Says goodbye to the server, and waits (a little) until the connection is closed, so that a
     /// fleet bounded to N connections never has more than N open.
     pub async fn close(self) {
-        self.ready.stop();
-        let _ = self
-            .handle
+        let SshSession { handle, ready, .. } = self;
+        ready.shut().await;
+        let _ = handle
             .disconnect(russh::Disconnect::ByApplication, "", "en")
             .await;
-        // Channels being made ready hold the handle a moment longer, until their task ends.
-        let mut handle = self.handle;
-        let _ = tokio::time::timeout(CLOSE_WAIT, async {
-            loop {
-                match Arc::try_unwrap(handle) {
-                    Ok(handle) => return handle.await,
-                    Err(shared) => handle = shared,
-                }
-                tokio::time::sleep(CLOSE_POLL).await;
-            }
-        })
-        .await;
+        if let Ok(handle) = Arc::try_unwrap(handle) {
+            let _ = tokio::time::timeout(CLOSE_WAIT, handle).await;
+        }
     }
 }
 
