@@ -10,7 +10,8 @@
 //! 3. A node whose sshd starts listening late: how long after it listens the first SSH
 //!    connection reaches it.
 //!
-//! `NODEUP_BENCH_RUNS` (default 3) runs of each cell; the median is shown.
+//! `NODEUP_BENCH_RUNS` (default 3) runs of each cell; the median is shown. `NODEUP_BENCH_RTTS`
+//! (e.g. `50,150`) measures only those round trips.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -251,11 +252,23 @@ fn turns(cell: &Cell) -> String {
     cell.turns.map_or("–".into(), |t| t.to_string())
 }
 
+/// The round trips to measure: `NODEUP_BENCH_RTTS`, or all of `all`.
+fn round_trips(all: &[u64]) -> Vec<u64> {
+    match std::env::var("NODEUP_BENCH_RTTS") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|v| v.trim().parse().ok())
+            .filter(|v| all.contains(v))
+            .collect(),
+        Err(_) => all.to_vec(),
+    }
+}
+
 fn deployment_table(bench: &Bench) {
     println!("3-step deployment (key, file, script); one node; nodeup run vs one OpenSSH exec:\n");
     println!("| round trip | file | nodeup (s) | nodeup (RTTs) | nodeup turns | OpenSSH exec (s) | OpenSSH (RTTs) | OpenSSH turns | nodeup / OpenSSH |");
     println!("|---|---|---|---|---|---|---|---|---|");
-    for rtt in ROUND_TRIPS_MS {
+    for rtt in round_trips(&ROUND_TRIPS_MS) {
         bench.set_round_trip(rtt);
         for (label, size) in FILES {
             let payload = bench.payload(size);
@@ -280,7 +293,7 @@ fn upload_table(bench: &Bench) {
     println!("Upload alone (login included): nodeup run with one file step vs sftp put:\n");
     println!("| round trip | file | nodeup (s) | sftp (s) | nodeup throughput / sftp's |");
     println!("|---|---|---|---|---|");
-    for rtt in UPLOAD_ROUND_TRIPS_MS {
+    for rtt in round_trips(&UPLOAD_ROUND_TRIPS_MS) {
         bench.set_round_trip(rtt);
         for (label, size) in FILES.into_iter().skip(1) {
             let payload = bench.payload(size);

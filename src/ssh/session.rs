@@ -11,6 +11,7 @@ use russh::client::{self, AuthResult, Handle};
 use russh::keys::agent::client::AgentClient;
 use russh::keys::agent::AgentIdentity;
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
 
@@ -200,8 +201,15 @@ impl SshSession {
                 tokio::time::sleep(CLOSED_POLL).await;
             }
         };
+        // Written whole rather than through russh's `data` (which copies through an 8 KiB
+        // buffer): packets then take all the server allows, up to its maximum packet size.
+        let write = async {
+            let mut writer = channel.make_writer();
+            writer.write_all(data).await?;
+            writer.flush().await
+        };
         tokio::select! {
-            sent = channel.data(data) => sent.map_err(|e| self.channel_error(what, e)),
+            sent = write => sent.map_err(|e| self.channel_error(what, russh::Error::IO(e))),
             () = gone => Err(Error::ConnectionLost {
                 addr: self.addr,
                 source: Box::new(russh::Error::Disconnect),
