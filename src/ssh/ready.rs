@@ -110,6 +110,22 @@ impl<H: russh::client::Handler + 'static> ReadyChannels<H> {
         }
     }
 
+    /// Gives back the channels made ready to a server that refused another (it limits a
+    /// connection's sessions): each is closed, and none is made ahead any more.
+    pub(super) async fn give_back(&self) {
+        let going: Vec<Opening> = {
+            let mut state = self.lock();
+            state.refused = true;
+            state.queue.drain(..).collect()
+        };
+        for opening in going {
+            opening.abort();
+            if let Ok(Ok(channel)) = opening.await {
+                let _ = channel.close().await;
+            }
+        }
+    }
+
     /// Stops making channels ready, and drops those going.
     fn stop(&self) {
         let mut state = self.lock();

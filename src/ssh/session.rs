@@ -92,9 +92,14 @@ impl client::Handler for Client {
 /// How long closing a session waits for the connection to end.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How many times a channel refused while channels made ready are given back is asked for again.
+const REOPEN_TRIES: u32 = 20;
+
+/// The pause before asking again (the server frees a session once its command has ended).
+const REOPEN_PAUSE: std::time::Duration = std::time::Duration::from_millis(25);
+
 /// How often a send waiting for the server's window looks whether the connection ended.
 const CLOSED_POLL: std::time::Duration = std::time::Duration::from_millis(100);
-
 
 /// A logged-in SSH session to one node.
 pub struct SshSession {
@@ -217,12 +222,24 @@ impl SshSession {
         }
     }
 
-    /// Opens a session channel.
+    /// Opens a session channel. A server that refuses it (sshd's `MaxSessions`: channels made
+    /// ready, or the last command's channel not yet freed, hold its sessions) gets the channels
+    /// made ready back, and is asked again a few times while sessions close.
     pub(super) async fn channel(&self) -> Result<russh::Channel<client::Msg>, Error> {
-        self.handle
-            .channel_open_session()
-            .await
-            .map_err(|source| self.channel_error("opening a session channel", source))
+        let mut tries = 0;
+        loop {
+            let refused = match self.handle.channel_open_session().await {
+                Ok(channel) => return Ok(channel),
+                Err(e @ russh::Error::ChannelOpenFailure(_)) => e,
+                Err(e) => return Err(self.channel_error("opening a session channel", e)),
+            };
+            tries += 1;
+            if tries > REOPEN_TRIES {
+                return Err(self.channel_error("opening a session channel", refused));
+            }
+            self.ready.give_back().await;
+            tokio::time::sleep(REOPEN_PAUSE).await;
+        }
     }
 
     /// A channel ready for `command`, and what to send on it before the command's input; `None`

@@ -269,3 +269,47 @@ async fn a_connection_lost_mid_input_leaves_no_half_file_and_runs_no_half_script
         "half a script never runs"
     );
 }
+
+/// A server that allows one session per connection (sshd's `MaxSessions 1`) refuses channels made
+/// ahead: nodeup then opens one per command, and the deployment still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_session_per_connection_still_deploys() {
+    let bed = TestBed::new().unwrap();
+    let node = bed
+        .node(NodeSpec::new("one-session").sshd("MaxSessions", "1"))
+        .await
+        .unwrap();
+    let payload = bed.dir().join("payload.bin");
+    std::fs::write(&payload, b"payload").unwrap();
+    let steps = Step::Multi(vec![
+        Step::SshKey(SshKeyStep::new(bed.client_public_key())),
+        Step::File(FileStep::new(&payload, "/root/payload.bin")),
+        Step::Script(ScriptStep::inline("echo ran > /root/ran\n")),
+        Step::Script(ScriptStep::inline("exit 3\n")),
+    ]);
+    let options = DeployOptions {
+        ssh_keys: vec![bed.client_key().to_path_buf()],
+        known_hosts: node.known_hosts().to_path_buf(),
+        journal: None,
+        ..Default::default()
+    };
+    let target = Target {
+        addr: node.addr(),
+        users: vec!["root".into()],
+        pinned_host_keys: Vec::new(),
+        node: None,
+        journal: None,
+    };
+    let creds = options.credentials().unwrap();
+    let failed = run_steps(&target, &steps, &creds, &options)
+        .await
+        .expect_err("the last script exits 3");
+    assert_eq!(failed.completed.len(), 3, "{}", failed.cause);
+    assert!(
+        failed.cause.to_string().contains("exit status 3"),
+        "{}",
+        failed.cause
+    );
+    assert_eq!(node.read_file("/root/payload.bin").unwrap(), b"payload");
+    assert_eq!(node.read_file("/root/ran").unwrap(), b"ran\n");
+}
