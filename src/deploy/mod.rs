@@ -81,6 +81,20 @@ impl Step {
         }
     }
 
+    /// How many commands the steps send over SSH, when that is known (not for custom steps): a
+    /// session makes that many channels ready ahead, and no more.
+    pub fn commands(steps: &[&Step]) -> Option<usize> {
+        steps.iter().try_fold(0, |sum, step| {
+            let n = match step {
+                Step::SshKey(_) | Step::File(_) => Some(1),
+                Step::Script(s) => Some(if s.keep { 1 } else { 2 }),
+                Step::Custom(_) => None,
+                Step::Multi(inner) => Step::commands(&inner.iter().collect::<Vec<_>>()),
+            };
+            n.map(|n| sum + n)
+        })
+    }
+
     /// Checks what can be checked before a node exists: local files are readable, keys parse.
     /// Errors name the step (1-based, in flattened order).
     pub fn validate(&self) -> Result<(), Error> {

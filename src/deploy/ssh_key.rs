@@ -6,7 +6,7 @@ use crate::ssh::quote;
 /// What authorizes a key, in one command (one round trip): `$1` the authorized_keys file, `$2` the
 /// key's base64 blob, `$3` the key line. Prints `present` or `added`.
 const AUTHORIZE: &str = r#"umask 077
-mkdir -p -- "$(dirname -- "$1")" || exit 1
+[ -d "${1%/*}" ] || mkdir -p -- "${1%/*}" || exit 1
 if [ -f "$1" ] && awk -v b="$2" '{ for (i = 1; i <= NF; i++) if ($i == b) f = 1 } END { exit !f }' "$1"; then
   echo present
   exit 0

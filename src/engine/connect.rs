@@ -2,9 +2,10 @@
 //!
 //! Not reachable yet (refused, unreachable, timed out, closed before the banner): retry at a steady
 //! pace, an attempt starting every [`UNREACHABLE_PACE`] (a little jittered), so that the first try
-//! after sshd starts listening comes within that much (plus the network's round trip). Authentication rejected, or a login the image refuses: try the next
-//! username at once, and come back to all of them while the time lasts (images install keys late).
-//! Unreadable key, wrong passphrase, changed host key: fail at once.
+//! after sshd starts listening comes within that much (plus the network's round trip).
+//! Authentication rejected, or a login the image refuses: try the next username at once, and come
+//! back to all of them while the time lasts (images install keys late). Unreadable key, wrong
+//! passphrase, changed host key: fail at once.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -42,6 +43,8 @@ pub struct LoginOptions {
     /// handshake and authentication) at once, so that sshd's `MaxStartups` or a bastion is not
     /// overrun.
     pub startups: Option<std::sync::Arc<tokio::sync::Semaphore>>,
+    /// How many commands will run once logged in, when known ([`ConnectOptions::planned_commands`]).
+    pub planned_commands: Option<usize>,
 }
 
 /// What one username got, for the error a user reads.
@@ -125,6 +128,7 @@ pub async fn login(
                     .min(left.max(Duration::from_millis(100))),
                 keepalive: options.keepalive,
                 host_keys: options.host_keys.clone(),
+                planned_commands: options.planned_commands,
             };
             match try_user(&connect, creds, options.startups.as_deref()).await {
                 Ok(logged_in) => {

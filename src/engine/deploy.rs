@@ -427,6 +427,7 @@ impl<'a> Runner<'a> {
                 },
                 host_name: None,
                 startups: options.startups.clone(),
+                planned_commands: None,
             },
             attempts: Vec::new(),
             leftovers: std::sync::Mutex::new(Vec::new()),
@@ -531,6 +532,7 @@ pub async fn run_steps(
     let mut runner = Runner::new(target, creds, options);
     let mut results: Vec<StepResult> = Vec::new();
     let flat = steps.flatten();
+    runner.login_options.planned_commands = Step::commands(&flat);
     let mut logged_in = match runner.login().await {
         Ok(l) => l,
         Err(e) => return Err(runner.fail(Cause::Login(e), None, results)),
@@ -556,6 +558,9 @@ pub async fn run_steps(
                 );
                 options.emit(Event::Reconnecting(number));
                 connections += 1;
+                // What the interrupted step left is removed first: one command more.
+                runner.login_options.planned_commands =
+                    Step::commands(&flat[index..]).map(|n| n + 1);
                 logged_in = match runner.resume(logged_in.user.clone()).await {
                     Ok(l) => l,
                     Err(e) => {

@@ -45,15 +45,21 @@ struct State {
     queue: VecDeque<Opening>,
     /// The server refused a channel (it limits a connection's sessions): no more are made ahead.
     refused: bool,
+    /// How many commands are still to come, when the caller knows: no more channels than that
+    /// are made ready (each costs the server a session and a shell).
+    planned: Option<usize>,
 }
 
 impl<H: russh::client::Handler + 'static> ReadyChannels<H> {
-    /// Starts making channels ready on `handle`.
-    pub(super) fn start(handle: Arc<Handle<H>>) -> Self {
+    /// Starts making channels ready on `handle`, for `planned` commands (unknown: `None`).
+    pub(super) fn start(handle: Arc<Handle<H>>, planned: Option<usize>) -> Self {
         let ready = ReadyChannels {
             handle,
             sentinel: format!("nodeup-command-end-{:016x}", rand::random::<u64>()),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                planned,
+                ..State::default()
+            }),
         };
         ready.fill();
         ready
@@ -63,10 +69,12 @@ impl<H: russh::client::Handler + 'static> ReadyChannels<H> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts making channels ready until [`READY_CHANNELS`] are going.
+    /// Starts making channels ready until [`READY_CHANNELS`] are going (or as many as commands
+    /// are still planned).
     fn fill(&self) {
         let mut state = self.lock();
-        while !state.refused && state.queue.len() < READY_CHANNELS {
+        let wanted = READY_CHANNELS.min(state.planned.unwrap_or(READY_CHANNELS));
+        while !state.refused && state.queue.len() < wanted {
             let handle = self.handle.clone();
             let command = format!(
                 "sh -c {} sh {}",
@@ -84,7 +92,12 @@ impl<H: russh::client::Handler + 'static> ReadyChannels<H> {
     /// A ready channel, and the bytes to send first on it (the command and the sentinel); `None`
     /// when there is none (the server refused one, or the connection is gone).
     pub(super) async fn take(&self, command: &str) -> Option<(Channel<Msg>, Vec<u8>)> {
-        let opening = self.lock().queue.pop_front()?;
+        let opening = {
+            let mut state = self.lock();
+            let opening = state.queue.pop_front()?;
+            state.planned = state.planned.map(|p| p.saturating_sub(1));
+            opening
+        };
         match opening.await {
             Ok(Ok(channel)) => {
                 self.fill();

@@ -34,6 +34,9 @@ pub struct ConnectOptions {
     pub keepalive: Duration,
     /// How the host key is checked.
     pub host_keys: HostKeyCheck,
+    /// How many commands will run over the session, when known: that many channels are made
+    /// ready ahead and no more (each costs the server a session). `None`: as many as come.
+    pub planned_commands: Option<usize>,
 }
 
 impl ConnectOptions {
@@ -46,6 +49,7 @@ impl ConnectOptions {
             timeout: Duration::from_secs(10),
             keepalive: Duration::from_secs(5),
             host_keys,
+            planned_commands: None,
         }
     }
 }
@@ -170,7 +174,7 @@ impl SshSession {
         tracing::debug!(%addr, user = %options.user, "logged in");
         let handle = Arc::new(handle);
         Ok(SshSession {
-            ready: ReadyChannels::start(handle.clone()),
+            ready: ReadyChannels::start(handle.clone(), options.planned_commands),
             handle,
             addr,
             user: options.user.clone(),

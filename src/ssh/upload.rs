@@ -22,7 +22,8 @@ pub struct UploadOptions {
 /// name, `$3` the mode (octal), `$4` the length in bytes, `$5` whether to make parent directories
 /// (`1`). What it made is removed on any failure, and when sshd hangs it up (a lost connection).
 const INSTALL: &str = r#"target=$1 tmp=$2
-if [ "$5" = 1 ]; then (umask 022 && mkdir -p -- "$(dirname -- "$target")") || exit 1; fi
+case $target in */*) dir=${target%/*} && dir=${dir:-/} ;; *) dir=. ;; esac
+if [ "$5" = 1 ] && [ ! -d "$dir" ]; then (umask 022 && mkdir -p -- "$dir") || exit 1; fi
 umask 077
 set -C
 exec 3>"$tmp" || exit 1
