@@ -159,6 +159,7 @@ async fn fleet(bed: &TestBed, n: usize, key: &str) -> Vec<Target> {
             pinned_host_keys: node.host_keys(),
             node: None,
             journal: None,
+            created: false,
         });
     }
     for target in &targets {

@@ -252,6 +252,7 @@ impl Prepared {
                 pinned_host_keys: machine.pinned,
                 node: None,
                 journal: None,
+                created: false,
             },
             creds: self.creds,
         }

@@ -17,7 +17,7 @@ use crate::driver::{Features, NodeDriver, ProviderError};
 use crate::journal::{Journal, JournalError, NodeEntry, NodeIntent, NodeState, StepRecord};
 use crate::model::{CreateNode, Node, NodeAuth};
 use crate::ssh::{
-    self, Credentials, ErrorClass, HostKeyCheck, HostKeyPolicy, OutputSink, Password,
+    self, Credentials, ErrorClass, HostKeyCheck, HostKeyPolicy, NewNode, OutputSink, Password,
 };
 
 /// Called with the driver and the node when a deployment is cancelled after the node exists;
@@ -36,6 +36,7 @@ pub async fn destroy_node(
         policy: HostKeyPolicy::AcceptNew,
         known_hosts: known_hosts.to_path_buf(),
         pinned: Vec::new(),
+        new_node: None,
     };
     for ip in node.public_ips.iter().chain(&node.private_ips) {
         if let Err(e) = check.forget(&ip.to_string(), node.ssh_port()) {
@@ -371,6 +372,10 @@ pub struct Target {
     pub node: Option<Node>,
     /// Where its login user and step results are recorded.
     pub journal: Option<NodeEntry>,
+    /// Whether this deployment created the node: a host key recorded for its address before
+    /// nodeup first logged in to it belongs to an older machine and is replaced
+    /// ([`HostKeyCheck::new_node`]). `false` for machines that were there before (`run`).
+    pub created: bool,
 }
 
 /// A failure of [`run_steps`]: everything of a [`DeploymentError`] but the node.
@@ -424,6 +429,7 @@ impl<'a> Runner<'a> {
                     policy: options.host_key_policy,
                     known_hosts: options.known_hosts.clone(),
                     pinned: target.pinned_host_keys.clone(),
+                    new_node: target.created.then(NewNode::default),
                 },
                 host_name: None,
                 startups: options.startups.clone(),
@@ -939,6 +945,7 @@ async fn provision(
         pinned_host_keys: pinned,
         node: Some(node.clone()),
         journal: entry.cloned(),
+        created: true,
     };
     match run_steps(&target, steps, &creds, options).await {
         Ok(run) => Ok(Deployment {

@@ -384,6 +384,7 @@ async fn provision(
             policy: HostKeyPolicy::AcceptNew,
             known_hosts: deploy.known_hosts.clone(),
             pinned: Vec::new(),
+            new_node: None,
         };
         check.forget(&ip.to_string(), 22).map_err(|e| {
             ReinstallError::Invalid(format!(
@@ -398,6 +399,7 @@ async fn provision(
         pinned_host_keys: Vec::new(),
         node: None,
         journal: None,
+        created: false,
     };
     let steps = options.then.clone().unwrap_or(Step::Multi(Vec::new()));
     run_steps(&target, &steps, creds, &deploy)

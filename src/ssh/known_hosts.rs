@@ -46,6 +46,27 @@ pub struct HostKeyCheck {
     /// Keys the provider reported for this node (OpenSSH lines). When given, the presented key must
     /// be one of them, whatever the policy but `Off`; it is then recorded as under accept-new.
     pub pinned: Vec<String>,
+    /// Set for a node this deployment created: until nodeup first accepts a key of it, a key
+    /// recorded for its address was recorded before the node existed (a deleted machine's, at an
+    /// address the cloud gave out again), so it is replaced, with a warning naming both keys.
+    /// Once a key was accepted, a changed key is refused as for any host.
+    pub new_node: Option<NewNode>,
+}
+
+/// The state of a node this deployment created, shared by every connection to it: whether a key
+/// of it was accepted yet.
+#[derive(Debug, Clone, Default)]
+pub struct NewNode(Arc<std::sync::atomic::AtomicBool>);
+
+impl NewNode {
+    /// Whether a key of the node was accepted already.
+    pub fn seen(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn see(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Serializes appends to known_hosts files from this process (many nodes at once).
@@ -54,6 +75,14 @@ static LEARN: Mutex<()> = Mutex::new(());
 impl HostKeyCheck {
     /// Checks `key` presented by `host:port`; records it when the policy says so.
     pub fn verify(&self, host: &str, port: u16, key: &PublicKey) -> Result<(), Error> {
+        let verdict = self.check(host, port, key);
+        if let (Ok(()), Some(new)) = (&verdict, &self.new_node) {
+            new.see();
+        }
+        verdict
+    }
+
+    fn check(&self, host: &str, port: u16, key: &PublicKey) -> Result<(), Error> {
         if self.policy == HostKeyPolicy::Off {
             return Ok(());
         }
@@ -92,6 +121,17 @@ impl HostKeyCheck {
             // for the address, which a node destroyed earlier may have left.
             Some(_) if pinned_match => {
                 tracing::info!(host = %recorded_as, "replacing the recorded host key with the one the provider reported");
+                self.forget(host, port).map_err(|e| known_error(e.into()))?;
+            }
+            // A node this deployment created, not logged in to yet: what is recorded is older
+            // than the node.
+            Some((line, old)) if self.new_node.as_ref().is_some_and(|n| !n.seen()) => {
+                tracing::warn!(
+                    "{recorded_as} is a new node at an address another machine had: replacing the \
+                     key recorded for it at {}:{line} ({}) with the node's own ({presented})",
+                    path.display(),
+                    old.fingerprint(HashAlg::Sha256)
+                );
                 self.forget(host, port).map_err(|e| known_error(e.into()))?;
             }
             // Recorded with another key (of this type or another): refuse, as a changed key.
@@ -242,6 +282,7 @@ mod tests {
             policy,
             known_hosts: dir.path().join("known_hosts"),
             pinned: vec![],
+            ..Default::default()
         }
     }
 
@@ -316,6 +357,29 @@ mod tests {
         check(HostKeyPolicy::AcceptNew, &dir)
             .verify("h", 2222, &key())
             .unwrap();
+    }
+
+    #[test]
+    fn a_new_node_replaces_an_older_key_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = check(HostKeyPolicy::AcceptNew, &dir);
+        let (old, node, impostor) = (key(), key(), key());
+        c.verify("10.0.0.5", 22, &old).unwrap();
+        c.new_node = Some(NewNode::default());
+        c.verify("10.0.0.5", 22, &node).unwrap();
+        assert!(c.new_node.as_ref().unwrap().seen());
+        let text = std::fs::read_to_string(&c.known_hosts).unwrap();
+        assert_eq!(
+            text.lines().filter(|l| !l.trim().is_empty()).count(),
+            1,
+            "{text}"
+        );
+        // Once the node's key was accepted, another is a changed key again.
+        let err = c.verify("10.0.0.5", 22, &impostor).unwrap_err();
+        assert!(matches!(err, Error::HostKeyChanged { .. }), "{err}");
+        // Without `new_node`, an older key is never replaced.
+        c.new_node = None;
+        assert!(c.verify("10.0.0.5", 22, &old).is_err());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 pub use auth::{default_key_files, Credentials, Password};
 pub use exec::{Captured, ExecOptions, ExecOutput, ExitStatus, OutputSink, Stream};
-pub use known_hosts::{HostKeyCheck, HostKeyPolicy};
+pub use known_hosts::{HostKeyCheck, HostKeyPolicy, NewNode};
 pub use session::{ConnectOptions, SshSession};
 pub use upload::{parent_of, temp_name, UploadOptions};
 

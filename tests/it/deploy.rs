@@ -363,6 +363,7 @@ async fn a_changed_host_key_is_refused_at_once_unless_the_provider_vouches_for_i
         pinned_host_keys: vec![],
         node: None,
         journal: None,
+        created: false,
     };
     let started = std::time::Instant::now();
     let err = run_steps(&target, &steps, &creds, &options)

@@ -458,3 +458,79 @@ async fn ids_from_the_user_stay_inside_their_path_segment() {
         );
     }
 }
+
+/// Clouds give a new instance an address an older, deleted machine had. nodeup created the node a
+/// moment ago, so a key recorded for that address before it first logged in is the old machine's:
+/// it is replaced, with a warning naming both keys. For `run` (machines that were there before),
+/// a changed key is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_on_a_reused_address_replaces_the_stale_key_but_run_still_refuses() {
+    let bed = TestBed::new().unwrap();
+    let fake = FakeOvh::start(bed.driver().clone(), OvhConfig::default())
+        .await
+        .unwrap();
+    // Another machine's key, recorded for every address a local node may get.
+    let stale_key = bed.client_public_key().to_string();
+    let known_hosts = bed.dir().join("known_hosts");
+    let lines: String = (1..512u32)
+        .map(|n| {
+            let ip =
+                std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(127, 100, 0, 0)) + n);
+            format!("{ip} {stale_key}\n")
+        })
+        .collect();
+    std::fs::write(&known_hosts, lines).unwrap();
+
+    let file = stepfile(&bed, "ovh-reused", "hostname");
+    let out = nodeup(
+        &bed,
+        &fake,
+        &[],
+        &["deploy", file.to_str().unwrap(), "--json"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ip = result["node"]["public_ips"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        stderr.contains("a new node at an address another machine had"),
+        "{stderr}"
+    );
+    let stale_fp = russh::keys::PublicKey::from_openssh(&stale_key)
+        .unwrap()
+        .fingerprint(russh::keys::HashAlg::Sha256)
+        .to_string();
+    assert!(
+        stderr.contains(&stale_fp),
+        "the warning names the old key: {stderr}"
+    );
+    let text = std::fs::read_to_string(&known_hosts).unwrap();
+    let entries: Vec<&str> = text
+        .lines()
+        .filter(|l| l.split_whitespace().next() == Some(ip.as_str()))
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(!entries[0].contains(stale_key.split_whitespace().nth(1).unwrap()));
+
+    // A machine nodeup did not create, at an address with another key recorded: refused.
+    let other = bed.node(testbed::NodeSpec::new("was-there")).await.unwrap();
+    let step = bed.dir().join("run.toml");
+    std::fs::write(&step, "[[step]]\ninline = \"true\"\n").unwrap();
+    let out = nodeup(
+        &bed,
+        &fake,
+        &[],
+        &[
+            "run",
+            step.to_str().unwrap(),
+            "--host",
+            &format!("root@{}", other.ip()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("has changed"), "{stderr}");
+}

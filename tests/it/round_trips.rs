@@ -81,6 +81,7 @@ impl Bench {
             pinned_host_keys: Vec::new(),
             node: None,
             journal: None,
+            created: false,
         };
         let options = DeployOptions {
             ssh_keys: vec![self.bed.client_key().to_path_buf()],
@@ -233,6 +234,7 @@ async fn a_connection_lost_mid_input_leaves_no_half_file_and_runs_no_half_script
         pinned_host_keys: Vec::new(),
         node: None,
         journal: None,
+        created: false,
     };
     for step in [
         Step::File(FileStep::new(&local, "/srv/big.bin")),
@@ -299,6 +301,7 @@ async fn one_session_per_connection_still_deploys() {
         pinned_host_keys: Vec::new(),
         node: None,
         journal: None,
+        created: false,
     };
     let creds = options.credentials().unwrap();
     let failed = run_steps(&target, &steps, &creds, &options)

@@ -16,6 +16,7 @@ pub async fn login(bed: &TestBed, node: &TestNode, user: &str) -> Result<SshSess
         policy: HostKeyPolicy::AcceptNew,
         known_hosts: bed.dir().join("known_hosts"),
         pinned: vec![],
+        ..Default::default()
     };
     let creds = Credentials::from_key_files(&[bed.client_key().to_path_buf()], None)?;
     SshSession::connect(&ConnectOptions::new(node.addr(), user, check), &creds).await
@@ -240,6 +241,7 @@ async fn host_keys_are_checked() {
         policy,
         known_hosts: known_hosts.clone(),
         pinned,
+        ..Default::default()
     };
 
     // Strict and unknown: refused before login.
@@ -314,6 +316,7 @@ async fn auth_failures_say_what_was_tried() {
         policy: HostKeyPolicy::AcceptNew,
         known_hosts: bed.dir().join("known_hosts"),
         pinned: vec![],
+        ..Default::default()
     };
     let creds = Credentials {
         password: Some(nodeup::ssh::Password("pw 1".into())),
@@ -366,6 +369,7 @@ async fn the_agent_signs_for_keys_it_holds() {
         policy: HostKeyPolicy::AcceptNew,
         known_hosts: bed.dir().join("known_hosts"),
         pinned: vec![],
+        ..Default::default()
     };
     let creds = Credentials {
         agent: Some(socket.clone()),
