@@ -198,37 +198,46 @@ impl Context<'_> {
 
     /// Removes a temporary path (as root when `sudo` says so) and forgets it.
     pub async fn remove(&self, path: &str, sudo: bool) -> Result<(), Error> {
-        self.check(
-            &format!("{}rm -rf -- {}", self.sudo(sudo), ssh::quote(path)),
-            &format!("removing {path}"),
-        )
-        .await?;
+        let remove = ssh::ShScript {
+            text: r#"exec rm -rf -- "$1""#,
+            args: vec![path.to_string()],
+            sudo: !self.sudo(sudo).is_empty(),
+            name: format!("removing {path}"),
+        };
+        self.helper(&remove, None).await?;
         self.untrack(path);
         Ok(())
     }
 
     /// Runs a helper command that must succeed; its stderr goes into the error.
     pub async fn check(&self, command: &str, what: &str) -> Result<(), Error> {
-        self.helper(command, None, what).await.map(|_| ())
+        let out = self
+            .session
+            .exec(command, &ssh::ExecOptions::default())
+            .await?;
+        if out.status == Some(ExitStatus::Code(0)) {
+            return Ok(());
+        }
+        Err(helper_failed(what, &out))
     }
 
-    /// Runs a helper command that must succeed, with `stdin` as its input; returns what it
-    /// printed. A status other than 0 is an [`Error::Helper`] holding its stderr.
+    /// Runs a helper script of nodeup's own that must succeed, with `stdin` as its input;
+    /// returns what it printed. A status other than 0 is an [`Error::Helper`] holding its stderr,
+    /// named by the script's `name`.
     pub async fn helper(
         &self,
-        command: &str,
+        script: &ssh::ShScript<'_>,
         stdin: Option<Vec<u8>>,
-        what: &str,
     ) -> Result<ssh::ExecOutput, Error> {
         let options = ssh::ExecOptions {
             stdin,
             ..Default::default()
         };
-        let out = self.session.exec(command, &options).await?;
+        let out = self.session.exec_script(script, &options).await?;
         if out.status == Some(ExitStatus::Code(0)) {
             return Ok(out);
         }
-        Err(helper_failed(what, &out))
+        Err(helper_failed(&script.name, &out))
     }
 }
 

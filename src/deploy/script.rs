@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{helper_failed, read_local, Context, Error, StepResult};
-use crate::ssh::{quote, ExecOptions, ExitStatus};
+use crate::ssh::{quote, ExecOptions, ExitStatus, ShScript};
 
 /// The largest exit status a process can have (a wait status keeps 8 bits).
 const MAX_EXIT_STATUS: u32 = 255;
@@ -148,29 +148,32 @@ impl ScriptStep {
         Ok(())
     }
 
-    /// The remote command that stages and runs the script (see [`STAGE_AND_RUN`]).
-    fn command(&self, dir: &str, path: &str, len: usize, ctx: &Context<'_>) -> String {
-        let mut command = format!(
-            "sh -c {} sh {} {} {len} ",
-            quote(STAGE_AND_RUN),
-            quote(dir),
-            quote(path)
-        );
-        command.push_str(ctx.sudo(self.sudo));
+    /// The script of nodeup's own that stages and runs the script ([`STAGE_AND_RUN`]): its
+    /// arguments, then the words of the command that runs the script.
+    fn stage(&self, dir: &str, path: &str, len: usize, ctx: &Context<'_>) -> ShScript<'static> {
+        let mut run = Vec::new();
+        if !ctx.sudo(self.sudo).is_empty() {
+            run.extend(["sudo".to_string(), "-n".to_string()]);
+        }
         if !self.env.is_empty() {
-            command.push_str("env");
-            for (name, value) in &self.env {
-                command.push(' ');
-                command.push_str(&quote(&format!("{name}={value}")));
-            }
-            command.push(' ');
+            run.push("env".into());
+            run.extend(
+                self.env
+                    .iter()
+                    .map(|(name, value)| format!("{name}={value}")),
+            );
         }
-        command.push_str(&quote(path));
-        for arg in &self.args {
-            command.push(' ');
-            command.push_str(&quote(arg));
+        run.push(path.to_string());
+        run.extend(self.args.iter().cloned());
+        let name = run.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" ");
+        let mut args = vec![dir.to_string(), path.to_string(), len.to_string()];
+        args.extend(run);
+        ShScript {
+            text: STAGE_AND_RUN,
+            args,
+            sudo: false,
+            name,
         }
-        command
     }
 
     pub(super) async fn run(&self, ctx: &Context<'_>) -> Result<StepResult, Error> {
@@ -185,7 +188,7 @@ impl ScriptStep {
         );
         let path = format!("{dir}/{}", self.name.as_deref().unwrap_or("script"));
         ctx.track(&dir);
-        let command = self.command(&dir, &path, text.len(), ctx);
+        let stage = self.stage(&dir, &path, text.len(), ctx);
         let options = ExecOptions {
             timeout: self.timeout,
             sink: ctx.sink.clone(),
@@ -195,7 +198,7 @@ impl ScriptStep {
         };
         let ran = ctx
             .session
-            .exec(&command, &options)
+            .exec_script(&stage, &options)
             .await
             .map_err(Error::from);
         if self.keep {

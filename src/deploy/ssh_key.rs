@@ -1,7 +1,7 @@
 //! The ssh-key step: add a public key to the login user's `~/.ssh/authorized_keys`.
 
 use super::{Context, Error, StepResult};
-use crate::ssh::quote;
+use crate::ssh::ShScript;
 
 /// What authorizes a key, in one command (one round trip): `$1` the authorized_keys file, `$2` the
 /// key's base64 blob, `$3` the key line. Prints `present` or `added`.
@@ -46,16 +46,13 @@ impl SshKeyStep {
 
     pub(super) async fn run(&self, ctx: &Context<'_>) -> Result<StepResult, Error> {
         let file = format!("{}/.ssh/authorized_keys", ctx.home.trim_end_matches('/'));
-        let command = format!(
-            "sh -c {} sh {} {} {}",
-            quote(AUTHORIZE),
-            quote(&file),
-            quote(self.blob()),
-            quote(&self.key)
-        );
-        let out = ctx
-            .helper(&command, None, &format!("adding the key to {file}"))
-            .await?;
+        let authorize = ShScript {
+            text: AUTHORIZE,
+            args: vec![file.clone(), self.blob().to_string(), self.key.clone()],
+            sudo: false,
+            name: format!("adding the key to {file}"),
+        };
+        let out = ctx.helper(&authorize, None).await?;
         let note = if out.stdout.text().trim() == "present" {
             format!("key already in {file}")
         } else {

@@ -64,6 +64,49 @@ impl std::fmt::Debug for ExecOptions {
     }
 }
 
+/// A POSIX sh script that nodeup composed, with its arguments: run as `sh -c SCRIPT sh ARGS...`
+/// (as root with `sudo -n` when `sudo`), or, on a channel made ready, by the shell waiting there
+/// itself, which saves the node starting two shells for it. It must end by exiting or `exec`ing.
+#[derive(Debug, Clone)]
+pub struct ShScript<'a> {
+    /// The script.
+    pub text: &'a str,
+    /// Its arguments (`$1`...), each quoted for the shell.
+    pub args: Vec<String>,
+    /// Run it as root, with `sudo -n`.
+    pub sudo: bool,
+    /// How errors name it (e.g. the command it runs in the end).
+    pub name: String,
+}
+
+impl ShScript<'_> {
+    /// The arguments, quoted, each after a space.
+    fn quoted_args(&self) -> String {
+        self.args.iter().map(|a| format!(" {}", quote(a))).collect()
+    }
+
+    /// As one command line for the login shell.
+    pub fn command(&self) -> String {
+        let sudo = if self.sudo { "sudo -n " } else { "" };
+        format!("{sudo}sh -c {} sh{}", quote(self.text), self.quoted_args())
+    }
+
+    /// As text that a POSIX shell runs in place.
+    fn in_place(&self) -> String {
+        if self.sudo {
+            format!("exec {}", self.command())
+        } else {
+            format!("set --{}\n{}", self.quoted_args(), self.text)
+        }
+    }
+}
+
+/// What to run: a command line for the login shell, or a script of nodeup's own.
+enum Remote<'a> {
+    Line(&'a str),
+    Script(&'a ShScript<'a>),
+}
+
 /// The tail of one output stream, and how much there was in all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Captured {
@@ -210,7 +253,19 @@ impl SshSession {
     /// A non-zero exit status is not an error here: the caller decides. Errors are a channel that
     /// closes without a status, the time limit, and a lost connection.
     pub async fn exec(&self, command: &str, options: &ExecOptions) -> Result<ExecOutput, Error> {
-        self.run(command, options, None, true).await
+        self.run(Remote::Line(command), options, None, true).await
+    }
+
+    /// Runs a script of nodeup's own ([`ShScript`]), as [`SshSession::exec`] runs a command.
+    ///
+    /// # Errors
+    /// As [`SshSession::exec`].
+    pub async fn exec_script(
+        &self,
+        script: &ShScript<'_>,
+        options: &ExecOptions,
+    ) -> Result<ExecOutput, Error> {
+        self.run(Remote::Script(script), options, None, true).await
     }
 
     /// Runs a probe: like [`SshSession::exec`], but when the first line of stdout does not start
@@ -230,12 +285,13 @@ impl SshSession {
             complete && !first.starts_with(marker.as_bytes())
         };
         // On a channel of its own: the probe is what shows that the account runs commands at all.
-        self.run(command, options, Some(&wrong), false).await
+        self.run(Remote::Line(command), options, Some(&wrong), false)
+            .await
     }
 
     async fn run(
         &self,
-        command: &str,
+        remote: Remote<'_>,
         options: &ExecOptions,
         stop: Option<&(dyn Fn(&Captured) -> bool + Sync)>,
         ready: bool,
@@ -243,21 +299,22 @@ impl SshSession {
         // The time limit is enforced on the node by coreutils' `timeout` (which ends the command's
         // whole process group; sshd refuses SSH signal requests in root sessions), and here too,
         // a little later, should the node lack `timeout` or not answer.
-        let wrapped;
-        let remote = match options.timeout {
-            Some(limit) => {
-                let secs = format!("{:.3}", limit.as_secs_f64());
-                let inner = quote(command);
-                wrapped = format!(
-                    "if command -v timeout >/dev/null 2>&1; then exec timeout -k 2 {secs} sh -c {inner}; \
-                     else exec sh -c {inner}; fi"
-                );
-                wrapped.as_str()
+        let (line, name) = match &remote {
+            Remote::Line(line) => (line.to_string(), line.to_string()),
+            Remote::Script(script) => (script.command(), script.name.clone()),
+        };
+        let (command, in_place) = match (options.timeout, &remote) {
+            // The wrapper is POSIX sh ending in `exec`: the waiting shell can run it itself.
+            (Some(limit), _) => {
+                let wrapped = with_time_limit(&line, limit);
+                let in_place = matches!(remote, Remote::Script(_)).then(|| wrapped.clone());
+                (wrapped, in_place)
             }
-            None => command,
+            (None, Remote::Script(script)) => (line.clone(), Some(script.in_place())),
+            (None, Remote::Line(_)) => (line.clone(), None),
         };
         let started = tokio::time::Instant::now();
-        let mut channel = self.start(remote, ready).await?;
+        let mut channel = self.start(&command, in_place.as_deref(), ready).await?;
         if let Some(input) = &options.stdin {
             self.send(&channel, input, "sending standard input").await?;
         }
@@ -337,7 +394,7 @@ impl SshSession {
             let _ = channel.signal(Sig::KILL).await;
             let _ = channel.close().await;
             return Err(Error::CommandTimeout {
-                command: command.to_string(),
+                command: name,
                 addr: self.addr(),
                 after: options.timeout.unwrap_or_default(),
                 output: Box::new(output),
@@ -361,7 +418,7 @@ impl SshSession {
                 });
             }
             return Err(Error::NoExitStatus {
-                command: command.to_string(),
+                command: name,
                 addr: self.addr(),
                 output: Box::new(output),
             });
@@ -371,14 +428,17 @@ impl SshSession {
 }
 
 impl SshSession {
-    /// A channel running `command`: a ready one when `ready` and there is one, else a new one.
+    /// A channel running `command`: a ready one when `ready` and there is one (given the
+    /// `in_place` form of the command when there is one), else a new one.
     async fn start(
         &self,
         command: &str,
+        in_place: Option<&str>,
         ready: bool,
     ) -> Result<russh::Channel<russh::client::Msg>, Error> {
         if ready {
-            if let Some((channel, preface)) = self.ready_channel(command).await {
+            let sent = in_place.unwrap_or(command);
+            if let Some((channel, preface)) = self.ready_channel(sent, in_place.is_some()).await {
                 self.send(&channel, &preface, "starting a command").await?;
                 return Ok(channel);
             }
@@ -390,6 +450,17 @@ impl SshSession {
             .map_err(|e| self.channel_error("starting a command", e))?;
         Ok(channel)
     }
+}
+
+/// `command` ended after `limit` on the node by coreutils' `timeout` (which ends the command's
+/// whole process group; sshd refuses SSH signal requests in root sessions), where it exists.
+fn with_time_limit(command: &str, limit: Duration) -> String {
+    let secs = format!("{:.3}", limit.as_secs_f64());
+    let inner = quote(command);
+    format!(
+        "if command -v timeout >/dev/null 2>&1; then exec timeout -k 2 {secs} sh -c {inner}; \
+         else exec sh -c {inner}; fi"
+    )
 }
 
 fn signal_name_of(sig: &Sig) -> String {

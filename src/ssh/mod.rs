@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use auth::{default_key_files, Credentials, Password};
-pub use exec::{Captured, ExecOptions, ExecOutput, ExitStatus, OutputSink, Stream};
+pub use exec::{Captured, ExecOptions, ExecOutput, ExitStatus, OutputSink, ShScript, Stream};
 pub use known_hosts::{HostKeyCheck, HostKeyPolicy, NewNode};
 pub use session::{ConnectOptions, SshSession};
 pub use upload::{parent_of, temp_name, UploadOptions};

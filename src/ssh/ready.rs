@@ -22,10 +22,15 @@ use tokio::task::JoinHandle;
 pub const READY_CHANNELS: usize = 2;
 
 /// The loop started on a ready channel; `$1` is the sentinel. What it reads before the sentinel
-/// line is the command, run as sshd runs a command: by the login shell, with `-c`.
+/// line is the command, run as sshd runs a command: by the login shell, with `-c`. Before the
+/// sentinel followed by ` sh`, it is a POSIX sh script nodeup composed ([`super::ShScript`]),
+/// which this shell runs itself (no shell is started for it).
 const WAIT_FOR_COMMAND: &str = r#"c=
 while IFS= read -r l; do
-  if [ "$l" = "$1" ]; then exec "${SHELL:-/bin/sh}" -c "$c"; fi
+  case $l in
+  "$1") exec "${SHELL:-/bin/sh}" -c "$c" ;;
+  "$1 sh") eval "$c"; exit ;;
+  esac
   c="$c$l
 "
 done
@@ -90,8 +95,13 @@ impl<H: russh::client::Handler + 'static> ReadyChannels<H> {
     }
 
     /// A ready channel, and the bytes to send first on it (the command and the sentinel); `None`
-    /// when there is none (the server refused one, or the connection is gone).
-    pub(super) async fn take(&self, command: &str) -> Option<(Channel<Msg>, Vec<u8>)> {
+    /// when there is none (the server refused one, or the connection is gone). `in_place`: the
+    /// command is POSIX sh for the waiting shell itself to run.
+    pub(super) async fn take(
+        &self,
+        command: &str,
+        in_place: bool,
+    ) -> Option<(Channel<Msg>, Vec<u8>)> {
         let opening = {
             let mut state = self.lock();
             let opening = state.queue.pop_front()?;
@@ -101,7 +111,8 @@ impl<H: russh::client::Handler + 'static> ReadyChannels<H> {
         match opening.await {
             Ok(Ok(channel)) => {
                 self.fill();
-                let preface = format!("{command}\n{}\n", self.sentinel).into_bytes();
+                let mode = if in_place { " sh" } else { "" };
+                let preface = format!("{command}\n{}{mode}\n", self.sentinel).into_bytes();
                 Some((channel, preface))
             }
             Ok(Err(e)) => {

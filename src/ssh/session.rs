@@ -247,12 +247,14 @@ impl SshSession {
     }
 
     /// A channel ready for `command`, and what to send on it before the command's input; `None`
-    /// when none could be made ready (then open one and `exec` on it).
+    /// when none could be made ready (then open one and `exec` on it). `in_place`: the command is
+    /// POSIX sh that the shell waiting on the channel runs itself.
     pub(super) async fn ready_channel(
         &self,
         command: &str,
+        in_place: bool,
     ) -> Option<(russh::Channel<client::Msg>, Vec<u8>)> {
-        self.ready.take(command).await
+        self.ready.take(command, in_place).await
     }
 
     /// The SFTP session of this connection, opened on first use.

@@ -5,7 +5,7 @@
 //! renamed into place), given their mode, then renamed over the target, so that a reader sees the
 //! whole old file or the whole new one.
 
-use super::{quote, Error, ExecOptions, ExitStatus, SshSession};
+use super::{Error, ExecOptions, ExitStatus, ShScript, SshSession};
 
 /// How a file is uploaded.
 #[derive(Debug, Clone, Copy, Default)]
@@ -84,21 +84,23 @@ impl SshSession {
         tmp: &str,
         options: &UploadOptions,
     ) -> Result<(), Error> {
-        let command = format!(
-            "{}sh -c {} sh {} {} {:o} {} {}",
-            if options.sudo { "sudo -n " } else { "" },
-            quote(INSTALL),
-            quote(path),
-            quote(tmp),
-            options.mode.unwrap_or(0o600) & 0o7777,
-            data.len(),
-            u8::from(options.create_parents)
-        );
+        let install = ShScript {
+            text: INSTALL,
+            args: vec![
+                path.to_string(),
+                tmp.to_string(),
+                format!("{:o}", options.mode.unwrap_or(0o600) & 0o7777),
+                data.len().to_string(),
+                u8::from(options.create_parents).to_string(),
+            ],
+            sudo: options.sudo,
+            name: format!("writing {path}"),
+        };
         let exec = ExecOptions {
             stdin: Some(data),
             ..Default::default()
         };
-        let out = self.exec(&command, &exec).await?;
+        let out = self.exec_script(&install, &exec).await?;
         if out.status == Some(ExitStatus::Code(0)) {
             return Ok(());
         }

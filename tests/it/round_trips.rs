@@ -316,3 +316,45 @@ async fn one_session_per_connection_still_deploys() {
     assert_eq!(node.read_file("/root/payload.bin").unwrap(), b"payload");
     assert_eq!(node.read_file("/root/ran").unwrap(), b"ran\n");
 }
+
+/// A script's end is its own through the shell waiting on a ready channel: a signal is a signal,
+/// an exit status the same number, not the shell's 128 + N.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_killed_by_a_signal_is_told_from_one_that_exits() {
+    let bed = TestBed::new().unwrap();
+    let node = bed.node(NodeSpec::new("signals")).await.unwrap();
+    let options = DeployOptions {
+        ssh_keys: vec![bed.client_key().to_path_buf()],
+        known_hosts: node.known_hosts().to_path_buf(),
+        journal: None,
+        ..Default::default()
+    };
+    let target = Target {
+        addr: node.addr(),
+        users: vec!["root".into()],
+        pinned_host_keys: Vec::new(),
+        node: None,
+        journal: None,
+        created: false,
+    };
+    let creds = options.credentials().unwrap();
+    let ended = |script: &str| {
+        let steps = Step::Multi(vec![
+            Step::Script(ScriptStep::inline("true")),
+            Step::Script(ScriptStep::inline(script)),
+        ]);
+        let (target, creds, options) = (&target, &creds, &options);
+        async move {
+            let failed = run_steps(target, &steps, creds, options).await.unwrap_err();
+            failed.cause.to_string()
+        }
+    };
+    let killed = ended("kill -TERM $$").await;
+    assert!(killed.contains("killed by signal TERM"), "{killed}");
+    let exited = ended("exit 143").await;
+    assert!(exited.contains("exit status 143"), "{exited}");
+    assert!(
+        entries(&node, "/root", ".nodeup-").is_empty(),
+        "directories removed"
+    );
+}
