@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use russh::keys::{HashAlg, PrivateKey};
+use russh::keys::{Certificate, HashAlg, PrivateKey};
 
 use super::Error;
 
@@ -25,6 +25,9 @@ impl fmt::Debug for Password {
 pub struct Credentials {
     /// Loaded private keys, with the file each came from.
     pub keys: Vec<(PathBuf, Arc<PrivateKey>)>,
+    /// OpenSSH certificates of those keys (`KEY-cert.pub` beside a key file, as `ssh` finds
+    /// them), with their files: each is offered before its plain key.
+    pub certificates: Vec<(PathBuf, Certificate)>,
     /// Try the identities of the ssh-agent listening on this socket (`$SSH_AUTH_SOCK`).
     pub agent: Option<PathBuf>,
     /// A password.
@@ -35,12 +38,17 @@ impl Credentials {
     /// Loads key files (with one passphrase for the encrypted ones); fails on the first file that
     /// cannot be read or decrypted, naming it.
     pub fn from_key_files(files: &[PathBuf], passphrase: Option<&str>) -> Result<Self, Error> {
-        let keys = files
+        let keys: Vec<_> = files
             .iter()
             .map(|path| Ok((path.clone(), Arc::new(load_key(path, passphrase)?))))
             .collect::<Result<_, Error>>()?;
+        let certificates = keys
+            .iter()
+            .filter_map(|(path, _)| load_certificate_beside(path).transpose())
+            .collect::<Result<_, Error>>()?;
         Ok(Credentials {
             keys,
+            certificates,
             agent: None,
             password: None,
         })
@@ -49,7 +57,7 @@ impl Credentials {
     /// The user's default keys (`~/.ssh/id_ed25519`, `id_ecdsa`, `id_rsa`) that load without a
     /// passphrase, and the agent when `$SSH_AUTH_SOCK` is set: what `ssh` would try.
     pub fn defaults() -> Self {
-        let keys = default_key_files()
+        let keys: Vec<(PathBuf, Arc<PrivateKey>)> = default_key_files()
             .into_iter()
             .filter_map(|path| match load_key(&path, None) {
                 Ok(key) => Some((path, Arc::new(key))),
@@ -59,8 +67,19 @@ impl Credentials {
                 }
             })
             .collect();
+        let certificates = keys
+            .iter()
+            .filter_map(|(path, _)| match load_certificate_beside(path) {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!("skipping a certificate: {e}");
+                    None
+                }
+            })
+            .collect();
         Credentials {
             keys,
+            certificates,
             agent: std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from),
             password: None,
         }
@@ -70,6 +89,41 @@ impl Credentials {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty() && self.agent.is_none() && self.password.is_none()
     }
+}
+
+impl Credentials {
+    /// The certificates of `key`, to offer before it.
+    pub fn certificates_of(
+        &self,
+        key: &PrivateKey,
+    ) -> impl Iterator<Item = &(PathBuf, Certificate)> {
+        let data = key.public_key().key_data().clone();
+        self.certificates
+            .iter()
+            .filter(move |(_, cert)| *cert.public_key() == data)
+    }
+}
+
+/// The certificate beside a key file (`KEY-cert.pub`), when there is one.
+///
+/// # Errors
+/// [`Error::Key`] naming the certificate file when it cannot be read or parsed.
+pub fn load_certificate_beside(key: &Path) -> Result<Option<(PathBuf, Certificate)>, Error> {
+    let path = PathBuf::from(format!("{}-cert.pub", key.display()));
+    if !path.exists() {
+        return Ok(None);
+    }
+    let fail = |reason: String| Error::Key {
+        path: path.clone(),
+        reason,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| fail(format!("cannot be read ({e})")))?;
+    let cert = Certificate::from_openssh(text.trim()).map_err(|e| {
+        fail(format!(
+            "is not an OpenSSH certificate ({e}); sign the public key with `ssh-keygen -s CA -I ID -n USER KEY.pub`"
+        ))
+    })?;
+    Ok(Some((path, cert)))
 }
 
 /// The default key files of the user that exist.

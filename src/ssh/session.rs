@@ -307,6 +307,46 @@ impl SshSession {
     }
 }
 
+/// How many rounds of questions keyboard-interactive authentication may ask before nodeup gives
+/// up (a password prompt takes one; a server that keeps asking is not answered forever).
+const KEYBOARD_ROUNDS: usize = 4;
+
+/// Keyboard-interactive authentication (sshd's `KbdInteractiveAuthentication`, often PAM): each
+/// prompt that hides its answer (a password prompt) is answered with the password, and one that
+/// shows it with nothing. Whether it let the user in.
+async fn keyboard_interactive(
+    handle: &mut Handle<Client>,
+    user: &str,
+    password: &super::Password,
+) -> Result<bool, russh::Error> {
+    use russh::client::KeyboardInteractiveAuthResponse as Answer;
+    let mut reply = handle
+        .authenticate_keyboard_interactive_start(user, None)
+        .await?;
+    for _ in 0..KEYBOARD_ROUNDS {
+        match reply {
+            Answer::Success => return Ok(true),
+            Answer::Failure { .. } => return Ok(false),
+            Answer::InfoRequest { prompts, .. } => {
+                let answers = prompts
+                    .iter()
+                    .map(|p| {
+                        if p.echo {
+                            String::new()
+                        } else {
+                            password.0.clone()
+                        }
+                    })
+                    .collect();
+                reply = handle
+                    .authenticate_keyboard_interactive_respond(answers)
+                    .await?;
+            }
+        }
+    }
+    Ok(matches!(reply, Answer::Success))
+}
+
 async fn authenticate(
     handle: &mut Handle<Client>,
     addr: SocketAddr,
@@ -324,6 +364,20 @@ async fn authenticate(
         None
     };
     for (path, key) in &creds.keys {
+        for (cert_path, cert) in creds.certificates_of(key) {
+            tried.push(format!(
+                "certificate {} ({})",
+                cert.key_id(),
+                cert_path.display()
+            ));
+            let result = handle
+                .authenticate_openssh_cert(user, key.clone(), cert.clone())
+                .await
+                .map_err(lost)?;
+            if matches!(result, AuthResult::Success) {
+                return Ok(());
+            }
+        }
         tried.push(format!(
             "publickey {} ({})",
             key.public_key().fingerprint(HashAlg::Sha256),
@@ -374,6 +428,13 @@ async fn authenticate(
             .await
             .map_err(lost)?;
         if matches!(result, AuthResult::Success) {
+            return Ok(());
+        }
+        tried.push("keyboard-interactive".into());
+        if keyboard_interactive(handle, user, password)
+            .await
+            .map_err(lost)?
+        {
             return Ok(());
         }
     }

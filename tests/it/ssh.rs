@@ -381,3 +381,60 @@ async fn the_agent_signs_for_keys_it_holds() {
     let out = ssh.exec("id -un", &ExecOptions::default()).await.unwrap();
     assert_eq!(out.stdout.text(), "root\n");
 }
+
+/// An OpenSSH user certificate beside the key file (`KEY-cert.pub`) is offered as `ssh` offers
+/// it: a node that trusts the CA, with no authorized_keys entry, lets the key in with it only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_beside_the_key_logs_in_where_the_ca_is_trusted() {
+    let bed = TestBed::new().unwrap();
+    let node = bed
+        .node(
+            NodeSpec::new("cert")
+                .without_key()
+                .sshd("TrustedUserCAKeys", "/etc/ssh/nodeup_user_ca.pub"),
+        )
+        .await
+        .unwrap();
+    let keygen = |args: &[&str]| {
+        let out = std::process::Command::new("ssh-keygen")
+            .args(args)
+            .current_dir(bed.dir())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    keygen(&["-q", "-t", "ed25519", "-N", "", "-C", "ca", "-f", "ca"]);
+    keygen(&["-q", "-t", "ed25519", "-N", "", "-C", "user", "-f", "user"]);
+    keygen(&[
+        "-q",
+        "-s",
+        "ca",
+        "-I",
+        "deployer@example",
+        "-n",
+        "root",
+        "user.pub",
+    ]);
+    let ca = std::fs::read(bed.dir().join("ca.pub")).unwrap();
+    std::fs::write(node.root().unwrap().join("etc/ssh/nodeup_user_ca.pub"), ca).unwrap();
+
+    let key = bed.dir().join("user");
+    let connect = || async {
+        let creds = Credentials::from_key_files(std::slice::from_ref(&key), None).unwrap();
+        let check = HostKeyCheck {
+            policy: HostKeyPolicy::Strict,
+            known_hosts: node.known_hosts().to_path_buf(),
+            ..Default::default()
+        };
+        SshSession::connect(&ConnectOptions::new(node.addr(), "root", check), &creds).await
+    };
+    let ssh = connect().await.unwrap();
+    let out = ssh.exec("id -un", &ExecOptions::default()).await.unwrap();
+    assert_eq!(out.stdout.text().trim(), "root");
+    ssh.close().await;
+
+    // Without the certificate, the plain key is not authorized.
+    std::fs::remove_file(bed.dir().join("user-cert.pub")).unwrap();
+    let err = connect().await.unwrap_err();
+    assert!(matches!(err, Error::AuthRejected { .. }), "{err}");
+}
