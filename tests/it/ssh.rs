@@ -438,3 +438,41 @@ async fn a_certificate_beside_the_key_logs_in_where_the_ca_is_trusted() {
     let err = connect().await.unwrap_err();
     assert!(matches!(err, Error::AuthRejected { .. }), "{err}");
 }
+
+/// A server that takes passwords only through keyboard-interactive (PAM asking "Password:") gets
+/// the password there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyboard_interactive_is_answered_with_the_password() {
+    let bed = TestBed::new().unwrap();
+    let node = bed
+        .node(
+            NodeSpec::new("kbdint")
+                .image("cloud-debian")
+                .password("pw 2")
+                .sshd("UsePAM", "yes")
+                .sshd("PasswordAuthentication", "no")
+                .sshd("KbdInteractiveAuthentication", "yes"),
+        )
+        .await
+        .unwrap();
+    let connect = |password: &str| {
+        let check = HostKeyCheck {
+            policy: HostKeyPolicy::Strict,
+            known_hosts: node.known_hosts().to_path_buf(),
+            ..Default::default()
+        };
+        let creds = Credentials {
+            password: Some(nodeup::ssh::Password(password.into())),
+            ..Default::default()
+        };
+        let options = ConnectOptions::new(node.addr(), "debian", check);
+        async move { SshSession::connect(&options, &creds).await }
+    };
+    let ssh = connect("pw 2").await.unwrap();
+    let out = ssh.exec("id -un", &ExecOptions::default()).await.unwrap();
+    assert_eq!(out.stdout.text(), "debian\n");
+    ssh.close().await;
+
+    let err = connect("wrong").await.unwrap_err();
+    assert!(err.to_string().contains("keyboard-interactive"), "{err}");
+}
