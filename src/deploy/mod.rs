@@ -4,6 +4,7 @@
 //! order. Steps are checked ([`Step::validate`]) before any node is created; each step runs over the
 //! node's one SSH session and gives a [`StepResult`].
 
+mod cloud_init;
 mod file;
 mod script;
 mod ssh_key;
@@ -17,6 +18,7 @@ use serde::Serialize;
 
 use crate::ssh::{self, Captured, ExitStatus, OutputSink, SshSession};
 
+pub use cloud_init::{CloudInitStep, DEFAULT_CLOUD_INIT_TIMEOUT};
 pub use file::FileStep;
 pub use script::{ScriptSource, ScriptStep};
 pub use ssh_key::SshKeyStep;
@@ -55,6 +57,8 @@ pub enum Step {
     File(FileStep),
     /// Run a script.
     Script(ScriptStep),
+    /// Wait until cloud-init has finished (`cloud-init status --wait`); fail if it failed.
+    WaitCloudInit(CloudInitStep),
     /// A step of your own.
     Custom(std::sync::Arc<dyn CustomStep>),
     /// Several steps, in order.
@@ -62,12 +66,13 @@ pub enum Step {
 }
 
 impl Step {
-    /// The step's kind as users write it: `ssh-key`, `file`, `script`, `multi`.
+    /// The step's kind as users write it: `ssh-key`, `file`, `script`, `wait-cloud-init`, `multi`.
     pub fn kind(&self) -> &'static str {
         match self {
             Step::SshKey(_) => "ssh-key",
             Step::File(_) => "file",
             Step::Script(_) => "script",
+            Step::WaitCloudInit(_) => "wait-cloud-init",
             Step::Custom(step) => step.kind(),
             Step::Multi(_) => "multi",
         }
@@ -86,7 +91,7 @@ impl Step {
     pub fn commands(steps: &[&Step]) -> Option<usize> {
         steps.iter().try_fold(0, |sum, step| {
             let n = match step {
-                Step::SshKey(_) | Step::File(_) => Some(1),
+                Step::SshKey(_) | Step::File(_) | Step::WaitCloudInit(_) => Some(1),
                 Step::Script(s) => Some(if s.keep { 1 } else { 2 }),
                 Step::Custom(_) => None,
                 Step::Multi(inner) => Step::commands(&inner.iter().collect::<Vec<_>>()),
@@ -108,6 +113,7 @@ impl Step {
                 Step::SshKey(s) => s.validate().map_err(invalid)?,
                 Step::File(s) => s.validate().map_err(invalid)?,
                 Step::Script(s) => s.validate().map_err(invalid)?,
+                Step::WaitCloudInit(s) => s.validate().map_err(invalid)?,
                 Step::Custom(s) => s.validate().map_err(invalid)?,
                 Step::Multi(_) => {}
             }
@@ -122,6 +128,7 @@ impl Step {
             Step::SshKey(s) => s.run(ctx).await?,
             Step::File(s) => s.run(ctx).await?,
             Step::Script(s) => s.run(ctx).await?,
+            Step::WaitCloudInit(s) => s.run(ctx).await?,
             Step::Custom(s) => s.run(ctx).await?,
             Step::Multi(steps) => {
                 for step in steps {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{FileStep, ScriptSource, ScriptStep, SshKeyStep, Step};
+use super::{CloudInitStep, FileStep, ScriptSource, ScriptStep, SshKeyStep, Step};
 use crate::model::Interface;
 use crate::ssh::HostKeyPolicy;
 
@@ -146,6 +146,8 @@ struct RawStep {
     sudo: Option<Spanned<bool>>,
     script: Option<Spanned<String>>,
     inline: Option<Spanned<String>>,
+    #[serde(rename = "wait-cloud-init")]
+    wait_cloud_init: Option<Spanned<bool>>,
     args: Option<Spanned<Vec<String>>>,
     env: Option<Spanned<BTreeMap<String, String>>>,
     timeout: Option<Spanned<String>>,
@@ -438,29 +440,33 @@ fn step(ctx: &Ctx<'_>, number: usize, raw: &Spanned<RawStep>) -> Result<Step, St
         ("file", s.file.as_ref().map(Spanned::span)),
         ("script", s.script.as_ref().map(Spanned::span)),
         ("inline", s.inline.as_ref().map(Spanned::span)),
+        (
+            "wait-cloud-init",
+            s.wait_cloud_init.as_ref().map(Spanned::span),
+        ),
     ]
     .into_iter()
     .filter_map(|(k, span)| span.map(|sp| (k, sp)))
     .collect();
-    let kind = match kinds.as_slice() {
-        [(kind, _)] => *kind,
-        [] => {
-            return Err(err(
+    let kind =
+        match kinds.as_slice() {
+            [(kind, _)] => *kind,
+            [] => return Err(err(
                 raw.span(),
-                "says neither what to do: give one of `ssh-key`, `file`, `script` or `inline`"
+                "says neither what to do: give one of `ssh-key`, `file`, `script`, `inline` or \
+                 `wait-cloud-init`"
                     .into(),
-            ))
-        }
-        [_, (second, span), ..] => {
-            return Err(err(
-                span.clone(),
-                format!(
-                    "`{second}` with `{}`: a step does one thing; split it into two [[step]]s",
-                    kinds[0].0
-                ),
-            ))
-        }
-    };
+            )),
+            [_, (second, span), ..] => {
+                return Err(err(
+                    span.clone(),
+                    format!(
+                        "`{second}` with `{}`: a step does one thing; split it into two [[step]]s",
+                        kinds[0].0
+                    ),
+                ))
+            }
+        };
     // Keys that only some kinds take.
     let only = |key: &str, span: Option<Range<usize>>, kinds: &[&str]| match span {
         Some(span) if !kinds.contains(&kind) => Err(err(
@@ -479,10 +485,14 @@ fn step(ctx: &Ctx<'_>, number: usize, raw: &Spanned<RawStep>) -> Result<Step, St
         s.sudo.as_ref().map(Spanned::span),
         &["file", "script", "inline"],
     )?;
+    only(
+        "timeout",
+        s.timeout.as_ref().map(Spanned::span),
+        &["script", "inline", "wait-cloud-init"],
+    )?;
     for (key, span) in [
         ("args", s.args.as_ref().map(Spanned::span)),
         ("env", s.env.as_ref().map(Spanned::span)),
-        ("timeout", s.timeout.as_ref().map(Spanned::span)),
         ("exit_codes", s.exit_codes.as_ref().map(Spanned::span)),
         ("keep", s.keep.as_ref().map(Spanned::span)),
         ("name", s.name.as_ref().map(Spanned::span)),
@@ -494,6 +504,7 @@ fn step(ctx: &Ctx<'_>, number: usize, raw: &Spanned<RawStep>) -> Result<Step, St
     match kind {
         "ssh-key" => ssh_key_step(ctx, number, raw),
         "file" => file_step(ctx, number, raw, sudo),
+        "wait-cloud-init" => cloud_init_step(ctx, number, raw),
         _ => script_step(ctx, number, raw, sudo),
     }
 }
@@ -540,6 +551,30 @@ fn ssh_key_step(
         err(span, format!("`ssh-key`{source}: {e}"))
     })?;
     Ok(Step::SshKey(step))
+}
+
+/// A `wait-cloud-init` step: `true`, and an optional timeout.
+fn cloud_init_step(
+    ctx: &Ctx<'_>,
+    number: usize,
+    raw: &Spanned<RawStep>,
+) -> Result<Step, StepFileError> {
+    let s = raw.get_ref();
+    let err =
+        |span: Range<usize>, message: String| ctx.error(span, format!("step {number}: {message}"));
+    if let Some(flag) = s.wait_cloud_init.as_ref().filter(|f| !*f.get_ref()) {
+        return Err(err(
+            flag.span(),
+            "`wait-cloud-init = false` does nothing: remove the step, or set it to true".into(),
+        ));
+    }
+    let timeout = match &s.timeout {
+        Some(t) => Some(parse_duration(t.get_ref()).map_err(|e| err(t.span(), e))?),
+        None => None,
+    };
+    let step = CloudInitStep { timeout };
+    step.validate().map_err(|e| err(raw.span(), e))?;
+    Ok(Step::WaitCloudInit(step))
 }
 
 /// A `file` step: a local file that exists, a target path on the node, a mode.
@@ -786,6 +821,34 @@ exit_codes = [0]
         assert!(e.contains("3:7: step 1: environment variable name"), "{e}");
         let e = error_of("[[step]\n", &[]);
         assert!(e.starts_with("site.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn wait_cloud_init_takes_a_timeout_and_nothing_else() {
+        let dir = dir_with(&[]);
+        let path = dir.path().join("s.toml");
+        let parsed = parse(
+            &path,
+            "[[step]]\nwait-cloud-init = true\ntimeout = \"2m\"\n",
+        )
+        .unwrap();
+        let steps = parsed.steps.flatten();
+        let Step::WaitCloudInit(step) = steps[0] else {
+            panic!("{steps:?}");
+        };
+        assert_eq!(step.timeout, Some(Duration::from_secs(120)));
+        let e = error_of("[[step]]\nwait-cloud-init = false\n", &[]);
+        assert!(
+            e.contains("2:19: step 1: `wait-cloud-init = false` does nothing"),
+            "{e}"
+        );
+        let e = error_of("[[step]]\nwait-cloud-init = true\nargs = [\"x\"]\n", &[]);
+        assert!(
+            e.contains("`args` does not apply to a wait-cloud-init step"),
+            "{e}"
+        );
+        let e = error_of("[[step]]\nwait-cloud-init = true\ninline = \"x\"\n", &[]);
+        assert!(e.contains("a step does one thing"), "{e}");
     }
 
     #[test]

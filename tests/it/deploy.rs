@@ -751,3 +751,94 @@ async fn auth_the_provider_cannot_install_is_still_used_to_log_in() {
     );
     driver.destroy_node(&done.node).await.unwrap();
 }
+
+/// `wait-cloud-init` waits while cloud-init runs (the cloud-debian image's stand-in, held at
+/// `running`), fails on its error with the output, and says it skipped where there is none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_cloud_init_waits_for_it_and_fails_on_its_error() {
+    use nodeup::deploy::CloudInitStep;
+    use nodeup::providers::local::CLOUD_INIT_STATUS;
+
+    let bed = TestBed::new().unwrap();
+    let node = bed
+        .node(NodeSpec::new("cloudy").image("cloud-debian"))
+        .await
+        .unwrap();
+    let set_status = |status: &str| {
+        assert_ok(
+            &node
+                .exec(&format!("echo {status} > {CLOUD_INIT_STATUS}"))
+                .unwrap(),
+        )
+    };
+    set_status("running");
+    let options = DeployOptions {
+        known_hosts: node.known_hosts().to_path_buf(),
+        host_key_policy: ssh::HostKeyPolicy::Strict,
+        ..options(&bed)
+    };
+    let target = nodeup::engine::Target {
+        addr: node.addr(),
+        users: vec!["debian".into()],
+        pinned_host_keys: Vec::new(),
+        node: None,
+        journal: None,
+        created: false,
+    };
+    let creds = options.credentials().unwrap();
+    let steps = Step::Multi(vec![
+        Step::WaitCloudInit(CloudInitStep::default()),
+        Step::Script(ScriptStep::inline(&format!(
+            "cat {CLOUD_INIT_STATUS} > ~/seen"
+        ))),
+    ]);
+    let run = {
+        let (target, steps, creds, options) = (&target, &steps, &creds, &options);
+        async move { nodeup::engine::run_steps(target, steps, creds, options).await }
+    };
+    let finish_later = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        set_status("done");
+    };
+    let (done, ()) = tokio::join!(run, finish_later);
+    let done = done.unwrap_or_else(|e| panic!("{}", e.cause));
+    assert_eq!(
+        node.read_file("/home/debian/seen").unwrap(),
+        b"done\n",
+        "the next step ran only once cloud-init was done"
+    );
+    assert_eq!(done.steps[0].note, "cloud-init finished");
+    assert!(done.steps[0].stdout.text().contains("status: done"));
+
+    set_status("error");
+    let failed = nodeup::engine::run_steps(&target, &steps, &creds, &options)
+        .await
+        .unwrap_err();
+    let message = failed.cause.to_string();
+    assert!(
+        message.contains("cloud-init did not finish cleanly"),
+        "{message}"
+    );
+    assert!(message.contains("status: error"), "{message}");
+    assert_eq!(failed.step, Some((1, "wait-cloud-init")));
+
+    // An image without cloud-init: nothing to wait for.
+    let plain = bed.node(NodeSpec::new("plain")).await.unwrap();
+    let target = nodeup::engine::Target {
+        addr: plain.addr(),
+        users: vec!["root".into()],
+        ..target
+    };
+    let options = DeployOptions {
+        known_hosts: plain.known_hosts().to_path_buf(),
+        ..options
+    };
+    let wait = Step::WaitCloudInit(CloudInitStep::default());
+    let done = nodeup::engine::run_steps(&target, &wait, &creds, &options)
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.cause));
+    assert_eq!(
+        done.steps[0].note,
+        "no cloud-init on the node: nothing to wait for"
+    );
+}

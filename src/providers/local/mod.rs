@@ -27,8 +27,8 @@ use crate::model::{CreateNode, Node, NodeAuth, NodeImage, NodeLocation, NodeSize
 /// A process's start time in clock ticks since boot (from /proc/PID/stat), which tells a live
 /// process from a later one that reused its pid.
 pub use process::start_time;
-pub use rootfs::Image;
 use rootfs::Rootfs;
+pub use rootfs::{Image, CLOUD_INIT_STATUS};
 pub use state::CLAIMS_DIR;
 use state::{NodeRecord, StateDir};
 

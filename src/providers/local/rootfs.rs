@@ -18,6 +18,33 @@ use super::state::set_mode;
 /// The login user every local image has besides root.
 pub const LOGIN_USER: &str = "debian";
 
+/// Where the cloud-init stand-in of the `cloud-debian` image reads its status (`running`, `done`,
+/// `error`; `done` when missing): write it inside the node to hold cloud-init at `running`.
+pub const CLOUD_INIT_STATUS: &str = "/run/nodeup-cloud-init-status";
+
+/// The `cloud-debian` image's stand-in for cloud-init: `cloud-init status [--wait]` as the real
+/// one answers it (`status: running|done|error`; exit 1 on error), from [`CLOUD_INIT_STATUS`].
+const CLOUD_INIT_STAND_IN: &str = r#"#!/bin/sh
+# nodeup's local cloud-debian image: a stand-in for cloud-init's `status` command.
+status_file=@STATUS@
+if [ "$1" != status ]; then
+	echo "cloud-init (nodeup stand-in): only 'status [--wait]' is known" >&2
+	exit 3
+fi
+while :; do
+	status=$(cat "$status_file" 2>/dev/null || echo done)
+	if [ "$status" = running ] && [ "$2" = --wait ]; then
+		printf .
+		sleep 0.2
+		continue
+	fi
+	[ "$2" = --wait ] && echo
+	echo "status: $status"
+	[ "$status" = error ] && exit 1
+	exit 0
+done
+"#;
+
 /// The images the local provider offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Image {
@@ -115,6 +142,17 @@ impl Rootfs<'_> {
         let user_home = home.join(LOGIN_USER);
         mkdir(&user_home, 0o755)?;
         chown(&user_home, Some(uid), Some(gid))?;
+
+        if self.image == Image::CloudDebian {
+            let bin = upper.join("usr/bin");
+            fs::create_dir_all(&bin)?;
+            let stand_in = bin.join("cloud-init");
+            fs::write(
+                &stand_in,
+                CLOUD_INIT_STAND_IN.replace("@STATUS@", CLOUD_INIT_STATUS),
+            )?;
+            set_mode(&stand_in, 0o755)?;
+        }
 
         if let Some(key) = self.ssh_key {
             let key = key.trim();
