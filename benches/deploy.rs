@@ -160,6 +160,7 @@ async fn fleet(bed: &TestBed, n: usize, key: &str) -> Vec<Target> {
             node: None,
             journal: None,
             created: false,
+            driver: None,
         });
     }
     for target in &targets {

@@ -253,6 +253,7 @@ impl Prepared {
                 node: None,
                 journal: None,
                 created: false,
+                driver: None,
             },
             creds: self.creds,
         }

@@ -6,6 +6,7 @@
 
 mod cloud_init;
 mod file;
+mod reboot;
 mod script;
 mod ssh_key;
 pub mod stepfile;
@@ -20,6 +21,7 @@ use crate::ssh::{self, Captured, ExitStatus, OutputSink, SshSession};
 
 pub use cloud_init::{CloudInitStep, DEFAULT_CLOUD_INIT_TIMEOUT};
 pub use file::FileStep;
+pub use reboot::{RebootStep, DEFAULT_REBOOT_TIMEOUT};
 pub use script::{ScriptSource, ScriptStep};
 pub use ssh_key::SshKeyStep;
 
@@ -59,6 +61,8 @@ pub enum Step {
     Script(ScriptStep),
     /// Wait until cloud-init has finished (`cloud-init status --wait`); fail if it failed.
     WaitCloudInit(CloudInitStep),
+    /// Reboot the node, wait until it is back with a new boot, log in again.
+    Reboot(RebootStep),
     /// A step of your own.
     Custom(std::sync::Arc<dyn CustomStep>),
     /// Several steps, in order.
@@ -66,13 +70,14 @@ pub enum Step {
 }
 
 impl Step {
-    /// The step's kind as users write it: `ssh-key`, `file`, `script`, `wait-cloud-init`, `multi`.
+    /// The step's kind as users write it: `ssh-key`, `file`, `script`, `wait-cloud-init`, `reboot`, `multi`.
     pub fn kind(&self) -> &'static str {
         match self {
             Step::SshKey(_) => "ssh-key",
             Step::File(_) => "file",
             Step::Script(_) => "script",
             Step::WaitCloudInit(_) => "wait-cloud-init",
+            Step::Reboot(_) => "reboot",
             Step::Custom(step) => step.kind(),
             Step::Multi(_) => "multi",
         }
@@ -92,6 +97,8 @@ impl Step {
         steps.iter().try_fold(0, |sum, step| {
             let n = match step {
                 Step::SshKey(_) | Step::File(_) | Step::WaitCloudInit(_) => Some(1),
+                // The commands before the reboot; the session after it is a new one.
+                Step::Reboot(_) => Some(2),
                 Step::Script(s) => Some(if s.keep { 1 } else { 2 }),
                 Step::Custom(_) => None,
                 Step::Multi(inner) => Step::commands(&inner.iter().collect::<Vec<_>>()),
@@ -114,6 +121,7 @@ impl Step {
                 Step::File(s) => s.validate().map_err(invalid)?,
                 Step::Script(s) => s.validate().map_err(invalid)?,
                 Step::WaitCloudInit(s) => s.validate().map_err(invalid)?,
+                Step::Reboot(s) => s.validate().map_err(invalid)?,
                 Step::Custom(s) => s.validate().map_err(invalid)?,
                 Step::Multi(_) => {}
             }
@@ -129,6 +137,14 @@ impl Step {
             Step::File(s) => s.run(ctx).await?,
             Step::Script(s) => s.run(ctx).await?,
             Step::WaitCloudInit(s) => s.run(ctx).await?,
+            Step::Reboot(_) => {
+                return Err(Error::Custom {
+                    message: "a reboot step runs only under the engine (engine::run_steps), \
+                              which logs in again after it"
+                        .into(),
+                    result: None,
+                })
+            }
             Step::Custom(s) => s.run(ctx).await?,
             Step::Multi(steps) => {
                 for step in steps {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{CloudInitStep, FileStep, ScriptSource, ScriptStep, SshKeyStep, Step};
+use super::{CloudInitStep, FileStep, RebootStep, ScriptSource, ScriptStep, SshKeyStep, Step};
 use crate::model::Interface;
 use crate::ssh::HostKeyPolicy;
 
@@ -148,6 +148,7 @@ struct RawStep {
     inline: Option<Spanned<String>>,
     #[serde(rename = "wait-cloud-init")]
     wait_cloud_init: Option<Spanned<bool>>,
+    reboot: Option<Spanned<bool>>,
     args: Option<Spanned<Vec<String>>>,
     env: Option<Spanned<BTreeMap<String, String>>>,
     timeout: Option<Spanned<String>>,
@@ -444,29 +445,31 @@ fn step(ctx: &Ctx<'_>, number: usize, raw: &Spanned<RawStep>) -> Result<Step, St
             "wait-cloud-init",
             s.wait_cloud_init.as_ref().map(Spanned::span),
         ),
+        ("reboot", s.reboot.as_ref().map(Spanned::span)),
     ]
     .into_iter()
     .filter_map(|(k, span)| span.map(|sp| (k, sp)))
     .collect();
-    let kind =
-        match kinds.as_slice() {
-            [(kind, _)] => *kind,
-            [] => return Err(err(
+    let kind = match kinds.as_slice() {
+        [(kind, _)] => *kind,
+        [] => {
+            return Err(err(
                 raw.span(),
-                "says neither what to do: give one of `ssh-key`, `file`, `script`, `inline` or \
-                 `wait-cloud-init`"
+                "says neither what to do: give one of `ssh-key`, `file`, `script`, `inline`, \
+                 `wait-cloud-init` or `reboot`"
                     .into(),
-            )),
-            [_, (second, span), ..] => {
-                return Err(err(
-                    span.clone(),
-                    format!(
-                        "`{second}` with `{}`: a step does one thing; split it into two [[step]]s",
-                        kinds[0].0
-                    ),
-                ))
-            }
-        };
+            ))
+        }
+        [_, (second, span), ..] => {
+            return Err(err(
+                span.clone(),
+                format!(
+                    "`{second}` with `{}`: a step does one thing; split it into two [[step]]s",
+                    kinds[0].0
+                ),
+            ))
+        }
+    };
     // Keys that only some kinds take.
     let only = |key: &str, span: Option<Range<usize>>, kinds: &[&str]| match span {
         Some(span) if !kinds.contains(&kind) => Err(err(
@@ -488,7 +491,7 @@ fn step(ctx: &Ctx<'_>, number: usize, raw: &Spanned<RawStep>) -> Result<Step, St
     only(
         "timeout",
         s.timeout.as_ref().map(Spanned::span),
-        &["script", "inline", "wait-cloud-init"],
+        &["script", "inline", "wait-cloud-init", "reboot"],
     )?;
     for (key, span) in [
         ("args", s.args.as_ref().map(Spanned::span)),
@@ -504,7 +507,7 @@ fn step(ctx: &Ctx<'_>, number: usize, raw: &Spanned<RawStep>) -> Result<Step, St
     match kind {
         "ssh-key" => ssh_key_step(ctx, number, raw),
         "file" => file_step(ctx, number, raw, sudo),
-        "wait-cloud-init" => cloud_init_step(ctx, number, raw),
+        "wait-cloud-init" | "reboot" => waiting_step(ctx, number, raw, kind),
         _ => script_step(ctx, number, raw, sudo),
     }
 }
@@ -553,28 +556,41 @@ fn ssh_key_step(
     Ok(Step::SshKey(step))
 }
 
-/// A `wait-cloud-init` step: `true`, and an optional timeout.
-fn cloud_init_step(
+/// A `wait-cloud-init` or `reboot` step: `true`, and an optional timeout.
+fn waiting_step(
     ctx: &Ctx<'_>,
     number: usize,
     raw: &Spanned<RawStep>,
+    kind: &str,
 ) -> Result<Step, StepFileError> {
     let s = raw.get_ref();
     let err =
         |span: Range<usize>, message: String| ctx.error(span, format!("step {number}: {message}"));
-    if let Some(flag) = s.wait_cloud_init.as_ref().filter(|f| !*f.get_ref()) {
+    let flag = if kind == "reboot" {
+        &s.reboot
+    } else {
+        &s.wait_cloud_init
+    };
+    if let Some(flag) = flag.as_ref().filter(|f| !*f.get_ref()) {
         return Err(err(
             flag.span(),
-            "`wait-cloud-init = false` does nothing: remove the step, or set it to true".into(),
+            format!("`{kind} = false` does nothing: remove the step, or set it to true"),
         ));
     }
     let timeout = match &s.timeout {
         Some(t) => Some(parse_duration(t.get_ref()).map_err(|e| err(t.span(), e))?),
         None => None,
     };
-    let step = CloudInitStep { timeout };
-    step.validate().map_err(|e| err(raw.span(), e))?;
-    Ok(Step::WaitCloudInit(step))
+    let span = s.timeout.as_ref().map_or(raw.span(), Spanned::span);
+    if kind == "reboot" {
+        let step = RebootStep { timeout };
+        step.validate().map_err(|e| err(span, e))?;
+        Ok(Step::Reboot(step))
+    } else {
+        let step = CloudInitStep { timeout };
+        step.validate().map_err(|e| err(span, e))?;
+        Ok(Step::WaitCloudInit(step))
+    }
 }
 
 /// A `file` step: a local file that exists, a target path on the node, a mode.
@@ -849,6 +865,11 @@ exit_codes = [0]
         );
         let e = error_of("[[step]]\nwait-cloud-init = true\ninline = \"x\"\n", &[]);
         assert!(e.contains("a step does one thing"), "{e}");
+        let parsed = parse(&path, "[[step]]\nreboot = true\ntimeout = \"0s\"\n");
+        let e = parsed.unwrap_err().to_string();
+        assert!(e.contains("the timeout must be longer than zero"), "{e}");
+        let parsed = parse(&path, "[[step]]\nreboot = true\n").unwrap();
+        assert!(matches!(parsed.steps.flatten()[0], Step::Reboot(_)));
     }
 
     #[test]

@@ -360,7 +360,7 @@ impl DeploymentError {
 }
 
 /// Where and how to run steps on a node that exists.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Target {
     /// Its SSH address.
     pub addr: SocketAddr,
@@ -376,6 +376,21 @@ pub struct Target {
     /// nodeup first logged in to it belongs to an older machine and is replaced
     /// ([`HostKeyCheck::new_node`]). `false` for machines that were there before (`run`).
     pub created: bool,
+    /// The node's provider, when steps may ask it to act on the node (a reboot step reboots
+    /// through it; without it, with the node's own `reboot`).
+    pub driver: Option<Arc<dyn NodeDriver>>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("addr", &self.addr)
+            .field("users", &self.users)
+            .field("node", &self.node.as_ref().map(|n| &n.name))
+            .field("created", &self.created)
+            .field("driver", &self.driver.as_ref().map(|d| d.name()))
+            .finish()
+    }
 }
 
 /// A failure of [`run_steps`]: everything of a [`DeploymentError`] but the node.
@@ -481,8 +496,8 @@ impl<'a> Runner<'a> {
 
     /// Runs step `number` of `total`: progress events, and its result in the journal.
     async fn step(
-        &self,
-        logged_in: &LoggedIn,
+        &mut self,
+        logged_in: &mut LoggedIn,
         step: &Step,
         (number, total): (usize, usize),
     ) -> Result<StepResult, deploy::Error> {
@@ -496,9 +511,13 @@ impl<'a> Runner<'a> {
             entry.step_started(number, total).await;
         }
         let started = Instant::now();
-        let outcome = step
-            .run(&self.context(logged_in, options.output.clone()))
-            .await;
+        let outcome = match step {
+            Step::Reboot(reboot) => self.reboot(logged_in, reboot).await,
+            step => {
+                step.run(&self.context(logged_in, options.output.clone()))
+                    .await
+            }
+        };
         record_step(self.target, (number, kind), started.elapsed(), &outcome).await;
         if let Ok(result) = &outcome {
             options.emit(Event::StepFinished {
@@ -509,6 +528,71 @@ impl<'a> Runner<'a> {
             });
         }
         outcome
+    }
+
+    /// Reboots the node (through its provider when the target has one, else with its own
+    /// `reboot`), waits until it is back with a new boot, and logs in again in `logged_in`'s
+    /// place.
+    async fn reboot(
+        &mut self,
+        logged_in: &mut LoggedIn,
+        step: &deploy::RebootStep,
+    ) -> Result<StepResult, deploy::Error> {
+        let started = Instant::now();
+        let before = boot_id(&logged_in.session).await?;
+        match (&self.target.driver, &self.target.node) {
+            (Some(driver), Some(node)) => {
+                driver
+                    .reboot_node(node)
+                    .await
+                    .map_err(|e| reboot_failed(format!("the provider could not reboot it: {e}")))?;
+            }
+            _ => {
+                let ctx = self.context(logged_in, None);
+                ctx.helper(&reboot_command(ctx.sudo(true)), None).await?;
+            }
+        }
+        let deadline = started + step.timeout();
+        self.login_options.users = vec![logged_in.user.clone()];
+        loop {
+            let fresh = login(
+                self.target.addr,
+                self.creds,
+                &self.login_options,
+                deadline,
+                &mut self.attempts,
+            )
+            .await
+            .map_err(|e| {
+                reboot_failed(format!(
+                    "the node did not come back within {:?}: {}",
+                    step.timeout(),
+                    error_chain(&e)
+                ))
+            })?;
+            if boot_id(&fresh.session).await? != before {
+                let old = std::mem::replace(logged_in, fresh);
+                old.session.close().await;
+                return Ok(StepResult {
+                    kind: "reboot",
+                    duration: started.elapsed(),
+                    note: format!(
+                        "rebooted; back after {:.1}s",
+                        started.elapsed().as_secs_f64()
+                    ),
+                    ..Default::default()
+                });
+            }
+            // Still the old boot: the node is not down yet.
+            fresh.session.close().await;
+            if Instant::now() + REBOOT_POLL >= deadline {
+                return Err(reboot_failed(format!(
+                    "the node did not reboot within {:?}",
+                    step.timeout()
+                )));
+            }
+            tokio::time::sleep(REBOOT_POLL).await;
+        }
     }
 
     fn fail(
@@ -551,7 +635,10 @@ pub async fn run_steps(
     while index < flat.len() {
         let step = flat[index];
         let (number, kind) = (index + 1, step.kind());
-        match runner.step(&logged_in, step, (number, flat.len())).await {
+        match runner
+            .step(&mut logged_in, step, (number, flat.len()))
+            .await
+        {
             Ok(result) => {
                 results.push(result);
                 index += 1;
@@ -599,6 +686,46 @@ pub async fn run_steps(
         steps: results,
         reconnects: connections - 1,
     })
+}
+
+/// How long to wait before logging in again to a node that still runs its old boot.
+const REBOOT_POLL: Duration = Duration::from_secs(1);
+
+/// The node's boot id: another after a reboot.
+async fn boot_id(session: &ssh::SshSession) -> Result<String, deploy::Error> {
+    let out = session
+        .exec(
+            "cat /proc/sys/kernel/random/boot_id",
+            &ssh::ExecOptions::default(),
+        )
+        .await?;
+    let id = out.stdout.text().trim().to_string();
+    if out.status != Some(ssh::ExitStatus::Code(0)) || id.is_empty() {
+        return Err(reboot_failed(format!(
+            "its boot id cannot be read ({}): {}",
+            out.status.map(|s| s.to_string()).unwrap_or_default(),
+            out.stderr.text().trim()
+        )));
+    }
+    Ok(id)
+}
+
+/// The node's own reboot, started a second after the command returns (so that its answer gets
+/// back before the connection goes down), as root.
+fn reboot_command(sudo: &str) -> ssh::ShScript<'static> {
+    ssh::ShScript {
+        text: r#"nohup sh -c 'sleep 1; reboot || shutdown -r now' </dev/null >/dev/null 2>&1 &"#,
+        args: Vec::new(),
+        sudo: !sudo.is_empty(),
+        name: "reboot".into(),
+    }
+}
+
+fn reboot_failed(why: String) -> deploy::Error {
+    deploy::Error::Custom {
+        message: format!("reboot: {why}"),
+        result: None,
+    }
 }
 
 /// Records a step's result in the target's journal entry: status, exit status, duration, and the
@@ -789,7 +916,7 @@ pub async fn deploy_node(
     let outcome = tokio::select! {
         biased;
         _ = options.cancel.cancelled() => None,
-        result = provision(driver.as_ref(), &node, steps, creds, options, entry.as_ref()) => Some(result),
+        result = provision(&driver, &node, steps, creds, options, entry.as_ref()) => Some(result),
     };
     match outcome {
         None => {
@@ -900,7 +1027,7 @@ fn login_users(options: &DeployOptions, node: &Node) -> Vec<String> {
 }
 
 async fn provision(
-    driver: &dyn NodeDriver,
+    driver: &Arc<dyn NodeDriver>,
     node: &Node,
     steps: &Step,
     mut creds: Credentials,
@@ -916,7 +1043,7 @@ async fn provision(
         journal: None,
     };
     options.emit(Event::Waiting);
-    let ready = wait_for(driver, node, options)
+    let ready = wait_for(driver.as_ref(), node, options)
         .await
         .map_err(|e| failed(Cause::Wait(e)))?;
     let mut node = ready.node;
@@ -946,6 +1073,7 @@ async fn provision(
         node: Some(node.clone()),
         journal: entry.cloned(),
         created: true,
+        driver: Some(driver.clone()),
     };
     match run_steps(&target, steps, &creds, options).await {
         Ok(run) => Ok(Deployment {

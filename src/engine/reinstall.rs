@@ -400,6 +400,7 @@ async fn provision(
         node: None,
         journal: None,
         created: false,
+        driver: None,
     };
     let steps = options.then.clone().unwrap_or(Step::Multi(Vec::new()));
     run_steps(&target, &steps, creds, &deploy)

@@ -302,3 +302,28 @@ async fn run_provisions_two_existing_nodes_at_once() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("host-key checking is strict"));
 }
+
+/// `reboot = true` in the middle of a 3-step file: the third step runs once, on a new boot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_file_reboots_the_node_between_steps() {
+    let bed = TestBed::new().unwrap();
+    let boot_id = "cat /proc/sys/kernel/random/boot_id";
+    let stepfile = bed.dir().join("reboot.toml");
+    std::fs::write(
+        &stepfile,
+        format!(
+            "[node]\nprovider = \"local\"\nimage = \"debian\"\n\n\
+             [[step]]\ninline = \"echo a >> /root/runs; {boot_id} > /root/boot-1\"\n\n\
+             [[step]]\nreboot = true\ntimeout = \"2m\"\n\n\
+             [[step]]\ninline = \"echo b >> /root/runs; {boot_id} > /root/boot-2\"\n"
+        ),
+    )
+    .unwrap();
+    let (result, node) = deploy_json(&bed, &stepfile, "cli-rebooter");
+    assert_eq!(kinds(&result), ["script", "reboot", "script"]);
+    assert_eq!(node.read_file("/root/runs").unwrap(), b"a\nb\n");
+    assert_ne!(
+        node.read_file("/root/boot-1").unwrap(),
+        node.read_file("/root/boot-2").unwrap()
+    );
+}

@@ -364,6 +364,7 @@ async fn a_changed_host_key_is_refused_at_once_unless_the_provider_vouches_for_i
         node: None,
         journal: None,
         created: false,
+        driver: None,
     };
     let started = std::time::Instant::now();
     let err = run_steps(&target, &steps, &creds, &options)
@@ -784,6 +785,7 @@ async fn wait_cloud_init_waits_for_it_and_fails_on_its_error() {
         node: None,
         journal: None,
         created: false,
+        driver: None,
     };
     let creds = options.credentials().unwrap();
     let steps = Step::Multi(vec![
@@ -841,4 +843,67 @@ async fn wait_cloud_init_waits_for_it_and_fails_on_its_error() {
         done.steps[0].note,
         "no cloud-init on the node: nothing to wait for"
     );
+}
+
+/// A reboot in the middle of a 3-step deployment: the node comes back with another boot id, the
+/// third step runs once on the new boot; a node that does not come back in time fails the
+/// deployment with that reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reboot_step_waits_for_a_new_boot_and_goes_on() {
+    use nodeup::deploy::RebootStep;
+
+    let bed = TestBed::new().unwrap();
+    let driver: Arc<dyn NodeDriver> = Arc::new(bed.driver().clone());
+    let boot_id = "cat /proc/sys/kernel/random/boot_id";
+    let steps = Step::Multi(vec![
+        Step::Script(ScriptStep::inline(&format!(
+            "echo a >> /root/runs; {boot_id} > /root/boot-1"
+        ))),
+        Step::Reboot(RebootStep::default()),
+        Step::Script(ScriptStep::inline(&format!(
+            "echo b >> /root/runs; {boot_id} > /root/boot-2"
+        ))),
+    ]);
+    let done = deploy_node(
+        driver.clone(),
+        &request(&bed, "rebooter", "debian"),
+        &steps,
+        &options(&bed),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(done.steps[1].kind, "reboot");
+    assert!(
+        done.steps[1].note.starts_with("rebooted"),
+        "{}",
+        done.steps[1].note
+    );
+    let node = bed.adopt(bed.driver().get_node(&done.node.id).await.unwrap());
+    assert_eq!(
+        node.read_file("/root/runs").unwrap(),
+        b"a\nb\n",
+        "each step ran once"
+    );
+    assert_ne!(
+        node.read_file("/root/boot-1").unwrap(),
+        node.read_file("/root/boot-2").unwrap(),
+        "the third step ran on a new boot"
+    );
+
+    // A node that takes longer to come back than the step allows.
+    let mut slow = request(&bed, "slow-rebooter", "debian");
+    slow.extra
+        .insert("listen_delay_ms".into(), serde_json::json!(3000));
+    let steps = Step::Multi(vec![
+        Step::Reboot(RebootStep {
+            timeout: Some(Duration::from_secs(1)),
+        }),
+        Step::Script(ScriptStep::inline("touch /root/after")),
+    ]);
+    let failed = deploy_node(driver, &slow, &steps, &options(&bed))
+        .await
+        .unwrap_err();
+    assert_eq!(failed.step, Some((1, "reboot")));
+    let message = failed.to_string() + &nodeup::engine::error_chain(&failed.cause);
+    assert!(message.contains("did not come back within 1s"), "{message}");
 }

@@ -82,6 +82,7 @@ impl Bench {
             node: None,
             journal: None,
             created: false,
+            driver: None,
         };
         let options = DeployOptions {
             ssh_keys: vec![self.bed.client_key().to_path_buf()],
@@ -235,6 +236,7 @@ async fn a_connection_lost_mid_input_leaves_no_half_file_and_runs_no_half_script
         node: None,
         journal: None,
         created: false,
+        driver: None,
     };
     for step in [
         Step::File(FileStep::new(&local, "/srv/big.bin")),
@@ -302,6 +304,7 @@ async fn one_session_per_connection_still_deploys() {
         node: None,
         journal: None,
         created: false,
+        driver: None,
     };
     let creds = options.credentials().unwrap();
     let failed = run_steps(&target, &steps, &creds, &options)
@@ -336,6 +339,7 @@ async fn a_script_killed_by_a_signal_is_told_from_one_that_exits() {
         node: None,
         journal: None,
         created: false,
+        driver: None,
     };
     let creds = options.credentials().unwrap();
     let ended = |script: &str| {
