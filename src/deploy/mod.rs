@@ -189,18 +189,25 @@ impl Context<'_> {
     /// A fresh directory (0700, unpredictable name) under the login user's home, tracked as a
     /// leftover until [`Context::remove`] removes it.
     pub async fn private_dir(&self) -> Result<String, Error> {
-        let dir = format!(
-            "{}/.nodeup-{:016x}",
-            self.home.trim_end_matches('/'),
-            rand::random::<u64>()
-        );
-        self.track(&dir);
+        let dir = self.private_dir_name();
         self.check(
             &format!("mkdir -m 0700 -- {}", ssh::quote(&dir)),
             "creating a private directory",
         )
         .await?;
         Ok(dir)
+    }
+
+    /// The path of a private directory to make (an unpredictable name under the login user's
+    /// home), tracked as a leftover from now on; the caller makes it (0700).
+    pub fn private_dir_name(&self) -> String {
+        let dir = format!(
+            "{}/.nodeup-{:016x}",
+            self.home.trim_end_matches('/'),
+            rand::random::<u64>()
+        );
+        self.track(&dir);
+        dir
     }
 
     /// Records a remote temporary path, to be removed should the step not finish.

@@ -181,13 +181,8 @@ impl ScriptStep {
             ScriptSource::Inline(text) => text.clone().into_bytes(),
             ScriptSource::File(path) => read_local(path).map_err(Error::Local)?,
         };
-        let dir = format!(
-            "{}/.nodeup-{:016x}",
-            ctx.home.trim_end_matches('/'),
-            rand::random::<u64>()
-        );
+        let dir = ctx.private_dir_name();
         let path = format!("{dir}/{}", self.name.as_deref().unwrap_or("script"));
-        ctx.track(&dir);
         let stage = self.stage(&dir, &path, text.len(), ctx);
         let options = ExecOptions {
             timeout: self.timeout,

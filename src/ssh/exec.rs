@@ -296,83 +296,22 @@ impl SshSession {
         stop: Option<&(dyn Fn(&Captured) -> bool + Sync)>,
         ready: bool,
     ) -> Result<ExecOutput, Error> {
-        // The time limit is enforced on the node by coreutils' `timeout` (which ends the command's
-        // whole process group; sshd refuses SSH signal requests in root sessions), and here too,
-        // a little later, should the node lack `timeout` or not answer.
-        let (line, name) = match &remote {
-            Remote::Line(line) => (line.to_string(), line.to_string()),
-            Remote::Script(script) => (script.command(), script.name.clone()),
-        };
-        let (command, in_place) = match (options.timeout, &remote) {
-            // The wrapper is POSIX sh ending in `exec`: the waiting shell can run it itself.
-            (Some(limit), _) => {
-                let wrapped = with_time_limit(&line, limit);
-                let in_place = matches!(remote, Remote::Script(_)).then(|| wrapped.clone());
-                (wrapped, in_place)
-            }
-            (None, Remote::Script(script)) => (line.clone(), Some(script.in_place())),
-            (None, Remote::Line(_)) => (line.clone(), None),
-        };
+        let forms = Forms::of(&remote, options.timeout);
         let started = tokio::time::Instant::now();
-        let mut channel = self.start(&command, in_place.as_deref(), ready).await?;
+        let mut channel = self
+            .start(&forms.command, forms.in_place.as_deref(), ready)
+            .await?;
         if let Some(input) = &options.stdin {
             self.send(&channel, input, "sending standard input").await?;
         }
         // End of input, so that a command reading stdin does not wait forever.
         let _ = channel.eof().await;
 
-        let mut output = ExecOutput {
-            stdout: Captured::new(options.max_output),
-            stderr: Captured::new(options.max_output),
-            status: None,
-            preamble: false,
-        };
-        let mut preamble = Preamble::new(options.preamble);
-        let mut closed = false;
-        let mut refused = false;
-        let mut stopped = false;
+        let mut reading = Reading::new(options);
         let read = async {
             while let Some(msg) = channel.wait().await {
-                match msg {
-                    ChannelMsg::Data { data } => {
-                        let data = preamble.filter(&data);
-                        if data.is_empty() {
-                            continue;
-                        }
-                        if let Some(sink) = &options.sink {
-                            sink(Stream::Stdout, &data);
-                        }
-                        output.stdout.push(&data);
-                        if stop.is_some_and(|stop| stop(&output.stdout)) {
-                            stopped = true;
-                            break;
-                        }
-                    }
-                    ChannelMsg::ExtendedData { data, ext: 1 } => {
-                        if let Some(sink) = &options.sink {
-                            sink(Stream::Stderr, &data);
-                        }
-                        output.stderr.push(&data);
-                    }
-                    ChannelMsg::ExitStatus { exit_status } => {
-                        output.status = Some(ExitStatus::Code(exit_status));
-                    }
-                    ChannelMsg::ExitSignal {
-                        signal_name,
-                        core_dumped,
-                        ..
-                    } => {
-                        output.status = Some(ExitStatus::Signal {
-                            name: signal_name_of(&signal_name),
-                            core_dumped,
-                        });
-                    }
-                    ChannelMsg::Failure => refused = true,
-                    ChannelMsg::Close => {
-                        closed = true;
-                        break;
-                    }
-                    _ => {}
+                if reading.take(msg, options, stop) {
+                    break;
                 }
             }
         };
@@ -383,8 +322,7 @@ impl SshSession {
                 false
             }
         };
-        output.preamble = preamble.seen;
-        output.stdout.push(&preamble.rest());
+        let output = reading.output();
         // `timeout` exits 124 when it ended the command, 137 when it had to kill it.
         let ended_remotely = options.timeout.is_some_and(|limit| {
             started.elapsed() >= limit && matches!(output.status, Some(ExitStatus::Code(124 | 137)))
@@ -394,36 +332,184 @@ impl SshSession {
             let _ = channel.signal(Sig::KILL).await;
             let _ = channel.close().await;
             return Err(Error::CommandTimeout {
-                command: name,
+                command: forms.name,
                 addr: self.addr(),
                 after: options.timeout.unwrap_or_default(),
                 output: Box::new(output),
             });
         }
-        if stopped {
+        if reading.stopped {
             let _ = channel.close().await;
             return Ok(output);
         }
-        if refused && output.status.is_none() {
+        self.ended(output, &reading, forms.name)
+    }
+
+    /// How a command that ran to its end (no time limit, not stopped) ended: its output, or why
+    /// there is no status.
+    fn ended(
+        &self,
+        output: ExecOutput,
+        reading: &Reading,
+        name: String,
+    ) -> Result<ExecOutput, Error> {
+        if output.status.is_some() {
+            return Ok(output);
+        }
+        if reading.refused {
             return Err(self.channel_error(
                 "starting a command (refused by the server)",
                 russh::Error::RequestDenied,
             ));
         }
-        if output.status.is_none() {
-            if !closed || self.is_closed() {
-                return Err(Error::ConnectionLost {
-                    addr: self.addr(),
-                    source: Box::new(russh::Error::Disconnect),
-                });
-            }
-            return Err(Error::NoExitStatus {
-                command: name,
+        if !reading.closed || self.is_closed() {
+            return Err(Error::ConnectionLost {
                 addr: self.addr(),
-                output: Box::new(output),
+                source: Box::new(russh::Error::Disconnect),
             });
         }
-        Ok(output)
+        Err(Error::NoExitStatus {
+            command: name,
+            addr: self.addr(),
+            output: Box::new(output),
+        })
+    }
+}
+
+/// The forms of a command: as sent to the login shell, as run in place by a ready channel's
+/// shell (nodeup's own scripts), and how errors name it. With a time limit, the command is
+/// wrapped: the limit is enforced on the node by coreutils' `timeout` (which ends the command's
+/// whole process group; sshd refuses SSH signal requests in root sessions), and locally too, a
+/// little later, should the node lack `timeout` or not answer.
+struct Forms {
+    command: String,
+    in_place: Option<String>,
+    name: String,
+}
+
+impl Forms {
+    fn of(remote: &Remote<'_>, timeout: Option<Duration>) -> Forms {
+        let (line, name) = match remote {
+            Remote::Line(line) => (line.to_string(), line.to_string()),
+            Remote::Script(script) => (script.command(), script.name.clone()),
+        };
+        let (command, in_place) = match (timeout, remote) {
+            // The wrapper is POSIX sh ending in `exec`: the waiting shell can run it itself.
+            (Some(limit), _) => {
+                let wrapped = with_time_limit(&line, limit);
+                let in_place = matches!(remote, Remote::Script(_)).then(|| wrapped.clone());
+                (wrapped, in_place)
+            }
+            (None, Remote::Script(script)) => (line, Some(script.in_place())),
+            (None, Remote::Line(_)) => (line, None),
+        };
+        Forms {
+            command,
+            in_place,
+            name,
+        }
+    }
+}
+
+/// What has come on a command's channel so far.
+struct Reading {
+    output: ExecOutput,
+    preamble: Preamble,
+    /// The channel closed.
+    closed: bool,
+    /// The server refused the command.
+    refused: bool,
+    /// The caller's `stop` said to stop reading.
+    stopped: bool,
+}
+
+impl Reading {
+    fn new(options: &ExecOptions) -> Self {
+        Reading {
+            output: ExecOutput {
+                stdout: Captured::new(options.max_output),
+                stderr: Captured::new(options.max_output),
+                status: None,
+                preamble: false,
+            },
+            preamble: Preamble::new(options.preamble),
+            closed: false,
+            refused: false,
+            stopped: false,
+        }
+    }
+
+    /// Takes one message in; whether reading is over.
+    fn take(
+        &mut self,
+        msg: ChannelMsg,
+        options: &ExecOptions,
+        stop: Option<&(dyn Fn(&Captured) -> bool + Sync)>,
+    ) -> bool {
+        match msg {
+            ChannelMsg::Data { data } => {
+                let data = self.preamble.filter(&data);
+                self.received(Stream::Stdout, &data, options, stop)
+            }
+            ChannelMsg::ExtendedData { data, ext: 1 } => {
+                self.received(Stream::Stderr, &data, options, stop)
+            }
+            ChannelMsg::ExitStatus { exit_status } => {
+                self.output.status = Some(ExitStatus::Code(exit_status));
+                false
+            }
+            ChannelMsg::ExitSignal {
+                signal_name,
+                core_dumped,
+                ..
+            } => {
+                self.output.status = Some(ExitStatus::Signal {
+                    name: signal_name_of(&signal_name),
+                    core_dumped,
+                });
+                false
+            }
+            ChannelMsg::Failure => {
+                self.refused = true;
+                false
+            }
+            ChannelMsg::Close => {
+                self.closed = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Output bytes: to the sink, into the kept tail; whether the caller's `stop` says to stop.
+    fn received(
+        &mut self,
+        stream: Stream,
+        data: &[u8],
+        options: &ExecOptions,
+        stop: Option<&(dyn Fn(&Captured) -> bool + Sync)>,
+    ) -> bool {
+        if data.is_empty() {
+            return false;
+        }
+        if let Some(sink) = &options.sink {
+            sink(stream, data);
+        }
+        if stream == Stream::Stderr {
+            self.output.stderr.push(data);
+            return false;
+        }
+        self.output.stdout.push(data);
+        self.stopped = stop.is_some_and(|stop| stop(&self.output.stdout));
+        self.stopped
+    }
+
+    /// The output, with what the preamble filter still held.
+    fn output(&mut self) -> ExecOutput {
+        let mut output = std::mem::take(&mut self.output);
+        output.preamble = self.preamble.seen;
+        output.stdout.push(&self.preamble.rest());
+        output
     }
 }
 

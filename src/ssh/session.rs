@@ -347,6 +347,9 @@ async fn keyboard_interactive(
     Ok(matches!(reply, Answer::Success))
 }
 
+/// Logs in as `user` with the credentials in order: each key (its certificates first), the
+/// agent's keys, the password (then keyboard-interactive with it). Every method tried is named
+/// in the error.
 async fn authenticate(
     handle: &mut Handle<Client>,
     addr: SocketAddr,
@@ -358,8 +361,32 @@ async fn authenticate(
         source: Box::new(source),
     };
     let mut tried = Vec::new();
+    let accepted = with_keys(handle, user, creds, &mut tried)
+        .await
+        .map_err(lost)?
+        || with_agent(handle, user, creds, &mut tried).await
+        || with_password(handle, user, creds, &mut tried)
+            .await
+            .map_err(lost)?;
+    if accepted {
+        return Ok(());
+    }
+    Err(Error::AuthRejected {
+        user: user.to_string(),
+        addr,
+        tried,
+    })
+}
+
+/// The key files, each one's certificates first; whether one was accepted.
+async fn with_keys(
+    handle: &mut Handle<Client>,
+    user: &str,
+    creds: &Credentials,
+    tried: &mut Vec<String>,
+) -> Result<bool, russh::Error> {
     let best_rsa = if creds.keys.iter().any(|(_, k)| k.algorithm().is_rsa()) {
-        handle.best_supported_rsa_hash().await.map_err(lost)?
+        handle.best_supported_rsa_hash().await?
     } else {
         None
     };
@@ -372,10 +399,9 @@ async fn authenticate(
             ));
             let result = handle
                 .authenticate_openssh_cert(user, key.clone(), cert.clone())
-                .await
-                .map_err(lost)?;
+                .await?;
             if matches!(result, AuthResult::Success) {
-                return Ok(());
+                return Ok(true);
             }
         }
         tried.push(format!(
@@ -384,63 +410,74 @@ async fn authenticate(
             path.display()
         ));
         let with_hash = PrivateKeyWithHashAlg::new(key.clone(), rsa_hash(key, best_rsa));
-        let result = handle
-            .authenticate_publickey(user, with_hash)
-            .await
-            .map_err(lost)?;
-        if matches!(result, AuthResult::Success) {
-            return Ok(());
+        if matches!(
+            handle.authenticate_publickey(user, with_hash).await?,
+            AuthResult::Success
+        ) {
+            return Ok(true);
         }
     }
-    if let Some(socket) = &creds.agent {
-        match AgentClient::connect_uds(socket).await {
-            Ok(mut agent) => {
-                let identities = agent.request_identities().await.unwrap_or_default();
-                for identity in identities {
-                    let AgentIdentity::PublicKey { key, comment } = identity else {
-                        continue;
-                    };
-                    tried.push(format!(
-                        "agent key {} {comment}",
-                        key.fingerprint(HashAlg::Sha256)
-                    ));
-                    let hash = key.algorithm().is_rsa().then_some(HashAlg::Sha256);
-                    match handle
-                        .authenticate_publickey_with(user, key, hash, &mut agent)
-                        .await
-                    {
-                        Ok(AuthResult::Success) => return Ok(()),
-                        Ok(_) => {}
-                        Err(e) => tracing::debug!("agent signing failed: {e}"),
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::debug!("no ssh-agent at {}: {e}", socket.display());
-                tried.push(format!("agent at {} (unreachable: {e})", socket.display()));
-            }
+    Ok(false)
+}
+
+/// The ssh-agent's keys; whether one was accepted. An agent that cannot be reached or cannot
+/// sign is not an error: the next method is tried.
+async fn with_agent(
+    handle: &mut Handle<Client>,
+    user: &str,
+    creds: &Credentials,
+    tried: &mut Vec<String>,
+) -> bool {
+    let Some(socket) = &creds.agent else {
+        return false;
+    };
+    let mut agent = match AgentClient::connect_uds(socket).await {
+        Ok(agent) => agent,
+        Err(e) => {
+            tracing::debug!("no ssh-agent at {}: {e}", socket.display());
+            tried.push(format!("agent at {} (unreachable: {e})", socket.display()));
+            return false;
         }
-    }
-    if let Some(password) = &creds.password {
-        tried.push("password".into());
-        let result = handle
-            .authenticate_password(user, password.0.clone())
+    };
+    let identities = agent.request_identities().await.unwrap_or_default();
+    for identity in identities {
+        let AgentIdentity::PublicKey { key, comment } = identity else {
+            continue;
+        };
+        tried.push(format!(
+            "agent key {} {comment}",
+            key.fingerprint(HashAlg::Sha256)
+        ));
+        let hash = key.algorithm().is_rsa().then_some(HashAlg::Sha256);
+        match handle
+            .authenticate_publickey_with(user, key, hash, &mut agent)
             .await
-            .map_err(lost)?;
-        if matches!(result, AuthResult::Success) {
-            return Ok(());
-        }
-        tried.push("keyboard-interactive".into());
-        if keyboard_interactive(handle, user, password)
-            .await
-            .map_err(lost)?
         {
-            return Ok(());
+            Ok(AuthResult::Success) => return true,
+            Ok(_) => {}
+            Err(e) => tracing::debug!("agent signing failed: {e}"),
         }
     }
-    Err(Error::AuthRejected {
-        user: user.to_string(),
-        addr,
-        tried,
-    })
+    false
+}
+
+/// The password, then keyboard-interactive answered with it; whether it was accepted.
+async fn with_password(
+    handle: &mut Handle<Client>,
+    user: &str,
+    creds: &Credentials,
+    tried: &mut Vec<String>,
+) -> Result<bool, russh::Error> {
+    let Some(password) = &creds.password else {
+        return Ok(false);
+    };
+    tried.push("password".into());
+    let result = handle
+        .authenticate_password(user, password.0.clone())
+        .await?;
+    if matches!(result, AuthResult::Success) {
+        return Ok(true);
+    }
+    tried.push("keyboard-interactive".into());
+    keyboard_interactive(handle, user, password).await
 }

@@ -380,92 +380,130 @@ enum Chunk {
 /// The counter hears of each chunk the client sent, and of each answer delivered to it. The first
 /// chunk is delivered at `first_due` when given (what the client sent during the handshake).
 async fn direction(
-    (mut reader, mut first_due): (impl AsyncRead + Unpin, Option<Instant>),
-    mut writer: impl AsyncWrite + Unpin,
+    from: (impl AsyncRead + Unpin, Option<Instant>),
+    writer: impl AsyncWrite + Unpin,
     delay: Duration,
     budget: Arc<Mutex<Option<u64>>>,
     kill: &watch::Sender<bool>,
     counter: Option<(TurnCounter, Way)>,
 ) {
-    let (up, down) = match &counter {
-        Some((c, Way::Up)) => (Some(c.clone()), None),
-        Some((c, Way::Down)) => (None, Some(c.clone())),
+    let (up, down) = match counter {
+        Some((c, Way::Up)) => (Some(c), None),
+        Some((c, Way::Down)) => (None, Some(c)),
         None => (None, None),
     };
-    let (tx, mut rx) = mpsc::unbounded_channel::<Chunk>();
-    let mut reader_kill = kill.subscribe();
-    let read_side = async move {
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            let n = tokio::select! {
-                read = reader.read(&mut buf) => match read {
-                    Ok(0) => { let _ = tx.send(Chunk::Eof(Instant::now() + delay)); return; }
-                    Ok(n) => n,
-                    Err(_) => { let _ = tx.send(Chunk::Reset(Instant::now() + delay)); return; }
-                },
-                _ = reader_kill.wait_for(|k| *k) => return,
-            };
-            if let Some(counter) = &up {
-                let waited = counter.sent();
-                if std::env::var_os("NODEUP_RELAY_TRACE").is_some() {
-                    eprintln!(
-                        "{:?} up {n} {}",
-                        Instant::now(),
-                        if waited { "TURN" } else { "" }
-                    );
-                }
-            }
-            let mut data = buf[..n].to_vec();
-            let mut reset = false;
-            if let Some(left) = budget.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-                if n as u64 >= *left {
-                    data.truncate(*left as usize);
-                    reset = true;
-                }
-                *left = left.saturating_sub(data.len() as u64);
-            }
-            let at = first_due.take().unwrap_or(Instant::now() + delay);
-            let _ = tx.send(Chunk::Data(at, data));
-            if reset {
-                let _ = tx.send(Chunk::Reset(at));
-                return;
+    let (tx, rx) = mpsc::unbounded_channel::<Chunk>();
+    let stamping = Stamping {
+        delay,
+        first_due: from.1,
+        budget,
+        counter: up,
+    };
+    tokio::join!(
+        read_chunks(from.0, stamping, tx, kill.subscribe()),
+        write_chunks(writer, rx, kill, down)
+    );
+}
+
+/// How the reading side stamps chunks: their delay, the first one's due time, the byte budget
+/// before a reset, and the turn counter that hears of the client's sends.
+struct Stamping {
+    delay: Duration,
+    first_due: Option<Instant>,
+    budget: Arc<Mutex<Option<u64>>>,
+    counter: Option<TurnCounter>,
+}
+
+impl Stamping {
+    /// Cuts `data` to what the budget allows; whether the budget is spent (a reset follows).
+    fn spend(&self, data: &mut Vec<u8>) -> bool {
+        let mut budget = self.budget.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(left) = budget.as_mut() else {
+            return false;
+        };
+        let spent = data.len() as u64 >= *left;
+        data.truncate((*left).min(data.len() as u64) as usize);
+        *left = left.saturating_sub(data.len() as u64);
+        spent
+    }
+}
+
+/// Reads chunks and sends them, stamped with their delivery time, to the writing side.
+async fn read_chunks(
+    mut reader: impl AsyncRead + Unpin,
+    mut stamping: Stamping,
+    tx: mpsc::UnboundedSender<Chunk>,
+    mut kill: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = tokio::select! {
+            read = reader.read(&mut buf) => match read {
+                Ok(0) => { let _ = tx.send(Chunk::Eof(Instant::now() + stamping.delay)); return; }
+                Ok(n) => n,
+                Err(_) => { let _ = tx.send(Chunk::Reset(Instant::now() + stamping.delay)); return; }
+            },
+            _ = kill.wait_for(|k| *k) => return,
+        };
+        if let Some(counter) = &stamping.counter {
+            let waited = counter.sent();
+            if tracing_turns() {
+                let turn = if waited { " (a turn)" } else { "" };
+                eprintln!("relay: {:?} up {n}{turn}", Instant::now());
             }
         }
-    };
-    let mut writer_kill = kill.subscribe();
-    let write_side = async move {
-        loop {
-            let chunk = tokio::select! {
-                chunk = rx.recv() => chunk,
-                _ = writer_kill.wait_for(|k| *k) => return,
-            };
-            match chunk {
-                Some(Chunk::Data(at, data)) => {
-                    tokio::time::sleep_until(at).await;
-                    if writer.write_all(&data).await.is_err() {
-                        let _ = kill.send(true);
-                        return;
-                    }
-                    if let Some(counter) = &down {
-                        counter.answered();
-                        if tracing_turns() {
-                            eprintln!("relay: {:?} down {}", Instant::now(), data.len());
-                        }
-                    }
-                }
-                Some(Chunk::Eof(at)) => {
-                    tokio::time::sleep_until(at).await;
-                    let _ = writer.shutdown().await;
-                    return;
-                }
-                Some(Chunk::Reset(at)) => {
-                    tokio::time::sleep_until(at).await;
+        let mut data = buf[..n].to_vec();
+        let reset = stamping.spend(&mut data);
+        let at = stamping
+            .first_due
+            .take()
+            .unwrap_or(Instant::now() + stamping.delay);
+        let _ = tx.send(Chunk::Data(at, data));
+        if reset {
+            let _ = tx.send(Chunk::Reset(at));
+            return;
+        }
+    }
+}
+
+/// Delivers each chunk at its time; a failed write or a reset ends every direction.
+async fn write_chunks(
+    mut writer: impl AsyncWrite + Unpin,
+    mut rx: mpsc::UnboundedReceiver<Chunk>,
+    kill: &watch::Sender<bool>,
+    counter: Option<TurnCounter>,
+) {
+    let mut killed = kill.subscribe();
+    loop {
+        let chunk = tokio::select! {
+            chunk = rx.recv() => chunk,
+            _ = killed.wait_for(|k| *k) => return,
+        };
+        match chunk {
+            Some(Chunk::Data(at, data)) => {
+                tokio::time::sleep_until(at).await;
+                if writer.write_all(&data).await.is_err() {
                     let _ = kill.send(true);
                     return;
                 }
-                None => return,
+                if let Some(counter) = &counter {
+                    counter.answered();
+                    if tracing_turns() {
+                        eprintln!("relay: {:?} down {}", Instant::now(), data.len());
+                    }
+                }
             }
+            Some(Chunk::Eof(at)) => {
+                tokio::time::sleep_until(at).await;
+                let _ = writer.shutdown().await;
+                return;
+            }
+            Some(Chunk::Reset(at)) => {
+                tokio::time::sleep_until(at).await;
+                let _ = kill.send(true);
+                return;
+            }
+            None => return,
         }
-    };
-    tokio::join!(read_side, write_side);
+    }
 }

@@ -773,20 +773,8 @@ async fn wait_cloud_init_waits_for_it_and_fails_on_its_error() {
         )
     };
     set_status("running");
-    let options = DeployOptions {
-        known_hosts: node.known_hosts().to_path_buf(),
-        host_key_policy: ssh::HostKeyPolicy::Strict,
-        ..options(&bed)
-    };
-    let target = nodeup::engine::Target {
-        addr: node.addr(),
-        users: vec!["debian".into()],
-        pinned_host_keys: Vec::new(),
-        node: None,
-        journal: None,
-        created: false,
-        driver: None,
-    };
+    let options = crate::strict_options(&bed, node.known_hosts());
+    let target = crate::existing_machine(node.addr(), "debian");
     let creds = options.credentials().unwrap();
     let steps = Step::Multi(vec![
         Step::WaitCloudInit(CloudInitStep::default()),
@@ -826,15 +814,8 @@ async fn wait_cloud_init_waits_for_it_and_fails_on_its_error() {
 
     // An image without cloud-init: nothing to wait for.
     let plain = bed.node(NodeSpec::new("plain")).await.unwrap();
-    let target = nodeup::engine::Target {
-        addr: plain.addr(),
-        users: vec!["root".into()],
-        ..target
-    };
-    let options = DeployOptions {
-        known_hosts: plain.known_hosts().to_path_buf(),
-        ..options
-    };
+    let target = crate::existing_machine(plain.addr(), "root");
+    let options = crate::strict_options(&bed, plain.known_hosts());
     let wait = Step::WaitCloudInit(CloudInitStep::default());
     let done = nodeup::engine::run_steps(&target, &wait, &creds, &options)
         .await

@@ -17,6 +17,35 @@ mod ssh;
 
 use std::process::Output;
 
+/// A machine at `addr` that was there before the steps (not created by them), logged in to as
+/// `user`.
+pub fn existing_machine(addr: std::net::SocketAddr, user: &str) -> nodeup::engine::Target {
+    nodeup::engine::Target {
+        addr,
+        users: vec![user.into()],
+        pinned_host_keys: Vec::new(),
+        node: None,
+        journal: None,
+        created: false,
+        driver: None,
+    }
+}
+
+/// Options that log in with the test bed's key and check host keys strictly against
+/// `known_hosts`, with no journal.
+pub fn strict_options(
+    bed: &testbed::TestBed,
+    known_hosts: &std::path::Path,
+) -> nodeup::engine::DeployOptions {
+    nodeup::engine::DeployOptions {
+        ssh_keys: vec![bed.client_key().to_path_buf()],
+        known_hosts: known_hosts.to_path_buf(),
+        host_key_policy: nodeup::ssh::HostKeyPolicy::Strict,
+        journal: None,
+        ..Default::default()
+    }
+}
+
 /// The text of a command's stdout, with stderr shown when the assertion that uses it fails.
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()

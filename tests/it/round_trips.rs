@@ -9,10 +9,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use nodeup::deploy::{FileStep, ScriptStep, SshKeyStep, Step};
-use nodeup::engine::{run_steps, DeployOptions, Target};
+use nodeup::engine::{run_steps, DeployOptions};
 use testbed::{Faults, NodeSpec, Relay, TestBed, TestNode};
 
-use crate::assert_ok;
+use crate::{assert_ok, existing_machine, strict_options};
 
 /// The one-way delay: long enough that a pause of the client's own (scheduling, signing) is never
 /// taken for a wait, short enough to keep the test quick.
@@ -75,21 +75,8 @@ impl Bench {
 
     async fn nodeup(&self, steps: &Step) -> Vec<u32> {
         let before = self.relay.turns().len();
-        let target = Target {
-            addr: self.relay.addr(),
-            users: vec!["root".into()],
-            pinned_host_keys: Vec::new(),
-            node: None,
-            journal: None,
-            created: false,
-            driver: None,
-        };
-        let options = DeployOptions {
-            ssh_keys: vec![self.bed.client_key().to_path_buf()],
-            known_hosts: self.known_hosts.clone(),
-            journal: None,
-            ..Default::default()
-        };
+        let target = existing_machine(self.relay.addr(), "root");
+        let options = strict_options(&self.bed, &self.known_hosts);
         let creds = options.credentials().unwrap();
         if let Err(e) = run_steps(&target, steps, &creds, &options).await {
             panic!("{}", nodeup::engine::error_chain(&e.cause));
@@ -222,22 +209,11 @@ async fn a_connection_lost_mid_input_leaves_no_half_file_and_runs_no_half_script
         })
     };
     let options = DeployOptions {
-        ssh_keys: vec![bench.bed.client_key().to_path_buf()],
-        known_hosts: bench.known_hosts.clone(),
-        journal: None,
         max_tries: 1,
-        ..Default::default()
+        ..strict_options(&bench.bed, &bench.known_hosts)
     };
     let creds = options.credentials().unwrap();
-    let target = Target {
-        addr: bench.relay.addr(),
-        users: vec!["root".into()],
-        pinned_host_keys: Vec::new(),
-        node: None,
-        journal: None,
-        created: false,
-        driver: None,
-    };
+    let target = existing_machine(bench.relay.addr(), "root");
     for step in [
         Step::File(FileStep::new(&local, "/srv/big.bin")),
         Step::Script(ScriptStep::inline(&script)),
@@ -291,21 +267,8 @@ async fn one_session_per_connection_still_deploys() {
         Step::Script(ScriptStep::inline("echo ran > /root/ran\n")),
         Step::Script(ScriptStep::inline("exit 3\n")),
     ]);
-    let options = DeployOptions {
-        ssh_keys: vec![bed.client_key().to_path_buf()],
-        known_hosts: node.known_hosts().to_path_buf(),
-        journal: None,
-        ..Default::default()
-    };
-    let target = Target {
-        addr: node.addr(),
-        users: vec!["root".into()],
-        pinned_host_keys: Vec::new(),
-        node: None,
-        journal: None,
-        created: false,
-        driver: None,
-    };
+    let options = strict_options(&bed, node.known_hosts());
+    let target = existing_machine(node.addr(), "root");
     let creds = options.credentials().unwrap();
     let failed = run_steps(&target, &steps, &creds, &options)
         .await
@@ -326,21 +289,8 @@ async fn one_session_per_connection_still_deploys() {
 async fn a_script_killed_by_a_signal_is_told_from_one_that_exits() {
     let bed = TestBed::new().unwrap();
     let node = bed.node(NodeSpec::new("signals")).await.unwrap();
-    let options = DeployOptions {
-        ssh_keys: vec![bed.client_key().to_path_buf()],
-        known_hosts: node.known_hosts().to_path_buf(),
-        journal: None,
-        ..Default::default()
-    };
-    let target = Target {
-        addr: node.addr(),
-        users: vec!["root".into()],
-        pinned_host_keys: Vec::new(),
-        node: None,
-        journal: None,
-        created: false,
-        driver: None,
-    };
+    let options = strict_options(&bed, node.known_hosts());
+    let target = existing_machine(node.addr(), "root");
     let creds = options.credentials().unwrap();
     let ended = |script: &str| {
         let steps = Step::Multi(vec![
