@@ -14,9 +14,10 @@ use testbed::{Faults, NodeSpec, Relay, TestBed, TestNode};
 
 use crate::{assert_ok, existing_machine, strict_options};
 
-/// The one-way delay: long enough that a pause of the client's own (scheduling, signing) is never
-/// taken for a wait, short enough to keep the test quick.
-const DELAY: Duration = Duration::from_millis(50);
+/// The one-way delay: long enough that a pause of the client's own (scheduling, signing) or of
+/// the node's (starting a command on a loaded machine) is never taken for a wait, short enough to
+/// keep the test quick. At 50 ms, a loaded CI machine moved counts by one.
+const DELAY: Duration = Duration::from_millis(80);
 
 /// How many times the OpenSSH client's work is counted. Its count moves by one from run to run
 /// (whether the server's first messages come in one piece, whether its window opens before the
@@ -165,8 +166,8 @@ async fn a_deployment_waits_for_no_more_round_trips_than_openssh_plus_two() {
     let more = bench.nodeup(&two_more).await;
     eprintln!("round trips: 5 steps {more:?}");
     assert!(
-        more[0] <= deploy[0] + 3,
-        "a file and a script more took {more:?} round trips, the 3 steps {deploy:?}"
+        more[0] <= DEPLOY_BUDGET + 3,
+        "a file and a script more took {more:?} round trips, more than {DEPLOY_BUDGET} + 3"
     );
 
     // The work was done.
