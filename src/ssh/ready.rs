@@ -86,41 +86,41 @@ impl<H: russh::client::Handler + 'static> ReadyChannels<H> {
                 super::quote(WAIT_FOR_COMMAND),
                 self.sentinel
             );
-            state.queue.push_back(tokio::spawn(async move {
-                let channel = handle.channel_open_session().await?;
-                channel.exec(true, command).await?;
-                Ok(channel)
-            }));
+            state.queue.push_back(tokio::spawn(
+                async move { open_ready(&handle, command).await },
+            ));
         }
     }
 
     /// A ready channel, and the bytes to send first on it (the command and the sentinel); `None`
-    /// when there is none (the server refused one, or the connection is gone). `in_place`: the
-    /// command is POSIX sh for the waiting shell itself to run.
+    /// when there is none (the server refused them, or the connection is gone). `in_place`: the
+    /// command is POSIX sh for the waiting shell itself to run. A server that limits sessions may
+    /// refuse the first channel asked for and accept a later one (they are opened concurrently):
+    /// then the later one is taken.
     pub(super) async fn take(
         &self,
         command: &str,
         in_place: bool,
     ) -> Option<(Channel<Msg>, Vec<u8>)> {
-        let opening = {
+        {
             let mut state = self.lock();
-            let opening = state.queue.pop_front()?;
             state.planned = state.planned.map(|p| p.saturating_sub(1));
-            opening
-        };
-        match opening.await {
-            Ok(Ok(channel)) => {
-                self.fill();
-                let mode = if in_place { " sh" } else { "" };
-                let preface = format!("{command}\n{}{mode}\n", self.sentinel).into_bytes();
-                Some((channel, preface))
+        }
+        loop {
+            let opening = self.lock().queue.pop_front()?;
+            match opening.await {
+                Ok(Ok(channel)) => {
+                    self.fill();
+                    let mode = if in_place { " sh" } else { "" };
+                    let preface = format!("{command}\n{}{mode}\n", self.sentinel).into_bytes();
+                    return Some((channel, preface));
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!("a channel made ahead was refused: {e}");
+                    self.lock().refused = true;
+                }
+                Err(_) => return None,
             }
-            Ok(Err(e)) => {
-                tracing::debug!("a channel made ahead was refused: {e}");
-                self.stop();
-                None
-            }
-            Err(_) => None,
         }
     }
 
@@ -135,7 +135,8 @@ impl<H: russh::client::Handler + 'static> ReadyChannels<H> {
     }
 
     /// Gives back the channels made ready to a server that refused another (it limits a
-    /// connection's sessions): each is closed, and none is made ahead any more.
+    /// connection's sessions): each is closed once its opening has ended (one dropped unclosed
+    /// would hold a session on the server), and none is made ahead any more.
     pub(super) async fn give_back(&self) {
         let going: Vec<Opening> = {
             let mut state = self.lock();
@@ -143,19 +144,32 @@ impl<H: russh::client::Handler + 'static> ReadyChannels<H> {
             state.queue.drain(..).collect()
         };
         for opening in going {
-            opening.abort();
             if let Ok(Ok(channel)) = opening.await {
-                let _ = channel.close().await;
+                close(channel).await;
             }
         }
     }
+}
 
-    /// Stops making channels ready, and drops those going.
-    fn stop(&self) {
-        let mut state = self.lock();
-        state.refused = true;
-        for opening in state.queue.drain(..) {
-            opening.abort();
+/// Opens a channel and starts `command` on it; a channel whose command the server refused is
+/// closed, not dropped (which would leave it open on the server).
+async fn open_ready<H: russh::client::Handler>(
+    handle: &Handle<H>,
+    command: String,
+) -> Result<Channel<Msg>, russh::Error> {
+    let channel = handle.channel_open_session().await?;
+    match channel.exec(true, command).await {
+        Ok(()) => Ok(channel),
+        Err(e) => {
+            close(channel).await;
+            Err(e)
         }
     }
+}
+
+/// Ends a ready channel: the waiting shell reads the end of its input and exits, and the
+/// server frees the session.
+async fn close(channel: Channel<Msg>) {
+    let _ = channel.eof().await;
+    let _ = channel.close().await;
 }

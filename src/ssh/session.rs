@@ -96,8 +96,9 @@ impl client::Handler for Client {
 /// How long closing a session waits for the connection to end.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// How many times a channel refused while channels made ready are given back is asked for again.
-const REOPEN_TRIES: u32 = 20;
+/// How long a channel the server refuses (it limits a connection's sessions) is asked for again,
+/// while the sessions of earlier commands are freed; a loaded node can take a while.
+const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The pause before asking again (the server frees a session once its command has ended).
 const REOPEN_PAUSE: std::time::Duration = std::time::Duration::from_millis(25);
@@ -230,15 +231,14 @@ impl SshSession {
     /// ready, or the last command's channel not yet freed, hold its sessions) gets the channels
     /// made ready back, and is asked again a few times while sessions close.
     pub(super) async fn channel(&self) -> Result<russh::Channel<client::Msg>, Error> {
-        let mut tries = 0;
+        let give_up = tokio::time::Instant::now() + REOPEN_WAIT;
         loop {
             let refused = match self.handle.channel_open_session().await {
                 Ok(channel) => return Ok(channel),
                 Err(e @ russh::Error::ChannelOpenFailure(_)) => e,
                 Err(e) => return Err(self.channel_error("opening a session channel", e)),
             };
-            tries += 1;
-            if tries > REOPEN_TRIES {
+            if tokio::time::Instant::now() >= give_up {
                 return Err(self.channel_error("opening a session channel", refused));
             }
             self.ready.give_back().await;
