@@ -161,6 +161,7 @@ async fn fleet(bed: &TestBed, n: usize, key: &str) -> Vec<Target> {
             journal: None,
             created: false,
             driver: None,
+            ssh: Default::default(),
         });
     }
     for target in &targets {

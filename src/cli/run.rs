@@ -254,6 +254,7 @@ impl Prepared {
                 journal: None,
                 created: false,
                 driver: None,
+                ssh: Default::default(),
             },
             creds: self.creds,
         }

@@ -45,6 +45,8 @@ pub struct LoginOptions {
     pub startups: Option<std::sync::Arc<tokio::sync::Semaphore>>,
     /// How many commands will run once logged in, when known ([`ConnectOptions::planned_commands`]).
     pub planned_commands: Option<usize>,
+    /// Jump hosts to reach the node through ([`ConnectOptions::jump`]).
+    pub jump: Option<ssh::Jump>,
 }
 
 /// What one username got, for the error a user reads.
@@ -129,6 +131,7 @@ pub async fn login(
                 keepalive: options.keepalive,
                 host_keys: options.host_keys.clone(),
                 planned_commands: options.planned_commands,
+                jump: options.jump.clone(),
             };
             match try_user(&connect, creds, options.startups.as_deref()).await {
                 Ok(logged_in) => {

@@ -17,7 +17,7 @@ use crate::driver::{Features, NodeDriver, ProviderError};
 use crate::journal::{Journal, JournalError, NodeEntry, NodeIntent, NodeState, StepRecord};
 use crate::model::{CreateNode, Node, NodeAuth};
 use crate::ssh::{
-    self, Credentials, ErrorClass, HostKeyCheck, HostKeyPolicy, NewNode, OutputSink, Password,
+    self, Credentials, ErrorClass, HostKeyCheck, HostKeyPolicy, Jump, NewNode, OutputSink, Password,
 };
 
 /// Called with the driver and the node when a deployment is cancelled after the node exists;
@@ -174,6 +174,9 @@ pub struct DeployOptions {
     /// Shared by a fleet's logins: how many connections may be being set up at once (see
     /// [`LoginOptions::startups`]); `None` for no limit.
     pub startups: Option<Arc<tokio::sync::Semaphore>>,
+    /// Jump hosts every node is reached through (`ssh -J`); the clones of these options share
+    /// one connection to them ([`Jump`]). A target's own ([`TargetSsh::jump`]) wins.
+    pub jump: Option<Jump>,
 }
 
 impl Default for DeployOptions {
@@ -205,6 +208,7 @@ impl Default for DeployOptions {
             progress: None,
             journal: Some(Journal::embedded()),
             startups: None,
+            jump: None,
         }
     }
 }
@@ -379,6 +383,24 @@ pub struct Target {
     /// The node's provider, when steps may ask it to act on the node (a reboot step reboots
     /// through it; without it, with the node's own `reboot`).
     pub driver: Option<Arc<dyn NodeDriver>>,
+    /// This machine's own SSH settings (from ssh_config), over the deployment's.
+    pub ssh: TargetSsh,
+}
+
+/// SSH settings of one machine that replace the deployment's ([`DeployOptions`]) where given:
+/// what `~/.ssh/config` says of it, where the command line and step file said nothing.
+#[derive(Debug, Clone, Default)]
+pub struct TargetSsh {
+    /// Jump hosts to reach it through ([`DeployOptions::jump`]).
+    pub jump: Option<Jump>,
+    /// Its known_hosts file ([`DeployOptions::known_hosts`]).
+    pub known_hosts: Option<PathBuf>,
+    /// What to do with a host key not recorded yet ([`DeployOptions::host_key_policy`]).
+    pub host_key_policy: Option<HostKeyPolicy>,
+    /// The deadline of each connection attempt ([`DeployOptions::ssh_timeout`]).
+    pub connect_timeout: Option<Duration>,
+    /// How often an idle connection is kept alive (ssh_config's `ServerAliveInterval`).
+    pub keepalive: Option<Duration>,
 }
 
 impl std::fmt::Debug for Target {
@@ -389,6 +411,7 @@ impl std::fmt::Debug for Target {
             .field("node", &self.node.as_ref().map(|n| &n.name))
             .field("created", &self.created)
             .field("driver", &self.driver.as_ref().map(|d| d.name()))
+            .field("ssh", &self.ssh)
             .finish()
     }
 }
@@ -438,17 +461,20 @@ impl<'a> Runner<'a> {
             options,
             login_options: LoginOptions {
                 users: target.users.clone(),
-                attempt_timeout: options.ssh_timeout,
-                keepalive: KEEPALIVE,
+                attempt_timeout: target.ssh.connect_timeout.unwrap_or(options.ssh_timeout),
+                keepalive: target.ssh.keepalive.unwrap_or(KEEPALIVE),
                 host_keys: HostKeyCheck {
-                    policy: options.host_key_policy,
-                    known_hosts: options.known_hosts.clone(),
+                    policy: target.ssh.host_key_policy.unwrap_or(options.host_key_policy),
+                    known_hosts: (target.ssh.known_hosts.as_ref())
+                        .unwrap_or(&options.known_hosts)
+                        .clone(),
                     pinned: target.pinned_host_keys.clone(),
                     new_node: target.created.then(NewNode::default),
                 },
                 host_name: None,
                 startups: options.startups.clone(),
                 planned_commands: None,
+                jump: target.ssh.jump.clone().or(options.jump.clone()),
             },
             attempts: Vec::new(),
             leftovers: std::sync::Mutex::new(Vec::new()),
@@ -1074,6 +1100,7 @@ async fn provision(
         journal: entry.cloned(),
         created: true,
         driver: Some(driver.clone()),
+        ssh: TargetSsh::default(),
     };
     match run_steps(&target, steps, &creds, options).await {
         Ok(run) => Ok(Deployment {

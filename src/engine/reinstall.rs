@@ -401,6 +401,7 @@ async fn provision(
         journal: None,
         created: false,
         driver: None,
+        ssh: Default::default(),
     };
     let steps = options.then.clone().unwrap_or(Step::Multi(Vec::new()));
     run_steps(&target, &steps, creds, &deploy)

@@ -1,6 +1,7 @@
 //! SSH to nodes, on russh: one session per node for all its steps.
 //!
 //! - `session`: connect (with a deadline), check the host key, authenticate, keep alive;
+//! - `jump`: jump hosts (`ssh -J`), each hop checked and logged in to, one connection shared;
 //! - `known_hosts`: OpenSSH-format known_hosts and the policies strict / accept-new / off;
 //! - `auth`: private key files (OpenSSH, PEM, PKCS#8; encrypted with a passphrase), the agent,
 //!   a password, the user's default keys;
@@ -13,6 +14,7 @@
 
 mod auth;
 mod exec;
+mod jump;
 mod known_hosts;
 mod ready;
 mod session;
@@ -25,6 +27,7 @@ use std::time::Duration;
 
 pub use auth::{default_key_files, Credentials, Password};
 pub use exec::{Captured, ExecOptions, ExecOutput, ExitStatus, OutputSink, ShScript, Stream};
+pub use jump::{Hop, Jump, TUNNELS_PER_CHAIN};
 pub use known_hosts::{HostKeyCheck, HostKeyPolicy, NewNode};
 pub use session::{ConnectOptions, SshSession};
 pub use upload::{parent_of, temp_name, UploadOptions};
@@ -216,6 +219,31 @@ pub enum Error {
         /// What it said (e.g. `Permission denied`).
         message: String,
     },
+    /// A jump host on the way to the node failed (could not be reached, refused the login, or
+    /// presented a key not recorded for it).
+    #[error("jump host {hop}")]
+    Jump {
+        /// The hop, as `user@host:port`.
+        hop: String,
+        /// What went wrong there.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A jump host could not open a connection onwards (to the next hop or the node).
+    #[error(
+        "jump host {via} could not connect to {to} ({reason}){}",
+        if *retry { "" } else { ": the jump host forbids forwarding (sshd's AllowTcpForwarding, PermitOpen)" }
+    )]
+    Tunnel {
+        /// The hop asked, as `user@host:port`.
+        via: String,
+        /// Where to.
+        to: String,
+        /// The hop's reason code.
+        reason: String,
+        /// Whether asking again may help (the far end was not listening yet).
+        retry: bool,
+    },
     /// An SFTP operation failed.
     #[error("sftp: {what} on {addr}")]
     Sftp {
@@ -270,6 +298,18 @@ impl Error {
             | Error::NoExitStatus { .. }
             | Error::Upload { .. }
             | Error::CommandTimeout { .. } => ErrorClass::Fatal,
+            // Logging in to a bastion is not the node's boot: only reaching it is worth retrying.
+            Error::Jump { source, .. } => match source.class() {
+                ErrorClass::Retry | ErrorClass::Reconnect => ErrorClass::Retry,
+                ErrorClass::NextUser | ErrorClass::Fatal => ErrorClass::Fatal,
+            },
+            Error::Tunnel { retry, .. } => {
+                if *retry {
+                    ErrorClass::Retry
+                } else {
+                    ErrorClass::Fatal
+                }
+            }
             // The SFTP channel itself broke (not a status the server answered): the connection.
             Error::Sftp { source, .. } => match **source {
                 russh_sftp::client::error::Error::IO(_) => ErrorClass::Reconnect,

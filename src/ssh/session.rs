@@ -17,7 +17,8 @@ use tokio::sync::OnceCell;
 
 use super::auth::rsa_hash;
 use super::ready::ReadyChannels;
-use super::{Credentials, Error, HostKeyCheck};
+use super::jump::Tunnel;
+use super::{Credentials, Error, HostKeyCheck, Jump};
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -37,6 +38,8 @@ pub struct ConnectOptions {
     /// How many commands will run over the session, when known: that many channels are made
     /// ready ahead and no more (each costs the server a session). `None`: as many as come.
     pub planned_commands: Option<usize>,
+    /// Jump hosts to reach the node through (`ssh -J`); shared by the clones of one [`Jump`].
+    pub jump: Option<Jump>,
 }
 
 impl ConnectOptions {
@@ -50,6 +53,7 @@ impl ConnectOptions {
             keepalive: Duration::from_secs(5),
             host_keys,
             planned_commands: None,
+            jump: None,
         }
     }
 }
@@ -114,6 +118,8 @@ pub struct SshSession {
     sftp: OnceCell<russh_sftp::client::SftpSession>,
     /// Channels made ready for commands.
     ready: ReadyChannels<Client>,
+    /// Through jump hosts: what keeps the way open while the session lives.
+    _tunnel: Option<Tunnel>,
 }
 
 impl std::fmt::Debug for SshSession {
@@ -126,20 +132,38 @@ impl std::fmt::Debug for SshSession {
 }
 
 impl SshSession {
-    /// Connects, checks the host key, and logs in with the first credential the node accepts.
+    /// Connects (through the jump hosts when there are), checks the host key, and logs in with
+    /// the first credential the node accepts.
     pub async fn connect(options: &ConnectOptions, creds: &Credentials) -> Result<Self, Error> {
         let addr = options.addr;
-        let timeout = |what| Error::Timeout {
-            addr,
-            what,
-            after: options.timeout,
-        };
+        if let Some(jump) = &options.jump {
+            let (stream, tunnel) = jump.tunnel(addr, options, creds).await?;
+            return Self::over(stream, options, creds, Some(tunnel)).await;
+        }
         let stream = tokio::time::timeout(options.timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| timeout("connecting to"))?
+            .map_err(|_| Error::Timeout {
+                addr,
+                what: "connecting to",
+                after: options.timeout,
+            })?
             .map_err(|source| Error::Connect { addr, source })?;
         let _ = stream.set_nodelay(true);
+        Self::over(stream, options, creds, None).await
+    }
 
+    /// The SSH handshake, host key check and login over `stream` (a TCP connection, or a channel
+    /// through a jump host: `tunnel`, kept while the session lives).
+    pub(super) async fn over<S>(
+        stream: S,
+        options: &ConnectOptions,
+        creds: &Credentials,
+        tunnel: Option<Tunnel>,
+    ) -> Result<Self, Error>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let addr = options.addr;
         let config = Arc::new(client::Config {
             keepalive_interval: Some(options.keepalive),
             keepalive_max: 3,
@@ -171,7 +195,11 @@ impl SshSession {
         };
         let handle = tokio::time::timeout(options.timeout, login)
             .await
-            .map_err(|_| timeout("SSH handshake with"))??;
+            .map_err(|_| Error::Timeout {
+                addr,
+                what: "SSH handshake with",
+                after: options.timeout,
+            })??;
         tracing::debug!(%addr, user = %options.user, "logged in");
         let handle = Arc::new(handle);
         Ok(SshSession {
@@ -180,7 +208,19 @@ impl SshSession {
             addr,
             user: options.user.clone(),
             sftp: OnceCell::new(),
+            _tunnel: tunnel,
         })
+    }
+
+    /// A `direct-tcpip` channel to `host:port` from the node (the node as a jump host).
+    pub(super) async fn direct_tcpip(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<russh::Channel<client::Msg>, russh::Error> {
+        self.handle
+            .channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0)
+            .await
     }
 
     /// The address connected to.

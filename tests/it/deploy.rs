@@ -365,6 +365,7 @@ async fn a_changed_host_key_is_refused_at_once_unless_the_provider_vouches_for_i
         journal: None,
         created: false,
         driver: None,
+        ssh: Default::default(),
     };
     let started = std::time::Instant::now();
     let err = run_steps(&target, &steps, &creds, &options)

@@ -28,6 +28,7 @@ pub fn existing_machine(addr: std::net::SocketAddr, user: &str) -> nodeup::engin
         journal: None,
         created: false,
         driver: None,
+        ssh: Default::default(),
     }
 }
 
