@@ -464,7 +464,10 @@ impl<'a> Runner<'a> {
                 attempt_timeout: target.ssh.connect_timeout.unwrap_or(options.ssh_timeout),
                 keepalive: target.ssh.keepalive.unwrap_or(KEEPALIVE),
                 host_keys: HostKeyCheck {
-                    policy: target.ssh.host_key_policy.unwrap_or(options.host_key_policy),
+                    policy: target
+                        .ssh
+                        .host_key_policy
+                        .unwrap_or(options.host_key_policy),
                     known_hosts: (target.ssh.known_hosts.as_ref())
                         .unwrap_or(&options.known_hosts)
                         .clone(),

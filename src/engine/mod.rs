@@ -13,6 +13,7 @@ mod wait;
 pub use connect::{error_chain, login, LoggedIn, LoginAttempt, LoginOptions};
 pub use deploy::{
     default_known_hosts, deploy_node, destroy_at_exit, destroy_node, run_steps, AtExit, Cause,
-    DeployOptions, Deployment, DeploymentError, Event, Progress, Run, RunFailure, Target, TargetSsh,
+    DeployOptions, Deployment, DeploymentError, Event, Progress, Run, RunFailure, Target,
+    TargetSsh,
 };
 pub use wait::{preferred, wait_until_running, Interface, Ready, WaitError, WaitOptions};

@@ -85,7 +85,9 @@ impl FromStr for Hop {
     /// `[user@]host[:port]`, the host an address, a name, or an IPv6 address in brackets.
     fn from_str(text: &str) -> Result<Self, String> {
         let bad = |why: &str| {
-            format!("jump host {text:?}: {why}; write it as [user@]host[:port], e.g. admin@bastion:22")
+            format!(
+                "jump host {text:?}: {why}; write it as [user@]host[:port], e.g. admin@bastion:22"
+            )
         };
         let (user, rest) = match text.rsplit_once('@') {
             Some((user, rest)) if !user.is_empty() => (Some(user), rest),

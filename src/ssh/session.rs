@@ -16,8 +16,8 @@ use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
 
 use super::auth::rsa_hash;
-use super::ready::ReadyChannels;
 use super::jump::Tunnel;
+use super::ready::ReadyChannels;
 use super::{Credentials, Error, HostKeyCheck, Jump};
 
 /// Where and how to connect.

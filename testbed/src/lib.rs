@@ -262,6 +262,18 @@ impl NodeSpec {
         self.options.password = Some(password.into());
         self
     }
+
+    /// A network of its own, linked to this machine (a node others can sit behind).
+    pub fn linked(mut self) -> Self {
+        self.options.network = nodeup::providers::local::Network::Linked;
+        self
+    }
+
+    /// A network of its own linked to `bastion` only: this machine cannot reach the node.
+    pub fn behind(mut self, bastion: &TestNode) -> Self {
+        self.options.network = nodeup::providers::local::Network::Behind(bastion.id().into());
+        self
+    }
 }
 
 /// A node of a test bed.
@@ -279,9 +291,14 @@ impl TestNode {
         &self.node.id
     }
 
-    /// The node's address.
+    /// The node's address (its private one, for a node behind another).
     pub fn ip(&self) -> IpAddr {
-        self.node.public_ips[0]
+        self.node
+            .public_ips
+            .first()
+            .or(self.node.private_ips.first())
+            .copied()
+            .expect("a local node has an address")
     }
 
     /// The node's SSH address and port.
@@ -316,9 +333,15 @@ impl TestNode {
 
     /// Polls until the node is running (sshd listens).
     pub async fn wait_running(&mut self, timeout: Duration) -> io::Result<()> {
+        let private = self.node.public_ips.is_empty();
         let options = nodeup::engine::WaitOptions {
             timeout,
             poll_period: Duration::from_millis(10),
+            interface: if private {
+                nodeup::engine::Interface::Private
+            } else {
+                nodeup::engine::Interface::Public
+            },
             ..Default::default()
         };
         let ready = nodeup::engine::wait_until_running(
@@ -388,7 +411,7 @@ impl TestNode {
         let pid = self.init_pid()?.to_string();
         Command::new("nsenter")
             .args([
-                "--target", &pid, "--mount", "--uts", "--pid", "--root", "--wd",
+                "--target", &pid, "--mount", "--uts", "--pid", "--net", "--root", "--wd",
             ])
             .args(["--", "/bin/sh", "-c", script])
             .stdin(Stdio::null())

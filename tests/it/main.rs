@@ -6,6 +6,7 @@ mod deploy;
 mod fleet;
 mod hardening;
 mod journal;
+mod jump;
 mod local_nodes;
 mod ovh;
 mod ovh_fake;

@@ -8,6 +8,7 @@
 //! it. A reboot ends every process of the node and boots it again with the same files and host keys
 //! and a new boot id.
 
+mod network;
 mod process;
 mod rootfs;
 mod state;
@@ -24,6 +25,7 @@ use serde::Deserialize;
 
 use crate::driver::{Features, NodeDriver, ProviderError, Result};
 use crate::model::{CreateNode, Node, NodeAuth, NodeImage, NodeLocation, NodeSize, NodeState};
+pub use network::Network;
 /// A process's start time in clock ticks since boot (from /proc/PID/stat), which tells a live
 /// process from a later one that reused its pid.
 pub use process::start_time;
@@ -114,6 +116,10 @@ pub struct LocalOptions {
     /// A password for the image's login user (turns on password authentication).
     #[serde(default)]
     pub password: Option<String>,
+    /// Where the node can be reached from: this machine's loopback (the default), a network of
+    /// its own linked to this machine, or one linked to another local node only.
+    #[serde(default)]
+    pub network: Network,
 }
 
 impl std::fmt::Debug for LocalOptions {
@@ -124,6 +130,7 @@ impl std::fmt::Debug for LocalOptions {
             .field("sshd_config", &self.sshd_config)
             .field("banner", &self.banner)
             .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("network", &self.network)
             .finish()
     }
 }
@@ -495,6 +502,9 @@ fn plan<'a>(request: &'a CreateNode, options: &'a LocalOptions) -> Result<Planne
         }
     }
     check_requirements()?;
+    if options.network != Network::Loopback {
+        network::check_requirements()?;
+    }
     Ok(Planned {
         name,
         image,
@@ -519,12 +529,13 @@ fn create(state: &StateDir, request: &CreateNode, options: &LocalOptions) -> Res
             other.id
         )));
     }
+    let peer = link_peer(&records, &options.network)?;
     let id = format!("loc-{:08x}", rand::random::<u32>());
     let dir = state.node_dir(&id);
     state
         .make_node_dir(&id, name)
         .map_err(failed(format!("creating {}", dir.display())))?;
-    match build(state, &id, &planned, options) {
+    match build(state, &id, &planned, options, peer) {
         Ok(record) => {
             tracing::info!(node = %record.id, name, address = %record.address, "local node created");
             Ok(to_node(state, &record))
@@ -533,6 +544,11 @@ fn create(state: &StateDir, request: &CreateNode, options: &LocalOptions) -> Res
             if let Some(boot) = process::recorded_boot(&dir) {
                 let _ = process::halt(&dir, &boot, HALT_DEADLINE);
             }
+            if let Ok(Some(record)) = state.record(&id) {
+                if let Some(link) = record.link {
+                    link.release(&network::link_name(&id));
+                }
+            }
             state::release_claims_of(&dir);
             let _ = fs::remove_dir_all(&dir);
             Err(failed(format!("creating node {name}"))(e))
@@ -540,23 +556,55 @@ fn create(state: &StateDir, request: &CreateNode, options: &LocalOptions) -> Res
     }
 }
 
+/// The far end of a new node's link, checked: `None` when the node shares this machine's
+/// network, `Some(None)` for a link to this machine, `Some(Some(id))` for one to that node.
+fn link_peer(records: &[NodeRecord], network: &Network) -> Result<Option<Option<String>>> {
+    let id = match network {
+        Network::Loopback => return Ok(None),
+        Network::Linked => return Ok(Some(None)),
+        Network::Behind(id) => id,
+    };
+    let peer = records
+        .iter()
+        .find(|r| &r.id == id || &r.name == id)
+        .ok_or_else(|| {
+            invalid(format!(
+                "network behind {id:?}: no local node has that id or name; create the bastion first"
+            ))
+        })?;
+    if peer.link.is_none() {
+        return Err(invalid(format!(
+            "network behind {:?}: that node shares this machine's network, so this machine would \
+             reach the new node too; create the bastion with network \"linked\" (or behind \
+             another node)",
+            peer.name
+        )));
+    }
+    Ok(Some(Some(peer.id.clone())))
+}
+
 /// Fills a new node's directory (layers, address, host keys, record) and boots it; the record is
-/// saved before the boot and again with it.
+/// saved before the boot and again with it. `peer`: the far end of its link ([`link_peer`]).
 fn build(
     state: &StateDir,
     id: &str,
     planned: &Planned<'_>,
     options: &LocalOptions,
+    peer: Option<Option<String>>,
 ) -> io::Result<NodeRecord> {
     let dir = state.node_dir(id);
     state::set_mode(&dir, 0o700)?;
     for sub in ["upper", "work", "root"] {
         fs::create_dir(dir.join(sub))?;
     }
-    let address = state::claim_address(&dir)?;
-    let port = match options.port {
-        Some(port) => port,
-        None => match TcpListener::bind((address, 22)) {
+    let claim = state::claim_address(&dir)?;
+    let link = peer.map(|peer| network::Link::numbered(claim, peer));
+    let address = link.as_ref().map_or(claim, network::Link::address);
+    let port = match (options.port, &link) {
+        (Some(port), _) => port,
+        // A network of its own: nothing else listens there.
+        (None, Some(_)) => 22,
+        (None, None) => match TcpListener::bind((address, 22)) {
             Ok(_) => 22,
             // Something holds *:22 (the machine's own sshd): let the kernel pick a port.
             Err(_) => TcpListener::bind((address, 0))?.local_addr()?.port(),
@@ -590,16 +638,60 @@ fn build(
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
+        link,
     };
     state.save(&record)?;
+    if let Some(link) = &record.link {
+        link.hold_route()?;
+    }
     record.boot = Some(process::boot(
         &dir,
         planned.name,
         state.root(),
         options.listen_delay,
+        record.link.as_ref().map(network::Link::address),
     )?);
     state.save(&record)?;
+    connect_links(state, &record)?;
     Ok(record)
+}
+
+/// Links a fresh boot of a node that has a network of its own to the far end, and the running
+/// nodes behind it to it again (their links went with its old namespace).
+fn connect_links(state: &StateDir, record: &NodeRecord) -> io::Result<()> {
+    let Some(link) = &record.link else {
+        return Ok(());
+    };
+    let pid_of = |r: &NodeRecord| {
+        r.boot
+            .and_then(|boot| process::init_pid(&state.node_dir(&r.id), &boot))
+    };
+    let node_pid = network::wait_for_init(|| pid_of(record), &state.node_dir(&record.id))?;
+    let peer_pid = match &link.peer {
+        None => None,
+        Some(id) => {
+            let peer = state.record(id)?;
+            let pid = peer.as_ref().and_then(pid_of).ok_or_else(|| {
+                io::Error::other(format!("the node it sits behind ({id}) is not running"))
+            })?;
+            Some(pid)
+        }
+    };
+    link.connect(&network::link_name(&record.id), node_pid, peer_pid)?;
+    let behind = state.records()?.into_iter().filter(|r| {
+        r.link
+            .as_ref()
+            .is_some_and(|l| l.peer.as_deref() == Some(record.id.as_str()))
+    });
+    for child in behind {
+        let (Some(child_link), Some(pid)) = (&child.link, pid_of(&child)) else {
+            continue;
+        };
+        if let Err(e) = child_link.connect(&network::link_name(&child.id), pid, Some(node_pid)) {
+            tracing::warn!(node = %child.id, "linking it again to {}: {e}", record.id);
+        }
+    }
+    Ok(())
 }
 
 /// Whether `id` is one the provider gives (`loc-` and 8 hex digits): nothing else names a
@@ -710,7 +802,10 @@ fn change(state: &StateDir, id: &str, action: Action) -> Result<()> {
     }
     match action {
         Action::Destroy => {
-            state::release_address(record.address, &dir);
+            state::release_claims_of(&dir);
+            if let Some(link) = &record.link {
+                link.release(&network::link_name(id));
+            }
             fs::remove_dir_all(&dir).map_err(failed(context("deleting the files of")))?;
             tracing::info!(node = %id, "local node destroyed");
             return Ok(());
@@ -730,6 +825,7 @@ fn change(state: &StateDir, id: &str, action: Action) -> Result<()> {
             record.boot = Some(boot);
         }
     }
+    connect_links(state, &record).map_err(failed(context("linking the network of")))?;
     state
         .save(&record)
         .map_err(failed(context("saving the record of")))
@@ -740,7 +836,14 @@ fn boot_again(state: &StateDir, record: &mut NodeRecord) -> io::Result<state::Bo
     record.stopped = false;
     let delay = Duration::from_millis(record.listen_delay_ms);
     let hostname = record.hostname.clone().unwrap_or(record.name.clone());
-    process::boot(&state.node_dir(&record.id), &hostname, state.root(), delay)
+    let own_network = record.link.as_ref().map(network::Link::address);
+    process::boot(
+        &state.node_dir(&record.id),
+        &hostname,
+        state.root(),
+        delay,
+        own_network,
+    )
 }
 
 /// A reinstall's fresh filesystem (image `debian`): new layers, new host keys (returned), the
@@ -796,7 +899,12 @@ fn to_node(state: &StateDir, record: &NodeRecord) -> Node {
         (_, true) => NodeState::Stopped,
         (None, false) => NodeState::Pending,
         (Some(boot), false) if process::is_alive(boot) => {
-            if process::is_listening(record.address, record.port) {
+            let listening = match &record.link {
+                None => process::is_listening(record.address, record.port),
+                Some(_) => process::init_pid(&dir, boot)
+                    .is_some_and(|pid| process::is_listening_in(pid, record.address, record.port)),
+            };
+            if listening {
                 NodeState::Running
             } else {
                 NodeState::Pending
@@ -814,12 +922,18 @@ fn to_node(state: &StateDir, record: &NodeRecord) -> Node {
     extra.insert("host_keys".into(), record.host_keys.clone().into());
     extra.insert("location".into(), "local".into());
     extra.insert("created".into(), record.created.into());
+    // A node behind another has no address this machine reaches: a private one.
+    let address = vec![IpAddr::V4(record.address)];
+    let (public, private) = match record.link.as_ref().and_then(|l| l.peer.as_ref()) {
+        Some(_) => (vec![], address),
+        None => (address, vec![]),
+    };
     Node {
         id: record.id.clone(),
         name: record.name.clone(),
         state: node_state,
-        public_ips: vec![IpAddr::V4(record.address)],
-        private_ips: vec![],
+        public_ips: public,
+        private_ips: private,
         image: Some(record.image.clone()),
         size: Some(record.size.clone()),
         provider: PROVIDER.into(),

@@ -4,11 +4,14 @@
 # into this text.
 #   $1 node directory (holds upper/, work/, root/)   $2 hostname
 #   $3 state directory to hide from the node         $4 seconds to wait before sshd listens
+#   $5 with a network namespace of its own (unshare --net): the address sshd listens on, which the
+#      provider puts on the node's link once this script has started; empty otherwise
 set -eu
 node_dir=$1
 node_name=$2
 state_dir=$3
 listen_delay=$4
+own_address=$5
 root=$node_dir/root
 
 # Our pid as the host sees it (/proc is still the host's here): the provider kills the node by it.
@@ -41,6 +44,17 @@ user_data=/var/lib/cloud/instance/user-data.txt
 if [ -f "$root$user_data" ] && [ ! -e "$root$user_data.done" ]; then
 	chroot "$root" /bin/sh "$user_data" >"$root/var/log/cloud-init-output.log" 2>&1 || true
 	touch "$root$user_data.done"
+fi
+
+if [ -n "$own_address" ]; then
+	ip link set lo up
+	# As a machine waits for its network before sshd: up to 10 s, then sshd says what is wrong.
+	tries=0
+	until ip -o -4 addr show | grep -qF " $own_address/"; do
+		tries=$((tries + 1))
+		[ "$tries" -ge 1000 ] && break
+		sleep 0.01
+	done
 fi
 
 if [ "$listen_delay" != 0 ]; then

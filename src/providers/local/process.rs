@@ -21,11 +21,14 @@ const NODE_INIT: &str = include_str!("node-init.sh");
 pub const UNSHARE: &str = "/usr/bin/unshare";
 
 /// Starts one boot of the node in `node_dir`; returns at once with the launcher's identity.
+/// `own_network`: the node gets a network namespace of its own, and its sshd waits until this
+/// address is on one of its interfaces (the provider links it).
 pub fn boot(
     node_dir: &Path,
     name: &str,
     state_dir: &Path,
     listen_delay: Duration,
+    own_network: Option<Ipv4Addr>,
 ) -> io::Result<Boot> {
     let log = OpenOptions::new()
         .create(true)
@@ -39,6 +42,7 @@ pub fn boot(
     );
     let delay = if listen_delay.is_zero() { "0" } else { &delay };
     let mut child = Command::new(UNSHARE)
+        .args(own_network.map(|_| "--net"))
         .args([
             "--mount",
             "--uts",
@@ -57,6 +61,7 @@ pub fn boot(
         .arg(name)
         .arg(state_dir)
         .arg(delay)
+        .arg(own_network.map(|a| a.to_string()).unwrap_or_default())
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -169,7 +174,17 @@ pub fn halt(node_dir: &Path, boot: &Boot, deadline: Duration) -> io::Result<()> 
 
 /// Whether some socket listens on `addr:port` (or on the wildcard address at that port).
 pub fn is_listening(addr: Ipv4Addr, port: u16) -> bool {
-    let Ok(table) = fs::read_to_string("/proc/net/tcp") else {
+    listens("/proc/net/tcp", addr, port)
+}
+
+/// Whether something listens on `addr:port` in the network namespace of process `pid`.
+pub fn is_listening_in(pid: i32, addr: Ipv4Addr, port: u16) -> bool {
+    listens(&format!("/proc/{pid}/net/tcp"), addr, port)
+}
+
+/// Whether the TCP table at `path` has a socket listening on `addr:port` (or on any address).
+fn listens(path: &str, addr: Ipv4Addr, port: u16) -> bool {
+    let Ok(table) = fs::read_to_string(path) else {
         return false;
     };
     table.lines().skip(1).any(|line| {

@@ -22,7 +22,7 @@ pub struct NodeRecord {
     pub image: String,
     /// The size id.
     pub size: String,
-    /// The loopback address sshd listens on.
+    /// The address sshd listens on: a loopback address, or the node's on its own link.
     pub address: Ipv4Addr,
     /// The port sshd listens on.
     pub port: u16,
@@ -41,6 +41,9 @@ pub struct NodeRecord {
     pub boot: Option<Boot>,
     /// Seconds since the epoch when the node was created.
     pub created: u64,
+    /// The node's own network's link, when it has one ([`super::Network`]).
+    #[serde(default)]
+    pub link: Option<super::network::Link>,
 }
 
 /// One boot of a node: the `unshare` process that holds its namespaces.
@@ -262,16 +265,6 @@ pub fn release_claims_of(node_dir: &Path) {
             .is_ok_and(|owner| owner == node_dir.as_os_str().as_encoded_bytes())
         {
             let _ = fs::remove_file(entry.path());
-        }
-    }
-}
-
-/// Gives up the claim on `addr`, if `node_dir` holds it.
-pub fn release_address(addr: Ipv4Addr, node_dir: &Path) {
-    let path = Path::new(CLAIMS_DIR).join(addr.to_string());
-    if let Ok(owner) = fs::read(&path) {
-        if owner == node_dir.as_os_str().as_encoded_bytes() {
-            let _ = fs::remove_file(path);
         }
     }
 }
