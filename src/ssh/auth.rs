@@ -113,6 +113,15 @@ pub fn load_certificate_beside(key: &Path) -> Result<Option<(PathBuf, Certificat
     if !path.exists() {
         return Ok(None);
     }
+    load_certificate(&path).map(Some)
+}
+
+/// An OpenSSH certificate file (ssh_config's `CertificateFile`).
+///
+/// # Errors
+/// [`Error::Key`] naming the file when it cannot be read or parsed.
+pub fn load_certificate(path: &Path) -> Result<(PathBuf, Certificate), Error> {
+    let path = path.to_path_buf();
     let fail = |reason: String| Error::Key {
         path: path.clone(),
         reason,
@@ -123,7 +132,7 @@ pub fn load_certificate_beside(key: &Path) -> Result<Option<(PathBuf, Certificat
             "is not an OpenSSH certificate ({e}); sign the public key with `ssh-keygen -s CA -I ID -n USER KEY.pub`"
         ))
     })?;
-    Ok(Some((path, cert)))
+    Ok((path, cert))
 }
 
 /// The default key files of the user that exist.

@@ -1,6 +1,7 @@
 //! SSH to nodes, on russh: one session per node for all its steps.
 //!
 //! - `session`: connect (with a deadline), check the host key, authenticate, keep alive;
+//! - `config`: OpenSSH client configuration (`~/.ssh/config`), with `Include` and `Host` patterns;
 //! - `jump`: jump hosts (`ssh -J`), each hop checked and logged in to, one connection shared;
 //! - `known_hosts`: OpenSSH-format known_hosts and the policies strict / accept-new / off;
 //! - `auth`: private key files (OpenSSH, PEM, PKCS#8; encrypted with a passphrase), the agent,
@@ -13,6 +14,7 @@
 //! Errors carry a class ([`ErrorClass`]) so that callers retry by class, never by message text.
 
 mod auth;
+pub mod config;
 mod exec;
 mod jump;
 mod known_hosts;
@@ -25,7 +27,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use auth::{default_key_files, Credentials, Password};
+pub use auth::{default_key_files, load_certificate, Credentials, Password};
+pub use config::{HostConfig, SshConfig};
 pub use exec::{Captured, ExecOptions, ExecOutput, ExitStatus, OutputSink, ShScript, Stream};
 pub use jump::{Hop, Jump, TUNNELS_PER_CHAIN};
 pub use known_hosts::{HostKeyCheck, HostKeyPolicy, NewNode};

@@ -1,0 +1,316 @@
+//! OpenSSH client configuration (`~/.ssh/config`, `/etc/ssh/ssh_config`, or one file given with
+//! `-F`), read with the `ssh2-config` crate: `Host` patterns (`*`, `?`, `!`), `Include`, and the
+//! first value obtained winning, as OpenSSH does.
+//!
+//! nodeup applies `HostName`, `User`, `Port`, `IdentityFile`, `IdentitiesOnly`, `CertificateFile`,
+//! `ProxyJump`, `UserKnownHostsFile`, `StrictHostKeyChecking`, `ConnectTimeout` and
+//! `ServerAliveInterval`; other directives are listed as not applied ([`HostConfig::ignored`]).
+//! Two are refused rather than skipped, since skipping them would change where nodeup connects or
+//! what it trusts: `ProxyCommand` for a host nodeup connects to, and `Match` blocks anywhere (the
+//! parser cannot tell which lines they hold).
+
+use std::fmt;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ssh2_config::{HostParams, ParseRule};
+
+use super::{HostKeyPolicy, Hop};
+
+/// The system-wide configuration, read after the user's.
+pub const SYSTEM_CONFIG: &str = "/etc/ssh/ssh_config";
+
+/// Directives nodeup applies (lower case), beside those `ssh2-config` reads into fields.
+const APPLIED_RAW: [&str; 4] = [
+    "identitiesonly",
+    "userknownhostsfile",
+    "stricthostkeychecking",
+    "proxycommand",
+];
+
+/// A configuration that cannot be used: the file, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("ssh config {}: {message}", path.display())]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong, and the fix.
+    pub message: String,
+}
+
+/// The configuration files read, the user's first.
+#[derive(Default)]
+pub struct SshConfig {
+    files: Vec<(PathBuf, ssh2_config::SshConfig)>,
+}
+
+impl fmt::Debug for SshConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.files.iter().map(|(p, _)| p))
+            .finish()
+    }
+}
+
+/// What the configuration says of one host. Empty and `None` fields: it says nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostConfig {
+    /// `HostName`: where to connect instead of the name given (`%h` replaced).
+    pub host_name: Option<String>,
+    /// `User`.
+    pub user: Option<String>,
+    /// `Port`.
+    pub port: Option<u16>,
+    /// `IdentityFile`s, `~` expanded, in order.
+    pub identity_files: Vec<PathBuf>,
+    /// `IdentitiesOnly yes`: only those files, not the agent's keys.
+    pub identities_only: bool,
+    /// `CertificateFile`.
+    pub certificate_file: Option<PathBuf>,
+    /// `ProxyJump`: `Some(empty)` for `ProxyJump none`.
+    pub proxy_jump: Option<Vec<Hop>>,
+    /// The first `UserKnownHostsFile`.
+    pub known_hosts: Option<PathBuf>,
+    /// `StrictHostKeyChecking`: yes and ask are strict, accept-new records new keys, no and off
+    /// check nothing.
+    pub host_key_policy: Option<HostKeyPolicy>,
+    /// `ConnectTimeout`.
+    pub connect_timeout: Option<Duration>,
+    /// `ServerAliveInterval`.
+    pub server_alive_interval: Option<Duration>,
+    /// Directives set for this host that nodeup does not apply, by name in lower case.
+    pub ignored: Vec<String>,
+}
+
+impl SshConfig {
+    /// `~/.ssh/config`, then `/etc/ssh/ssh_config`: each when it exists.
+    ///
+    /// # Errors
+    /// A file that cannot be read or parsed, or holds a `Match` block.
+    pub fn load_default() -> Result<Self, ConfigError> {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let user = home.as_ref().map(|h| h.join(".ssh/config"));
+        let mut config = SshConfig::default();
+        for path in user.into_iter().chain([PathBuf::from(SYSTEM_CONFIG)]) {
+            if path.exists() {
+                config.files.push((path.clone(), parse(&path)?));
+            }
+        }
+        Ok(config)
+    }
+
+    /// One file instead of those (`ssh -F FILE`); `none` reads nothing.
+    ///
+    /// # Errors
+    /// As [`SshConfig::load_default`]; a missing file too.
+    pub fn load_file(path: &Path) -> Result<Self, ConfigError> {
+        if path == Path::new("none") {
+            return Ok(SshConfig::default());
+        }
+        Ok(SshConfig {
+            files: vec![(path.to_path_buf(), parse(path)?)],
+        })
+    }
+
+    /// The files read, the user's first.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.files.iter().map(|(p, _)| p.as_path())
+    }
+
+    /// What the configuration says of `host` (the name as given: an alias, a name, an address).
+    ///
+    /// # Errors
+    /// `ProxyCommand` for this host, or a `ProxyJump` that is not a list of
+    /// `[user@]host[:port]`.
+    pub fn host(&self, host: &str) -> Result<HostConfig, ConfigError> {
+        let mut merged: Option<HostParams> = None;
+        for (_, file) in &self.files {
+            let params = file.query(host);
+            match &mut merged {
+                None => merged = Some(params),
+                Some(m) => m.overwrite_if_none(&params),
+            }
+        }
+        let Some(params) = merged else {
+            return Ok(HostConfig::default());
+        };
+        let path = self.files[0].0.clone();
+        let fail = |message: String| ConfigError {
+            path: path.clone(),
+            message,
+        };
+        let raw = |name: &str| {
+            params
+                .unsupported_fields
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        };
+        if raw("proxycommand").is_some() {
+            return Err(fail(format!(
+                "ProxyCommand applies to {host}, and nodeup does not run proxy commands: use \
+                 ProxyJump (or --jump), or a config without it (--ssh-config FILE, or none)"
+            )));
+        }
+        let proxy_jump = match &params.proxy_jump {
+            None => None,
+            Some(hops) if hops.iter().any(|h| h.eq_ignore_ascii_case("none")) => Some(Vec::new()),
+            Some(hops) => Some(
+                hops.iter()
+                    .map(|h| h.parse::<Hop>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| fail(format!("ProxyJump for {host}: {e}")))?,
+            ),
+        };
+        let word = |name: &str| raw(name).and_then(|v| v.first().map(|w| w.to_lowercase()));
+        let host_key_policy = word("stricthostkeychecking")
+            .map(|v| match v.as_str() {
+                "accept-new" => Ok(HostKeyPolicy::AcceptNew),
+                "no" | "off" => Ok(HostKeyPolicy::Off),
+                "yes" | "ask" => Ok(HostKeyPolicy::Strict),
+                other => Err(fail(format!(
+                    "StrictHostKeyChecking {other:?} for {host}: use yes, accept-new or no"
+                ))),
+            })
+            .transpose()?;
+        Ok(HostConfig {
+            host_name: params.host_name.as_ref().map(|h| h.replace("%h", host)),
+            user: params.user.clone(),
+            port: params.port,
+            identity_files: params.identity_file.clone().unwrap_or_default(),
+            identities_only: word("identitiesonly").is_some_and(|v| v == "yes"),
+            certificate_file: params.certificate_file.clone(),
+            proxy_jump,
+            known_hosts: raw("userknownhostsfile")
+                .and_then(|v| v.first().cloned())
+                .map(|p| expand_home(&p)),
+            host_key_policy,
+            connect_timeout: params.connect_timeout,
+            server_alive_interval: params.server_alive_interval.filter(|d| !d.is_zero()),
+            ignored: ignored(&params),
+        })
+    }
+}
+
+/// Reads one file (and what it includes); a `Match` block anywhere is refused.
+fn parse(path: &Path) -> Result<ssh2_config::SshConfig, ConfigError> {
+    let fail = |message: String| ConfigError {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot be read ({e})")))?;
+    let rules = ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS;
+    let config = ssh2_config::SshConfig::default()
+        .parse(&mut BufReader::new(file), rules)
+        .map_err(|e| fail(format!("{e}; fix the file, or give another with --ssh-config")))?;
+    let has_match = config.get_hosts().iter().any(|h| {
+        h.params
+            .ignored_fields
+            .keys()
+            .any(|k| k.eq_ignore_ascii_case("match"))
+    });
+    if has_match {
+        return Err(fail(
+            "holds a `Match` block, which nodeup does not evaluate (and cannot tell which lines \
+             it holds): rewrite it as `Host` blocks, or give nodeup another file with \
+             --ssh-config FILE (or none)"
+                .into(),
+        ));
+    }
+    Ok(config)
+}
+
+/// The directives set for a host that nodeup does not apply, sorted.
+fn ignored(params: &HostParams) -> Vec<String> {
+    let mut names: Vec<String> = params
+        .unsupported_fields
+        .keys()
+        .filter(|k| !APPLIED_RAW.contains(&k.to_lowercase().as_str()))
+        .chain(params.ignored_fields.keys())
+        .cloned()
+        .collect();
+    let modelled = [
+        ("addkeystoagent", params.add_keys_to_agent.is_some()),
+        ("bindaddress", params.bind_address.is_some()),
+        ("bindinterface", params.bind_interface.is_some()),
+        ("compression", params.compression.is_some()),
+        ("connectionattempts", params.connection_attempts.is_some()),
+        ("forwardagent", params.forward_agent.is_some()),
+        ("pubkeyauthentication", params.pubkey_authentication.is_some()),
+        ("remoteforward", !params.remote_forward.is_empty()),
+        ("tcpkeepalive", params.tcp_keep_alive.is_some()),
+    ];
+    names.extend(
+        modelled
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(n, _)| n.to_string()),
+    );
+    for name in &mut names {
+        *name = name.to_lowercase();
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// `~/rest` with the user's home.
+fn expand_home(path: &str) -> PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> (tempfile::TempDir, SshConfig) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(&path, text).unwrap();
+        let config = SshConfig::load_file(&path).unwrap();
+        (dir, config)
+    }
+
+    #[test]
+    fn the_first_value_obtained_wins_and_patterns_match() {
+        let (_dir, config) = config(
+            "Host web-*\n  User deploy\n  Port 2222\n  ProxyJump admin@bastion:2200\n\
+             Host *.example !db.example\n  User ops\n\
+             Host *\n  User nobody\n  ConnectTimeout 7\n  StrictHostKeyChecking accept-new\n  \
+             ForwardX11 yes\n",
+        );
+        let web = config.host("web-1").unwrap();
+        assert_eq!(web.user.as_deref(), Some("deploy"));
+        assert_eq!(web.port, Some(2222));
+        assert_eq!(
+            web.proxy_jump,
+            Some(vec![Hop::new(Some("admin"), "bastion", 2200)])
+        );
+        assert_eq!(web.connect_timeout, Some(Duration::from_secs(7)));
+        assert_eq!(web.host_key_policy, Some(HostKeyPolicy::AcceptNew));
+        assert_eq!(web.ignored, vec!["forwardx11".to_string()]);
+        assert_eq!(config.host("a.example").unwrap().user.as_deref(), Some("ops"));
+        assert_eq!(
+            config.host("db.example").unwrap().user.as_deref(),
+            Some("nobody")
+        );
+    }
+
+    #[test]
+    fn proxy_command_and_match_are_refused() {
+        let (_dir, config) = config("Host old\n  ProxyCommand nc %h %p\n");
+        let e = config.host("old").unwrap_err().to_string();
+        assert!(e.contains("ProxyCommand applies to old"), "{e}");
+        assert!(config.host("other").is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(&path, "Host a\n  User x\nMatch host b\n  User y\n").unwrap();
+        let e = SshConfig::load_file(&path).unwrap_err().to_string();
+        assert!(e.contains("`Match` block"), "{e}");
+        assert!(e.contains(&path.display().to_string()), "{e}");
+    }
+}
