@@ -16,7 +16,7 @@ use nodeup::fleet::Shard;
 use nodeup::journal::{RunEnd, RunStart};
 use nodeup::model::{CreateNode, Node};
 use nodeup::providers;
-use nodeup::ssh::{HostKeyPolicy, Password};
+use nodeup::ssh::{Hop, HostKeyPolicy, Password, SshConfig};
 
 use super::fleet_view::{failure_lines, print_summary, FleetView, SummaryRow};
 use super::output::{self, print_json, FailedStep, FleetReport, NodeReport, StepReport};
@@ -49,6 +49,45 @@ pub struct SshArgs {
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Read this OpenSSH client config instead of ~/.ssh/config and /etc/ssh/ssh_config
+    /// (`none`: read none).
+    #[arg(long = "ssh-config", short = 'F', value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
+    /// Reach the nodes through these jump hosts: [user@]host[:port], a comma-separated chain as
+    /// `ssh -J` takes (repeatable: the chain goes on).
+    #[arg(long = "jump", short = 'J', value_name = "HOPS")]
+    pub jump: Vec<String>,
+}
+
+impl SshArgs {
+    /// The OpenSSH client config: `--ssh-config`, else the user's and the system's.
+    ///
+    /// # Errors
+    /// A file that cannot be read or used, named.
+    pub fn ssh_config(&self) -> Result<SshConfig, Failure> {
+        let config = match &self.ssh_config {
+            Some(path) => SshConfig::load_file(path),
+            None => SshConfig::load_default(),
+        };
+        config.map_err(|e| Failure::Usage(e.into()))
+    }
+
+    /// The jump hosts of `--jump`, else of the step file; empty for none.
+    ///
+    /// # Errors
+    /// A hop that is not `[user@]host[:port]`.
+    pub fn jump_hosts(&self, file: &StepFile) -> Result<Vec<Hop>, Failure> {
+        if self.jump.is_empty() {
+            return Ok(file.ssh.jump.clone());
+        }
+        let mut hops = Vec::new();
+        for chain in &self.jump {
+            hops.extend(
+                Hop::parse_chain(chain).map_err(|e| Failure::Usage(anyhow!("--jump: {e}")))?,
+            );
+        }
+        Ok(hops)
+    }
 }
 
 /// `nodeup deploy`.
@@ -112,7 +151,14 @@ pub fn positive(text: &str) -> Result<usize, String> {
 }
 
 /// Deploy options from the step file's `[ssh]`, then the command line over it.
-pub fn options(file: &StepFile, ssh: &SshArgs, policy: HostKeyPolicy) -> DeployOptions {
+///
+/// # Errors
+/// An OpenSSH client config or a jump host that cannot be used.
+pub fn options(
+    file: &StepFile,
+    ssh: &SshArgs,
+    policy: HostKeyPolicy,
+) -> Result<DeployOptions, Failure> {
     let mut options = DeployOptions {
         host_key_policy: policy,
         ..Default::default()
@@ -150,7 +196,12 @@ pub fn options(file: &StepFile, ssh: &SshArgs, policy: HostKeyPolicy) -> DeployO
     if let Some(i) = file.ssh.interface {
         options.interface = i;
     }
-    options
+    let config = Arc::new(ssh.ssh_config()?);
+    options.jump = config
+        .jump(&ssh.jump_hosts(file)?)
+        .map_err(|e| Failure::Usage(e.into()))?;
+    options.ssh_config = Some(config);
+    Ok(options)
 }
 
 /// What a second Ctrl+C must be able to name: the nodes created so far, and how many create
@@ -248,7 +299,7 @@ pub async fn run(args: DeployArgs) -> Result<(), Failure> {
     let journal =
         super::journal::begin_run(RunStart::with_stepfile("deploy", &args.stepfile)).await?;
     let created = Created::default();
-    let mut options = options(&file, &args.ssh, HostKeyPolicy::AcceptNew);
+    let mut options = options(&file, &args.ssh, HostKeyPolicy::AcceptNew)?;
     options.at_exit = Some(destroy_at_exit());
     options.journal = journal.clone();
     options.startups = Some(Arc::new(tokio::sync::Semaphore::new(args.max_startups)));

@@ -13,11 +13,11 @@ use clap::Args;
 
 use nodeup::deploy::stepfile::{self, StepFile};
 use nodeup::engine::fleet::{run_fleet, RunMember, RunOutcome, DEFAULT_PARALLEL};
-use nodeup::engine::{default_known_hosts, preferred, DeployOptions, Target};
+use nodeup::engine::{default_known_hosts, preferred, DeployOptions, Target, TargetSsh};
 use nodeup::fleet::{parse_host, Inventory, Shard};
 use nodeup::journal::{RunEnd, RunStart};
 use nodeup::providers;
-use nodeup::ssh::{Credentials, HostKeyPolicy};
+use nodeup::ssh::{load_certificate, Credentials, HostConfig, HostKeyPolicy, SshConfig};
 
 use super::deploy::{cancel_on_signals, options, positive, SshArgs};
 use super::fleet_view::{failure_lines, print_summary, FleetView, SummaryRow};
@@ -84,7 +84,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         machines = shard.pick(machines);
     }
     let options = run_options(&file, &args)?;
-    let prepared = prepare(machines, &file, &options).await?;
+    let prepared = prepare(machines, &file, &args, &options).await?;
     let journal = super::journal::begin_run(RunStart::with_stepfile("run", &args.stepfile)).await?;
     let mut options = options;
     options.journal = journal.clone();
@@ -142,7 +142,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
 /// Deploy options for machines that exist: checked strictly against the user's own known_hosts
 /// (nodeup's, for a provider's nodes), with the startups bounded.
 fn run_options(file: &StepFile, args: &RunArgs) -> Result<DeployOptions, Failure> {
-    let mut options = options(file, &args.ssh, HostKeyPolicy::Strict);
+    let mut options = options(file, &args.ssh, HostKeyPolicy::Strict)?;
     if args.ssh.known_hosts.is_none() && file.ssh.known_hosts.is_none() {
         options.known_hosts = match (&args.nodes, std::env::var_os("HOME")) {
             (Some(_), _) => default_known_hosts(),
@@ -228,6 +228,8 @@ struct Prepared {
     machine: Machine,
     addr: SocketAddr,
     creds: Arc<Credentials>,
+    /// What the OpenSSH client config says of the machine, where nothing else did.
+    ssh: TargetSsh,
 }
 
 impl Prepared {
@@ -254,56 +256,167 @@ impl Prepared {
                 journal: None,
                 created: false,
                 driver: None,
-                ssh: Default::default(),
+                ssh: self.ssh,
             },
             creds: self.creds,
         }
     }
 }
 
-/// Each machine resolved, with its credentials (key files loaded once each).
+/// Each machine resolved, with its credentials (key files loaded once each) and what the OpenSSH
+/// client config says of it. Precedence as OpenSSH's: the machine's own `user@host:port` and the
+/// command line, then the step file, then the config.
 async fn prepare(
-    machines: Vec<Machine>,
+    mut machines: Vec<Machine>,
     file: &StepFile,
+    args: &RunArgs,
     options: &DeployOptions,
 ) -> Result<Vec<Prepared>, Failure> {
-    let usage = |e: nodeup::ssh::Error| Failure::Usage(anyhow::Error::new(e));
-    let default = Arc::new(options.credentials().map_err(usage)?);
-    if default.is_empty() && machines.iter().any(|m| m.key_file.is_none()) {
-        return Err(Failure::Usage(anyhow!(
-            "no way to log in: give a private key file (--key), NODEUP_SSH_PASSWORD, or run an ssh-agent"
-        )));
-    }
-    let mut keyed: HashMap<PathBuf, Arc<Credentials>> = HashMap::new();
+    let config = options.ssh_config.clone().unwrap_or_default();
+    let explicit_user = args.ssh.ssh_user.clone().or(file.ssh.username.clone());
+    let mut keys = Keys::new(
+        options,
+        !args.ssh.keys.is_empty() || !file.ssh.keys.is_empty(),
+    )?;
+    let mut said_ignored = std::collections::BTreeSet::new();
     let mut prepared = Vec::with_capacity(machines.len());
-    for machine in machines {
-        let creds = match &machine.key_file {
-            None => default.clone(),
-            Some(path) => match keyed.get(path) {
-                Some(creds) => creds.clone(),
-                None => {
-                    let passphrase = options.ssh_key_passphrase.as_ref().map(|p| p.0.as_str());
-                    let mut creds =
-                        Credentials::from_key_files(std::slice::from_ref(path), passphrase)
-                            .map_err(usage)?;
-                    creds.password = options.password.clone();
-                    let creds = Arc::new(creds);
-                    keyed.insert(path.clone(), creds.clone());
-                    creds
-                }
-            },
-        };
-        let addr = resolve(&machine, file.ssh.port).await?;
+    for mut machine in machines.drain(..) {
+        let said = config
+            .host(&machine.host)
+            .map_err(|e| Failure::Usage(e.into()))?;
+        said_ignored.extend(said.ignored.iter().cloned());
+        if let Some(name) = &said.host_name {
+            machine.host = name.clone();
+        }
+        machine.port = machine.port.or(file.ssh.port).or(said.port);
+        machine.user = machine.user.or(explicit_user.clone()).or(said.user.clone());
+        let addr = resolve(&machine, None).await?;
+        let creds = keys.for_machine(&machine, &said)?;
+        let ssh = target_ssh(&config, &said, file, args, options)?;
         prepared.push(Prepared {
             machine,
             addr,
             creds,
+            ssh,
         });
+    }
+    if !said_ignored.is_empty() {
+        let list: Vec<String> = said_ignored.into_iter().collect();
+        tracing::info!("ssh config: not applied by nodeup: {}", list.join(", "));
     }
     Ok(prepared)
 }
 
-/// A machine's address (port: its own, else the step file's, else 22).
+/// The SSH settings the config gives a machine where the command line and step file gave none.
+fn target_ssh(
+    config: &SshConfig,
+    said: &HostConfig,
+    file: &StepFile,
+    args: &RunArgs,
+    options: &DeployOptions,
+) -> Result<TargetSsh, Failure> {
+    let usage = |e: nodeup::ssh::config::ConfigError| Failure::Usage(e.into());
+    let jump = match (&options.jump, &said.proxy_jump) {
+        (None, Some(hops)) => config.jump(hops).map_err(usage)?,
+        _ => None,
+    };
+    let known_hosts_given = args.ssh.known_hosts.is_some() || file.ssh.known_hosts.is_some();
+    let policy_given = args.ssh.host_key_policy.is_some() || file.ssh.host_key_policy.is_some();
+    Ok(TargetSsh {
+        jump,
+        known_hosts: said.known_hosts.clone().filter(|_| !known_hosts_given),
+        host_key_policy: said.host_key_policy.filter(|_| !policy_given),
+        connect_timeout: said.connect_timeout.filter(|_| file.ssh.timeout.is_none()),
+        keepalive: said.server_alive_interval,
+    })
+}
+
+/// Credentials by where they come from, each loaded once: the deployment's (command line, step
+/// file, or the user's defaults), an inventory host's key file, the config's `IdentityFile`s.
+struct Keys<'a> {
+    options: &'a DeployOptions,
+    /// Keys were given on the command line or in the step file: the config's are not used.
+    given: bool,
+    default: Arc<Credentials>,
+    loaded: HashMap<(Vec<PathBuf>, bool), Arc<Credentials>>,
+}
+
+impl<'a> Keys<'a> {
+    fn new(options: &'a DeployOptions, given: bool) -> Result<Self, Failure> {
+        let default = Arc::new(options.credentials().map_err(key_usage)?);
+        Ok(Keys {
+            options,
+            given,
+            default,
+            loaded: HashMap::new(),
+        })
+    }
+
+    /// A machine's credentials: its inventory key file, else the config's `IdentityFile`s (and
+    /// `CertificateFile`; the agent too unless `IdentitiesOnly`) when no keys were given, else
+    /// the deployment's.
+    fn for_machine(
+        &mut self,
+        machine: &Machine,
+        said: &HostConfig,
+    ) -> Result<Arc<Credentials>, Failure> {
+        let (files, agent) = match &machine.key_file {
+            Some(path) => (vec![path.clone()], false),
+            None if !self.given => {
+                let files: Vec<PathBuf> = said
+                    .identity_files
+                    .iter()
+                    .filter(|f| f.exists())
+                    .cloned()
+                    .collect();
+                (files, !said.identities_only)
+            }
+            None => (Vec::new(), false),
+        };
+        if files.is_empty() && said.certificate_file.is_none() {
+            if self.default.is_empty() {
+                return Err(Failure::Usage(anyhow!(
+                    "{}: no way to log in: give a private key file (--key), NODEUP_SSH_PASSWORD, \
+                     or run an ssh-agent",
+                    machine.label
+                )));
+            }
+            return Ok(self.default.clone());
+        }
+        let key = (files.clone(), agent);
+        if let Some(creds) = self.loaded.get(&key) {
+            return Ok(creds.clone());
+        }
+        let passphrase = self
+            .options
+            .ssh_key_passphrase
+            .as_ref()
+            .map(|p| p.0.as_str());
+        let mut creds = if files.is_empty() {
+            (*self.default).clone()
+        } else {
+            Credentials::from_key_files(&files, passphrase).map_err(key_usage)?
+        };
+        if let Some(path) = &said.certificate_file {
+            creds
+                .certificates
+                .push(load_certificate(path).map_err(key_usage)?);
+        }
+        if agent {
+            creds.agent = std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from);
+        }
+        creds.password = self.options.password.clone();
+        let creds = Arc::new(creds);
+        self.loaded.insert(key, creds.clone());
+        Ok(creds)
+    }
+}
+
+fn key_usage(e: nodeup::ssh::Error) -> Failure {
+    Failure::Usage(anyhow::Error::new(e))
+}
+
+/// A machine's address (port: its own, else `default_port`, else 22).
 async fn resolve(machine: &Machine, default_port: Option<u16>) -> Result<SocketAddr, Failure> {
     let port = machine.port.or(default_port).unwrap_or(22);
     if let Ok(ip) = machine.host.parse::<std::net::IpAddr>() {

@@ -14,7 +14,7 @@ use toml::Spanned;
 
 use super::{CloudInitStep, FileStep, RebootStep, ScriptSource, ScriptStep, SshKeyStep, Step};
 use crate::model::Interface;
-use crate::ssh::HostKeyPolicy;
+use crate::ssh::{Hop, HostKeyPolicy};
 
 /// A step file that parsed and checked.
 #[derive(Debug, Clone)]
@@ -75,6 +75,8 @@ pub struct SshSection {
     pub known_hosts: Option<PathBuf>,
     /// Which addresses to log in on.
     pub interface: Option<Interface>,
+    /// Jump hosts to reach the nodes through, first to last (`jump = ["admin@bastion"]`).
+    pub jump: Vec<Hop>,
 }
 
 /// A step file error: `FILE:LINE:COLUMN: message`.
@@ -126,6 +128,7 @@ struct RawSsh {
     host_key_policy: Option<Spanned<String>>,
     known_hosts: Option<Spanned<String>>,
     interface: Option<Spanned<String>>,
+    jump: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -391,6 +394,14 @@ fn ssh_section(ctx: &Ctx<'_>, ssh: Option<RawSsh>) -> Result<SshSection, StepFil
                     )),
                 })
                 .transpose()?;
+            let mut jump = Vec::new();
+            for hop in s.jump.unwrap_or_default() {
+                let parsed = hop
+                    .get_ref()
+                    .parse::<Hop>()
+                    .map_err(|e| ctx.error(hop.span(), format!("`ssh.jump`: {e}")))?;
+                jump.push(parsed);
+            }
             if let Some(tries) = &s.max_tries {
                 if *tries.get_ref() == 0 {
                     return Err(
@@ -417,6 +428,7 @@ fn ssh_section(ctx: &Ctx<'_>, ssh: Option<RawSsh>) -> Result<SshSection, StepFil
                 host_key_policy,
                 known_hosts: s.known_hosts.map(|k| resolve_path(&ctx.base, k.get_ref())),
                 interface,
+                jump,
             }
         }
     })

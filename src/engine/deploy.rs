@@ -16,8 +16,10 @@ use crate::deploy::{self, Context, Step, StepResult};
 use crate::driver::{Features, NodeDriver, ProviderError};
 use crate::journal::{Journal, JournalError, NodeEntry, NodeIntent, NodeState, StepRecord};
 use crate::model::{CreateNode, Node, NodeAuth};
+use crate::ssh::config::ConfigError;
 use crate::ssh::{
-    self, Credentials, ErrorClass, HostKeyCheck, HostKeyPolicy, Jump, NewNode, OutputSink, Password,
+    self, Credentials, ErrorClass, HostKeyCheck, HostKeyPolicy, Jump, NewNode, OutputSink,
+    Password, SshConfig,
 };
 
 /// Called with the driver and the node when a deployment is cancelled after the node exists;
@@ -177,6 +179,9 @@ pub struct DeployOptions {
     /// Jump hosts every node is reached through (`ssh -J`); the clones of these options share
     /// one connection to them ([`Jump`]). A target's own ([`TargetSsh::jump`]) wins.
     pub jump: Option<Jump>,
+    /// The OpenSSH client configuration that nodes nodeup creates are looked up in, by address
+    /// ([`TargetSsh::configured`]); `None` reads none.
+    pub ssh_config: Option<Arc<SshConfig>>,
 }
 
 impl Default for DeployOptions {
@@ -209,6 +214,7 @@ impl Default for DeployOptions {
             journal: Some(Journal::embedded()),
             startups: None,
             jump: None,
+            ssh_config: None,
         }
     }
 }
@@ -401,6 +407,31 @@ pub struct TargetSsh {
     pub connect_timeout: Option<Duration>,
     /// How often an idle connection is kept alive (ssh_config's `ServerAliveInterval`).
     pub keepalive: Option<Duration>,
+}
+
+impl TargetSsh {
+    /// For a node nodeup created, at `address`: what [`DeployOptions::ssh_config`] says of that
+    /// address: `ProxyJump` (unless the options give jump hosts), `ConnectTimeout` and
+    /// `ServerAliveInterval`. The node's user, keys and known_hosts stay nodeup's: the node is new.
+    ///
+    /// # Errors
+    /// What the configuration refuses for that address (a `ProxyCommand`).
+    pub fn configured(options: &DeployOptions, address: &str) -> Result<Self, ConfigError> {
+        let Some(config) = &options.ssh_config else {
+            return Ok(TargetSsh::default());
+        };
+        let said = config.host(address)?;
+        let jump = match (&options.jump, &said.proxy_jump) {
+            (None, Some(hops)) => config.jump(hops)?,
+            _ => None,
+        };
+        Ok(TargetSsh {
+            jump,
+            connect_timeout: said.connect_timeout,
+            keepalive: said.server_alive_interval,
+            ..TargetSsh::default()
+        })
+    }
 }
 
 impl std::fmt::Debug for Target {
@@ -1103,7 +1134,8 @@ async fn provision(
         journal: entry.cloned(),
         created: true,
         driver: Some(driver.clone()),
-        ssh: TargetSsh::default(),
+        ssh: TargetSsh::configured(options, &addr.ip().to_string())
+            .map_err(|e| failed(Cause::Invalid(e.to_string())))?,
     };
     match run_steps(&target, steps, &creds, options).await {
         Ok(run) => Ok(Deployment {

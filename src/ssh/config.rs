@@ -14,9 +14,12 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use ssh2_config::{HostParams, ParseRule};
 
-use super::{HostKeyPolicy, Hop};
+use super::{Hop, HostKeyPolicy, Jump};
 
 /// The system-wide configuration, read after the user's.
 pub const SYSTEM_CONFIG: &str = "/etc/ssh/ssh_config";
@@ -39,10 +42,12 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// The configuration files read, the user's first.
+/// The configuration files read, the user's first; and the jump-host chains made from them, one
+/// [`Jump`] (one connection) per chain, whichever node asks for it.
 #[derive(Default)]
 pub struct SshConfig {
     files: Vec<(PathBuf, ssh2_config::SshConfig)>,
+    jumps: Mutex<HashMap<Vec<Hop>, Jump>>,
 }
 
 impl fmt::Debug for SshConfig {
@@ -110,7 +115,55 @@ impl SshConfig {
         }
         Ok(SshConfig {
             files: vec![(path.to_path_buf(), parse(path)?)],
+            jumps: Mutex::default(),
         })
+    }
+
+    /// The chain through `hops`, each completed with what the configuration says of it
+    /// (`HostName`, `User` and `Port` where the hop names none, `IdentityFile`,
+    /// `UserKnownHostsFile`, `StrictHostKeyChecking accept-new`); the same [`Jump`] for the same
+    /// chain. `None` for no hops. A hop's own `ProxyJump` is not followed.
+    ///
+    /// # Errors
+    /// What [`SshConfig::host`] refuses for a hop.
+    pub fn jump(&self, hops: &[Hop]) -> Result<Option<Jump>, ConfigError> {
+        if hops.is_empty() {
+            return Ok(None);
+        }
+        let mut resolved = Vec::with_capacity(hops.len());
+        for hop in hops {
+            resolved.push(self.hop(hop)?);
+        }
+        let mut jumps = self.jumps.lock().unwrap_or_else(|p| p.into_inner());
+        let jump = jumps
+            .entry(resolved.clone())
+            .or_insert_with(|| Jump::new(resolved));
+        Ok(Some(jump.clone()))
+    }
+
+    /// One hop completed from the configuration.
+    fn hop(&self, hop: &Hop) -> Result<Hop, ConfigError> {
+        let said = self.host(&hop.host)?;
+        let mut hop = hop.clone();
+        if let Some(name) = said.host_name {
+            hop.host = name;
+        }
+        if hop.user.is_none() {
+            hop.user = said.user;
+        }
+        if hop.port == super::jump::SSH_PORT {
+            hop.port = said.port.unwrap_or(hop.port);
+        }
+        if hop.identity_files.is_empty() {
+            hop.identity_files = said
+                .identity_files
+                .into_iter()
+                .filter(|f| f.exists())
+                .collect();
+        }
+        hop.known_hosts = hop.known_hosts.or(said.known_hosts);
+        hop.accept_new |= said.host_key_policy == Some(HostKeyPolicy::AcceptNew);
+        Ok(hop)
     }
 
     /// The files read, the user's first.
@@ -203,7 +256,11 @@ fn parse(path: &Path) -> Result<ssh2_config::SshConfig, ConfigError> {
     let rules = ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS;
     let config = ssh2_config::SshConfig::default()
         .parse(&mut BufReader::new(file), rules)
-        .map_err(|e| fail(format!("{e}; fix the file, or give another with --ssh-config")))?;
+        .map_err(|e| {
+            fail(format!(
+                "{e}; fix the file, or give another with --ssh-config"
+            ))
+        })?;
     let has_match = config.get_hosts().iter().any(|h| {
         h.params
             .ignored_fields
@@ -237,7 +294,10 @@ fn ignored(params: &HostParams) -> Vec<String> {
         ("compression", params.compression.is_some()),
         ("connectionattempts", params.connection_attempts.is_some()),
         ("forwardagent", params.forward_agent.is_some()),
-        ("pubkeyauthentication", params.pubkey_authentication.is_some()),
+        (
+            "pubkeyauthentication",
+            params.pubkey_authentication.is_some(),
+        ),
         ("remoteforward", !params.remote_forward.is_empty()),
         ("tcpkeepalive", params.tcp_keep_alive.is_some()),
     ];
@@ -293,7 +353,10 @@ mod tests {
         assert_eq!(web.connect_timeout, Some(Duration::from_secs(7)));
         assert_eq!(web.host_key_policy, Some(HostKeyPolicy::AcceptNew));
         assert_eq!(web.ignored, vec!["forwardx11".to_string()]);
-        assert_eq!(config.host("a.example").unwrap().user.as_deref(), Some("ops"));
+        assert_eq!(
+            config.host("a.example").unwrap().user.as_deref(),
+            Some("ops")
+        );
         assert_eq!(
             config.host("db.example").unwrap().user.as_deref(),
             Some("nobody")

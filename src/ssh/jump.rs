@@ -28,10 +28,10 @@ use super::{ConnectOptions, Credentials, Error, HostKeyCheck, HostKeyPolicy, Ssh
 pub const TUNNELS_PER_CHAIN: usize = 64;
 
 /// The SSH port, when a hop names none.
-const SSH_PORT: u16 = 22;
+pub(super) const SSH_PORT: u16 = 22;
 
 /// One jump host: `[user@]host[:port]`, and how to log in to it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Hop {
     /// The user; the local user's name (`$USER`) when `None`, as OpenSSH does.
     pub user: Option<String>,

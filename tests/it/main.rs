@@ -2,6 +2,7 @@
 
 mod cli_deploy;
 mod cli_nodes;
+mod cli_ssh_config;
 mod deploy;
 mod fleet;
 mod hardening;
