@@ -267,7 +267,7 @@ impl Prepared {
 /// client config says of it. Precedence as OpenSSH's: the machine's own `user@host:port` and the
 /// command line, then the step file, then the config.
 async fn prepare(
-    mut machines: Vec<Machine>,
+    machines: Vec<Machine>,
     file: &StepFile,
     args: &RunArgs,
     options: &DeployOptions,
@@ -280,7 +280,7 @@ async fn prepare(
     )?;
     let mut said_ignored = std::collections::BTreeSet::new();
     let mut prepared = Vec::with_capacity(machines.len());
-    for mut machine in machines.drain(..) {
+    for mut machine in machines {
         let said = config
             .host(&machine.host)
             .map_err(|e| Failure::Usage(e.into()))?;
