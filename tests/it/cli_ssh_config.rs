@@ -68,16 +68,23 @@ async fn run_reaches_an_alias_from_an_included_config() {
     let home = bed.dir().join("home");
     write(
         &home.join(".ssh/config"),
-        "Include conf.d/*.conf\nHost *\n  User nobody\n  ConnectTimeout 5\n",
+        "Include conf.d/*.conf\nHost *\n  User nobody\n  ConnectTimeout 5\n  ForwardX11 yes\n",
     );
     let block = host_block(&bed, "web-* !web-old", &node);
     write(&home.join(".ssh/conf.d/web.conf"), &block);
     let steps = stepfile(&bed, "");
     let steps = steps.to_str().unwrap();
 
-    let out = nodeup(&bed, &home, &["run", steps, "--host", "web-1"]);
+    let out = nodeup(&bed, &home, &["-v", "run", steps, "--host", "web-1"]);
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert_eq!(node.read_file("/root/who").unwrap(), b"root\nweb\n");
+    // What the config sets and nodeup does not apply is said once, with -v.
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        said.matches("not applied by nodeup: forwardx11").count(),
+        1,
+        "{said}"
+    );
 
     let out = nodeup(&bed, &home, &["run", steps, "--host", "web-old"]);
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
