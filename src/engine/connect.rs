@@ -56,8 +56,11 @@ pub struct LoginAttempt {
     pub user: String,
     /// How many times it was tried.
     pub tries: u32,
-    /// The last error it got.
+    /// The last error it got: the last the node answered with, when it ever answered.
     pub last_error: String,
+    /// Whether `last_error` is the node's answer (not a connection that did not get through).
+    #[serde(skip)]
+    pub answered: bool,
 }
 
 /// A logged-in session and what the probe learnt of the user.
@@ -73,17 +76,25 @@ pub struct LoggedIn {
     pub is_root: bool,
 }
 
+/// Records what `user` got. An attempt that only did not get through (refused, timed out: the
+/// last one is often cut short by the deadline) does not hide what the node said earlier (a
+/// rejected key, the image's "Please login as"), which is what the user needs to read.
 fn record(attempts: &mut Vec<LoginAttempt>, user: &str, error: &ssh::Error) {
     let text = error_chain(error);
+    let answered = error.class() != ErrorClass::Retry;
     match attempts.iter_mut().find(|a| a.user == user) {
         Some(a) => {
             a.tries += 1;
-            a.last_error = text;
+            if answered || !a.answered {
+                a.last_error = text;
+                a.answered = answered;
+            }
         }
         None => attempts.push(LoginAttempt {
             user: user.to_string(),
             tries: 1,
             last_error: text,
+            answered,
         }),
     }
 }
@@ -238,5 +249,32 @@ async fn try_user(
                 ),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_near_the_deadline_does_not_hide_what_the_node_said() {
+        let addr: SocketAddr = "127.0.0.1:22".parse().unwrap();
+        let said = ssh::Error::LoginRefused {
+            user: "root".into(),
+            addr,
+            message: "Please login as the user \"debian\"".into(),
+        };
+        let cut_short = ssh::Error::Timeout {
+            addr,
+            what: "SSH handshake with",
+            after: Duration::from_millis(100),
+        };
+        let mut attempts = Vec::new();
+        record(&mut attempts, "root", &cut_short);
+        assert!(attempts[0].last_error.contains("timed out"));
+        record(&mut attempts, "root", &said);
+        record(&mut attempts, "root", &cut_short);
+        assert_eq!(attempts[0].tries, 3);
+        assert!(attempts[0].last_error.contains("Please login as"));
     }
 }
