@@ -403,6 +403,7 @@ impl TestNode {
             mnt_ns: ns("mnt")?,
             dir: self.driver.node_dir(&self.node.id),
             addr: self.addr(),
+            taken: ticks_since_boot(),
         })
     }
 
@@ -480,6 +481,22 @@ pub struct Footprint {
     mnt_ns: PathBuf,
     dir: PathBuf,
     addr: SocketAddr,
+    /// When it was taken, in clock ticks since boot: a process started later is not the node's,
+    /// even in a namespace whose number the kernel gave again to another node's.
+    taken: u64,
+}
+
+/// Now, in clock ticks since boot (the unit of a process's start time in /proc/PID/stat).
+fn ticks_since_boot() -> u64 {
+    let uptime = fs::read_to_string("/proc/uptime").unwrap_or_default();
+    let seconds: f64 = uptime
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (seconds * ticks).ceil() as u64
 }
 
 impl Footprint {
@@ -496,6 +513,14 @@ impl Footprint {
                 continue;
             };
             let proc_dir = entry.path();
+            let started_later = pid
+                .parse()
+                .ok()
+                .and_then(local::start_time)
+                .is_some_and(|start| start > self.taken);
+            if started_later {
+                continue;
+            }
             for (kind, ns) in [("pid", &self.pid_ns), ("mnt", &self.mnt_ns)] {
                 if fs::read_link(proc_dir.join("ns").join(kind)).ok().as_ref() == Some(ns) {
                     left.push(format!("process {pid} in the node's {kind} namespace"));
