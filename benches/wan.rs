@@ -1,13 +1,16 @@
 //! A deployment over a slow link: the test bed's relay delays each direction by half a round trip
 //! (and a TCP handshake by one) in front of a real sshd. A benchmark, not a test:
-//! `cargo bench --bench wan` prints three tables from one run.
+//! `cargo bench --bench wan` prints four tables from one run.
 //!
 //! 1. The 3-step deployment (append a key, upload a file, run a two-line script) by `nodeup run`,
 //!    side by side with the OpenSSH client doing the same work in one connection and one command
 //!    (the floor), at round trips of 0, 20, 50 and 150 ms: wall time, wall time in round trips,
 //!    and the round trips each client waited for, counted at the relay.
 //! 2. Uploads alone: `nodeup run` with one file step against OpenSSH `sftp` putting the same file.
-//! 3. A node whose sshd starts listening late: how long after it listens the first SSH
+//! 3. The same deployment to a private node through a bastion (the relay in front of the bastion,
+//!    the private node on the bastion's own link): `nodeup run` against `ssh` with `ProxyJump`,
+//!    both reading one ssh_config.
+//! 4. A node whose sshd starts listening late: how long after it listens the first SSH
 //!    connection reaches it.
 //!
 //! `NODEUP_BENCH_RUNS` (default 3) runs of each cell; the median is shown. `NODEUP_BENCH_RTTS`
@@ -67,6 +70,9 @@ fn main() {
         deployment_table(&bench);
         println!();
         upload_table(&bench);
+        println!();
+        let through = runtime.block_on(Through::new(&bench));
+        jump_table(&bench, &through);
         println!();
     }
     runtime.block_on(listen_table(&bench.bed));
@@ -180,20 +186,24 @@ impl Bench {
 
     /// The floor: the same work in one connection and one command.
     fn openssh_exec(&self, payload: &Path) -> Command {
-        let key = self.bed.client_public_key();
-        let command = format!(
-            "umask 077; mkdir -p ~/.ssh && printf '%s\\n' {} >> ~/.ssh/authorized_keys && \
-             cat > /root/payload.bin && chmod 0644 /root/payload.bin && sh -c {}",
-            nodeup::ssh::quote(key),
-            nodeup::ssh::quote(SCRIPT)
-        );
         let mut cmd = Command::new("ssh");
         self.openssh_options(&mut cmd);
         cmd.arg("root@127.0.0.1")
-            .arg(command)
+            .arg(self.exec_command())
             .stdin(std::fs::File::open(payload).expect("payload"))
             .stdout(Stdio::null());
         cmd
+    }
+
+    /// The one command OpenSSH runs for the 3 steps: the key appended, the file from its input,
+    /// the script.
+    fn exec_command(&self) -> String {
+        format!(
+            "umask 077; mkdir -p ~/.ssh && printf '%s\\n' {} >> ~/.ssh/authorized_keys && \
+             cat > /root/payload.bin && chmod 0644 /root/payload.bin && sh -c {}",
+            nodeup::ssh::quote(self.bed.client_public_key()),
+            nodeup::ssh::quote(SCRIPT)
+        )
     }
 
     /// `sftp` putting the file.
@@ -216,15 +226,20 @@ impl Bench {
     /// Runs `make()`'s command `self.runs` times; the median wall time and the round trips the
     /// last run's connections waited for.
     fn measure(&self, make: impl Fn() -> Command) -> Cell {
+        self.measure_at(&self.relay, make)
+    }
+
+    /// [`Bench::measure`], the round trips counted at `relay`.
+    fn measure_at(&self, relay: &Relay, make: impl Fn() -> Command) -> Cell {
         let mut walls = Vec::new();
         let mut turns = None;
         for _ in 0..self.runs {
-            let before = self.relay.turns().len();
+            let before = relay.turns().len();
             let started = Instant::now();
             let status = make().status().expect("spawn");
             walls.push(started.elapsed());
             assert!(status.success(), "a client failed: {status}");
-            let counted = self.relay.turns();
+            let counted = relay.turns();
             turns = (counted.len() > before).then(|| counted[before..].iter().sum());
         }
         walls.sort();
@@ -286,6 +301,120 @@ fn deployment_table(bench: &Bench) {
                 nodeup.wall.as_secs_f64() / openssh.wall.as_secs_f64(),
             );
         }
+    }
+}
+
+/// A private node behind a bastion, the relay in front of the bastion, and one ssh_config that
+/// names both (`ProxyJump bastion` for the private node), read by nodeup and OpenSSH alike.
+struct Through {
+    _bastion: TestNode,
+    _private: TestNode,
+    relay: Relay,
+    config: PathBuf,
+}
+
+impl Through {
+    async fn new(bench: &Bench) -> Through {
+        let bed = &bench.bed;
+        let bastion = bed
+            .node(NodeSpec::new("bastion").linked())
+            .await
+            .expect("bastion");
+        let private = bed
+            .node(NodeSpec::new("private").behind(&bastion))
+            .await
+            .expect("private node");
+        let relay = Relay::start(bastion.addr()).await.expect("relay");
+        let known_hosts = bed.dir().join("known_hosts-through");
+        let bastion_keys = std::fs::read_to_string(bastion.known_hosts()).expect("known_hosts");
+        let relayed = format!("[127.0.0.1]:{}", relay.addr().port());
+        let mut text: String = bastion_keys
+            .lines()
+            .filter_map(|l| {
+                l.split_once(' ')
+                    .map(|(_, key)| format!("{relayed} {key}\n"))
+            })
+            .collect();
+        text.push_str(&std::fs::read_to_string(private.known_hosts()).expect("known_hosts"));
+        std::fs::write(&known_hosts, text).expect("known_hosts");
+        let common = format!(
+            "  User root\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n  \
+             StrictHostKeyChecking yes\n  BatchMode yes\n",
+            bed.client_key().display(),
+            known_hosts.display()
+        );
+        let config = bed.dir().join("ssh_config-through");
+        std::fs::write(
+            &config,
+            format!(
+                "Host bastion\n  HostName 127.0.0.1\n  Port {}\n{common}\
+                 Host private\n  HostName {}\n  ProxyJump bastion\n{common}",
+                relay.addr().port(),
+                private.ip()
+            ),
+        )
+        .expect("ssh_config");
+        Through {
+            _bastion: bastion,
+            _private: private,
+            relay,
+            config,
+        }
+    }
+
+    fn set_round_trip(&self, ms: u64) {
+        self.relay.set_faults(Faults {
+            delay: Duration::from_millis(ms) / 2,
+            ..Faults::default()
+        });
+    }
+
+    fn nodeup(&self, bench: &Bench, stepfile: &Path) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodeup"));
+        cmd.arg("run")
+            .arg(stepfile)
+            .arg("--ssh-config")
+            .arg(&self.config)
+            .arg("--host")
+            .arg("private")
+            .env("NODEUP_STATE_DIR", bench.bed.nodeup_state_dir())
+            .env("HOME", bench.bed.dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
+    }
+
+    /// The same work as [`Bench::openssh_exec`], through `ProxyJump`.
+    fn openssh(&self, bench: &Bench, payload: &Path) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.arg("-F")
+            .arg(&self.config)
+            .arg("private")
+            .arg(bench.exec_command())
+            .stdin(std::fs::File::open(payload).expect("payload"))
+            .stdout(Stdio::null());
+        cmd
+    }
+}
+
+fn jump_table(bench: &Bench, through: &Through) {
+    println!("3-step deployment to a private node through a bastion (the round trip is to the bastion; the bastion's link to the node is local); nodeup run vs ssh with ProxyJump, one ssh_config:\n");
+    println!("| round trip | nodeup (s) | nodeup turns at the bastion | ssh -J exec (s) | ssh turns | nodeup / OpenSSH |");
+    println!("|---|---|---|---|---|---|");
+    let payload = bench.payload(FILES[0].1);
+    let steps = bench.stepfile(&payload, true);
+    for rtt in round_trips(&ROUND_TRIPS_MS) {
+        through.set_round_trip(rtt);
+        let nodeup = bench.measure_at(&through.relay, || through.nodeup(bench, &steps));
+        let openssh = bench.measure_at(&through.relay, || through.openssh(bench, &payload));
+        println!(
+            "| {rtt} ms | {} | {} | {} | {} | {:.2} |",
+            seconds(nodeup.wall),
+            turns(&nodeup),
+            seconds(openssh.wall),
+            turns(&openssh),
+            nodeup.wall.as_secs_f64() / openssh.wall.as_secs_f64(),
+        );
     }
 }
 
