@@ -177,34 +177,36 @@ impl SshConfig {
     /// `ProxyCommand` for this host, or a `ProxyJump` that is not a list of
     /// `[user@]host[:port]`.
     pub fn host(&self, host: &str) -> Result<HostConfig, ConfigError> {
-        let mut merged: Option<HostParams> = None;
-        for (_, file) in &self.files {
-            let params = file.query(host);
-            match &mut merged {
-                None => merged = Some(params),
-                Some(m) => m.overwrite_if_none(&params),
-            }
-        }
-        let Some(params) = merged else {
+        let per_file: Vec<(&Path, HostParams)> = self
+            .files
+            .iter()
+            .map(|(path, file)| (path.as_path(), file.query(host)))
+            .collect();
+        let Some((first, _)) = per_file.first() else {
             return Ok(HostConfig::default());
         };
-        let path = self.files[0].0.clone();
-        let fail = |message: String| ConfigError {
-            path: path.clone(),
+        let mut params = per_file[0].1.clone();
+        for (_, later) in &per_file[1..] {
+            params.overwrite_if_none(later);
+        }
+        // An error names the file the directive came from.
+        let fail = |set: &dyn Fn(&HostParams) -> bool, message: String| ConfigError {
+            path: per_file
+                .iter()
+                .find(|(_, p)| set(p))
+                .map_or(*first, |(path, _)| *path)
+                .to_path_buf(),
             message,
         };
-        let raw = |name: &str| {
-            params
-                .unsupported_fields
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.clone())
-        };
+        let raw = |name: &str| raw(&params, name);
         if raw("proxycommand").is_some() {
-            return Err(fail(format!(
-                "ProxyCommand applies to {host}, and nodeup does not run proxy commands: use \
-                 ProxyJump (or --jump), or a config without it (--ssh-config FILE, or none)"
-            )));
+            return Err(fail(
+                &|p| raw_set(p, "proxycommand"),
+                format!(
+                    "ProxyCommand applies to {host}, and nodeup does not run proxy commands: use \
+                     ProxyJump (or --jump), or a config without it (--ssh-config FILE, or none)"
+                ),
+            ));
         }
         let proxy_jump = match &params.proxy_jump {
             None => None,
@@ -213,7 +215,12 @@ impl SshConfig {
                 hops.iter()
                     .map(|h| h.parse::<Hop>())
                     .collect::<Result<_, _>>()
-                    .map_err(|e| fail(format!("ProxyJump for {host}: {e}")))?,
+                    .map_err(|e| {
+                        fail(
+                            &|p| p.proxy_jump.is_some(),
+                            format!("ProxyJump for {host}: {e}"),
+                        )
+                    })?,
             ),
         };
         let word = |name: &str| raw(name).and_then(|v| v.first().map(|w| w.to_lowercase()));
@@ -222,9 +229,12 @@ impl SshConfig {
                 "accept-new" => Ok(HostKeyPolicy::AcceptNew),
                 "no" | "off" => Ok(HostKeyPolicy::Off),
                 "yes" | "ask" => Ok(HostKeyPolicy::Strict),
-                other => Err(fail(format!(
-                    "StrictHostKeyChecking {other:?} for {host}: use yes, accept-new or no"
-                ))),
+                other => Err(fail(
+                    &|p| raw_set(p, "stricthostkeychecking"),
+                    format!(
+                        "StrictHostKeyChecking {other:?} for {host}: use yes, accept-new or no"
+                    ),
+                )),
             })
             .transpose()?;
         Ok(HostConfig {
@@ -244,6 +254,19 @@ impl SshConfig {
             ignored: ignored(&params),
         })
     }
+}
+
+/// The arguments of a directive `ssh2-config` keeps as it was written (`name` in lower case).
+fn raw(params: &HostParams, name: &str) -> Option<Vec<String>> {
+    params
+        .unsupported_fields
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
+}
+
+fn raw_set(params: &HostParams, name: &str) -> bool {
+    raw(params, name).is_some()
 }
 
 /// Reads one file (and what it includes); a `Match` block anywhere is refused.
