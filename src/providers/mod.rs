@@ -6,6 +6,7 @@
 pub mod dummy;
 pub mod local;
 pub mod lookup;
+pub mod nephoscale;
 pub mod ovh;
 
 use std::collections::BTreeMap;
@@ -27,6 +28,9 @@ pub fn registry() -> &'static Registry {
             Ok(Arc::new(local::LocalDriver::from_config(c)?))
         });
         registry.register("ovh", |c| Ok(Arc::new(ovh::OvhDriver::from_config(c)?)));
+        registry.register("nephoscale", |c| {
+            Ok(Arc::new(nephoscale::NephoScaleDriver::from_config(c)?))
+        });
         registry
     })
 }

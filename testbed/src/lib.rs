@@ -6,6 +6,7 @@
 //! each state directory records the pid and start time of the process that owns it, and one whose
 //! owner is gone is destroyed node by node and deleted. Nothing is ever found by process name.
 
+pub mod fake_nephoscale;
 pub mod fake_ovh;
 pub mod postgres;
 pub mod relay;

@@ -9,6 +9,7 @@ mod hardening;
 mod journal;
 mod jump;
 mod local_nodes;
+mod nephoscale;
 mod ovh;
 mod ovh_fake;
 mod promises;
