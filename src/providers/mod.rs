@@ -8,6 +8,7 @@ pub mod local;
 pub mod lookup;
 pub mod nephoscale;
 pub mod ovh;
+pub mod slipstream;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
@@ -30,6 +31,9 @@ pub fn registry() -> &'static Registry {
         registry.register("ovh", |c| Ok(Arc::new(ovh::OvhDriver::from_config(c)?)));
         registry.register("nephoscale", |c| {
             Ok(Arc::new(nephoscale::NephoScaleDriver::from_config(c)?))
+        });
+        registry.register("slipstream", |c| {
+            Ok(Arc::new(slipstream::SlipStreamDriver::from_config(c)?))
         });
         registry
     })

@@ -16,6 +16,7 @@ mod promises;
 mod reinstall;
 mod relay;
 mod round_trips;
+mod slipstream;
 mod ssh;
 
 use std::process::Output;

@@ -1,0 +1,1059 @@
+//! The SlipStream driver: a node is a run of an App Store module (`POST /run`); images are modules
+//! addressed by path (`apps/WordPress/wordpress`); locations are the clouds (connectors); key
+//! pairs are the SSH public keys of the user's profile, which SlipStream puts on every VM.
+//!
+//! A run has no address of its own: once it is `Ready`, a node reports the `hostname` runtime
+//! parameter of its machine (`machine:hostname` for a component, `<node>.1:hostname` for an
+//! application). A node's name is the run's first tag. A create imports the deploy key into the
+//! profile first (unless it is there), refuses a name an active run carries, and, when the answer
+//! was lost, looks for the run by its name before it asks again.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{Body, CallError, Client, Credentials, Login, PROVIDER};
+use crate::driver::{Features, NodeDriver, ProviderError, Result};
+use crate::model::{CreateNode, KeyPair, Node, NodeAuth, NodeImage, NodeLocation, NodeState};
+
+/// The profile parameter that holds the user's SSH public keys, one a line.
+const SSH_KEYS_PARAMETER: &str = "General.ssh.public.key";
+
+/// How many times a `POST /run` whose answer was lost (and whose run is not found) is sent.
+const CREATE_ATTEMPTS: u32 = 3;
+
+/// How many runs one list call asks for.
+const LIST_LIMIT: u32 = 500;
+
+/// The SlipStream driver.
+#[derive(Debug)]
+pub struct SlipStreamDriver {
+    client: Client,
+}
+
+/// A create's options (`[node] options`, `CreateNode::extra`), as Libcloud's SlipStream driver
+/// takes them (`ex_*`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlipStreamOptions {
+    /// The cloud to run on (`parameter--cloudservice`); the create's location when not given.
+    #[serde(default)]
+    pub cloud: Option<String>,
+    /// Parameters: `name` for a component, `node:name` for an application's node.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
+    /// How many VMs each node of an application gets.
+    #[serde(default)]
+    pub multiplicity: BTreeMap<String, u32>,
+    /// How many failed VMs each node tolerates.
+    #[serde(default)]
+    pub tolerate_failures: BTreeMap<String, u32>,
+    /// More tags (the node's name is the first).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// `always`, `never`, `on-success` or `on-error`.
+    #[serde(default)]
+    pub keep_running: Option<String>,
+    /// Check that the profile holds an SSH key (SlipStream's default); `false` bypasses it.
+    #[serde(default)]
+    pub check_ssh_key: Option<bool>,
+    /// A run that can be scaled later (`mutable=on`).
+    #[serde(default)]
+    pub scalable: bool,
+}
+
+impl SlipStreamOptions {
+    const KEYS: [&'static str; 8] = [
+        "cloud",
+        "parameters",
+        "multiplicity",
+        "tolerate_failures",
+        "tags",
+        "keep_running",
+        "check_ssh_key",
+        "scalable",
+    ];
+}
+
+/// One VM of a run (`ex_list_virtual_machines`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct VirtualMachine {
+    /// `virtual-machine/<uuid>`.
+    pub id: String,
+    /// The cloud's id of the VM.
+    #[serde(rename = "instanceID", default)]
+    pub instance_id: String,
+    /// `Running`, `Stopped` ...
+    #[serde(default)]
+    pub state: String,
+    /// Its public address.
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// Its private address.
+    #[serde(rename = "privateIp", default)]
+    pub private_ip: Option<String>,
+    /// The run it belongs to (`run/<uuid>`).
+    #[serde(default)]
+    pub deployment: Option<Href>,
+    /// The cloud (`connector/<name>`).
+    #[serde(default)]
+    pub connector: Option<Href>,
+}
+
+/// A CIMI reference.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Href {
+    /// What it points at.
+    pub href: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct RunList {
+    #[serde(rename = "item", default)]
+    items: Vec<RunItem>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct RunItem {
+    #[serde(rename = "@uuid")]
+    uuid: String,
+    #[serde(rename = "@status", default)]
+    status: String,
+    #[serde(rename = "@tags", default)]
+    tags: String,
+    #[serde(rename = "@moduleResourceUri", default)]
+    module: String,
+    #[serde(rename = "@cloudServiceNames", default)]
+    clouds: String,
+    #[serde(rename = "@serviceUrl", default)]
+    service_url: String,
+    #[serde(rename = "@abort", default)]
+    abort: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Run {
+    #[serde(rename = "@uuid")]
+    uuid: String,
+    #[serde(rename = "@state", default)]
+    state: String,
+    #[serde(rename = "@tags", default)]
+    tags: String,
+    #[serde(rename = "@moduleResourceUri", default)]
+    module: String,
+    #[serde(rename = "@cloudServiceNames", default)]
+    clouds: String,
+    #[serde(rename = "runtimeParameters", default)]
+    parameters: Option<RuntimeParameters>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RuntimeParameters {
+    #[serde(rename = "entry", default)]
+    entries: Vec<RuntimeEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RuntimeEntry {
+    #[serde(rename = "runtimeParameter")]
+    parameter: RuntimeParameter,
+}
+
+#[derive(Debug, Deserialize)]
+struct RuntimeParameter {
+    #[serde(rename = "@key")]
+    key: String,
+    #[serde(rename = "$text", default)]
+    value: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ModuleList {
+    #[serde(rename = "item", default)]
+    items: Vec<ModuleItem>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ModuleItem {
+    #[serde(rename = "@resourceUri")]
+    uri: String,
+    #[serde(rename = "@name", default)]
+    name: String,
+    #[serde(rename = "@description", default)]
+    description: String,
+    #[serde(rename = "@category", default)]
+    category: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Module {
+    #[serde(rename = "@name", default)]
+    name: String,
+    #[serde(rename = "@shortName", default)]
+    short_name: String,
+    #[serde(rename = "@description", default)]
+    description: String,
+    #[serde(rename = "@category", default)]
+    category: String,
+    #[serde(default)]
+    nodes: Option<ModuleNodes>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ModuleNodes {
+    #[serde(rename = "entry", default)]
+    entries: Vec<ModuleNodeEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ModuleNodeEntry {
+    node: ModuleNode,
+}
+
+#[derive(Debug, Deserialize)]
+struct ModuleNode {
+    #[serde(rename = "@name")]
+    name: String,
+}
+
+/// A node's state from its run's state.
+pub fn state_of(run_state: &str) -> NodeState {
+    match run_state {
+        "Initializing" => NodeState::Pending,
+        "Provisioning" => NodeState::Rebooting,
+        "Executing" | "SendingReports" | "Ready" | "Finalizing" => NodeState::Running,
+        "Done" | "Cancelled" => NodeState::Terminated,
+        "Aborted" => NodeState::Error,
+        _ => NodeState::Unknown,
+    }
+}
+
+fn invalid(message: String) -> ProviderError {
+    super::invalid(message)
+}
+
+fn xml<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, CallError> {
+    quick_xml::de::from_str(text).map_err(|e| CallError::Decode(format!("{what}: {e}")))
+}
+
+fn first_tag(tags: &str) -> Option<&str> {
+    tags.split(',').map(str::trim).find(|t| !t.is_empty())
+}
+
+/// A module path from what a user gives: `apps/X/y`, `module/apps/X/y`, with or without a version.
+fn module_path(image: &str) -> String {
+    image
+        .trim_start_matches('/')
+        .trim_start_matches("module/")
+        .to_string()
+}
+
+/// What a path segment or query value keeps as it is: RFC 3986's unreserved characters.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+fn encode_path(path: &str) -> String {
+    path.split('/')
+        .map(|s| percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+impl SlipStreamDriver {
+    /// A driver for these credentials.
+    ///
+    /// # Errors
+    /// The HTTP client cannot be built.
+    pub fn new(creds: Credentials) -> Result<Self> {
+        Ok(SlipStreamDriver {
+            client: Client::new(creds)?,
+        })
+    }
+
+    /// From the environment; SlipStream takes no `[provider]` settings.
+    ///
+    /// # Errors
+    /// A setting given, or no way to log in.
+    pub fn from_config(config: &BTreeMap<String, Value>) -> Result<Self> {
+        let _: BTreeMap<String, Value> = crate::providers::settings(
+            PROVIDER,
+            "[provider]",
+            config,
+            &[],
+            "set SLIPSTREAM_USERNAME and SLIPSTREAM_PASSWORD (or SLIPSTREAM_KEY and \
+             SLIPSTREAM_SECRET, or SLIPSTREAM_COOKIE_FILE)",
+        )?;
+        Self::new(Credentials::from_env()?)
+    }
+
+    /// The API client, to adjust (its retry policy, say).
+    pub fn client_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    async fn text(&self, path: &str, accept: &str, what: &str) -> Result<String> {
+        let response = self
+            .client
+            .call(Method::GET, path, accept, &Body::None)
+            .await
+            .map_err(|e| e.into_provider(what.into()))?;
+        Ok(String::from_utf8_lossy(&response.body).into_owned())
+    }
+
+    async fn run(&self, uuid: &str) -> Result<Run> {
+        let what = format!("reading run {uuid}");
+        let text = self
+            .text(
+                &format!("/run/{}", encode_path(uuid)),
+                "application/xml",
+                &what,
+            )
+            .await?;
+        xml(&text, &what).map_err(|e| e.into_provider(what.clone()))
+    }
+
+    async fn active_runs(&self) -> Result<Vec<RunItem>> {
+        let path = format!("/run?activeOnly=true&offset=0&limit={LIST_LIMIT}");
+        let text = self.text(&path, "application/xml", "listing runs").await?;
+        let list: RunList =
+            xml(&text, "listing runs").map_err(|e| e.into_provider("listing runs".into()))?;
+        Ok(list.items)
+    }
+
+    /// The run as a node: its address once it is `Ready`.
+    async fn node_of(&self, item: &RunItem) -> Result<Node> {
+        let address = if item.status == "Ready" {
+            let run = self.run(&item.uuid).await?;
+            hostname_of(&run)
+        } else {
+            None
+        };
+        Ok(to_node(item, address))
+    }
+
+    /// A run, as a node, by its uuid (`ex_get_node`).
+    ///
+    /// # Errors
+    /// No such run, or the call failed.
+    pub async fn ex_get_node(&self, uuid: &str) -> Result<Node> {
+        let run = self.run(uuid).await?;
+        let item = RunItem {
+            uuid: run.uuid.clone(),
+            status: run.state.clone(),
+            tags: run.tags.clone(),
+            module: run.module.clone(),
+            clouds: run.clouds.clone(),
+            service_url: parameter(&run, "ss:url.service").unwrap_or_default(),
+            abort: parameter(&run, "ss:abort").unwrap_or_default(),
+        };
+        let address = (run.state == "Ready").then(|| hostname_of(&run)).flatten();
+        Ok(to_node(&item, address))
+    }
+
+    /// A runtime parameter of the run (`ss:state`, `machine:hostname`, `web.1:hostname` ...), as
+    /// text. With `ignore_abort` false, a run that aborted answers its abort instead.
+    ///
+    /// # Errors
+    /// No such parameter, the run aborted, or the call failed.
+    pub async fn ex_get_node_parameter(
+        &self,
+        node: &Node,
+        name: &str,
+        ignore_abort: bool,
+    ) -> Result<String> {
+        let path = format!(
+            "/run/{}/{}?ignoreabort={ignore_abort}",
+            encode_path(&node.id),
+            encode_path(name)
+        );
+        let what = format!("reading parameter {name} of run {}", node.id);
+        Ok(self
+            .text(&path, "text/plain", &what)
+            .await?
+            .trim()
+            .to_string())
+    }
+
+    /// Polls the run's `ss:state` every `wait_period` until it is one of `states`; the state.
+    ///
+    /// # Errors
+    /// The run aborted (with why, unless `ignore_abort`), ended in another final state, or
+    /// `timeout` passed.
+    pub async fn ex_wait_node_in_state(
+        &self,
+        node: &Node,
+        states: &[&str],
+        wait_period: Duration,
+        timeout: Duration,
+        ignore_abort: bool,
+    ) -> Result<String> {
+        let started = tokio::time::Instant::now();
+        loop {
+            let state = self
+                .ex_get_node_parameter(node, "ss:state", ignore_abort)
+                .await?;
+            if states.contains(&state.as_str()) {
+                return Ok(state);
+            }
+            if matches!(state.as_str(), "Done" | "Cancelled" | "Aborted") {
+                return Err(invalid(format!(
+                    "run {} ended {state} before reaching {}",
+                    node.id,
+                    states.join(" or ")
+                )));
+            }
+            if started.elapsed() + wait_period > timeout {
+                return Err(invalid(format!(
+                    "run {} still {state} after {timeout:?} (waiting for {})",
+                    node.id,
+                    states.join(" or ")
+                )));
+            }
+            tokio::time::sleep(wait_period).await;
+        }
+    }
+
+    /// The VMs of every run, or of one, on one cloud or all.
+    ///
+    /// # Errors
+    /// The call failed.
+    pub async fn ex_list_virtual_machines(
+        &self,
+        location: Option<&str>,
+        node: Option<&Node>,
+    ) -> Result<Vec<VirtualMachine>> {
+        let mut filters = Vec::new();
+        if let Some(node) = node {
+            filters.push(format!("deployment/href='run/{}'", node.id));
+        }
+        if let Some(cloud) = location {
+            filters.push(format!("connector/href='connector/{cloud}'"));
+        }
+        let mut path = "/api/virtual-machine".to_string();
+        if !filters.is_empty() {
+            let filter = filters.join(" and ");
+            path.push_str("?$filter=");
+            path.push_str(&percent_encoding::utf8_percent_encode(&filter, UNRESERVED).to_string());
+        }
+        let text = self
+            .text(&path, "application/json", "listing virtual machines")
+            .await?;
+        #[derive(Deserialize)]
+        struct Vms {
+            #[serde(rename = "virtualMachines", default)]
+            vms: Vec<VirtualMachine>,
+        }
+        let vms: Vms = serde_json::from_str(&text).map_err(|e| {
+            CallError::Decode(format!("virtual machines: {e}"))
+                .into_provider("listing virtual machines".into())
+        })?;
+        Ok(vms.vms)
+    }
+
+    /// The user whose profile holds the keys: the login's, else the session's.
+    async fn username(&self) -> Result<String> {
+        if let Some(Login::Password { username, .. }) = &self.client.creds.login {
+            return Ok(username.clone());
+        }
+        let text = self
+            .text("/api/session", "application/json", "reading the session")
+            .await?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        value["sessions"][0]["username"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| invalid("the session names no user".into()))
+    }
+
+    /// The profile (XML) and the SSH keys it holds.
+    async fn profile(&self) -> Result<(String, String, Vec<String>)> {
+        let user = self.username().await?;
+        let what = format!("reading the profile of {user}");
+        let text = self
+            .text(
+                &format!("/user/{}", encode_path(&user)),
+                "application/xml",
+                &what,
+            )
+            .await?;
+        let keys = profile_keys(&text).map_err(|e| e.into_provider(what))?;
+        Ok((user, text, keys))
+    }
+
+    /// Writes the profile's SSH keys.
+    async fn set_profile_keys(&self, user: &str, profile: &str, keys: &[String]) -> Result<()> {
+        let what = format!("updating the SSH keys of {user}");
+        let updated = with_profile_keys(profile, &keys.join("\n"))
+            .map_err(|e| e.into_provider(what.clone()))?;
+        self.client
+            .call(
+                Method::PUT,
+                &format!("/user/{}", encode_path(user)),
+                "application/xml",
+                &Body::Xml(updated),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| e.into_provider(what))
+    }
+
+    /// The module at `path`: whether it is an application, and its nodes.
+    async fn module(&self, path: &str) -> Result<Module> {
+        let what = format!("reading module {path}");
+        let text = self
+            .text(
+                &format!("/module/{}", encode_path(path)),
+                "application/xml",
+                &what,
+            )
+            .await?;
+        xml(&text, &what).map_err(|e| e.into_provider(what.clone()))
+    }
+}
+
+/// A runtime parameter of a run's document.
+fn parameter(run: &Run, key: &str) -> Option<String> {
+    run.parameters
+        .as_ref()?
+        .entries
+        .iter()
+        .find(|e| e.parameter.key == key)
+        .map(|e| e.parameter.value.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// The address a run is logged in at: `machine:hostname`, else the first `<node>.<n>:hostname`.
+fn hostname_of(run: &Run) -> Option<String> {
+    parameter(run, "machine:hostname").or_else(|| {
+        let mut keys: Vec<&RuntimeEntry> = run
+            .parameters
+            .as_ref()?
+            .entries
+            .iter()
+            .filter(|e| {
+                e.parameter.key.ends_with(":hostname") && !e.parameter.value.trim().is_empty()
+            })
+            .collect();
+        keys.sort_by(|a, b| a.parameter.key.cmp(&b.parameter.key));
+        keys.first().map(|e| e.parameter.value.trim().to_string())
+    })
+}
+
+fn to_node(item: &RunItem, address: Option<String>) -> Node {
+    let mut extra: BTreeMap<String, Value> = BTreeMap::new();
+    extra.insert("status".into(), item.status.clone().into());
+    extra.insert("module".into(), item.module.clone().into());
+    extra.insert("cloud".into(), item.clouds.clone().into());
+    extra.insert("tags".into(), item.tags.clone().into());
+    if !item.service_url.is_empty() {
+        extra.insert("service_url".into(), item.service_url.clone().into());
+    }
+    if let Some(host) = &address {
+        extra.insert("hostname".into(), host.clone().into());
+    }
+    if !item.abort.is_empty() {
+        extra.insert("error".into(), item.abort.clone().into());
+    }
+    Node {
+        id: item.uuid.clone(),
+        name: first_tag(&item.tags).unwrap_or(&item.uuid).to_string(),
+        state: state_of(&item.status),
+        public_ips: address
+            .and_then(|a| a.parse::<IpAddr>().ok())
+            .into_iter()
+            .collect(),
+        private_ips: vec![],
+        image: Some(module_path(&item.module)),
+        size: None,
+        provider: PROVIDER.into(),
+        extra,
+    }
+}
+
+/// The SSH public keys a profile document holds, one a line.
+fn profile_keys(profile: &str) -> Result<Vec<String>, CallError> {
+    #[derive(Deserialize)]
+    struct User {
+        #[serde(default)]
+        parameters: Option<Parameters>,
+    }
+    #[derive(Deserialize)]
+    struct Parameters {
+        #[serde(rename = "entry", default)]
+        entries: Vec<ParameterEntry>,
+    }
+    #[derive(Deserialize)]
+    struct ParameterEntry {
+        parameter: Parameter,
+    }
+    #[derive(Deserialize)]
+    struct Parameter {
+        #[serde(rename = "@name")]
+        name: String,
+        #[serde(default)]
+        value: Option<String>,
+    }
+    let user: User = xml(profile, "the user's profile")?;
+    Ok(user
+        .parameters
+        .map(|p| p.entries)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.parameter.name == SSH_KEYS_PARAMETER)
+        .and_then(|e| e.parameter.value)
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// The profile document with the SSH keys parameter's value replaced, everything else as it was.
+fn with_profile_keys(profile: &str, keys: &str) -> Result<String, CallError> {
+    use quick_xml::events::{BytesText, Event};
+    let mut reader = quick_xml::Reader::from_str(profile);
+    let mut writer = quick_xml::Writer::new(Vec::new());
+    let (mut in_keys, mut in_value, mut found) = (false, false, false);
+    let bad = |e: quick_xml::Error| CallError::Decode(format!("the user's profile: {e}"));
+    loop {
+        let event = reader.read_event().map_err(bad)?;
+        match &event {
+            Event::Start(e) if e.local_name().as_ref() == "parameter" => {
+                in_keys = e
+                    .attributes()
+                    .flatten()
+                    .any(|a| a.key.as_ref() == "name" && a.value.as_ref() == SSH_KEYS_PARAMETER);
+            }
+            Event::Start(e) if in_keys && e.local_name().as_ref() == "value" => {
+                in_value = true;
+                found = true;
+                writer
+                    .write_event(event.clone())
+                    .map_err(|e| bad(e.into()))?;
+                writer
+                    .write_event(Event::Text(BytesText::new(keys)))
+                    .map_err(|e| bad(e.into()))?;
+                continue;
+            }
+            Event::End(e) if e.local_name().as_ref() == "value" => in_value = false,
+            Event::End(e) if e.local_name().as_ref() == "parameter" => in_keys = false,
+            Event::Text(_) | Event::CData(_) if in_value => continue,
+            Event::Eof => break,
+            _ => {}
+        }
+        writer.write_event(event).map_err(|e| bad(e.into()))?;
+    }
+    if !found {
+        return Err(CallError::Decode(format!(
+            "the user's profile has no {SSH_KEYS_PARAMETER} parameter with a value element"
+        )));
+    }
+    String::from_utf8(writer.into_inner()).map_err(|e| CallError::Decode(e.to_string()))
+}
+
+/// The key's type and blob: what tells two copies of one public key apart from others.
+fn key_blob(public_key: &str) -> String {
+    public_key
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A profile key as a key pair: named by its comment (else its type), the key itself.
+fn key_pair(line: &str) -> KeyPair {
+    let mut words = line.split_whitespace();
+    let kind = words.next().unwrap_or("");
+    let comment = words.nth(1).map(str::to_string);
+    KeyPair {
+        name: comment.unwrap_or_else(|| kind.to_string()),
+        public_key: line.to_string(),
+        fingerprint: None,
+        private_key: None,
+        extra: BTreeMap::new(),
+    }
+}
+
+#[async_trait]
+impl NodeDriver for SlipStreamDriver {
+    fn name(&self) -> &str {
+        PROVIDER
+    }
+
+    fn features(&self) -> Features {
+        Features {
+            ssh_key: true,
+            ..Features::default()
+        }
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<Node>> {
+        let mut nodes = Vec::new();
+        for item in self.active_runs().await? {
+            nodes.push(self.node_of(&item).await?);
+        }
+        Ok(nodes)
+    }
+
+    async fn get_node(&self, id: &str) -> Result<Node> {
+        self.ex_get_node(id).await
+    }
+
+    async fn create_node(&self, request: &CreateNode) -> Result<Node> {
+        self.create_run(request).await
+    }
+
+    async fn destroy_node(&self, node: &Node) -> Result<()> {
+        self.client
+            .call(
+                Method::DELETE,
+                &format!("/run/{}", encode_path(&node.id)),
+                "application/xml",
+                &Body::None,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| e.into_provider(format!("terminating run {}", node.id)))
+    }
+
+    async fn list_images(
+        &self,
+        _location: Option<&str>,
+        _size: Option<&str>,
+    ) -> Result<Vec<NodeImage>> {
+        let text = self
+            .text("/appstore", "application/xml", "listing the App Store")
+            .await?;
+        let list: ModuleList = xml(&text, "the App Store")
+            .map_err(|e| e.into_provider("listing the App Store".into()))?;
+        Ok(list
+            .items
+            .into_iter()
+            .map(|m| {
+                let mut extra = BTreeMap::new();
+                extra.insert("description".into(), m.description.into());
+                extra.insert("category".into(), m.category.into());
+                NodeImage {
+                    id: module_path(&m.uri),
+                    name: m.name,
+                    extra,
+                }
+            })
+            .collect())
+    }
+
+    async fn get_image(&self, id: &str) -> Result<NodeImage> {
+        let path = module_path(id);
+        let module = self.module(&path).await?;
+        let mut extra = BTreeMap::new();
+        extra.insert("description".into(), module.description.into());
+        extra.insert("category".into(), module.category.into());
+        let nodes: Vec<String> = module
+            .nodes
+            .unwrap_or_default()
+            .entries
+            .into_iter()
+            .map(|e| e.node.name)
+            .collect();
+        extra.insert("nodes".into(), nodes.into());
+        Ok(NodeImage {
+            id: path,
+            name: if module.short_name.is_empty() {
+                module.name
+            } else {
+                module.short_name
+            },
+            extra,
+        })
+    }
+
+    async fn list_locations(&self) -> Result<Vec<NodeLocation>> {
+        let text = self
+            .text("/api/connector", "application/json", "listing clouds")
+            .await?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok(value["connectors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["id"].as_str())
+            .map(|id| {
+                let name = id.trim_start_matches("connector/").to_string();
+                NodeLocation {
+                    id: name.clone(),
+                    name,
+                    country: None,
+                }
+            })
+            .collect())
+    }
+
+    async fn list_key_pairs(&self, _location: Option<&str>) -> Result<Vec<KeyPair>> {
+        let (_, _, keys) = self.profile().await?;
+        Ok(keys.iter().map(|k| key_pair(k)).collect())
+    }
+
+    async fn import_key_pair_from_string(
+        &self,
+        _name: &str,
+        key_material: &str,
+        _location: Option<&str>,
+    ) -> Result<KeyPair> {
+        let line = key_material.trim().to_string();
+        if line.contains('\n') || !line.contains(' ') {
+            return Err(invalid(
+                "give one OpenSSH public key line (type, key, comment)".into(),
+            ));
+        }
+        let (user, profile, mut keys) = self.profile().await?;
+        if !keys.iter().any(|k| key_blob(k) == key_blob(&line)) {
+            keys.push(line.clone());
+            self.set_profile_keys(&user, &profile, &keys).await?;
+        }
+        Ok(key_pair(&line))
+    }
+
+    async fn delete_key_pair(&self, key_pair: &KeyPair) -> Result<()> {
+        let (user, profile, keys) = self.profile().await?;
+        let blob = key_blob(&key_pair.public_key);
+        let kept: Vec<String> = keys
+            .iter()
+            .filter(|k| key_blob(k) != blob)
+            .cloned()
+            .collect();
+        if kept.len() == keys.len() {
+            return Err(ProviderError::NotFound {
+                provider: PROVIDER.into(),
+                kind: "key pair",
+                id: key_pair.name.clone(),
+            });
+        }
+        self.set_profile_keys(&user, &profile, &kept).await
+    }
+}
+
+impl SlipStreamDriver {
+    /// `create_node`: see the module's documentation.
+    async fn create_run(&self, request: &CreateNode) -> Result<Node> {
+        let options: SlipStreamOptions = crate::providers::settings(
+            PROVIDER,
+            "[node] options",
+            &request.extra,
+            &SlipStreamOptions::KEYS,
+            "they come from the SLIPSTREAM_* variables",
+        )?;
+        let name = request.name.as_str();
+        if name.is_empty() || name.contains(',') {
+            return Err(invalid(format!(
+                "node name {name:?}: a run is named by its first tag, which cannot be empty or hold a comma"
+            )));
+        }
+        let path = module_path(request.image.as_deref().ok_or_else(|| {
+            invalid("give an image: an App Store module path such as apps/WordPress/wordpress (`nodeup images --provider slipstream` lists them)".into())
+        })?);
+        let module = self.module(&path).await?;
+        if self
+            .active_runs()
+            .await?
+            .iter()
+            .any(|r| first_tag(&r.tags) == Some(name))
+        {
+            return Err(invalid(format!(
+                "an active run is named {name:?} already; terminate it or choose another name"
+            )));
+        }
+        if let Some(NodeAuth::SshKey(public)) = &request.auth {
+            self.import_key_pair_from_string(name, public, None).await?;
+        }
+        let form = run_form(&path, &module, request, &options)?;
+        self.post_run(name, form).await
+    }
+
+    /// Sends `POST /run` and reads the run it made; a lost answer is looked for by name first.
+    async fn post_run(&self, name: &str, form: Vec<(String, String)>) -> Result<Node> {
+        let context = || format!("starting a run for {name}");
+        let body = Body::Form(form);
+        for attempt in 1..=CREATE_ATTEMPTS {
+            match self
+                .client
+                .call(Method::POST, "/run", "application/xml", &body)
+                .await
+            {
+                Ok(response) => {
+                    let uuid = response
+                        .header("location")
+                        .and_then(|l| l.rsplit('/').next())
+                        .map(str::to_string)
+                        .ok_or_else(|| {
+                            CallError::Decode("201 without a Location".into())
+                                .into_provider(context())
+                        })?;
+                    return self.ex_get_node(&uuid).await;
+                }
+                Err(e) if e.maybe_processed() && attempt < CREATE_ATTEMPTS => {
+                    tracing::warn!(
+                        "{}: {e}; looking for the run before asking again",
+                        context()
+                    );
+                    let runs = self.active_runs().await?;
+                    if let Some(run) = runs.iter().find(|r| first_tag(&r.tags) == Some(name)) {
+                        return self.ex_get_node(&run.uuid).await;
+                    }
+                }
+                Err(e) => return Err(e.into_provider(context())),
+            }
+        }
+        Err(invalid(format!(
+            "{}: no answer after {CREATE_ATTEMPTS} tries",
+            context()
+        )))
+    }
+}
+
+/// The form of `POST /run`, as the reference lists its fields.
+fn run_form(
+    path: &str,
+    module: &Module,
+    request: &CreateNode,
+    options: &SlipStreamOptions,
+) -> Result<Vec<(String, String)>> {
+    let nodes: Vec<String> = module
+        .nodes
+        .as_ref()
+        .map(|n| n.entries.iter().map(|e| e.node.name.clone()).collect())
+        .unwrap_or_default();
+    let application = !nodes.is_empty();
+    let mut form = vec![("refqname".to_string(), format!("module/{path}"))];
+    let cloud = options.cloud.clone().or(request.location.clone());
+    if let Some(cloud) = &cloud {
+        if application {
+            for node in &nodes {
+                form.push((
+                    format!("parameter--node--{node}--cloudservice"),
+                    cloud.clone(),
+                ));
+            }
+        } else {
+            form.push(("parameter--cloudservice".into(), cloud.clone()));
+        }
+    }
+    for (key, value) in &options.parameters {
+        match key.split_once(':') {
+            Some((node, name)) if nodes.iter().any(|n| n == node) => {
+                form.push((format!("parameter--node--{node}--{name}"), value.clone()))
+            }
+            Some((node, _)) => {
+                return Err(invalid(format!(
+                    "parameter {key:?}: module {path} has no node {node:?} (its nodes: {})",
+                    nodes.join(", ")
+                )))
+            }
+            None => form.push((format!("parameter--{key}"), value.clone())),
+        }
+    }
+    for (table, field) in [
+        (&options.multiplicity, "multiplicity"),
+        (&options.tolerate_failures, "max-provisioning-failures"),
+    ] {
+        for (node, n) in table {
+            if !nodes.contains(node) {
+                return Err(invalid(format!(
+                    "{field} for {node:?}: module {path} has no such node"
+                )));
+            }
+            form.push((format!("parameter--node--{node}--{field}"), n.to_string()));
+        }
+    }
+    let tags: Vec<&str> = std::iter::once(request.name.as_str())
+        .chain(options.tags.iter().map(String::as_str))
+        .collect();
+    form.push(("tags".into(), tags.join(",")));
+    if let Some(keep) = &options.keep_running {
+        if !["always", "never", "on-success", "on-error"].contains(&keep.as_str()) {
+            return Err(invalid(format!(
+                "keep_running {keep:?}: one of always, never, on-success, on-error"
+            )));
+        }
+        form.push(("keep-running".into(), keep.clone()));
+    }
+    if options.scalable {
+        form.push(("mutable".into(), "on".into()));
+    }
+    if options.check_ssh_key == Some(false) {
+        form.push(("bypass-ssh-check".into(), "true".into()));
+    }
+    Ok(form)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROFILE: &str = r#"<user name="alice" email="a@example.org"><parameters><entry><string>General.ssh.public.key</string><parameter name="General.ssh.public.key" category="General" type="RestrictedText"><value>ssh-ed25519 AAAA1 alice@laptop</value></parameter></entry><entry><string>General.keep-running</string><parameter name="General.keep-running" category="General"><value>on-success</value></parameter></entry></parameters></user>"#;
+
+    #[test]
+    fn profile_keys_are_read_and_replaced_leaving_the_rest() {
+        assert_eq!(
+            profile_keys(PROFILE).unwrap(),
+            ["ssh-ed25519 AAAA1 alice@laptop"]
+        );
+        let updated =
+            with_profile_keys(PROFILE, "ssh-ed25519 AAAA1 alice@laptop\nssh-rsa BBBB ci").unwrap();
+        assert_eq!(profile_keys(&updated).unwrap().len(), 2);
+        assert!(updated.contains("<value>on-success</value>"), "{updated}");
+        assert!(updated.contains(r#"email="a@example.org""#));
+    }
+
+    #[test]
+    fn run_states_map_as_the_reference_says() {
+        assert_eq!(state_of("Initializing"), NodeState::Pending);
+        assert_eq!(state_of("Provisioning"), NodeState::Rebooting);
+        assert_eq!(state_of("Ready"), NodeState::Running);
+        assert_eq!(state_of("Cancelled"), NodeState::Terminated);
+        assert_eq!(state_of("Aborted"), NodeState::Error);
+    }
+
+    #[test]
+    fn an_application_gets_per_node_fields() {
+        let module: Module = quick_xml::de::from_str(
+            r#"<deploymentModule name="apps/WordPress/wordpress" category="Deployment"><nodes><entry><string>web</string><node name="web" multiplicity="1"/></entry></nodes></deploymentModule>"#,
+        )
+        .unwrap();
+        let request = CreateNode {
+            name: "blog".into(),
+            location: Some("exoscale-ch-gva".into()),
+            ..Default::default()
+        };
+        let options = SlipStreamOptions {
+            parameters: [("web:instance.type".to_string(), "Small".to_string())].into(),
+            multiplicity: [("web".to_string(), 2)].into(),
+            keep_running: Some("on-success".into()),
+            check_ssh_key: Some(false),
+            tags: vec!["prod".into()],
+            ..Default::default()
+        };
+        let form = run_form("apps/WordPress/wordpress", &module, &request, &options).unwrap();
+        let has = |k: &str, v: &str| form.iter().any(|(a, b)| a == k && b == v);
+        assert!(has("refqname", "module/apps/WordPress/wordpress"));
+        assert!(has("parameter--node--web--cloudservice", "exoscale-ch-gva"));
+        assert!(has("parameter--node--web--instance.type", "Small"));
+        assert!(has("parameter--node--web--multiplicity", "2"));
+        assert!(has("tags", "blog,prod"));
+        assert!(has("keep-running", "on-success"));
+        assert!(has("bypass-ssh-check", "true"));
+        let bad = SlipStreamOptions {
+            multiplicity: [("db".to_string(), 1)].into(),
+            ..Default::default()
+        };
+        assert!(run_form("apps/WordPress/wordpress", &module, &request, &bad).is_err());
+    }
+}
