@@ -48,12 +48,8 @@ fn parse() -> Result<Args, String> {
     })
 }
 
-/// A fake being served: kept until the process is told to end.
-enum Serving {
-    Ovh(FakeOvh),
-    NephoScale(FakeNephoScale),
-    SlipStream(FakeSlipStream),
-}
+/// A fake being served: kept (and so serving) until the process is told to end.
+type Serving = Box<dyn std::any::Any + Send>;
 
 async fn start(args: &Args, bed: &TestBed) -> Result<(Serving, Vec<(String, String)>), String> {
     let driver = bed.driver().clone();
@@ -69,21 +65,21 @@ async fn start(args: &Args, bed: &TestBed) -> Result<(Serving, Vec<(String, Stri
                     .map_err(|e| format!("fake-ovh: dedicated server {name}: {e}"))?;
             }
             let env = fake.env();
-            Ok((Serving::Ovh(fake), env))
+            Ok((Box::new(fake), env))
         }
         "fake-nephoscale" => {
             let fake = FakeNephoScale::start_on(args.listen, driver, NephoConfig::default())
                 .await
                 .map_err(failed)?;
             let env = fake.env();
-            Ok((Serving::NephoScale(fake), env))
+            Ok((Box::new(fake), env))
         }
         _ => {
             let fake = FakeSlipStream::start_on(args.listen, driver, SlipConfig::default())
                 .await
                 .map_err(failed)?;
             let env = fake.env();
-            Ok((Serving::SlipStream(fake), env))
+            Ok((Box::new(fake), env))
         }
     }
 }
