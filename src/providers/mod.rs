@@ -117,3 +117,64 @@ pub fn settings<T: DeserializeOwned>(
     ))
     .map_err(|e| invalid(format!("{table}: {e}")))
 }
+
+/// How a provider's failed call reads to its user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The credentials were refused: nothing works until they are fixed.
+    Credentials,
+    /// The object asked for does not exist.
+    Missing,
+    /// Anything else: the call failed.
+    Other,
+}
+
+/// The provider error for a failed call of `context`: invalid credentials (to `check` where
+/// `credentials_from` says), not found, or failed with `error` as its source.
+pub fn call_failure<E: std::error::Error + Send + Sync + 'static>(
+    provider: &str,
+    credentials_from: &str,
+    refusal: Refusal,
+    context: String,
+    error: E,
+) -> ProviderError {
+    match refusal {
+        Refusal::Credentials => ProviderError::InvalidCredentials {
+            provider: provider.into(),
+            message: format!("{context}: {error}"),
+            check: credentials_from.into(),
+        },
+        Refusal::Missing => ProviderError::NotFound {
+            provider: provider.into(),
+            kind: "object",
+            id: format!("{context} ({error})"),
+        },
+        Refusal::Other => ProviderError::Failed {
+            provider: provider.into(),
+            context,
+            source: Box::new(error),
+        },
+    }
+}
+
+/// The HTTP client of a provider ([`crate::http::HttpClient::new`]), its failure a provider error.
+///
+/// # Errors
+/// The client cannot be built (the `NODEUP_DEBUG` file cannot be opened).
+pub fn http_client(provider: &str) -> Result<crate::http::HttpClient, ProviderError> {
+    crate::http::HttpClient::new().map_err(|e| ProviderError::Failed {
+        provider: provider.into(),
+        context: "setting up HTTP".into(),
+        source: Box::new(e),
+    })
+}
+
+/// An OpenSSH public key's type and blob, without its comment: what tells one key from another
+/// when providers store it with other comments.
+pub fn key_blob(public_key: &str) -> String {
+    public_key
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use russh::client::Msg;
 use russh::ChannelStream;
-use tokio::net::TcpStream;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
 use super::{ConnectOptions, Credentials, Error, HostKeyCheck, HostKeyPolicy, SshSession};
@@ -287,15 +286,7 @@ async fn login(
     };
     match via {
         None => {
-            let stream = tokio::time::timeout(options.timeout, TcpStream::connect(addr))
-                .await
-                .map_err(|_| Error::Timeout {
-                    addr,
-                    what: "connecting to",
-                    after: options.timeout,
-                })?
-                .map_err(|source| Error::Connect { addr, source })?;
-            let _ = stream.set_nodelay(true);
+            let stream = super::session::tcp_connect(addr, options.timeout).await?;
             SshSession::over(stream, &options, creds, None).await
         }
         Some(before) => {

@@ -140,15 +140,7 @@ impl SshSession {
             let (stream, tunnel) = jump.tunnel(addr, options, creds).await?;
             return Self::over(stream, options, creds, Some(tunnel)).await;
         }
-        let stream = tokio::time::timeout(options.timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| Error::Timeout {
-                addr,
-                what: "connecting to",
-                after: options.timeout,
-            })?
-            .map_err(|source| Error::Connect { addr, source })?;
-        let _ = stream.set_nodelay(true);
+        let stream = tcp_connect(addr, options.timeout).await?;
         Self::over(stream, options, creds, None).await
     }
 
@@ -345,6 +337,20 @@ impl SshSession {
             let _ = tokio::time::timeout(CLOSE_WAIT, handle).await;
         }
     }
+}
+
+/// A TCP connection to `addr` within `timeout`, with Nagle off (SSH's small packets go at once).
+pub(super) async fn tcp_connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Error> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| Error::Timeout {
+            addr,
+            what: "connecting to",
+            after: timeout,
+        })?
+        .map_err(|source| Error::Connect { addr, source })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 /// How many rounds of questions keyboard-interactive authentication may ask before nodeup gives

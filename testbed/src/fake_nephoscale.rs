@@ -299,21 +299,12 @@ async fn dispatch(State(fake): State<Shared>, request: Request) -> Response {
         Err(refused) => return refused,
     };
     let answer = route(&fake, &parts.method, &path, &form).await;
-    match fault {
-        Some(Fault::LoseAnswer) => crate::fake_ovh::broken_answer(),
-        Some(Fault::SlowAnswer { millis }) => {
-            tokio::time::sleep(Duration::from_millis(millis)).await;
-            answer
-        }
-        _ => answer,
-    }
+    crate::fake_ovh::deliver(fault, answer).await
 }
 
+/// The fault that fires for this request, if any, counted.
 fn pick_fault(fake: &Fake, method: &str, path: &str) -> Option<Fault> {
-    let mut config = lock(&fake.config);
-    let route = config.routes.iter_mut().find(|r| r.matches(method, path))?;
-    route.times -= 1;
-    let fault = route.fault;
+    let fault = crate::fake_ovh::take(&mut lock(&fake.config).routes, method, path)?;
     lock(&fake.data).fired.count(fault);
     Some(fault)
 }

@@ -39,7 +39,7 @@ const COOKIE: &str = "com.sixsq.slipstream.cookie";
 pub const CLOUDS: [&str; 2] = ["exoscale-ch-gva", "ec2-eu-west"];
 
 /// The App Store: (path, category, description, nodes of an application).
-const MODULES: [(&str, &str, &str, &[&str]); 2] = [
+const MODULES: [AppModule; 2] = [
     (
         "apps/Debian/debian",
         "Image",
@@ -332,21 +332,12 @@ async fn dispatch(State(fake): State<Shared>, request: Request) -> Response {
     } else {
         route(&fake, &parts.method, &path, &query, &parts.headers, &bytes).await
     };
-    match fault {
-        Some(Fault::LoseAnswer) => crate::fake_ovh::broken_answer(),
-        Some(Fault::SlowAnswer { millis }) => {
-            tokio::time::sleep(Duration::from_millis(millis)).await;
-            answer
-        }
-        _ => answer,
-    }
+    crate::fake_ovh::deliver(fault, answer).await
 }
 
+/// The fault that fires for this request, if any, counted.
 fn pick_fault(fake: &Fake, method: &str, path: &str) -> Option<Fault> {
-    let mut config = lock(&fake.config);
-    let route = config.routes.iter_mut().find(|r| r.matches(method, path))?;
-    route.times -= 1;
-    let fault = route.fault;
+    let fault = crate::fake_ovh::take(&mut lock(&fake.config).routes, method, path)?;
     lock(&fake.data).fired.count(fault);
     Some(fault)
 }
@@ -664,21 +655,41 @@ fn run_parameter(fake: &Fake, uuid: &str, name: &str, query: &str) -> Response {
     }
 }
 
-fn create_run(fake: &Shared, headers: &HeaderMap, body: &Bytes) -> Response {
+/// A module of the App Store: path, category, description, the nodes of an application.
+type AppModule = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+);
+
+/// What SlipStream checks of a run form before it starts anything: form-encoded, a module that
+/// exists, known clouds, and a key in the profile unless the check is bypassed. The module, the
+/// cloud, and the profile's keys.
+fn check_run_form(
+    fake: &Fake,
+    headers: &HeaderMap,
+    form: &BTreeMap<String, String>,
+) -> Result<(&'static AppModule, String, Vec<String>), Response> {
     let form_encoded = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
     if !form_encoded {
-        return xml_error(StatusCode::BAD_REQUEST, "The run form must be form-encoded");
+        return Err(xml_error(
+            StatusCode::BAD_REQUEST,
+            "The run form must be form-encoded",
+        ));
     }
-    let form: BTreeMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
     let wanted = form
         .get("refqname")
         .map(|r| r.trim_start_matches("module/"))
         .unwrap_or("");
-    let Some((path, category, _, nodes)) = MODULES.iter().find(|m| m.0 == wanted) else {
-        return xml_error(StatusCode::NOT_FOUND, &format!("Module {wanted} not found"));
+    let Some(module) = MODULES.iter().find(|m| m.0 == wanted) else {
+        return Err(xml_error(
+            StatusCode::NOT_FOUND,
+            &format!("Module {wanted} not found"),
+        ));
     };
     let clouds: Vec<&String> = form
         .iter()
@@ -686,40 +697,53 @@ fn create_run(fake: &Shared, headers: &HeaderMap, body: &Bytes) -> Response {
         .map(|(_, v)| v)
         .collect();
     if let Some(bad) = clouds.iter().find(|c| !CLOUDS.contains(&c.as_str())) {
-        return xml_error(
-            StatusCode::BAD_REQUEST,
-            &format!("Unknown cloud service {bad}"),
-        );
+        let message = format!("Unknown cloud service {bad}");
+        return Err(xml_error(StatusCode::BAD_REQUEST, &message));
     }
     let bypass = form.get("bypass-ssh-check").map(String::as_str) == Some("true");
     let keys = lock(&fake.data).profile_keys.clone();
     if keys.is_empty() && !bypass {
-        return xml_error(
+        return Err(xml_error(
             StatusCode::CONFLICT,
             "Missing SSH public key in the user profile: add one, or bypass the SSH check",
-        );
+        ));
     }
-    let vms: Vec<Vm> = if nodes.is_empty() {
-        vec![Vm {
+    let cloud = clouds
+        .first()
+        .map_or(CLOUDS[0].to_string(), |c| c.to_string());
+    Ok((module, cloud, keys))
+}
+
+/// A run's VMs: one `machine` for a component, `multiplicity` of each node for an application.
+fn vms_for(nodes: &[&str], form: &BTreeMap<String, String>) -> Vec<Vm> {
+    if nodes.is_empty() {
+        return vec![Vm {
             node: "machine".into(),
             index: 1,
             machine: None,
-        }]
-    } else {
-        nodes
-            .iter()
-            .flat_map(|n| {
-                let count: u32 = form
-                    .get(&format!("parameter--node--{n}--multiplicity"))
-                    .and_then(|m| m.parse().ok())
-                    .unwrap_or(1);
-                (1..=count).map(move |i| Vm {
-                    node: n.to_string(),
-                    index: i,
-                    machine: None,
-                })
+        }];
+    }
+    nodes
+        .iter()
+        .flat_map(|n| {
+            let count: u32 = form
+                .get(&format!("parameter--node--{n}--multiplicity"))
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(1);
+            (1..=count).map(move |i| Vm {
+                node: n.to_string(),
+                index: i,
+                machine: None,
             })
-            .collect()
+        })
+        .collect()
+}
+
+fn create_run(fake: &Shared, headers: &HeaderMap, body: &Bytes) -> Response {
+    let form: BTreeMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
+    let ((path, category, _, nodes), cloud, keys) = match check_run_form(fake, headers, &form) {
+        Ok(checked) => checked,
+        Err(refused) => return refused,
     };
     let uuid = format!(
         "{}-{}-{}-{}-{}",
@@ -734,16 +758,13 @@ fn create_run(fake: &Shared, headers: &HeaderMap, body: &Bytes) -> Response {
         module: path.to_string(),
         category: category.to_string(),
         tags: form.get("tags").cloned().unwrap_or_default(),
-        cloud: clouds
-            .first()
-            .map(|c| c.to_string())
-            .unwrap_or_else(|| CLOUDS[0].into()),
+        cloud,
         started: Instant::now(),
         start_text: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         provisioned: None,
         abort: None,
         ended: None,
-        vms,
+        vms: vms_for(nodes, &form),
     };
     {
         let mut data = lock(&fake.data);

@@ -110,6 +110,30 @@ async fn run_reaches_an_alias_from_an_included_config() {
     );
 }
 
+/// A config naming the bastion `jumpbox` and the private node `inside`, reached through it by
+/// `ProxyJump`; both checked against `known_hosts`.
+fn proxy_jump_config(
+    bed: &TestBed,
+    bastion: &TestNode,
+    private: &TestNode,
+    known_hosts: &Path,
+) -> PathBuf {
+    let config = bed.dir().join("ssh_config");
+    write(
+        &config,
+        &format!(
+            "{}{}  ProxyJump jumpbox\n",
+            host_block(bed, "jumpbox", bastion),
+            host_block(bed, "inside", private)
+        )
+        .replace(
+            &private.known_hosts().display().to_string(),
+            &known_hosts.display().to_string(),
+        ),
+    );
+    config
+}
+
 /// A private node behind a bastion, three ways: `ProxyJump` in a config given with
 /// `--ssh-config` (the bastion itself an alias there), `--jump` on the command line, and
 /// `[ssh] jump` in the step file.
@@ -126,19 +150,7 @@ async fn a_private_node_is_reached_by_proxy_jump_jump_and_the_step_file() {
         .map(|n| std::fs::read_to_string(n.known_hosts()).unwrap())
         .concat();
     std::fs::write(&known_hosts, both).unwrap();
-    let config = bed.dir().join("ssh_config");
-    write(
-        &config,
-        &format!(
-            "{}{}  ProxyJump jumpbox\n",
-            host_block(&bed, "jumpbox", &bastion),
-            host_block(&bed, "inside", &private)
-        )
-        .replace(
-            &private.known_hosts().display().to_string(),
-            &known_hosts.display().to_string(),
-        ),
-    );
+    let config = proxy_jump_config(&bed, &bastion, &private, &known_hosts);
     let home = bed.dir().join("home");
     let steps = stepfile(&bed, "");
     let steps = steps.to_str().unwrap();

@@ -30,6 +30,20 @@ fn hop(node: &TestNode) -> Hop {
     Hop::new(Some("root"), &node.ip().to_string(), node.addr().port())
 }
 
+/// A bastion linked to this machine, a second node behind it, a private node behind the second.
+async fn two_hops(bed: &TestBed) -> (TestNode, TestNode, TestNode) {
+    let outer = bed.node(NodeSpec::new("outer").linked()).await.unwrap();
+    let inner = bed
+        .node(NodeSpec::new("inner").behind(&outer))
+        .await
+        .unwrap();
+    let private = bed
+        .node(NodeSpec::new("private").behind(&inner))
+        .await
+        .unwrap();
+    (outer, inner, private)
+}
+
 /// Options for a private node: short deadlines (a direct attempt fails at once, the way is
 /// unreachable, and must not be retried for minutes).
 fn private_options(bed: &TestBed, known_hosts: &std::path::Path) -> DeployOptions {
@@ -46,15 +60,7 @@ fn private_options(bed: &TestBed, known_hosts: &std::path::Path) -> DeployOption
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_private_node_is_reached_through_two_bastions_only() {
     let bed = TestBed::new().unwrap();
-    let outer = bed.node(NodeSpec::new("outer").linked()).await.unwrap();
-    let inner = bed
-        .node(NodeSpec::new("inner").behind(&outer))
-        .await
-        .unwrap();
-    let private = bed
-        .node(NodeSpec::new("private").behind(&inner))
-        .await
-        .unwrap();
+    let (outer, inner, private) = two_hops(&bed).await;
     let known_hosts = known_hosts_of(&bed, &[&outer, &inner, &private]);
     let payload = bed.dir().join("payload");
     std::fs::write(&payload, b"through two hops\n").unwrap();
@@ -115,6 +121,12 @@ async fn a_private_node_is_reached_through_two_bastions_only() {
             .await
             .unwrap();
     }
+    assert_no_link_or_route_left(&[&private, &inner, &outer]);
+}
+
+/// After `nodes` were destroyed: none of their links is left on this machine, nor a route of
+/// theirs.
+fn assert_no_link_or_route_left(nodes: &[&TestNode]) {
     let routes = std::process::Command::new("ip")
         .args(["-4", "route", "show"])
         .output();
@@ -125,7 +137,7 @@ async fn a_private_node_is_reached_through_two_bastions_only() {
         crate::stdout(&routes.unwrap()),
         crate::stdout(&links.unwrap()),
     );
-    for node in [&private, &inner, &outer] {
+    for node in nodes {
         let link = format!("nu{}", node.id().trim_start_matches("loc-"));
         assert!(!links.contains(&link), "{links}");
         assert!(!routes.contains(&link), "{routes}");
@@ -155,15 +167,7 @@ async fn a_private_node_is_reached_through_two_bastions_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_host_key_on_the_middle_hop_is_refused() {
     let bed = TestBed::new().unwrap();
-    let outer = bed.node(NodeSpec::new("outer").linked()).await.unwrap();
-    let inner = bed
-        .node(NodeSpec::new("inner").behind(&outer))
-        .await
-        .unwrap();
-    let private = bed
-        .node(NodeSpec::new("private").behind(&inner))
-        .await
-        .unwrap();
+    let (outer, inner, private) = two_hops(&bed).await;
     // The inner hop's address recorded with the outer hop's keys: an impostor, as far as nodeup
     // can tell.
     let outer_keys = std::fs::read_to_string(outer.known_hosts()).unwrap();

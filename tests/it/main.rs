@@ -51,6 +51,59 @@ pub fn strict_options(
     }
 }
 
+/// `nodeup ARGS` against a provider's fake: `env` (the fake's variables), nodeup's state in the
+/// test bed, no agent, no provider from the environment.
+pub fn nodeup_with(bed: &testbed::TestBed, env: &[(String, String)], args: &[&str]) -> Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nodeup"));
+    cmd.args(args)
+        .env("NODEUP_STATE_DIR", bed.nodeup_state_dir())
+        .env("HOME", bed.dir())
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("NODEUP_PROVIDER");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// Runs `command` as root, over OpenSSH with the test bed's key, on the local node `id` of the
+/// bed (a fake's machine), once it runs; its host key checked against the keys the local
+/// provider reports. The node's address, and what the command did.
+pub async fn ssh_root_on(
+    bed: &testbed::TestBed,
+    id: &str,
+    command: &str,
+) -> (std::net::IpAddr, Output) {
+    use nodeup::driver::NodeDriver;
+    let mut node = bed.driver().get_node(id).await.unwrap();
+    for _ in 0..100 {
+        if node.state == nodeup::model::NodeState::Running {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        node = bed.driver().get_node(id).await.unwrap();
+    }
+    let ip = node.public_ips[0];
+    let known_hosts = bed.dir().join(format!("known_hosts-{id}"));
+    let lines: String = node
+        .host_keys()
+        .iter()
+        .map(|k| format!("{ip} {k}\n"))
+        .collect();
+    std::fs::write(&known_hosts, lines).unwrap();
+    let out = std::process::Command::new("ssh")
+        .args(["-F", "/dev/null", "-o", "BatchMode=yes"])
+        .args(["-o", "StrictHostKeyChecking=yes", "-o"])
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .arg("-i")
+        .arg(bed.client_key())
+        .arg(format!("root@{ip}"))
+        .arg(command)
+        .output()
+        .unwrap();
+    (ip, out)
+}
+
 /// The text of a command's stdout, with stderr shown when the assertion that uses it fails.
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()

@@ -1,7 +1,6 @@
 //! NephoScale against its fake (testbed::fake_nephoscale): every method, the credentials, lost and
 //! failed answers, and `nodeup deploy` end to end.
 
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use nodeup::driver::{NodeDriver, ProviderError};
@@ -96,10 +95,10 @@ async fn the_whole_method_list_against_the_fake() {
     assert_eq!(created.private_ips.len(), 1, "{created:?}");
     let node = running(&ns, &created.id).await;
     let ip = node.public_ips[0];
-    let mut known = fake.node_of("web-1").expect("the server's machine");
-    let out = bed_ssh(&bed, &mut known, "id -un").await;
+    let machine = fake.node_of("web-1").expect("the server's machine");
+    let (machine_ip, out) = crate::ssh_root_on(&bed, &machine.id, "id -un").await;
     assert_eq!(crate::stdout(&out), "root\n", "the server key logs in");
-    assert_eq!(ip, known.public_ips[0]);
+    assert_eq!(ip, machine_ip);
     assert_eq!(
         fake.key_names(),
         ["nodeup-web-1", "nodeup-web-1-console"],
@@ -132,43 +131,6 @@ async fn the_whole_method_list_against_the_fake() {
         bed.driver().list_nodes().await.unwrap().is_empty(),
         "no local node left"
     );
-}
-
-/// Runs `command` as root on a local node with the test bed's key.
-async fn bed_ssh(bed: &TestBed, node: &mut nodeup::model::Node, command: &str) -> Output {
-    for _ in 0..100 {
-        *node = bed.driver().get_node(&node.id).await.unwrap();
-        if node.state == NodeState::Running {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let addr = std::net::SocketAddr::new(node.public_ips[0], node.ssh_port());
-    let known_hosts = bed.dir().join(format!("known_hosts-{}", node.id));
-    let host = addr.ip().to_string();
-    let lines: String = node
-        .host_keys()
-        .iter()
-        .map(|k| format!("{host} {k}\n"))
-        .collect();
-    std::fs::write(&known_hosts, lines).unwrap();
-    Command::new("ssh")
-        .args([
-            "-F",
-            "/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=yes",
-        ])
-        .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
-        .arg("-i")
-        .arg(bed.client_key())
-        .arg(format!("root@{host}"))
-        .arg(command)
-        .output()
-        .unwrap()
 }
 
 /// Wrong credentials are the provider-neutral error, naming where they come from.
@@ -244,18 +206,8 @@ async fn deploy_end_to_end_on_the_fake() {
          [[step]]\ninline = \"hostname > /root/ran; echo deployed\"\n",
     )
     .unwrap();
-    let nodeup = |args: &[&str]| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodeup"));
-        cmd.args(args)
-            .env("NODEUP_STATE_DIR", bed.nodeup_state_dir())
-            .env("HOME", bed.dir())
-            .env_remove("SSH_AUTH_SOCK")
-            .env_remove("NODEUP_PROVIDER");
-        for (k, v) in fake.env() {
-            cmd.env(k, v);
-        }
-        cmd.output().unwrap()
-    };
+    let env = fake.env();
+    let nodeup = |args: &[&str]| crate::nodeup_with(&bed, &env, args);
     let key = bed.client_key().to_str().unwrap();
     let out = nodeup(&["deploy", steps.to_str().unwrap(), "--key", key, "--json"]);
     assert_ok(&out);

@@ -2,7 +2,6 @@
 //! key, cookie file, expiry), the 409 of a profile without a key, lost and failed answers, and
 //! `nodeup deploy` end to end.
 
-use std::process::Command;
 use std::time::Duration;
 
 use nodeup::driver::{NodeDriver, ProviderError};
@@ -68,42 +67,12 @@ async fn ready(ss: &SlipStreamDriver, node: &Node) -> Node {
     ss.get_node(&node.id).await.unwrap()
 }
 
-/// `ssh root@ip command` with the test bed's key, host keys not checked (a throwaway VM whose
-/// keys the test does not know; the test checks the login, not the host).
-fn ssh_root(bed: &TestBed, ip: &str, command: &str) -> std::process::Output {
-    Command::new("ssh")
-        .args([
-            "-F",
-            "/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-        ])
-        .args([
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-i",
-        ])
-        .arg(bed.client_key())
-        .arg(format!("root@{ip}"))
-        .arg(command)
-        .output()
-        .unwrap()
-}
-
-/// Every method: clouds, the App Store, a module's nodes, profile keys, a component run (Ready,
-/// its hostname parameter, its VM, logged in to with the profile's key), an application run with
-/// two web VMs, and both destroyed with nothing left.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_whole_method_list_against_the_fake() {
-    let bed = TestBed::new().unwrap();
-    let fake = FakeSlipStream::start(bed.driver().clone(), SlipConfig::default())
-        .await
-        .unwrap();
-    let ss = with_login(&fake, password(&fake), None);
+/// The clouds, the App Store, a module's nodes, and a key imported into the profile (returned).
+async fn catalog_and_keys(
+    ss: &SlipStreamDriver,
+    fake: &FakeSlipStream,
+    public_key: &str,
+) -> nodeup::model::KeyPair {
     let clouds: Vec<String> = ss
         .list_locations()
         .await
@@ -119,11 +88,25 @@ async fn the_whole_method_list_against_the_fake() {
     assert_eq!(wordpress.extra["nodes"], serde_json::json!(["web"]));
     assert!(ss.list_key_pairs(None).await.unwrap().is_empty());
     let pair = ss
-        .import_key_pair_from_string("ci", bed.client_public_key(), None)
+        .import_key_pair_from_string("ci", public_key, None)
         .await
         .unwrap();
     assert_eq!(ss.list_key_pairs(None).await.unwrap().len(), 1);
     assert_eq!(fake.profile_keys().len(), 1);
+    pair
+}
+
+/// Every method: clouds, the App Store, a module's nodes, profile keys, a component run (Ready,
+/// its hostname parameter, its VM, logged in to with the profile's key), an application run with
+/// two web VMs, and both destroyed with nothing left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_method_list_against_the_fake() {
+    let bed = TestBed::new().unwrap();
+    let fake = FakeSlipStream::start(bed.driver().clone(), SlipConfig::default())
+        .await
+        .unwrap();
+    let ss = with_login(&fake, password(&fake), None);
+    let pair = catalog_and_keys(&ss, &fake, bed.client_public_key()).await;
 
     let node = ss.create_node(&component("box-1")).await.unwrap();
     assert_eq!(node.name, "box-1");
@@ -140,7 +123,9 @@ async fn the_whole_method_list_against_the_fake() {
         .unwrap();
     assert_eq!(vms.len(), 1);
     assert_eq!(vms[0].ip.as_deref(), Some(hostname.as_str()));
-    let out = ssh_root(&bed, &hostname, "id -un");
+    let machine = fake.machines_of("box-1").remove(0);
+    let (machine_ip, out) = crate::ssh_root_on(&bed, &machine.id, "id -un").await;
+    assert_eq!(machine_ip.to_string(), hostname);
     assert_eq!(
         crate::stdout(&out),
         "root\n",
@@ -288,18 +273,8 @@ async fn deploy_end_to_end_on_the_fake() {
          location = \"exoscale-ch-gva\"\n\n[[step]]\ninline = \"echo deployed > /root/ran; echo ok\"\n",
     )
     .unwrap();
-    let nodeup = |args: &[&str]| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodeup"));
-        cmd.args(args)
-            .env("NODEUP_STATE_DIR", bed.nodeup_state_dir())
-            .env("HOME", bed.dir())
-            .env_remove("SSH_AUTH_SOCK")
-            .env_remove("NODEUP_PROVIDER");
-        for (k, v) in fake.env() {
-            cmd.env(k, v);
-        }
-        cmd.output().unwrap()
-    };
+    let env = fake.env();
+    let nodeup = |args: &[&str]| crate::nodeup_with(&bed, &env, args);
     let key = bed.client_key().to_str().unwrap();
     let out = nodeup(&["deploy", steps.to_str().unwrap(), "--key", key, "--json"]);
     assert_ok(&out);

@@ -24,6 +24,7 @@ use crate::driver::{Features, NodeDriver, ProviderError, Result};
 use crate::model::{
     CreateNode, KeyPair, Node, NodeAuth, NodeImage, NodeLocation, NodeSize, NodeState,
 };
+use crate::providers::key_blob;
 use crate::providers::lookup::{self, Candidate};
 
 /// How long a create job may take to show its server in the list.
@@ -443,15 +444,6 @@ fn key_pair(key: &KeyRecord) -> KeyPair {
         private_key: None,
         extra,
     }
-}
-
-/// The key's type and blob: what tells two copies of one public key apart from others.
-fn key_blob(public_key: &str) -> String {
-    public_key
-        .split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[async_trait]

@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use crate::driver::ProviderError;
 use crate::http::{HttpClient, Request, Response, TransportError};
+use crate::providers::{call_failure, http_client, Refusal};
 
 pub use driver::{NephoScaleDriver, NephoScaleOptions};
 
@@ -156,25 +157,15 @@ pub enum CallError {
 impl CallError {
     /// The provider error for it, with the call named.
     pub fn into_provider(self, context: String) -> ProviderError {
-        match self {
-            CallError::Api(e) if e.status == 401 || e.response == 401 => {
-                ProviderError::InvalidCredentials {
-                    provider: PROVIDER.into(),
-                    message: format!("{context}: {e}"),
-                    check: CREDENTIALS_FROM.into(),
-                }
-            }
-            CallError::Api(e) if e.status == 404 || e.response == 404 => ProviderError::NotFound {
-                provider: PROVIDER.into(),
-                kind: "object",
-                id: format!("{context} ({e})"),
-            },
-            other => ProviderError::Failed {
-                provider: PROVIDER.into(),
-                context,
-                source: Box::new(other),
-            },
-        }
+        let said = |code: u16| matches!(&self, CallError::Api(e) if e.status == code || e.response == code);
+        let refusal = if said(401) {
+            Refusal::Credentials
+        } else if said(404) {
+            Refusal::Missing
+        } else {
+            Refusal::Other
+        };
+        call_failure(PROVIDER, CREDENTIALS_FROM, refusal, context, self)
     }
 
     /// Whether the request may have been acted on although no success came back.
@@ -200,11 +191,7 @@ impl Client {
     /// # Errors
     /// The HTTP client cannot be built (the `NODEUP_DEBUG` file cannot be opened).
     pub fn new(creds: Credentials) -> Result<Self, ProviderError> {
-        let http = HttpClient::new().map_err(|e| ProviderError::Failed {
-            provider: PROVIDER.into(),
-            context: "starting the HTTP client".into(),
-            source: Box::new(e),
-        })?;
+        let http = http_client(PROVIDER)?;
         Ok(Client { creds, http })
     }
 

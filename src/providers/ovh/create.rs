@@ -229,7 +229,7 @@ impl OvhDriver {
 
     /// The id of a key in `region` with this public key (whatever its comment).
     async fn find_key(&self, public_key: &str, region: &str) -> Result<Option<String>> {
-        let blob = |k: &str| k.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+        let blob = crate::providers::key_blob;
         let wanted = blob(public_key);
         let query = format!("/sshkey?region={}", segment(region));
         let keys: Vec<SshKey> = decode(self.call(Method::GET, &query, None).await?, "ssh keys")?;

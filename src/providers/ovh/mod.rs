@@ -371,11 +371,7 @@ impl Client {
     pub fn new(creds: Credentials) -> Result<Self, ProviderError> {
         creds.validate()?;
         let base = creds.base_url()?;
-        let http = HttpClient::new().map_err(|e| ProviderError::Failed {
-            provider: PROVIDER.into(),
-            context: "setting up HTTP".into(),
-            source: Box::new(e),
-        })?;
+        let http = crate::providers::http_client(PROVIDER)?;
         Ok(Client {
             http,
             base,

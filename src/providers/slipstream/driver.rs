@@ -20,6 +20,7 @@ use serde_json::Value;
 use super::{Body, CallError, Client, Credentials, Login, PROVIDER};
 use crate::driver::{Features, NodeDriver, ProviderError, Result};
 use crate::model::{CreateNode, KeyPair, Node, NodeAuth, NodeImage, NodeLocation, NodeState};
+use crate::providers::key_blob;
 
 /// The profile parameter that holds the user's SSH public keys, one a line.
 const SSH_KEYS_PARAMETER: &str = "General.ssh.public.key";
@@ -308,23 +309,20 @@ impl SlipStreamDriver {
         Ok(String::from_utf8_lossy(&response.body).into_owned())
     }
 
+    /// The XML document at `path`, decoded; `what` names the call in errors.
+    async fn document<T: serde::de::DeserializeOwned>(&self, path: &str, what: &str) -> Result<T> {
+        let text = self.text(path, "application/xml", what).await?;
+        xml(&text, what).map_err(|e| e.into_provider(what.into()))
+    }
+
     async fn run(&self, uuid: &str) -> Result<Run> {
-        let what = format!("reading run {uuid}");
-        let text = self
-            .text(
-                &format!("/run/{}", encode_path(uuid)),
-                "application/xml",
-                &what,
-            )
-            .await?;
-        xml(&text, &what).map_err(|e| e.into_provider(what.clone()))
+        let path = format!("/run/{}", encode_path(uuid));
+        self.document(&path, &format!("reading run {uuid}")).await
     }
 
     async fn active_runs(&self) -> Result<Vec<RunItem>> {
         let path = format!("/run?activeOnly=true&offset=0&limit={LIST_LIMIT}");
-        let text = self.text(&path, "application/xml", "listing runs").await?;
-        let list: RunList =
-            xml(&text, "listing runs").map_err(|e| e.into_provider("listing runs".into()))?;
+        let list: RunList = self.document(&path, "listing runs").await?;
         Ok(list.items)
     }
 
@@ -507,15 +505,8 @@ impl SlipStreamDriver {
 
     /// The module at `path`: whether it is an application, and its nodes.
     async fn module(&self, path: &str) -> Result<Module> {
-        let what = format!("reading module {path}");
-        let text = self
-            .text(
-                &format!("/module/{}", encode_path(path)),
-                "application/xml",
-                &what,
-            )
-            .await?;
-        xml(&text, &what).map_err(|e| e.into_provider(what.clone()))
+        let url = format!("/module/{}", encode_path(path));
+        self.document(&url, &format!("reading module {path}")).await
     }
 }
 
@@ -660,15 +651,6 @@ fn with_profile_keys(profile: &str, keys: &str) -> Result<String, CallError> {
     String::from_utf8(writer.into_inner()).map_err(|e| CallError::Decode(e.to_string()))
 }
 
-/// The key's type and blob: what tells two copies of one public key apart from others.
-fn key_blob(public_key: &str) -> String {
-    public_key
-        .split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// A profile key as a key pair: named by its comment (else its type), the key itself.
 fn key_pair(line: &str) -> KeyPair {
     let mut words = line.split_whitespace();
@@ -730,11 +712,7 @@ impl NodeDriver for SlipStreamDriver {
         _location: Option<&str>,
         _size: Option<&str>,
     ) -> Result<Vec<NodeImage>> {
-        let text = self
-            .text("/appstore", "application/xml", "listing the App Store")
-            .await?;
-        let list: ModuleList = xml(&text, "the App Store")
-            .map_err(|e| e.into_provider("listing the App Store".into()))?;
+        let list: ModuleList = self.document("/appstore", "listing the App Store").await?;
         Ok(list
             .items
             .into_iter()

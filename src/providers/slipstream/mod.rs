@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 
 use crate::driver::ProviderError;
 use crate::http::{HttpClient, Request, Response, TransportError};
+use crate::providers::{call_failure, http_client, Refusal};
 
 pub use driver::{SlipStreamDriver, SlipStreamOptions, VirtualMachine};
 
@@ -166,25 +167,12 @@ pub enum CallError {
 impl CallError {
     /// The provider error for it, with the call named.
     pub fn into_provider(self, context: String) -> ProviderError {
-        match self {
-            CallError::Api(e) if e.status == 401 || e.status == 403 => {
-                ProviderError::InvalidCredentials {
-                    provider: PROVIDER.into(),
-                    message: format!("{context}: {e}"),
-                    check: CREDENTIALS_FROM.into(),
-                }
-            }
-            CallError::Api(e) if e.status == 404 => ProviderError::NotFound {
-                provider: PROVIDER.into(),
-                kind: "object",
-                id: format!("{context} ({e})"),
-            },
-            other => ProviderError::Failed {
-                provider: PROVIDER.into(),
-                context,
-                source: Box::new(other),
-            },
-        }
+        let refusal = match &self {
+            CallError::Api(e) if e.status == 401 || e.status == 403 => Refusal::Credentials,
+            CallError::Api(e) if e.status == 404 => Refusal::Missing,
+            _ => Refusal::Other,
+        };
+        call_failure(PROVIDER, CREDENTIALS_FROM, refusal, context, self)
     }
 
     /// Whether the request may have been acted on although no success came back.
@@ -270,11 +258,7 @@ impl Client {
     /// # Errors
     /// The HTTP client cannot be built.
     pub fn new(creds: Credentials) -> Result<Self, ProviderError> {
-        let http = HttpClient::new().map_err(|e| ProviderError::Failed {
-            provider: PROVIDER.into(),
-            context: "starting the HTTP client".into(),
-            source: Box::new(e),
-        })?;
+        let http = http_client(PROVIDER)?;
         Ok(Client {
             creds,
             http,
@@ -309,7 +293,7 @@ impl Client {
                 }
             };
             let response = self
-                .send(method.clone(), path, accept, body, &cookie)
+                .send(method.clone(), path, accept, body, Some(&cookie))
                 .await?;
             if response.status == 401 && !fresh && self.creds.login.is_some() {
                 *self.session.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -330,16 +314,18 @@ impl Client {
         path: &str,
         accept: &str,
         body: &Body,
-        cookie: &str,
+        cookie: Option<&str>,
     ) -> Result<Response, CallError> {
         let url = format!("{}{path}", self.creds.endpoint);
         let encoded = body.encode();
         let response = self
             .http
             .send(|| {
-                let mut request = Request::new(method.clone(), url.clone())
-                    .header("Accept", accept, false)
-                    .header("Cookie", format!("{COOKIE}={cookie}"), true);
+                let mut request =
+                    Request::new(method.clone(), url.clone()).header("Accept", accept, false);
+                if let Some(cookie) = cookie {
+                    request = request.header("Cookie", format!("{COOKIE}={cookie}"), true);
+                }
                 if let Some((kind, bytes)) = &encoded {
                     request = request.header("Content-Type", *kind, false);
                     request.body = Some(bytes.clone());
@@ -397,17 +383,14 @@ impl Client {
             }),
         };
         let body = Body::Json(json!({ "sessionTemplate": template }));
-        let url = format!("{}/api/session", self.creds.endpoint);
-        let (kind, bytes) = body.encode().expect("a JSON body");
         let response = self
-            .http
-            .send(|| {
-                let mut request = Request::new(Method::POST, url.clone())
-                    .header("Accept", "application/json", false)
-                    .header("Content-Type", kind, false);
-                request.body = Some(bytes.clone());
-                request
-            })
+            .send(
+                Method::POST,
+                "/api/session",
+                "application/json",
+                &body,
+                None,
+            )
             .await?;
         if !response.is_success() {
             return Err(api_error(&response).into());

@@ -87,14 +87,8 @@ pub(super) fn pick_fault(
 ) -> Option<Fault> {
     {
         let mut config = fake.config.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(route) = config
-            .faults
-            .routes
-            .iter_mut()
-            .find(|r| r.matches(method, path))
-        {
-            route.times -= 1;
-            return Some(route.fault);
+        if let Some(fault) = faults::take(&mut config.faults.routes, method, path) {
+            return Some(fault);
         }
     }
     let mut rng = fake.rng.lock().unwrap_or_else(|e| e.into_inner());

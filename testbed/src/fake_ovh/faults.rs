@@ -133,6 +133,26 @@ pub fn refusal(fault: Fault) -> Option<Response> {
     }
 }
 
+/// The first of `routes` that matches the request, spent once; `None` when none does.
+pub fn take(routes: &mut [RouteFault], method: &str, path: &str) -> Option<Fault> {
+    let route = routes.iter_mut().find(|r| r.matches(method, path))?;
+    route.times -= 1;
+    Some(route.fault)
+}
+
+/// The answer as a fault that lets the request be done leaves it: lost (broken off after a few
+/// bytes), held, or as it is.
+pub async fn deliver(fault: Option<Fault>, answer: Response) -> Response {
+    match fault {
+        Some(Fault::LoseAnswer) => broken_answer(),
+        Some(Fault::SlowAnswer { millis }) => {
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+            answer
+        }
+        _ => answer,
+    }
+}
+
 /// An answer that breaks off: the status and a few bytes arrive, then the connection fails.
 pub fn broken_answer() -> Response {
     let stream = futures::stream::iter(vec![

@@ -45,7 +45,7 @@ use state::*;
 
 pub use catalog::{flavor_id, image_id, TWIN_IMAGE};
 
-pub use faults::{broken_answer, Fault, FaultCounts, OvhFaults, RouteFault};
+pub use faults::{deliver, take, Fault, FaultCounts, OvhFaults, RouteFault};
 
 /// How the fake behaves.
 #[derive(Debug, Clone)]
