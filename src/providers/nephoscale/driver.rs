@@ -644,27 +644,16 @@ impl NephoScaleDriver {
                 ))
             })
         };
+        // The three lists at once: each is one round trip to NephoScale.
+        let (images, sizes, zones) = tokio::try_join!(self.images(), self.sizes(), self.zones())?;
         let images = candidates(
-            self.images()
-                .await?
+            images
                 .into_iter()
                 .map(|i| (i.id, i.friendly_name))
                 .collect(),
         );
-        let sizes = candidates(
-            self.sizes()
-                .await?
-                .into_iter()
-                .map(|s| (s.id, s.friendly_name))
-                .collect(),
-        );
-        let zones = candidates(
-            self.zones()
-                .await?
-                .into_iter()
-                .map(|z| (z.id, z.name))
-                .collect(),
-        );
+        let sizes = candidates(sizes.into_iter().map(|s| (s.id, s.friendly_name)).collect());
+        let zones = candidates(zones.into_iter().map(|z| (z.id, z.name)).collect());
         let image = lookup::find(
             "image",
             &need(&request.image, "an image", "images")?,
