@@ -1035,7 +1035,7 @@ mod tests {
 
     fn fixture(name: &str) -> Value {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/fixtures/libcloud-ovh")
+            .join("testbed/fixtures/ovh")
             .join(name);
         let text =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -1088,7 +1088,7 @@ mod tests {
     #[test]
     fn every_documented_status_maps_to_its_state() {
         use NodeState::*;
-        // The whole list of ../shared/reference/ovh-api.md, each with the state a deploy must see:
+        // The whole list of statuses in OVH's API reference (Public Cloud instance status), each with the state a deploy must see:
         // only ACTIVE is Running (a node in RESCUE or still in BUILD is not ready for the steps).
         let table = [
             ("ACTIVE", Running),

@@ -236,7 +236,7 @@ pub(super) async fn auth_credential(State(fake): State<Shared>, body: Bytes) -> 
 mod tests {
     use super::expected_signature;
 
-    /// python-ovh's known-answer vectors (../shared/reference/ovh-api.md).
+    /// python-ovh's known-answer vectors (its test suite, test_client.py).
     #[test]
     fn the_fakes_signature_matches_ovhs_own_clients() {
         let secret = "9ufkBmLaTQ9nz5yMUlg79taH0GNnzDjk";
