@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::deploy::{
+use super::{
     deploy_node, destroy_node, run_steps, DeployOptions, Deployment, DeploymentError, Event, Run,
     RunFailure, Target,
 };
@@ -234,7 +234,7 @@ impl Member {
         let Some(node) = &error.node else {
             return Fate::NotCreated;
         };
-        if matches!(error.cause, super::deploy::Cause::Cancelled) {
+        if matches!(error.cause, super::Cause::Cancelled) {
             // The at-exit hook ran; the journal says whether it succeeded.
             return if self.options.at_exit.is_some() {
                 Fate::Destroyed

@@ -6,14 +6,18 @@
 pub mod cleanup;
 mod connect;
 mod deploy;
+mod errors;
 pub mod fleet;
+mod options;
 pub mod reinstall;
+mod runner;
+mod target;
 mod wait;
 
 pub use connect::{error_chain, login, LoggedIn, LoginAttempt, LoginOptions};
-pub use deploy::{
-    default_known_hosts, deploy_node, destroy_at_exit, destroy_node, run_steps, AtExit, Cause,
-    DeployOptions, Deployment, DeploymentError, Event, Progress, Run, RunFailure, Target,
-    TargetSsh,
-};
+pub use deploy::{deploy_node, destroy_at_exit, destroy_node, Deployment};
+pub use errors::{Cause, DeploymentError, RunFailure};
+pub use options::{default_known_hosts, AtExit, DeployOptions, Event, Progress};
+pub use runner::{run_steps, Run};
+pub use target::{Target, TargetSsh};
 pub use wait::{preferred, wait_until_running, Interface, Ready, WaitError, WaitOptions};

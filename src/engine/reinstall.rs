@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::deploy::{run_steps, DeployOptions, RunFailure, Target};
+use super::{run_steps, DeployOptions, Run, RunFailure, Target};
 use crate::baremetal::{
     validate_service_name, BareMetal, Byoi, InstallHandle, InstallProgress, Server,
 };
@@ -376,7 +376,7 @@ async fn provision(
     options: &ReinstallOptions,
     ip: std::net::IpAddr,
     creds: &Credentials,
-) -> Result<super::deploy::Run, ReinstallError> {
+) -> Result<Run, ReinstallError> {
     let mut deploy = options.deploy.clone();
     if deploy.host_key_policy != HostKeyPolicy::Off {
         deploy.host_key_policy = HostKeyPolicy::AcceptNew;

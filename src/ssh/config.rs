@@ -151,9 +151,8 @@ impl SshConfig {
         if hop.user.is_none() {
             hop.user = said.user;
         }
-        if hop.port == super::jump::SSH_PORT {
-            hop.port = said.port.unwrap_or(hop.port);
-        }
+        // A port given with the hop (`host:22` too) wins over the config's `Port`.
+        hop.port = Some(hop.port.or(said.port).unwrap_or(super::SSH_PORT));
         if hop.identity_files.is_empty() {
             hop.identity_files = said
                 .identity_files
@@ -384,6 +383,19 @@ mod tests {
             config.host("db.example").unwrap().user.as_deref(),
             Some("nobody")
         );
+    }
+
+    #[test]
+    fn a_hop_keeps_the_port_it_was_given_even_22() {
+        let (_dir, config) = config("Host bastion\n  Port 2222\n  User admin\n");
+        let port = |hop: &str| {
+            let hops = Hop::parse_chain(hop).unwrap();
+            let jump = config.jump(&hops).unwrap().unwrap();
+            jump.hops()[0].port()
+        };
+        assert_eq!(port("bastion:22"), 22);
+        assert_eq!(port("bastion"), 2222);
+        assert_eq!(port("bastion:2200"), 2200);
     }
 
     #[test]

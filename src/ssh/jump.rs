@@ -19,15 +19,13 @@ use russh::client::Msg;
 use russh::ChannelStream;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
+use super::session::SSH_PORT;
 use super::{ConnectOptions, Credentials, Error, HostKeyCheck, HostKeyPolicy, SshSession};
 
 /// How many sessions may go through one chain's connection at once; more wait for one to end.
 /// sshd does not count forwarded channels against `MaxSessions`; this keeps one bastion
 /// connection from carrying an unbounded fleet.
 pub const TUNNELS_PER_CHAIN: usize = 64;
-
-/// The SSH port, when a hop names none.
-pub(super) const SSH_PORT: u16 = 22;
 
 /// One jump host: `[user@]host[:port]`, and how to log in to it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -36,8 +34,9 @@ pub struct Hop {
     pub user: Option<String>,
     /// The host name or address, as connected to and as recorded in known_hosts.
     pub host: String,
-    /// The SSH port.
-    pub port: u16,
+    /// The SSH port, when one was given (`host:22` included); else the config's `Port`, else 22
+    /// ([`Hop::port`]).
+    pub port: Option<u16>,
     /// Key files for this hop only (ssh_config's `IdentityFile` for it); the node's credentials
     /// when empty.
     pub identity_files: Vec<PathBuf>,
@@ -54,11 +53,16 @@ impl Hop {
         Hop {
             user: user.map(str::to_string),
             host: host.to_string(),
-            port,
+            port: Some(port),
             identity_files: Vec::new(),
             known_hosts: None,
             accept_new: false,
         }
+    }
+
+    /// The port connected to: the one given, else 22.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(SSH_PORT)
     }
 
     /// The user logged in as.
@@ -108,14 +112,18 @@ impl FromStr for Hop {
             return Err(bad("the host is empty or holds a space"));
         }
         let port = match port {
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| bad("the port is not a number from 1 to 65535"))?,
-            None => SSH_PORT,
+            Some(p) => Some(
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| bad("the port is not a number from 1 to 65535"))?,
+            ),
+            None => None,
         };
-        Ok(Hop::new(user, host, port))
+        Ok(Hop {
+            port,
+            ..Hop::new(user, host, SSH_PORT)
+        })
     }
 }
 
@@ -126,7 +134,7 @@ impl fmt::Display for Hop {
         } else {
             self.host.clone()
         };
-        write!(f, "{}@{host}:{}", self.user(), self.port)
+        write!(f, "{}@{host}:{}", self.user(), self.port())
     }
 }
 
@@ -259,7 +267,7 @@ async fn login(
             hop.host
                 .parse()
                 .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
-            hop.port,
+            hop.port(),
         ),
     };
     let options = ConnectOptions {
@@ -290,7 +298,7 @@ async fn login(
             SshSession::over(stream, &options, creds, None).await
         }
         Some(before) => {
-            let stream = open(before, hop, &hop.host, hop.port).await?;
+            let stream = open(before, hop, &hop.host, hop.port()).await?;
             SshSession::over(stream, &options, creds, None).await
         }
     }
@@ -299,12 +307,12 @@ async fn login(
 /// The first hop's address, resolved here.
 async fn resolve(hop: &Hop, node: &ConnectOptions) -> Result<SocketAddr, Error> {
     let unresolved = |source| Error::Connect {
-        addr: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), hop.port),
+        addr: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), hop.port()),
         source,
     };
     let lookup = tokio::time::timeout(
         node.timeout,
-        tokio::net::lookup_host((hop.host.as_str(), hop.port)),
+        tokio::net::lookup_host((hop.host.as_str(), hop.port())),
     )
     .await
     .map_err(|_| unresolved(std::io::ErrorKind::TimedOut.into()))?

@@ -32,7 +32,9 @@ pub use config::{HostConfig, SshConfig};
 pub use exec::{Captured, ExecOptions, ExecOutput, ExitStatus, OutputSink, ShScript, Stream};
 pub use jump::{Hop, Jump, TUNNELS_PER_CHAIN};
 pub use known_hosts::{HostKeyCheck, HostKeyPolicy, NewNode};
-pub use session::{ConnectOptions, SshSession};
+pub use session::{
+    ConnectOptions, SshSession, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE, SSH_PORT,
+};
 pub use upload::{parent_of, temp_name, UploadOptions};
 
 /// Quotes one word for a POSIX shell (single quotes), whatever it holds but NUL.

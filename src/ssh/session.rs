@@ -42,15 +42,29 @@ pub struct ConnectOptions {
     pub jump: Option<Jump>,
 }
 
+/// The deadline of one connection attempt (TCP, then again the SSH handshake and login) unless
+/// told otherwise: OpenSSH's own `ConnectTimeout` is unset (the kernel's SYN retries, about two
+/// minutes), which hides a node that silently drops packets; 10 s is Libcloud's `ssh_timeout` and
+/// far more than a handshake takes on any real network.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection may be idle before a keepalive is sent unless told otherwise; three
+/// unanswered end it. 5 s is Packer's value: a node that reboots or drops off is noticed within
+/// 15 s, while an idle NAT mapping (often 30 s or more) never expires under it.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// The SSH port when nothing names one.
+pub const SSH_PORT: u16 = 22;
+
 impl ConnectOptions {
-    /// Options with nodeup's defaults: 10 s timeout, keepalive every 5 s.
+    /// Options with nodeup's defaults: [`DEFAULT_CONNECT_TIMEOUT`], [`DEFAULT_KEEPALIVE`].
     pub fn new(addr: SocketAddr, user: &str, host_keys: HostKeyCheck) -> Self {
         ConnectOptions {
             addr,
             host: None,
             user: user.to_string(),
-            timeout: Duration::from_secs(10),
-            keepalive: Duration::from_secs(5),
+            timeout: DEFAULT_CONNECT_TIMEOUT,
+            keepalive: DEFAULT_KEEPALIVE,
             host_keys,
             planned_commands: None,
             jump: None,

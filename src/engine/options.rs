@@ -1,0 +1,221 @@
+//! The options of a deployment: every parameter of Libcloud's `deploy_node` under Rust names and
+//! what nodeup adds, with the tuning defaults as documented constants; progress events.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use super::wait::Interface;
+use crate::driver::NodeDriver;
+use crate::journal::Journal;
+use crate::model::{Node, NodeAuth};
+use crate::ssh::{self, Credentials, HostKeyPolicy, Jump, OutputSink, Password, SshConfig};
+
+/// Called with the driver and the node when a deployment is cancelled after the node exists;
+/// answers whether the node is gone (the journal records it destroyed, else cancelled).
+pub type AtExit = Arc<dyn Fn(Arc<dyn NodeDriver>, Node) -> BoxFuture<'static, bool> + Send + Sync>;
+
+/// What happens, for progress output.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The provider is asked to create the node of this name (`Created` follows when it answers).
+    Creating(String),
+    /// The node was created.
+    Created(Node),
+    /// Waiting for the node to run.
+    Waiting,
+    /// The node runs; logging in at this address.
+    Running(Node, SocketAddr),
+    /// Logged in as this user.
+    LoggedIn(String),
+    /// The connection was lost; logging in again to resume at this step (1-based).
+    Reconnecting(usize),
+    /// A step failed; the deployment runs again from its first step (run number, 1-based).
+    Retrying(u32),
+    /// Step `index` (1-based) of `total`, of this kind, starts.
+    StepStarted {
+        /// 1-based.
+        index: usize,
+        /// How many steps.
+        total: usize,
+        /// The step's kind.
+        kind: &'static str,
+    },
+    /// Step `index` of `total` finished after `elapsed`.
+    StepFinished {
+        /// 1-based.
+        index: usize,
+        /// How many steps.
+        total: usize,
+        /// The step's kind.
+        kind: &'static str,
+        /// How long it took.
+        elapsed: Duration,
+    },
+}
+
+/// Receives progress events.
+pub type Progress = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// Every parameter of Libcloud's `deploy_node`, under Rust names, and what nodeup adds.
+#[derive(Clone)]
+pub struct DeployOptions {
+    /// The first username to log in as (Libcloud's `ssh_username`, default root).
+    pub ssh_username: String,
+    /// Usernames to try after it.
+    pub alternate_usernames: Vec<String>,
+    /// Also try the image's login user (`extra.login_user`) after those.
+    pub try_image_user: bool,
+    /// The SSH port; the node's own (`extra.ssh_port`, else 22) when `None`.
+    pub port: Option<u16>,
+    /// The deadline of each connection attempt.
+    pub ssh_timeout: Duration,
+    /// Private key files; the user's default keys and agent when empty and no password is given.
+    pub ssh_keys: Vec<PathBuf>,
+    /// The passphrase of encrypted key files.
+    pub ssh_key_passphrase: Option<Password>,
+    /// A password to log in with.
+    pub password: Option<Password>,
+    /// With no key file and no password: use the user's default keys (~/.ssh) and ssh-agent.
+    pub default_credentials: bool,
+    /// With no way to log in at all and a provider that installs SSH keys: generate a temporary
+    /// ed25519 key for this node (kept in memory only) and log in with it.
+    pub temporary_key: bool,
+    /// With no `auth` and a provider that installs SSH keys: hand it the public half of the first
+    /// key, so that the new node lets nodeup in.
+    pub authorize_key: bool,
+    /// A credential handed to `create_node` (when the provider accepts that kind).
+    pub auth: Option<NodeAuth>,
+    /// How long to wait for the node to run and accept a login.
+    pub timeout: Duration,
+    /// How many connections the steps may use in all (a lost connection is resumed on the next);
+    /// with `retry_failed_steps`, also how many times the whole deployment may run.
+    pub max_tries: u32,
+    /// Run the whole deployment again, from its first step, when a step fails (Libcloud's
+    /// `max_tries` behaviour), up to `max_tries` runs. Off by default: a failed script fails, and
+    /// a lost connection resumes without re-running finished steps.
+    pub retry_failed_steps: bool,
+    /// Which addresses to log in on.
+    pub interface: Interface,
+    /// Log in on IPv4 addresses only (Libcloud's `force_ipv4`).
+    pub force_ipv4: bool,
+    /// The longest pause between two polls of the provider.
+    pub poll_period: Duration,
+    /// Called when the deployment is cancelled after the node exists.
+    pub at_exit: Option<AtExit>,
+    /// What to do with a host key not seen before (accept-new suits nodes created here).
+    pub host_key_policy: HostKeyPolicy,
+    /// The known_hosts file.
+    pub known_hosts: PathBuf,
+    /// Cancels the deployment.
+    pub cancel: CancellationToken,
+    /// Receives script output as it arrives.
+    pub output: Option<OutputSink>,
+    /// Receives progress events.
+    pub progress: Option<Progress>,
+    /// Where the deployment is recorded before anything is created (default: the embedded
+    /// SQLite journal in nodeup's state directory; `None` records nothing). A handle bound to a
+    /// run ([`Journal::begin_run`]) records the node in that run; otherwise each deployment is a
+    /// run of its own.
+    pub journal: Option<Journal>,
+    /// Shared by a fleet's logins: how many connections may be being set up at once (see
+    /// [`LoginOptions::startups`]); `None` for no limit.
+    pub startups: Option<Arc<tokio::sync::Semaphore>>,
+    /// Jump hosts every node is reached through (`ssh -J`); the clones of these options share
+    /// one connection to them ([`Jump`]). A target's own ([`TargetSsh::jump`]) wins.
+    pub jump: Option<Jump>,
+    /// The OpenSSH client configuration that nodes nodeup creates are looked up in, by address
+    /// ([`TargetSsh::configured`]); `None` reads none.
+    pub ssh_config: Option<Arc<SshConfig>>,
+}
+
+pub use crate::ssh::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE};
+
+/// How long a deployment waits for its node to run and accept a login unless told otherwise:
+/// Libcloud's `deploy_node` timeout; cloud nodes boot in one to three minutes.
+pub const DEFAULT_TIMEOUT: Duration = super::wait::DEFAULT_WAIT;
+
+/// The longest pause between two polls of the provider unless told otherwise.
+pub const DEFAULT_POLL_PERIOD: Duration = super::wait::DEFAULT_POLL;
+
+/// How many connections the steps may use in all unless told otherwise (Libcloud's `max_tries`):
+/// a connection lost twice is resumed twice, a third loss fails.
+pub const DEFAULT_MAX_TRIES: u32 = 3;
+
+/// The first user tried unless told otherwise (Libcloud's `ssh_username`).
+pub const DEFAULT_USER: &str = "root";
+
+impl Default for DeployOptions {
+    fn default() -> Self {
+        DeployOptions {
+            ssh_username: DEFAULT_USER.into(),
+            alternate_usernames: Vec::new(),
+            try_image_user: true,
+            port: None,
+            ssh_timeout: DEFAULT_CONNECT_TIMEOUT,
+            ssh_keys: Vec::new(),
+            ssh_key_passphrase: None,
+            password: None,
+            default_credentials: true,
+            temporary_key: true,
+            authorize_key: true,
+            auth: None,
+            timeout: DEFAULT_TIMEOUT,
+            max_tries: DEFAULT_MAX_TRIES,
+            retry_failed_steps: false,
+            interface: Interface::Public,
+            force_ipv4: false,
+            poll_period: DEFAULT_POLL_PERIOD,
+            at_exit: None,
+            host_key_policy: HostKeyPolicy::AcceptNew,
+            known_hosts: default_known_hosts(),
+            cancel: CancellationToken::new(),
+            output: None,
+            progress: None,
+            journal: Some(Journal::embedded()),
+            startups: None,
+            jump: None,
+            ssh_config: None,
+        }
+    }
+}
+
+/// nodeup's own known_hosts file: `$NODEUP_STATE_DIR/known_hosts`, else under
+/// `$XDG_STATE_HOME/nodeup` or `~/.local/state/nodeup`.
+pub fn default_known_hosts() -> PathBuf {
+    crate::state_dir().join("known_hosts")
+}
+
+impl DeployOptions {
+    pub(super) fn emit(&self, event: Event) {
+        if let Some(progress) = &self.progress {
+            progress(&event);
+        }
+    }
+
+    /// The credentials to log in with, loaded (and passphrases checked) now.
+    pub fn credentials(&self) -> Result<Credentials, ssh::Error> {
+        let mut creds = if !self.ssh_keys.is_empty() {
+            Credentials::from_key_files(
+                &self.ssh_keys,
+                self.ssh_key_passphrase.as_ref().map(|p| p.0.as_str()),
+            )?
+        } else if self.password.is_some()
+            || matches!(self.auth, Some(NodeAuth::Password(_)))
+            || !self.default_credentials
+        {
+            Credentials::default()
+        } else {
+            Credentials::defaults()
+        };
+        creds.password = self.password.clone().or(match &self.auth {
+            Some(NodeAuth::Password(p)) => Some(Password(p.clone())),
+            _ => None,
+        });
+        Ok(creds)
+    }
+}
