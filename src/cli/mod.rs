@@ -1,6 +1,7 @@
 //! The command line: clap definitions, one file per subcommand, and the exit-code mapping.
 
 pub mod catalog;
+pub mod common;
 pub mod deploy;
 pub mod fleet_view;
 pub mod journal;

@@ -13,15 +13,16 @@ use serde_json::json;
 
 use nodeup::baremetal::{Byoi, Checksum, ImageType};
 use nodeup::deploy::stepfile::{self, parse_positive_duration};
+use nodeup::engine;
 use nodeup::engine::reinstall::{
     cancel, check_arguments, key_dir, reinstall, ReinstallError, ReinstallEvent, ReinstallOptions,
     ReinstallProgress,
 };
-use nodeup::engine::{self, DeployOptions};
+use nodeup::engine::settings::Purpose;
 use nodeup::providers::ovh::dedicated::{Generation, OvhDedicated};
 use nodeup::providers::ovh::{Client, Credentials};
-use nodeup::ssh::{HostKeyPolicy, Password};
 
+use super::common::SshArgs;
 use super::output::{self, print_json};
 use super::Failure;
 
@@ -78,9 +79,6 @@ pub struct ReinstallArgs {
     /// The operating system for the current API: byoi_64 or byolinux_64.
     #[arg(long, default_value = "byolinux_64")]
     pub os: String,
-    /// The known_hosts file where the server's new host key is recorded.
-    #[arg(long, value_name = "FILE")]
-    pub known_hosts: Option<PathBuf>,
     /// How often to ask OVH how the install goes.
     #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
     pub poll: Duration,
@@ -97,10 +95,11 @@ pub struct ReinstallArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// How to log in afterwards (the step file's `[ssh]` and the OpenSSH client config apply as
+    /// for `deploy`; `--known-hosts` is where the server's new host key is recorded).
+    #[command(flatten)]
+    pub ssh: SshArgs,
 }
-
-/// How long logging in after the install may take (the server boots the new system first).
-const AFTER_INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Runs `nodeup reinstall`.
 pub async fn run(args: ReinstallArgs) -> Result<(), Failure> {
@@ -215,17 +214,9 @@ fn build_options(
         user_metadata,
     };
     let started = Instant::now();
-    let mut deploy = DeployOptions {
-        host_key_policy: HostKeyPolicy::AcceptNew,
-        ssh_key_passphrase: std::env::var("NODEUP_KEY_PASSPHRASE").ok().map(Password),
-        output: Some(output::script_output(None)),
-        progress: Some(output::progress(None, started)),
-        timeout: AFTER_INSTALL_TIMEOUT,
-        ..Default::default()
-    };
-    if let Some(k) = &args.known_hosts {
-        deploy.known_hosts = k.clone();
-    }
+    let mut deploy = args.ssh.options(then.as_ref(), Purpose::Reinstall)?;
+    deploy.output = Some(output::script_output(None));
+    deploy.progress = Some(output::progress(None, started));
     Ok(ReinstallOptions {
         service: args.service.clone(),
         byoi,

@@ -9,7 +9,7 @@ use super::connect::error_chain;
 use super::errors::{Cause, DeploymentError};
 use super::options::{default_known_hosts, AtExit, DeployOptions, Event};
 use super::runner::run_steps;
-use super::target::{Target, TargetSsh};
+use super::target::Target;
 use super::wait::{wait_until_running, WaitError, WaitOptions};
 use crate::deploy::{Step, StepResult};
 use crate::driver::{Features, NodeDriver, ProviderError};
@@ -398,7 +398,7 @@ async fn provision(
         journal: entry.cloned(),
         created: true,
         driver: Some(driver.clone()),
-        ssh: TargetSsh::configured(options, &addr.ip().to_string())
+        ssh: super::settings::for_created_node(options, &addr.ip().to_string())
             .map_err(|e| failed(Cause::Invalid(e.to_string())))?,
     };
     match run_steps(&target, steps, &creds, options).await {

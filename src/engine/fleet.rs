@@ -23,10 +23,10 @@ use crate::model::{CreateNode, Node};
 use crate::ssh::{Credentials, OutputSink};
 
 /// How a fleet deploys.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct FleetOptions {
-    /// How many members are in flight at once (1 or more).
-    pub parallel: usize,
+    /// How many members are in flight at once (1 or more); `None` for the rule of [`parallel`].
+    pub parallel: Option<usize>,
     /// Once more than this many members failed, start nothing new and cancel those in flight
     /// (nodes that finished stay).
     pub max_failures: Option<usize>,
@@ -36,19 +36,24 @@ pub struct FleetOptions {
     pub keep_on_failure: bool,
 }
 
-impl Default for FleetOptions {
-    fn default() -> Self {
-        FleetOptions {
-            parallel: DEFAULT_PARALLEL,
-            max_failures: None,
-            all_or_nothing: false,
-            keep_on_failure: false,
-        }
-    }
-}
-
-/// How many members are in flight at once unless told otherwise.
+/// How many machines that exist are worked on at once unless told otherwise: only connections
+/// are at stake (their setup bounded apart, by [`DEFAULT_MAX_STARTUPS`]), and 50 keeps a fleet's
+/// memory near 4 MB while a 2-core controller stays busy.
 pub const DEFAULT_PARALLEL: usize = 50;
+
+/// How many connections may be being set up (TCP, SSH handshake, login) at once unless told
+/// otherwise: sshd's default `MaxStartups 10:30:100` starts dropping new connections beyond 10,
+/// and a bastion is one sshd for the whole fleet.
+pub const DEFAULT_MAX_STARTUPS: usize = 10;
+
+/// The one rule for how many members are in flight at once: what was asked (`--parallel`);
+/// else, when nodes are created on `creating_on`, that provider's
+/// [`NodeDriver::default_parallel`] (its API's rate limits are the bound: 10 unless the provider
+/// says otherwise); else, for machines that exist, [`DEFAULT_PARALLEL`].
+pub fn parallel(asked: Option<usize>, creating_on: Option<&dyn NodeDriver>) -> usize {
+    let default = creating_on.map_or(DEFAULT_PARALLEL, |d| d.default_parallel());
+    asked.unwrap_or(default).max(1)
+}
 
 /// Progress of one member (by its 0-based index in the fleet).
 pub type MemberProgress = Arc<dyn Fn(usize, &Event) + Send + Sync>;
@@ -121,7 +126,10 @@ pub async fn deploy_fleet(
 ) -> Vec<FleetMember> {
     let shared: Arc<dyn NodeDriver> = Arc::new(SharedListing::new(driver.clone(), options));
     let stop = options.cancel.child_token();
-    let permits = Arc::new(Semaphore::new(fleet.parallel.max(1)));
+    let permits = Arc::new(Semaphore::new(parallel(
+        fleet.parallel,
+        Some(driver.as_ref()),
+    )));
     let failures = Arc::new(AtomicUsize::new(0));
     let steps = Arc::new(steps.clone());
     let mut tasks = tokio::task::JoinSet::new();
@@ -376,7 +384,7 @@ pub struct RunMember {
     pub creds: Arc<Credentials>,
 }
 
-/// Runs `steps` on every member, at most `parallel` at once, and hands each outcome to
+/// Runs `steps` on every member, at most `parallel` at once (by the rule of [`parallel`]), and hands each outcome to
 /// `on_result` with the member's index and how long it took, as soon as it is known. A member's task (and its journal
 /// entry, when `options.journal` is bound to a run) is made only when a slot is free, so memory
 /// follows what is in flight, not the length of the inventory.
@@ -384,11 +392,11 @@ pub async fn run_fleet(
     members: impl IntoIterator<Item = RunMember>,
     steps: &Step,
     options: &DeployOptions,
-    parallel: usize,
+    parallel: Option<usize>,
     hooks: &FleetHooks,
     mut on_result: impl FnMut(usize, RunOutcome, Duration),
 ) {
-    let permits = Arc::new(Semaphore::new(parallel.max(1)));
+    let permits = Arc::new(Semaphore::new(self::parallel(parallel, None)));
     let steps = Arc::new(steps.clone());
     let mut tasks = tokio::task::JoinSet::new();
     for (index, member) in members.into_iter().enumerate() {

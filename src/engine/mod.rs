@@ -11,6 +11,7 @@ pub mod fleet;
 mod options;
 pub mod reinstall;
 mod runner;
+pub mod settings;
 mod target;
 mod wait;
 

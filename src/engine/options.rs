@@ -9,11 +9,12 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
+use super::settings::ConfigLookup;
 use super::wait::Interface;
 use crate::driver::NodeDriver;
 use crate::journal::Journal;
 use crate::model::{Node, NodeAuth};
-use crate::ssh::{self, Credentials, HostKeyPolicy, Jump, OutputSink, Password, SshConfig};
+use crate::ssh::{self, Credentials, HostKeyPolicy, Jump, OutputSink, Password};
 
 /// Called with the driver and the node when a deployment is cancelled after the node exists;
 /// answers whether the node is gone (the journal records it destroyed, else cancelled).
@@ -128,9 +129,9 @@ pub struct DeployOptions {
     /// Jump hosts every node is reached through (`ssh -J`); the clones of these options share
     /// one connection to them ([`Jump`]). A target's own ([`TargetSsh::jump`]) wins.
     pub jump: Option<Jump>,
-    /// The OpenSSH client configuration that nodes nodeup creates are looked up in, by address
-    /// ([`TargetSsh::configured`]); `None` reads none.
-    pub ssh_config: Option<Arc<SshConfig>>,
+    /// The OpenSSH client configuration machines are looked up in, with what the command line
+    /// and step file decided already ([`super::settings::resolve`] makes it); `None` reads none.
+    pub ssh_config: Option<Arc<ConfigLookup>>,
 }
 
 pub use crate::ssh::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE};

@@ -386,22 +386,28 @@ async fn provision(
             pinned: Vec::new(),
             new_node: None,
         };
-        check.forget(&ip.to_string(), 22).map_err(|e| {
-            ReinstallError::Invalid(format!(
-                "cannot update {}: {e}",
-                deploy.known_hosts.display()
-            ))
-        })?;
+        check
+            .forget(&ip.to_string(), deploy.port.unwrap_or(crate::ssh::SSH_PORT))
+            .map_err(|e| {
+                ReinstallError::Invalid(format!(
+                    "cannot update {}: {e}",
+                    deploy.known_hosts.display()
+                ))
+            })?;
     }
+    let mut users = vec![deploy.ssh_username.clone()];
+    users.extend(deploy.alternate_usernames.iter().cloned());
+    users.dedup();
     let target = Target {
-        addr: SocketAddr::new(ip, 22),
-        users: vec!["root".into()],
+        addr: SocketAddr::new(ip, deploy.port.unwrap_or(crate::ssh::SSH_PORT)),
+        users,
         pinned_host_keys: Vec::new(),
         node: None,
         journal: None,
         created: false,
         driver: None,
-        ssh: Default::default(),
+        ssh: super::settings::for_created_node(&deploy, &ip.to_string())
+            .map_err(|e| ReinstallError::Invalid(e.to_string()))?,
     };
     let steps = options.then.clone().unwrap_or(Step::Multi(Vec::new()));
     run_steps(&target, &steps, creds, &deploy)

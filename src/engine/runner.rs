@@ -7,11 +7,11 @@ use tokio::time::Instant;
 
 use super::connect::{error_chain, login, LoggedIn, LoginAttempt, LoginOptions};
 use super::errors::{Cause, RunFailure};
-use super::options::{DeployOptions, Event, DEFAULT_KEEPALIVE};
+use super::options::{DeployOptions, Event};
 use super::target::Target;
 use crate::deploy::{self, Context, Step, StepResult};
 use crate::journal::StepRecord;
-use crate::ssh::{self, Credentials, ErrorClass, HostKeyCheck, NewNode, OutputSink};
+use crate::ssh::{self, Credentials, ErrorClass, OutputSink};
 
 /// What [`run_steps`] did.
 #[derive(Debug, Clone)]
@@ -40,26 +40,7 @@ impl<'a> Runner<'a> {
             target,
             creds,
             options,
-            login_options: LoginOptions {
-                users: target.users.clone(),
-                attempt_timeout: target.ssh.connect_timeout.unwrap_or(options.ssh_timeout),
-                keepalive: target.ssh.keepalive.unwrap_or(DEFAULT_KEEPALIVE),
-                host_keys: HostKeyCheck {
-                    policy: target
-                        .ssh
-                        .host_key_policy
-                        .unwrap_or(options.host_key_policy),
-                    known_hosts: (target.ssh.known_hosts.as_ref())
-                        .unwrap_or(&options.known_hosts)
-                        .clone(),
-                    pinned: target.pinned_host_keys.clone(),
-                    new_node: target.created.then(NewNode::default),
-                },
-                host_name: None,
-                startups: options.startups.clone(),
-                planned_commands: None,
-                jump: target.ssh.jump.clone().or(options.jump.clone()),
-            },
+            login_options: super::settings::login_options(target, options),
             attempts: Vec::new(),
             leftovers: std::sync::Mutex::new(Vec::new()),
         }

@@ -6,11 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::options::DeployOptions;
 use crate::driver::NodeDriver;
 use crate::journal::NodeEntry;
 use crate::model::Node;
-use crate::ssh::config::ConfigError;
 use crate::ssh::{HostKeyPolicy, Jump};
 
 /// Where and how to run steps on a node that exists.
@@ -51,31 +49,6 @@ pub struct TargetSsh {
     pub connect_timeout: Option<Duration>,
     /// How often an idle connection is kept alive (ssh_config's `ServerAliveInterval`).
     pub keepalive: Option<Duration>,
-}
-
-impl TargetSsh {
-    /// For a node nodeup created, at `address`: what [`DeployOptions::ssh_config`] says of that
-    /// address: `ProxyJump` (unless the options give jump hosts), `ConnectTimeout` and
-    /// `ServerAliveInterval`. The node's user, keys and known_hosts stay nodeup's: the node is new.
-    ///
-    /// # Errors
-    /// What the configuration refuses for that address (a `ProxyCommand`).
-    pub fn configured(options: &DeployOptions, address: &str) -> Result<Self, ConfigError> {
-        let Some(config) = &options.ssh_config else {
-            return Ok(TargetSsh::default());
-        };
-        let said = config.host(address)?;
-        let jump = match (&options.jump, &said.proxy_jump) {
-            (None, Some(hops)) => config.jump(hops)?,
-            _ => None,
-        };
-        Ok(TargetSsh {
-            jump,
-            connect_timeout: said.connect_timeout,
-            keepalive: said.server_alive_interval,
-            ..TargetSsh::default()
-        })
-    }
 }
 
 impl std::fmt::Debug for Target {

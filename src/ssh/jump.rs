@@ -372,7 +372,12 @@ mod tests {
     #[test]
     fn parses_hops_as_ssh_dash_j() {
         let chain = Hop::parse_chain("admin@bastion,10.0.0.5:2222,ops@[fd00::1]:2200").unwrap();
-        assert_eq!(chain[0], Hop::new(Some("admin"), "bastion", 22));
+        let no_port = Hop {
+            port: None,
+            ..Hop::new(Some("admin"), "bastion", 22)
+        };
+        assert_eq!(chain[0], no_port);
+        assert_eq!(chain[0].port(), 22);
         assert_eq!(chain[1], Hop::new(None, "10.0.0.5", 2222));
         assert_eq!(chain[2], Hop::new(Some("ops"), "fd00::1", 2200));
         assert_eq!(chain[2].to_string(), "ops@[fd00::1]:2200");

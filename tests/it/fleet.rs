@@ -617,7 +617,7 @@ async fn a_fleet_waits_with_shared_list_calls() {
         ..Default::default()
     };
     let fleet = FleetOptions {
-        parallel: 8,
+        parallel: Some(8),
         ..Default::default()
     };
     let steps = Step::Script(ScriptStep::inline("true"));
