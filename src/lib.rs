@@ -20,6 +20,7 @@ pub mod engine;
 pub mod fleet;
 pub mod http;
 pub mod journal;
+pub mod life;
 pub mod model;
 pub mod procfs;
 pub mod providers;

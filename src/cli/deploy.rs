@@ -8,7 +8,9 @@ use anyhow::anyhow;
 use clap::Args;
 
 use nodeup::deploy::stepfile::{self, StepFile};
-use nodeup::engine::fleet::{deploy_fleet, Fate, FleetMember, FleetOptions, MemberResult};
+use nodeup::engine::fleet::{
+    deploy_fleet, Counts, Fate, FleetMember, FleetOptions, MemberResult, Outcome,
+};
 use nodeup::engine::settings::Purpose;
 use nodeup::engine::{self, destroy_at_exit, Cause, Event};
 use nodeup::journal::{RunEnd, RunStart};
@@ -160,21 +162,17 @@ fn report(members: Vec<FleetMember>, args: &DeployArgs) -> Result<(), Failure> {
             _ => print_json(&FleetReport::new(reports)),
         }
     }
-    let failed = members
-        .iter()
-        .filter(|m| !matches!(m.result, MemberResult::Deployed(_)))
-        .count();
-    if failed == 0 {
+    let counts = Counts::of(rows.iter().map(|r| r.outcome));
+    let Some(failure) = counts.failure("nodes") else {
         return Ok(());
-    }
-    let nothing_created =
-        failed == members.len() && members.iter().all(|m| m.fate == Fate::NotCreated);
+    };
+    let nothing_created = members.iter().all(|m| matches!(m.fate, Fate::NotCreated));
     let error = match members.into_iter().next() {
         Some(FleetMember {
             result: MemberResult::Failed(error),
             ..
         }) if single => anyhow::Error::new(error),
-        _ => anyhow!("{failed} of {} nodes failed", rows.len()),
+        _ => anyhow!(failure),
     };
     if nothing_created {
         Err(Failure::Usage(error))
@@ -232,34 +230,26 @@ fn fate_text(member: &FleetMember, node: Option<&Node>) -> Option<String> {
         ),
         Fate::Destroyed => format!("node {} ({}) was destroyed", node.name, node.id),
         Fate::Left(why) => format!(
-            "destroying node {} ({}) failed ({why}): destroy it with `{destroy}`",
-            node.name, node.id
+            "node {} ({}) is left: {}; destroy it with `{destroy}`",
+            node.name,
+            node.id,
+            engine::error_chain(why.as_ref())
         ),
         Fate::Stays | Fate::NotCreated => return None,
     })
-}
-
-fn fate_word(fate: &Fate) -> &'static str {
-    match fate {
-        Fate::Stays => "stays",
-        Fate::NotCreated => "not-created",
-        Fate::Kept => "kept",
-        Fate::Destroyed => "destroyed",
-        Fate::Left(_) => "left",
-    }
 }
 
 /// One member as `--json` prints it.
 fn node_report(member: &FleetMember) -> NodeReport {
     let mut report = NodeReport {
         name: Some(member.name.clone()),
-        fate: Some(fate_word(&member.fate)),
+        fate: Some(member.fate.clone()),
         duration: member.elapsed.as_secs_f64(),
         ..NodeReport::empty()
     };
     match &member.result {
         MemberResult::Deployed(done) => {
-            report.ok = member.fate == Fate::Stays;
+            report.ok = member.outcome() == Outcome::Ok;
             report.node = Some(output::shown(&done.node));
             report.user = Some(done.user.clone());
             report.reconnects = Some(done.reconnects);
@@ -267,7 +257,7 @@ fn node_report(member: &FleetMember) -> NodeReport {
         }
         MemberResult::Failed(error) => {
             report.node = error.node.as_ref().map(output::shown);
-            report.node_kept = Some(member.fate == Fate::Kept);
+            report.node_kept = Some(matches!(member.fate, Fate::Kept));
             report.error = Some(engine::error_chain(error));
             report.failed_step = FailedStep::new(error.step, &error.cause);
             report.logins = error.attempts.clone();
@@ -284,7 +274,8 @@ fn summary_row(member: &FleetMember) -> SummaryRow {
         name: member.name.clone(),
         address: String::new(),
         user: String::new(),
-        result: String::new(),
+        outcome: member.outcome(),
+        fate: Some(member.fate.clone()),
         time: member.elapsed,
         failed_step: String::new(),
         stderr_tail: Vec::new(),
@@ -299,17 +290,9 @@ fn summary_row(member: &FleetMember) -> SummaryRow {
         MemberResult::Deployed(done) => {
             row.address = address(&done.node);
             row.user = done.user.clone();
-            row.result = match member.fate {
-                Fate::Stays => "ok".into(),
-                _ => format!("undone ({})", fate_word(&member.fate)),
-            };
         }
         MemberResult::Failed(error) => {
             row.address = error.node.as_ref().map(address).unwrap_or_default();
-            row.result = match error.cause {
-                Cause::Cancelled => format!("cancelled ({})", fate_word(&member.fate)),
-                _ => format!("failed ({})", fate_word(&member.fate)),
-            };
             if let Some((index, kind)) = error.step {
                 row.failed_step = format!("{index} {kind}");
             }
@@ -318,7 +301,7 @@ fn summary_row(member: &FleetMember) -> SummaryRow {
                 _ => failure_lines(&error.cause),
             };
         }
-        MemberResult::NotStarted => row.result = "not started".into(),
+        MemberResult::NotStarted => {}
     }
     row
 }

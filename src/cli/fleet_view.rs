@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use nodeup::engine::fleet::{FleetHooks, MemberOutput, MemberProgress};
+use nodeup::engine::fleet::{Counts, Fate, FleetHooks, MemberOutput, MemberProgress, Outcome};
 use nodeup::engine::{error_chain, Cause, Event};
+use nodeup::life::{Stage, STAGES};
 
 use super::output::{event_text, line_sink};
 
@@ -25,27 +26,6 @@ const MAX_LIVE_LINES: usize = 12;
 const REDRAW_HZ: u8 = 10;
 /// How many lines of a failed step's stderr the summary shows.
 const SUMMARY_STDERR_LINES: usize = 3;
-
-/// Where a member is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Queued,
-    Creating,
-    Waiting,
-    LoggingIn,
-    Steps,
-    Done,
-    Failed,
-}
-
-const PHASES: [(Phase, &str); 6] = [
-    (Phase::Creating, "creating"),
-    (Phase::Waiting, "waiting"),
-    (Phase::LoggingIn, "logging in"),
-    (Phase::Steps, "running steps"),
-    (Phase::Done, "done"),
-    (Phase::Failed, "failed"),
-];
 
 struct Live {
     multi: MultiProgress,
@@ -61,7 +41,7 @@ pub struct FleetView {
     follow: bool,
     log_dir: Option<PathBuf>,
     logs: Mutex<HashMap<usize, File>>,
-    phases: Mutex<Vec<Phase>>,
+    stages: Mutex<Vec<Stage>>,
     finished: AtomicUsize,
 }
 
@@ -99,7 +79,7 @@ impl FleetView {
         }
         let live =
             (labels.len() > 1 && std::io::stderr().is_terminal()).then(|| live(labels.len()));
-        let phases = Mutex::new(vec![Phase::Queued; labels.len()]);
+        let stages = Mutex::new(vec![Stage::Queued; labels.len()]);
         Ok(Arc::new(FleetView {
             labels,
             started: Instant::now(),
@@ -107,7 +87,7 @@ impl FleetView {
             follow,
             log_dir,
             logs: Mutex::default(),
-            phases,
+            stages,
             finished: AtomicUsize::new(0),
         }))
     }
@@ -136,13 +116,7 @@ impl FleetView {
     }
 
     fn event(&self, index: usize, event: &Event) {
-        let phase = match event {
-            Event::Creating(_) => Phase::Creating,
-            Event::Created(_) | Event::Waiting => Phase::Waiting,
-            Event::Running(..) | Event::Reconnecting(_) => Phase::LoggingIn,
-            _ => Phase::Steps,
-        };
-        self.set_phase(index, phase);
+        self.set_stage(index, event.stage());
         let text = event_text(event);
         let elapsed = self.started.elapsed().as_secs_f64();
         self.log(index, format!("{text} ({elapsed:.1}s)\n").as_bytes());
@@ -167,11 +141,11 @@ impl FleetView {
         }
     }
 
-    fn set_phase(&self, index: usize, phase: Phase) {
-        let mut phases = self.phases.lock().unwrap_or_else(|e| e.into_inner());
-        phases[index] = phase;
+    fn set_stage(&self, index: usize, stage: Stage) {
+        let mut stages = self.stages.lock().unwrap_or_else(|e| e.into_inner());
+        stages[index] = stage;
         if let Some(live) = &self.live {
-            live.bar.set_message(counts_text(&phases));
+            live.bar.set_message(counts_text(&stages));
         }
     }
 
@@ -224,7 +198,7 @@ impl FleetView {
         if self.finished.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == TRIM_EVERY - 1 {
             release_freed_memory();
         }
-        self.set_phase(index, if ok { Phase::Done } else { Phase::Failed });
+        self.set_stage(index, if ok { Stage::Done } else { Stage::Failed });
         let result = if ok { "ok" } else { "failed" };
         let elapsed = self.started.elapsed().as_secs_f64();
         self.log(index, format!("{result} ({elapsed:.1}s)\n").as_bytes());
@@ -272,13 +246,15 @@ fn live(total: usize) -> Live {
     }
 }
 
-/// "creating 2 · waiting 1 · done 5 · failed 1": the phases that have members.
-fn counts_text(phases: &[Phase]) -> String {
-    PHASES
+/// "creating 2 · waiting 1 · done 5 · failed 1": the stages that have members (those queued are
+/// what the bar has not reached).
+fn counts_text(stages: &[Stage]) -> String {
+    STAGES
         .iter()
-        .filter_map(|(phase, name)| {
-            let n = phases.iter().filter(|p| *p == phase).count();
-            (n > 0).then(|| format!("{name} {n}"))
+        .filter(|stage| **stage != Stage::Queued)
+        .filter_map(|stage| {
+            let n = stages.iter().filter(|s| *s == stage).count();
+            (n > 0).then(|| format!("{stage} {n}"))
         })
         .collect::<Vec<_>>()
         .join(" · ")
@@ -315,8 +291,10 @@ pub struct SummaryRow {
     pub address: String,
     /// The user nodeup logged in as.
     pub user: String,
-    /// `ok`, `failed`, `cancelled` ... and what became of the node.
-    pub result: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// What became of its node (`deploy`).
+    pub fate: Option<Fate>,
     /// How long it took.
     pub time: Duration,
     /// The step that failed, as "N kind".
@@ -326,6 +304,14 @@ pub struct SummaryRow {
 }
 
 impl SummaryRow {
+    /// The result column: the outcome, and what became of the node when that is not obvious.
+    pub fn result(&self) -> String {
+        match (&self.outcome, &self.fate) {
+            (Outcome::Ok | Outcome::NotStarted, _) | (_, None) => self.outcome.to_string(),
+            (outcome, Some(fate)) => format!("{outcome} ({fate})"),
+        }
+    }
+
     /// The last lines of `text`.
     pub fn tail(text: &str) -> Vec<String> {
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -359,23 +345,29 @@ pub fn print_summary(rows: &[SummaryRow], noun: &str) {
             .max()
             .unwrap_or(0)
     };
-    let (wn, wa, wu, wr) = (
+    let results: Vec<String> = rows.iter().map(SummaryRow::result).collect();
+    let wr = results
+        .iter()
+        .map(|r| r.chars().count())
+        .chain(["RESULT".len()])
+        .max()
+        .unwrap_or(0);
+    let (wn, wa, wu) = (
         width(|r| &r.name, "NODE"),
         width(|r| &r.address, "ADDRESS"),
         width(|r| &r.user, "USER"),
-        width(|r| &r.result, "RESULT"),
     );
     eprintln!(
         "{:<wn$}  {:<wa$}  {:<wu$}  {:<wr$}  {:>7}  FAILED STEP",
         "NODE", "ADDRESS", "USER", "RESULT", "TIME"
     );
-    for r in rows {
+    for (r, result) in rows.iter().zip(&results) {
         eprintln!(
             "{:<wn$}  {:<wa$}  {:<wu$}  {:<wr$}  {:>6.1}s  {}",
             r.name,
             r.address,
             r.user,
-            r.result,
+            result,
             r.time.as_secs_f64(),
             r.failed_step
         );
@@ -383,15 +375,10 @@ pub fn print_summary(rows: &[SummaryRow], noun: &str) {
             eprintln!("    | {line}");
         }
     }
-    let ok = rows.iter().filter(|r| r.result.starts_with("ok")).count();
-    let not_run = rows
-        .iter()
-        .filter(|r| r.result.starts_with("cancelled") || r.result.starts_with("not started"))
-        .count();
+    let counts = Counts::of(rows.iter().map(|r| r.outcome));
     eprintln!(
-        "{} {noun}: {ok} ok, {} failed, {not_run} not run",
-        rows.len(),
-        rows.len() - ok - not_run
+        "{} {noun}: {} ok, {} failed, {} not run",
+        counts.total, counts.ok, counts.failed, counts.not_run
     );
 }
 
@@ -400,9 +387,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_name_only_the_phases_that_have_members() {
-        let phases = [Phase::Creating, Phase::Done, Phase::Done, Phase::Queued];
-        assert_eq!(counts_text(&phases), "creating 1 · done 2");
+    fn counts_name_only_the_stages_that_have_members() {
+        let stages = [Stage::Creating, Stage::Done, Stage::Done, Stage::Queued];
+        assert_eq!(counts_text(&stages), "creating 1 · done 2");
         assert_eq!(SummaryRow::tail("a\nb\n\nc\nd\n"), ["b", "c", "d"]);
     }
 }

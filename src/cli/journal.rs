@@ -10,7 +10,9 @@ use serde::Serialize;
 use nodeup::deploy::stepfile::parse_positive_duration;
 use nodeup::engine::cleanup::{self, CleanupOptions, CleanupOutcome, CleanupResult};
 use nodeup::engine::default_known_hosts;
-use nodeup::journal::{show_time, Journal, JournalError, NodeView, RunDetail, RunStart, RunView};
+use nodeup::journal::{
+    show_time, Journal, JournalError, NodeView, RunDetail, RunStart, RunState, RunView,
+};
 use nodeup::providers;
 
 use super::output::print_json;
@@ -106,7 +108,11 @@ pub async fn list(args: JournalArgs) -> Result<(), Failure> {
 }
 
 fn owner_text(run: &RunView) -> String {
-    let alive = if run.state == "crashed" { ", gone" } else { "" };
+    let alive = if run.state == RunState::Crashed {
+        ", gone"
+    } else {
+        ""
+    };
     format!("{} pid {}{alive}", run.owner.host, run.owner.pid)
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use nodeup::deploy::StepResult;
-use nodeup::engine::fleet::RunOutcome;
+use nodeup::engine::fleet::{Fate, RunOutcome};
 use nodeup::engine::{error_chain, Cause, Event, LoginAttempt, Progress};
 use nodeup::model::Node;
 use nodeup::ssh::{ExitStatus, OutputSink, Stream};
@@ -215,7 +215,7 @@ pub struct NodeReport {
     pub node: Option<Node>,
     /// `deploy`: what became of the node: `stays`, `kept`, `destroyed`, `not-created`, `left`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fate: Option<&'static str>,
+    pub fate: Option<Fate>,
     /// `deploy`: whether a failed node was kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_kept: Option<bool>,

@@ -12,7 +12,7 @@ use anyhow::anyhow;
 use clap::Args;
 
 use nodeup::deploy::stepfile;
-use nodeup::engine::fleet::{run_fleet, RunMember, RunOutcome};
+use nodeup::engine::fleet::{run_fleet, Counts, Outcome, RunMember, RunOutcome};
 use nodeup::engine::settings::{self, KeyChoice, MachineGiven, Purpose};
 use nodeup::engine::{preferred, DeployOptions, Target, TargetSsh};
 use nodeup::fleet::{parse_host, Inventory};
@@ -113,22 +113,19 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     if json {
         print_json(&report);
     }
-    let failed = rows.iter().filter(|r| !r.result.starts_with("ok")).count();
+    let counts = Counts::of(rows.iter().map(|r| r.outcome));
     if let Some(journal) = &journal {
-        let end = match failed {
-            0 => RunEnd::Done,
+        let end = match () {
+            _ if counts.all_ok() => RunEnd::Done,
             _ if options.cancel.is_cancelled() => RunEnd::Cancelled,
             _ => RunEnd::Failed,
         };
         journal.finish_run(end).await;
     }
-    if failed > 0 {
-        return Err(Failure::Failed(anyhow!(
-            "{failed} of {} hosts failed",
-            rows.len()
-        )));
+    match counts.failure("hosts") {
+        Some(failure) => Err(Failure::Failed(anyhow!(failure))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The machines named by --host, --inventory (with --limit) and --nodes, in that order.
@@ -372,19 +369,16 @@ fn summary_row(
         name: label.to_string(),
         address: address.to_string(),
         user: String::new(),
-        result: "cancelled".into(),
+        outcome: Outcome::of_run(outcome),
+        fate: None,
         time: elapsed,
         failed_step: String::new(),
         stderr_tail: Vec::new(),
     };
     match outcome {
         None => {}
-        Some(Ok(run)) => {
-            row.user = run.user.clone();
-            row.result = "ok".into();
-        }
+        Some(Ok(run)) => row.user = run.user.clone(),
         Some(Err(failure)) => {
-            row.result = "failed".into();
             if let Some((index, kind)) = failure.step {
                 row.failed_step = format!("{index} {kind}");
             }

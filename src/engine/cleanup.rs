@@ -12,7 +12,8 @@ use serde::Serialize;
 use super::connect::error_chain;
 use super::deploy::destroy_node;
 use crate::driver::{NodeDriver, ProviderConfig, ProviderError};
-use crate::journal::{now_ms, Journal, JournalError, NodeState, NodeView};
+use crate::journal::{now_ms, Journal, JournalError, NodeView};
+use crate::life::Stage;
 use crate::model::Node;
 
 /// Builds a driver from a provider name and the settings the journal recorded (the registry's
@@ -136,7 +137,7 @@ async fn clean(
     let Some(node) = found else {
         let message = "the provider has no such node: it was never created, or is gone".to_string();
         journal
-            .record_cleanup(orphan, NodeState::Destroyed, &message)
+            .record_cleanup(orphan, Stage::Destroyed, &message)
             .await?;
         return Ok((CleanupResult::Gone, orphan.provider_id.clone(), message));
     };
@@ -144,7 +145,7 @@ async fn clean(
         Ok(()) => {
             let message = format!("destroyed {} ({})", node.name, node.id);
             journal
-                .record_cleanup(orphan, NodeState::Destroyed, &message)
+                .record_cleanup(orphan, Stage::Destroyed, &message)
                 .await?;
             Ok((CleanupResult::Destroyed, Some(node.id), message))
         }

@@ -13,7 +13,8 @@ use super::target::Target;
 use super::wait::{wait_until_running, WaitError, WaitOptions};
 use crate::deploy::{Step, StepResult};
 use crate::driver::{Features, NodeDriver, ProviderError};
-use crate::journal::{JournalError, NodeEntry, NodeIntent, NodeState};
+use crate::journal::{JournalError, NodeEntry, NodeIntent};
+use crate::life::Stage;
 use crate::model::{CreateNode, Node, NodeAuth};
 use crate::ssh::{Credentials, HostKeyCheck, HostKeyPolicy, Password};
 
@@ -89,9 +90,9 @@ async fn run_hook(hook: AtExit, driver: Arc<dyn NodeDriver>, node: Node, entry: 
     let gone = hook(driver, node).await;
     if let Some(entry) = entry {
         let state = if gone {
-            NodeState::Destroyed
+            Stage::Destroyed
         } else {
-            NodeState::Cancelled
+            Stage::Cancelled
         };
         entry.finish(state).await;
     }
@@ -111,7 +112,7 @@ impl ExitGuard {
             }
             None => {
                 if let Some(entry) = &self.journal {
-                    entry.finish(NodeState::Cancelled).await;
+                    entry.finish(Stage::Cancelled).await;
                 }
             }
         }
@@ -257,7 +258,7 @@ pub async fn deploy_node(
         Some(Ok(mut deployment)) => {
             guard.disarm();
             if let Some(entry) = &entry {
-                entry.finish(NodeState::Done).await;
+                entry.finish(Stage::Done).await;
             }
             deployment.journal = entry;
             Ok(deployment)
@@ -302,7 +303,7 @@ async fn create_failed(e: ProviderError, entry: Option<NodeEntry>) -> Deployment
     if let Some(entry) = &entry {
         entry.failed(&format!("create_node: {e}")).await;
         if !matches!(e, ProviderError::Failed { .. }) {
-            entry.finish(NodeState::Destroyed).await;
+            entry.finish(Stage::Destroyed).await;
         }
     }
     let mut error = DeploymentError::before_create(Cause::Provider(e));

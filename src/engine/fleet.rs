@@ -18,7 +18,7 @@ use super::{
 };
 use crate::deploy::Step;
 use crate::driver::{Features, NodeDriver, ProviderConfig, Result as DriverResult};
-use crate::journal::NodeState;
+use crate::life::Stage;
 use crate::model::{CreateNode, Node};
 use crate::ssh::{Credentials, OutputSink};
 
@@ -72,7 +72,7 @@ pub struct FleetHooks {
 }
 
 /// What became of a node in the end.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Fate {
     /// Deployed; it stays.
     Stays,
@@ -82,8 +82,151 @@ pub enum Fate {
     Kept,
     /// Destroyed: it failed, was cancelled, or the fleet was undone.
     Destroyed,
-    /// Destroying it failed: it is left, and this says why.
-    Left(String),
+    /// It is left, and this says why.
+    Left(Arc<LeftBehind>),
+}
+
+/// Why a node that should be gone is left.
+#[derive(Debug, thiserror::Error)]
+pub enum LeftBehind {
+    /// Destroying it failed.
+    #[error("destroying it failed")]
+    DestroyFailed(#[source] crate::driver::ProviderError),
+    /// The deployment was cancelled and no at-exit hook was given to destroy it.
+    #[error("cancelled, and no at-exit hook destroyed it")]
+    NoAtExit,
+}
+
+impl Fate {
+    /// The word for it, as `--json` prints it: `stays`, `not-created`, `kept`, `destroyed`,
+    /// `left`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Fate::Stays => "stays",
+            Fate::NotCreated => "not-created",
+            Fate::Kept => "kept",
+            Fate::Destroyed => "destroyed",
+            Fate::Left(_) => "left",
+        }
+    }
+
+    /// The stage the node's record ends in.
+    pub fn stage(&self) -> Stage {
+        match self {
+            Fate::Stays => Stage::Done,
+            Fate::NotCreated | Fate::Destroyed => Stage::Destroyed,
+            Fate::Kept => Stage::Kept,
+            Fate::Left(_) => Stage::Failed,
+        }
+    }
+}
+
+impl std::fmt::Display for Fate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for Fate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// How a member of a fleet (a node of `deploy`, a host of `run`) ended: what summaries show and
+/// exit codes are computed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Its steps all succeeded (and its node stays).
+    Ok,
+    /// Its steps succeeded, then its node was destroyed with the fleet (all-or-nothing, or the
+    /// fleet was cancelled).
+    Undone,
+    /// It failed.
+    Failed,
+    /// It was cancelled while it ran.
+    Cancelled,
+    /// It never started: the fleet stopped first.
+    NotStarted,
+}
+
+impl Outcome {
+    /// The word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Undone => "undone",
+            Outcome::Failed => "failed",
+            Outcome::Cancelled => "cancelled",
+            Outcome::NotStarted => "not started",
+        }
+    }
+
+    /// A host of `run`: ok, failed, or cancelled (`None`).
+    pub fn of_run(outcome: &RunOutcome) -> Outcome {
+        match outcome {
+            Some(Ok(_)) => Outcome::Ok,
+            Some(Err(_)) => Outcome::Failed,
+            None => Outcome::Cancelled,
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How many members ended how.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    /// All of them.
+    pub total: usize,
+    /// Ok.
+    pub ok: usize,
+    /// Failed, or undone with the fleet.
+    pub failed: usize,
+    /// Cancelled while they ran, or never started.
+    pub not_run: usize,
+}
+
+impl Counts {
+    /// The counts of `outcomes`.
+    pub fn of(outcomes: impl IntoIterator<Item = Outcome>) -> Counts {
+        let mut counts = Counts::default();
+        for outcome in outcomes {
+            counts.total += 1;
+            match outcome {
+                Outcome::Ok => counts.ok += 1,
+                Outcome::Failed | Outcome::Undone => counts.failed += 1,
+                Outcome::Cancelled | Outcome::NotStarted => counts.not_run += 1,
+            }
+        }
+        counts
+    }
+
+    /// Whether every member is ok.
+    pub fn all_ok(&self) -> bool {
+        self.ok == self.total
+    }
+}
+
+impl Counts {
+    /// What went wrong, said of `noun`s (`nodes`, `hosts`): "1 of 5 nodes failed", "1 of 5 nodes
+    /// failed, 3 not run", "5 of 5 hosts not run"; `None` when every one is ok.
+    pub fn failure(&self, noun: &str) -> Option<String> {
+        let total = self.total;
+        match (self.failed, self.not_run) {
+            (0, 0) => None,
+            (failed, 0) => Some(format!("{failed} of {total} {noun} failed")),
+            (0, not_run) => Some(format!("{not_run} of {total} {noun} not run (cancelled)")),
+            (failed, not_run) => Some(format!(
+                "{failed} of {total} {noun} failed, {not_run} not run"
+            )),
+        }
+    }
 }
 
 /// One member's result.
@@ -110,6 +253,21 @@ pub struct FleetMember {
     pub fate: Fate,
     /// How long it took.
     pub elapsed: Duration,
+}
+
+impl FleetMember {
+    /// How it ended.
+    pub fn outcome(&self) -> Outcome {
+        match (&self.result, &self.fate) {
+            (MemberResult::Deployed(_), Fate::Stays) => Outcome::Ok,
+            (MemberResult::Deployed(_), _) => Outcome::Undone,
+            (MemberResult::Failed(e), _) if matches!(e.cause, super::Cause::Cancelled) => {
+                Outcome::Cancelled
+            }
+            (MemberResult::Failed(_), _) => Outcome::Failed,
+            (MemberResult::NotStarted, _) => Outcome::NotStarted,
+        }
+    }
 }
 
 /// Deploys one node per request with `options` (each its own deployment: progress, output and
@@ -247,12 +405,12 @@ impl Member {
             return if self.options.at_exit.is_some() {
                 Fate::Destroyed
             } else {
-                Fate::Left("cancelled: no at-exit hook destroyed it".into())
+                Fate::Left(Arc::new(LeftBehind::NoAtExit))
             };
         }
         if self.fleet.keep_on_failure {
             if let Some(entry) = &error.journal {
-                entry.finish(NodeState::Kept).await;
+                entry.finish(Stage::Kept).await;
             }
             return Fate::Kept;
         }
@@ -275,11 +433,11 @@ async fn destroy(
     match destroy_node(driver, node, &options.known_hosts).await {
         Ok(()) => {
             if let Some(entry) = entry {
-                entry.finish(NodeState::Destroyed).await;
+                entry.finish(Stage::Destroyed).await;
             }
             Fate::Destroyed
         }
-        Err(e) => Fate::Left(super::connect::error_chain(&e)),
+        Err(e) => Fate::Left(Arc::new(LeftBehind::DestroyFailed(e))),
     }
 }
 
@@ -446,9 +604,9 @@ async fn run_member(mut member: RunMember, steps: &Step, options: &DeployOptions
     };
     if let Some(entry) = &member.target.journal {
         match &result {
-            Some(Ok(_)) => entry.finish(NodeState::Done).await,
+            Some(Ok(_)) => entry.finish(Stage::Done).await,
             Some(Err(f)) => entry.failed(&super::connect::error_chain(&f.cause)).await,
-            None => entry.finish(NodeState::Cancelled).await,
+            None => entry.finish(Stage::Cancelled).await,
         }
     }
     result

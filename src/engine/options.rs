@@ -59,6 +59,22 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The stage of its life the event moves the node to.
+    pub fn stage(&self) -> crate::life::Stage {
+        use crate::life::Stage;
+        match self {
+            Event::Creating(_) => Stage::Creating,
+            Event::Created(_) | Event::Waiting => Stage::Waiting,
+            Event::Running(..) | Event::Reconnecting(_) => Stage::LoggingIn,
+            Event::LoggedIn(_)
+            | Event::Retrying(_)
+            | Event::StepStarted { .. }
+            | Event::StepFinished { .. } => Stage::Provisioning,
+        }
+    }
+}
+
 /// Receives progress events.
 pub type Progress = Arc<dyn Fn(&Event) + Send + Sync>;
 

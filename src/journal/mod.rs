@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::driver::ProviderConfig;
+use crate::life::Stage;
 use crate::model::Node;
 use store::{Param, Store};
 
@@ -109,6 +110,22 @@ pub enum JournalError {
         journal: String,
         /// What matched.
         message: String,
+    },
+    /// A stored state this nodeup does not know (a newer nodeup wrote it, or the file was
+    /// edited): nothing is guessed about the node.
+    #[error(
+        "journal {journal}: {what} {id} has the state {found:?}, which this nodeup does not know: \
+         upgrade nodeup, or correct the record"
+    )]
+    UnknownState {
+        /// The journal.
+        journal: String,
+        /// What has it: run, node or step.
+        what: &'static str,
+        /// Which one.
+        id: String,
+        /// The state stored.
+        found: String,
     },
     /// nodeup's config file is wrong.
     #[error("{path}: {message}")]
@@ -280,6 +297,16 @@ impl Owner {
         }
     }
 
+    /// The owner recorded in a row's `host`, `pid_space`, `pid` and `pid_start` columns.
+    fn of(row: &store::Row) -> Owner {
+        Owner {
+            host: row.string("host"),
+            pid_space: row.string("pid_space"),
+            pid: row.int("pid").unwrap_or(0),
+            pid_start: row.int("pid_start").unwrap_or(0),
+        }
+    }
+
     /// Whether the owner still runs: its pid (with its start time) when it shares this pid space,
     /// else whether it renewed its lease (`heartbeat`, Unix ms) within [`LEASE_TTL`].
     pub fn is_alive(&self, heartbeat: i64) -> bool {
@@ -303,72 +330,6 @@ pub fn show_time(ms: i64) -> String {
     httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
 }
 
-/// Where a node is in its life, as the journal records it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum NodeState {
-    /// `create_node` was called (or is about to be).
-    Creating,
-    /// Created; waiting until it runs and has an address.
-    Waiting,
-    /// Running; logging in.
-    LoggingIn,
-    /// Running its steps (`step` of `steps`).
-    Provisioning,
-    /// Deployed: the node is meant to stay.
-    Done,
-    /// Its deployment failed; what happens to it is recorded next (destroyed or kept).
-    Failed,
-    /// Kept on purpose after a failure.
-    Kept,
-    /// Destroyed (or found never to have been made).
-    Destroyed,
-    /// Cancelled, and destroying it failed.
-    Cancelled,
-}
-
-impl NodeState {
-    /// How the journal writes it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeState::Creating => "creating",
-            NodeState::Waiting => "waiting",
-            NodeState::LoggingIn => "logging-in",
-            NodeState::Provisioning => "provisioning",
-            NodeState::Done => "done",
-            NodeState::Failed => "failed",
-            NodeState::Kept => "kept",
-            NodeState::Destroyed => "destroyed",
-            NodeState::Cancelled => "cancelled",
-        }
-    }
-
-    /// Whether nothing more is to be done with a node in this state (it is not an orphan).
-    pub fn is_settled(self) -> bool {
-        matches!(
-            self,
-            NodeState::Done | NodeState::Kept | NodeState::Destroyed
-        )
-    }
-
-    fn parse(text: &str) -> NodeState {
-        [
-            NodeState::Creating,
-            NodeState::Waiting,
-            NodeState::LoggingIn,
-            NodeState::Provisioning,
-            NodeState::Done,
-            NodeState::Failed,
-            NodeState::Kept,
-            NodeState::Destroyed,
-            NodeState::Cancelled,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
-        .unwrap_or(NodeState::Failed)
-    }
-}
-
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunEnd {
@@ -381,12 +342,93 @@ pub enum RunEnd {
 }
 
 impl RunEnd {
-    fn as_str(self) -> &'static str {
+    /// The state the run is left in.
+    pub fn state(self) -> RunState {
         match self {
-            RunEnd::Done => "done",
-            RunEnd::Failed => "failed",
-            RunEnd::Cancelled => "cancelled",
+            RunEnd::Done => RunState::Done,
+            RunEnd::Failed => RunState::Failed,
+            RunEnd::Cancelled => RunState::Cancelled,
         }
+    }
+}
+
+/// Where a run is: as recorded, or `crashed` when it is recorded running and its owner is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunState {
+    /// Its owner works on it.
+    Running,
+    /// Everything succeeded.
+    Done,
+    /// Something failed.
+    Failed,
+    /// It was cancelled.
+    Cancelled,
+    /// Its owner died while it ran (never stored: read from a `running` run whose owner is gone).
+    Crashed,
+}
+
+/// The states a run is stored in.
+const STORED_RUN_STATES: [RunState; 4] = [
+    RunState::Running,
+    RunState::Done,
+    RunState::Failed,
+    RunState::Cancelled,
+];
+
+impl RunState {
+    /// The word for it, as stored and printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Done => "done",
+            RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+            RunState::Crashed => "crashed",
+        }
+    }
+
+    /// A stored state read back.
+    fn parse(text: &str) -> Option<RunState> {
+        STORED_RUN_STATES.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a step ended, as recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepStatus {
+    /// It succeeded.
+    Ok,
+    /// It failed.
+    Failed,
+}
+
+impl StepStatus {
+    /// The word for it, as stored and printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Ok => "ok",
+            StepStatus::Failed => "failed",
+        }
+    }
+
+    fn parse(text: &str) -> Option<StepStatus> {
+        [StepStatus::Ok, StepStatus::Failed]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for StepStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -581,7 +623,11 @@ impl Journal {
             store
                 .execute(
                     "UPDATE runs SET state = $1, finished = $2 WHERE id = $3",
-                    vec![end.as_str().into(), now_ms().into(), run.id.clone().into()],
+                    vec![
+                        end.state().as_str().into(),
+                        now_ms().into(),
+                        run.id.clone().into(),
+                    ],
                 )
                 .await?;
             store
@@ -636,8 +682,8 @@ impl Journal {
         let settings = serde_json::to_string(&intent.settings).unwrap_or_default();
         let now = now_ms();
         let state = match intent.provider {
-            Some(_) => NodeState::Creating,
-            None => NodeState::LoggingIn,
+            Some(_) => Stage::Creating,
+            None => Stage::LoggingIn,
         };
         store
             .execute(
@@ -722,23 +768,20 @@ impl Holder {
 async fn holder(store: &dyn Store, key: &LockKey) -> Result<Option<Holder>, JournalError> {
     let rows = store
         .query(
-            "SELECT l.run_id, l.since, r.host, r.pid_space, r.pid, r.pid_start, r.heartbeat,
-             r.state FROM locks l LEFT JOIN runs r ON r.id = l.run_id
+            "SELECT l.run_id AS run_id, l.since AS since, r.host AS host,
+             r.pid_space AS pid_space, r.pid AS pid, r.pid_start AS pid_start,
+             r.heartbeat AS heartbeat, r.state AS state
+             FROM locks l LEFT JOIN runs r ON r.id = l.run_id
              WHERE l.provider = $1 AND l.location = $2 AND l.name = $3",
             key.params(),
         )
         .await?;
     Ok(rows.first().map(|r| Holder {
-        run: r.string(0),
-        since: r.int(1).unwrap_or(0),
-        owner: Owner {
-            host: r.string(2),
-            pid_space: r.string(3),
-            pid: r.int(4).unwrap_or(0),
-            pid_start: r.int(5).unwrap_or(0),
-        },
-        heartbeat: r.int(6).unwrap_or(0),
-        running: r.text(7).as_deref() == Some("running"),
+        run: r.string("run_id"),
+        since: r.int("since").unwrap_or(0),
+        owner: Owner::of(r),
+        heartbeat: r.int("heartbeat").unwrap_or(0),
+        running: r.text("state").as_deref() == Some(RunState::Running.as_str()),
     }))
 }
 
@@ -866,7 +909,7 @@ impl NodeEntry {
             vec![
                 node.id.clone().into(),
                 addresses(node).into(),
-                NodeState::Waiting.as_str().into(),
+                Stage::Waiting.as_str().into(),
             ],
         )
         .await;
@@ -877,7 +920,7 @@ impl NodeEntry {
         self.update(
             "the node's address",
             "addresses = $1, state = $2",
-            vec![address.into(), NodeState::LoggingIn.as_str().into()],
+            vec![address.into(), Stage::LoggingIn.as_str().into()],
         )
         .await;
     }
@@ -887,7 +930,7 @@ impl NodeEntry {
         self.update(
             "the login user",
             "login_user = $1, state = $2",
-            vec![user.into(), NodeState::Provisioning.as_str().into()],
+            vec![user.into(), Stage::Provisioning.as_str().into()],
         )
         .await;
     }
@@ -900,7 +943,7 @@ impl NodeEntry {
             vec![
                 (index as i64).into(),
                 (total as i64).into(),
-                NodeState::Provisioning.as_str().into(),
+                Stage::Provisioning.as_str().into(),
             ],
         )
         .await;
@@ -918,7 +961,13 @@ impl NodeEntry {
                     self.seq.into(),
                     (step.index as i64).into(),
                     step.kind.clone().into(),
-                    if step.ok { "ok" } else { "failed" }.into(),
+                    if step.ok {
+                        StepStatus::Ok
+                    } else {
+                        StepStatus::Failed
+                    }
+                    .as_str()
+                    .into(),
                     step.exit_status.into(),
                     (step.duration.as_millis() as i64).into(),
                     shorten(&step.note).into(),
@@ -936,7 +985,7 @@ impl NodeEntry {
         self.update(
             "the failure",
             "state = $1, error = $2",
-            vec![NodeState::Failed.as_str().into(), shorten(error).into()],
+            vec![Stage::Failed.as_str().into(), shorten(error).into()],
         )
         .await;
     }
@@ -944,7 +993,7 @@ impl NodeEntry {
     /// What finally became of the node: `Done`, `Kept`, `Destroyed`, or `Cancelled` (destroying it
     /// failed). Gives up its name lock when the state is settled, and ends the run when the
     /// entry began it.
-    pub async fn finish(&self, state: NodeState) {
+    pub async fn finish(&self, state: Stage) {
         self.update("the node's end", "state = $1", vec![state.as_str().into()])
             .await;
         if let (Some(key), true) = (&self.lock, state.is_settled()) {
@@ -964,8 +1013,8 @@ impl NodeEntry {
         }
         if self.owns_run {
             let end = match state {
-                NodeState::Done => RunEnd::Done,
-                NodeState::Cancelled => RunEnd::Cancelled,
+                Stage::Done => RunEnd::Done,
+                Stage::Cancelled => RunEnd::Cancelled,
                 _ => RunEnd::Failed,
             };
             self.journal.finish_run(end).await;
@@ -1106,22 +1155,71 @@ mod tests {
                 note: String::new(),
             })
             .await;
-        entry.finish(NodeState::Done).await;
+        entry.finish(Stage::Done).await;
         let again = journal
             .begin_node(&intent("app"), "deploy_node")
             .await
             .unwrap();
-        again.finish(NodeState::Kept).await;
+        again.finish(Stage::Kept).await;
         let runs = journal.runs(None).await.unwrap();
         assert_eq!(runs.len(), 2);
         assert!(runs
             .iter()
-            .all(|r| r.state != "running" && r.finished_ms.is_some()));
+            .all(|r| r.state != RunState::Running && r.finished_ms.is_some()));
         let detail = journal.run_detail(entry.run_id()).await.unwrap();
         assert_eq!(detail.run.command, "deploy_node");
         assert_eq!(detail.node_list[0].results[0].duration_s, 1.5);
-        assert_eq!(detail.node_list[0].state, NodeState::Done);
+        assert_eq!(detail.node_list[0].state, Stage::Done);
         assert!(journal.orphans().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_unknown_stored_state_is_reported_not_guessed() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::at(Location::Sqlite(dir.path().join("j.db")));
+        let run = journal.begin_run(RunStart::default()).await.unwrap();
+        let run_id = run.run_id().unwrap().to_string();
+        run.begin_node(&intent("web"), "test").await.unwrap();
+        let store = journal.store().await.unwrap();
+        let set = |table: &'static str, state: &'static str| {
+            let (store, run_id) = (store.clone(), run_id.clone());
+            async move {
+                let key = if table == "runs" { "id" } else { "run_id" };
+                let sql = format!("UPDATE {table} SET state = $1 WHERE {key} = $2");
+                store
+                    .execute(&sql, vec![state.into(), run_id.into()])
+                    .await
+                    .unwrap();
+            }
+        };
+        set("nodes", "exploded").await;
+        for e in [
+            journal.run_detail(&run_id).await.unwrap_err(),
+            journal.runs(None).await.unwrap_err(),
+            journal.orphans().await.unwrap_err(),
+        ] {
+            let text = e.to_string();
+            assert!(
+                matches!(e, JournalError::UnknownState { what: "node", .. }),
+                "{text}"
+            );
+            assert!(
+                text.contains("\"exploded\"") && text.contains(&run_id),
+                "{text}"
+            );
+        }
+        set("nodes", "waiting").await;
+        set("runs", "paused").await;
+        let e = journal.runs(None).await.unwrap_err();
+        assert!(
+            matches!(e, JournalError::UnknownState { what: "run", .. }),
+            "{e}"
+        );
+        set("runs", "running").await;
+        assert_eq!(
+            journal.runs(None).await.unwrap()[0].state,
+            RunState::Running
+        );
     }
 
     #[test]

@@ -79,7 +79,7 @@ async fn version(store: &dyn Store) -> Result<i64, JournalError> {
             vec![Param::from("schema_version")],
         )
         .await?;
-    let text = rows.first().and_then(|r| r.text(0));
+    let text = rows.first().and_then(|r| r.text("value"));
     Ok(text.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 

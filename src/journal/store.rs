@@ -65,28 +65,42 @@ pub enum Cell {
     Text(String),
 }
 
-/// One row read back, with typed accessors.
+/// One row read back, its cells found by column name (as the query names or aliases them).
 #[derive(Debug, Clone)]
-pub struct Row(pub Vec<Cell>);
+pub struct Row {
+    columns: Arc<[String]>,
+    cells: Vec<Cell>,
+}
 
 impl Row {
-    /// Column `i` as text (`None` for NULL).
-    pub fn text(&self, i: usize) -> Option<String> {
-        match self.0.get(i) {
+    /// A row of `cells` under `columns`.
+    pub fn new(columns: Arc<[String]>, cells: Vec<Cell>) -> Self {
+        Row { columns, cells }
+    }
+
+    fn cell(&self, column: &str) -> Option<&Cell> {
+        let i = self.columns.iter().position(|c| c == column);
+        debug_assert!(i.is_some(), "no column {column:?} in {:?}", self.columns);
+        i.and_then(|i| self.cells.get(i))
+    }
+
+    /// Column `column` as text (`None` for NULL).
+    pub fn text(&self, column: &str) -> Option<String> {
+        match self.cell(column) {
             Some(Cell::Text(s)) => Some(s.clone()),
             Some(Cell::Int(n)) => Some(n.to_string()),
             _ => None,
         }
     }
 
-    /// Column `i` as text, "" for NULL.
-    pub fn string(&self, i: usize) -> String {
-        self.text(i).unwrap_or_default()
+    /// Column `column` as text, "" for NULL.
+    pub fn string(&self, column: &str) -> String {
+        self.text(column).unwrap_or_default()
     }
 
-    /// Column `i` as an integer (`None` for NULL or text).
-    pub fn int(&self, i: usize) -> Option<i64> {
-        match self.0.get(i) {
+    /// Column `column` as an integer (`None` for NULL or text).
+    pub fn int(&self, column: &str) -> Option<i64> {
+        match self.cell(column) {
             Some(Cell::Int(n)) => Some(*n),
             _ => None,
         }
@@ -251,7 +265,10 @@ impl Store for Sqlite {
         let sql = sqlite_sql(sql);
         self.with(move |conn| {
             let mut statement = conn.prepare(&sql)?;
-            let columns = statement.column_count();
+            let names: Arc<[String]> = (statement.column_names())
+                .map(|name| name.to_string())
+                .collect();
+            let columns = names.len();
             let rows =
                 statement.query_map(rusqlite::params_from_iter(sqlite_params(params)), |row| {
                     (0..columns)
@@ -265,7 +282,7 @@ impl Store for Sqlite {
                             })
                         })
                         .collect::<rusqlite::Result<Vec<Cell>>>()
-                        .map(Row)
+                        .map(|cells| Row::new(names.clone(), cells))
                 })?;
             rows.collect()
         })
@@ -432,12 +449,20 @@ impl Store for Postgres {
             .query(sql, &refs)
             .await
             .map_err(|e| self.fail(e))?;
+        let Some(first) = rows.first() else {
+            return Ok(Vec::new());
+        };
+        let names: Arc<[String]> = first
+            .columns()
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect();
         rows.iter()
             .map(|row| {
                 (0..row.len())
                     .map(|i| postgres_cell(row, i))
                     .collect::<Result<Vec<_>, _>>()
-                    .map(Row)
+                    .map(|cells| Row::new(names.clone(), cells))
                     .map_err(|e| self.fail(e))
             })
             .collect()

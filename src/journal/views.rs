@@ -6,8 +6,9 @@ use std::collections::HashSet;
 use serde::Serialize;
 
 use super::store::{Param, Row};
-use super::{now_ms, Journal, JournalError, NodeState, Owner, DEFAULT_RUN_LIMIT};
+use super::{now_ms, Journal, JournalError, Owner, RunState, StepStatus, DEFAULT_RUN_LIMIT};
 use crate::driver::ProviderConfig;
+use crate::life::Stage;
 
 /// A run, as `nodeup journal` lists it.
 #[derive(Debug, Clone, Serialize)]
@@ -29,7 +30,7 @@ pub struct RunView {
     /// When it ended (Unix ms).
     pub finished_ms: Option<i64>,
     /// `running`, `done`, `failed`, `cancelled`, or `crashed` (its owner died while it ran).
-    pub state: String,
+    pub state: RunState,
     /// How many nodes or hosts it touched.
     pub nodes: usize,
     /// How many of them are orphans.
@@ -44,7 +45,7 @@ pub struct StepView {
     /// The step's kind.
     pub kind: String,
     /// `ok` or `failed`.
-    pub status: String,
+    pub status: StepStatus,
     /// For scripts: the exit status.
     pub exit_status: Option<i64>,
     /// How long it took, in seconds.
@@ -76,7 +77,7 @@ pub struct NodeView {
     /// The user nodeup logged in as.
     pub login_user: Option<String>,
     /// Where it is in its life.
-    pub state: NodeState,
+    pub state: Stage,
     /// The step running (1-based), or the last one that ran.
     pub step: Option<i64>,
     /// How many steps there are.
@@ -104,75 +105,122 @@ pub struct RunDetail {
     pub node_list: Vec<NodeView>,
 }
 
-const RUN_COLUMNS: &str = "r.id, r.command, r.stepfile, r.stepfile_hash, r.host, r.pid_space, \
-     r.pid, r.pid_start, r.started, r.heartbeat, r.finished, r.state";
-const NODE_COLUMNS: &str = "n.run_id, n.seq, n.provider, n.settings, n.location, n.name, \
-     n.provider_id, n.addresses, n.login_user, n.state, n.step, n.steps, n.error, n.created";
-/// How many columns [`RUN_COLUMNS`] has (node columns follow them in joined rows).
-const RUN_WIDTH: usize = 12;
+/// A run's columns, named as [`run_view`] reads them (`run_state`: nodes have a state too).
+const RUN_COLUMNS: &str = "r.id AS run_id, r.command AS command, r.stepfile AS stepfile, \
+     r.stepfile_hash AS stepfile_hash, r.host AS host, r.pid_space AS pid_space, r.pid AS pid, \
+     r.pid_start AS pid_start, r.started AS started, r.heartbeat AS heartbeat, \
+     r.finished AS finished, r.state AS run_state";
+/// A node's columns, named as [`node_view`] reads them.
+const NODE_COLUMNS: &str = "n.run_id AS node_run, n.seq AS seq, n.provider AS provider, \
+     n.settings AS settings, n.location AS location, n.name AS name, \
+     n.provider_id AS provider_id, n.addresses AS addresses, n.login_user AS login_user, \
+     n.state AS node_state, n.step AS step, n.steps AS steps, n.error AS error, \
+     n.created AS created";
 
 /// A run row, and whether it still runs (state `running` and its owner alive).
-fn run_view(r: &Row) -> (RunView, bool) {
-    let owner = Owner {
-        host: r.string(4),
-        pid_space: r.string(5),
-        pid: r.int(6).unwrap_or(0),
-        pid_start: r.int(7).unwrap_or(0),
-    };
-    let recorded = r.string(11);
-    let owner_alive = owner.is_alive(r.int(9).unwrap_or(0));
-    let live = recorded == "running" && owner_alive;
-    let state = if recorded == "running" && !owner_alive {
-        "crashed".to_string()
+///
+/// # Errors
+/// A stored state this nodeup does not know.
+fn run_view(journal: &str, r: &Row) -> Result<(RunView, bool), JournalError> {
+    let owner = Owner::of(r);
+    let recorded = r.string("run_state");
+    let recorded = RunState::parse(&recorded).ok_or_else(|| JournalError::UnknownState {
+        journal: journal.into(),
+        what: "run",
+        id: r.string("run_id"),
+        found: recorded,
+    })?;
+    let owner_alive = owner.is_alive(r.int("heartbeat").unwrap_or(0));
+    let running = recorded == RunState::Running;
+    let state = if running && !owner_alive {
+        RunState::Crashed
     } else {
         recorded
     };
     let view = RunView {
-        id: r.string(0),
-        command: r.string(1),
-        stepfile: r.text(2),
-        stepfile_hash: r.text(3),
+        id: r.string("run_id"),
+        command: r.string("command"),
+        stepfile: r.text("stepfile"),
+        stepfile_hash: r.text("stepfile_hash"),
         owner,
         owner_alive,
-        started_ms: r.int(8).unwrap_or(0),
-        finished_ms: r.int(10),
+        started_ms: r.int("started").unwrap_or(0),
+        finished_ms: r.int("finished"),
         state,
         nodes: 0,
         orphans: 0,
     };
-    (view, live)
+    Ok((view, running && owner_alive))
 }
 
-/// A node row starting at column `at`, an orphan when it has a provider, is not settled and its
-/// run is not live.
-fn node_view(r: &Row, at: usize, run_live: bool) -> NodeView {
-    let provider = r.text(at + 2);
-    let state = NodeState::parse(&r.string(at + 9));
-    NodeView {
-        run: r.string(at),
-        seq: r.int(at + 1).unwrap_or(0),
+/// A node row, an orphan when it has a provider, is not settled and its run is not live.
+///
+/// # Errors
+/// A stored stage this nodeup does not know.
+fn node_view(journal: &str, r: &Row, run_live: bool) -> Result<NodeView, JournalError> {
+    let provider = r.text("provider");
+    let state: Stage = r
+        .string("node_state")
+        .parse()
+        .map_err(|e: crate::life::UnknownStage| JournalError::UnknownState {
+            journal: journal.into(),
+            what: "node",
+            id: format!("{}#{}", r.string("node_run"), r.int("seq").unwrap_or(0)),
+            found: e.0,
+        })?;
+    Ok(NodeView {
+        run: r.string("node_run"),
+        seq: r.int("seq").unwrap_or(0),
         orphan: provider.is_some() && !state.is_settled() && !run_live,
         provider,
         settings: r
-            .text(at + 3)
+            .text("settings")
             .and_then(|s| serde_json::from_str(&s).ok())
             .unwrap_or_default(),
-        location: r.string(at + 4),
-        name: r.string(at + 5),
-        provider_id: r.text(at + 6),
+        location: r.string("location"),
+        name: r.string("name"),
+        provider_id: r.text("provider_id"),
         addresses: r
-            .string(at + 7)
+            .string("addresses")
             .split_whitespace()
             .map(str::to_string)
             .collect(),
-        login_user: r.text(at + 8),
+        login_user: r.text("login_user"),
         state,
-        step: r.int(at + 10),
-        steps: r.int(at + 11),
-        error: r.text(at + 12),
-        created_ms: r.int(at + 13).unwrap_or(0),
+        step: r.int("step"),
+        steps: r.int("steps"),
+        error: r.text("error"),
+        created_ms: r.int("created").unwrap_or(0),
         results: Vec::new(),
-    }
+    })
+}
+
+/// A step row.
+///
+/// # Errors
+/// A stored status this nodeup does not know.
+fn step_view(journal: &str, r: &Row) -> Result<StepView, JournalError> {
+    let status = r.string("status");
+    Ok(StepView {
+        index: r.int("idx").unwrap_or(0),
+        kind: r.string("kind"),
+        status: StepStatus::parse(&status).ok_or_else(|| JournalError::UnknownState {
+            journal: journal.into(),
+            what: "step",
+            id: format!("{}#{}", r.string("run_id"), r.int("seq").unwrap_or(0)),
+            found: status,
+        })?,
+        exit_status: r.int("exit_status"),
+        duration_s: r.int("duration_ms").unwrap_or(0) as f64 / 1000.0,
+        note: r.text("note"),
+    })
+}
+
+/// The nodes of joined run and node rows, each an orphan as its run says.
+fn joined_nodes(journal: &str, rows: &[Row]) -> Result<Vec<NodeView>, JournalError> {
+    rows.iter()
+        .map(|r| node_view(journal, r, run_view(journal, r)?.1))
+        .collect()
 }
 
 impl Journal {
@@ -194,16 +242,17 @@ impl Journal {
                 vec![limit.into()],
             )
             .await?;
+        let journal = self.describe();
         let mut runs: Vec<RunView> = Vec::new();
         for row in &rows {
-            let (view, live) = run_view(row);
+            let (view, live) = run_view(&journal, row)?;
             if runs.last().is_none_or(|last| last.id != view.id) {
                 runs.push(view);
             }
-            let run = runs.last_mut().expect("pushed");
-            if row.int(RUN_WIDTH + 1).is_some() {
+            let Some(run) = runs.last_mut() else { continue };
+            if row.int("seq").is_some() {
                 run.nodes += 1;
-                run.orphans += usize::from(node_view(row, RUN_WIDTH, live).orphan);
+                run.orphans += usize::from(node_view(&journal, row, live)?.orphan);
             }
         }
         Ok(runs)
@@ -222,8 +271,9 @@ impl Journal {
                 vec![pattern.into()],
             )
             .await?;
+        let journal = self.describe();
         let (mut run, live) = match rows.as_slice() {
-            [one] => run_view(one),
+            [one] => run_view(&journal, one)?,
             [] => {
                 return Err(self.no_such_run(format!("no run {id:?}: `nodeup journal` lists them")))
             }
@@ -240,24 +290,19 @@ impl Journal {
                 params(),
             )
             .await?;
-        let mut nodes: Vec<NodeView> = node_rows.iter().map(|r| node_view(r, 0, live)).collect();
+        let mut nodes = (node_rows.iter())
+            .map(|r| node_view(&journal, r, live))
+            .collect::<Result<Vec<_>, _>>()?;
         let step_rows = store
             .query(
-                "SELECT seq, idx, kind, status, exit_status, duration_ms, note FROM steps
+                "SELECT run_id, seq, idx, kind, status, exit_status, duration_ms, note FROM steps
                  WHERE run_id = $1 ORDER BY seq, finished",
                 params(),
             )
             .await?;
         for r in &step_rows {
-            if let Some(node) = nodes.iter_mut().find(|n| Some(n.seq) == r.int(0)) {
-                node.results.push(StepView {
-                    index: r.int(1).unwrap_or(0),
-                    kind: r.string(2),
-                    status: r.string(3),
-                    exit_status: r.int(4),
-                    duration_s: r.int(5).unwrap_or(0) as f64 / 1000.0,
-                    note: r.text(6),
-                });
+            if let Some(node) = nodes.iter_mut().find(|n| Some(n.seq) == r.int("seq")) {
+                node.results.push(step_view(&journal, r)?);
             }
         }
         run.nodes = nodes.len();
@@ -302,10 +347,7 @@ impl Journal {
                 Vec::new(),
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| node_view(r, RUN_WIDTH, run_view(r).1))
-            .collect())
+        joined_nodes(&self.describe(), &rows)
     }
 
     /// The provider ids of `provider` that some record other than `except` stands for: nodes
@@ -329,9 +371,8 @@ impl Journal {
                 vec![provider.into()],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| node_view(r, RUN_WIDTH, run_view(r).1))
+        Ok(joined_nodes(&self.describe(), &rows)?
+            .into_iter()
             .filter(|n| (n.run.as_str(), n.seq) != except && !n.orphan)
             .filter_map(|n| n.provider_id)
             .collect())
@@ -367,7 +408,7 @@ impl Journal {
     pub async fn record_cleanup(
         &self,
         node: &NodeView,
-        state: NodeState,
+        state: Stage,
         note: &str,
     ) -> Result<(), JournalError> {
         let store = self.store().await?;

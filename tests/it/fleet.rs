@@ -533,7 +533,7 @@ async fn a_terminal_shows_the_live_view_then_the_summary() {
     }
     // The bar with the counts by phase, and lines of nodes in flight.
     assert!(
-        live.contains("/20 ") && live.contains("running steps"),
+        live.contains("/20 ") && live.contains("provisioning "),
         "{live}"
     );
     assert!(
@@ -632,7 +632,7 @@ async fn a_fleet_waits_with_shared_list_calls() {
     .await;
     assert!(members
         .iter()
-        .all(|m| m.fate == nodeup::engine::fleet::Fate::Stays));
+        .all(|m| matches!(m.fate, nodeup::engine::fleet::Fate::Stays)));
     let lists = driver.lists.load(Ordering::SeqCst);
     assert!(lists <= 3, "8 nodes waited for with {lists} list calls");
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use nodeup::driver::{NodeDriver, ProviderError};
 use nodeup::model::{CreateNode, Node, NodeAuth};
-use nodeup::providers::slipstream::{Credentials, Login, SlipStreamDriver};
+use nodeup::providers::slipstream::{Credentials, Login, RunState, SlipStreamDriver};
 use testbed::fake_slipstream::{FakeSlipStream, Fault, RouteFault, SlipConfig};
 use testbed::TestBed;
 
@@ -56,14 +56,14 @@ async fn ready(ss: &SlipStreamDriver, node: &Node) -> Node {
     let state = ss
         .ex_wait_node_in_state(
             node,
-            &["Ready"],
+            &[RunState::Ready],
             Duration::from_millis(50),
             Duration::from_secs(30),
             false,
         )
         .await
         .unwrap();
-    assert_eq!(state, "Ready");
+    assert_eq!(state, RunState::Ready);
     ss.get_node(&node.id).await.unwrap()
 }
 

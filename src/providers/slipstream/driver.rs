@@ -124,7 +124,7 @@ struct RunItem {
     #[serde(rename = "@uuid")]
     uuid: String,
     #[serde(rename = "@status", default)]
-    status: String,
+    status: RunState,
     #[serde(rename = "@tags", default)]
     tags: String,
     #[serde(rename = "@moduleResourceUri", default)]
@@ -142,7 +142,7 @@ struct Run {
     #[serde(rename = "@uuid")]
     uuid: String,
     #[serde(rename = "@state", default)]
-    state: String,
+    state: RunState,
     #[serde(rename = "@tags", default)]
     tags: String,
     #[serde(rename = "@moduleResourceUri", default)]
@@ -222,15 +222,99 @@ struct ModuleNode {
     name: String,
 }
 
-/// A node's state from its run's state.
-pub fn state_of(run_state: &str) -> NodeState {
-    match run_state {
-        "Initializing" => NodeState::Pending,
-        "Provisioning" => NodeState::Rebooting,
-        "Executing" | "SendingReports" | "Ready" | "Finalizing" => NodeState::Running,
-        "Done" | "Cancelled" => NodeState::Terminated,
-        "Aborted" => NodeState::Error,
-        _ => NodeState::Unknown,
+/// A SlipStream run's state (`ss:state`), in the order a run goes through them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "String")]
+pub enum RunState {
+    /// Being set up.
+    Initializing,
+    /// Its VMs are being made.
+    Provisioning,
+    /// Its deployment scripts run.
+    Executing,
+    /// Its VMs report back.
+    SendingReports,
+    /// Up: a component's `machine:hostname` is set.
+    Ready,
+    /// Being torn down.
+    Finalizing,
+    /// Ended (torn down).
+    Done,
+    /// Cancelled by its user.
+    Cancelled,
+    /// Failed: `ss:abort` says why.
+    Aborted,
+    /// A state this driver does not know, as SlipStream wrote it.
+    Other(String),
+}
+
+/// The states a run does not leave.
+const FINAL_RUN_STATES: [RunState; 3] = [RunState::Done, RunState::Cancelled, RunState::Aborted];
+
+impl RunState {
+    /// The word SlipStream uses.
+    pub fn as_str(&self) -> &str {
+        match self {
+            RunState::Initializing => "Initializing",
+            RunState::Provisioning => "Provisioning",
+            RunState::Executing => "Executing",
+            RunState::SendingReports => "SendingReports",
+            RunState::Ready => "Ready",
+            RunState::Finalizing => "Finalizing",
+            RunState::Done => "Done",
+            RunState::Cancelled => "Cancelled",
+            RunState::Aborted => "Aborted",
+            RunState::Other(word) => word,
+        }
+    }
+
+    /// The node state a run in this state has (as Libcloud's driver maps them).
+    pub fn node_state(&self) -> NodeState {
+        match self {
+            RunState::Initializing => NodeState::Pending,
+            RunState::Provisioning => NodeState::Rebooting,
+            RunState::Executing
+            | RunState::SendingReports
+            | RunState::Ready
+            | RunState::Finalizing => NodeState::Running,
+            RunState::Done | RunState::Cancelled => NodeState::Terminated,
+            RunState::Aborted => NodeState::Error,
+            RunState::Other(_) => NodeState::Unknown,
+        }
+    }
+
+    /// Whether a run in this state has ended for good.
+    pub fn is_final(&self) -> bool {
+        FINAL_RUN_STATES.contains(self)
+    }
+}
+
+impl From<String> for RunState {
+    fn from(word: String) -> Self {
+        match word.as_str() {
+            "Initializing" => RunState::Initializing,
+            "Provisioning" => RunState::Provisioning,
+            "Executing" => RunState::Executing,
+            "SendingReports" => RunState::SendingReports,
+            "Ready" => RunState::Ready,
+            "Finalizing" => RunState::Finalizing,
+            "Done" => RunState::Done,
+            "Cancelled" => RunState::Cancelled,
+            "Aborted" => RunState::Aborted,
+            _ => RunState::Other(word),
+        }
+    }
+}
+
+impl Default for RunState {
+    fn default() -> Self {
+        RunState::Other(String::new())
+    }
+}
+
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -328,7 +412,7 @@ impl SlipStreamDriver {
 
     /// The run as a node: its address once it is `Ready`.
     async fn node_of(&self, item: &RunItem) -> Result<Node> {
-        let address = if item.status == "Ready" {
+        let address = if item.status == RunState::Ready {
             let run = self.run(&item.uuid).await?;
             hostname_of(&run)
         } else {
@@ -352,7 +436,9 @@ impl SlipStreamDriver {
             service_url: parameter(&run, "ss:url.service").unwrap_or_default(),
             abort: parameter(&run, "ss:abort").unwrap_or_default(),
         };
-        let address = (run.state == "Ready").then(|| hostname_of(&run)).flatten();
+        let address = (run.state == RunState::Ready)
+            .then(|| hostname_of(&run))
+            .flatten();
         Ok(to_node(&item, address))
     }
 
@@ -388,31 +474,38 @@ impl SlipStreamDriver {
     pub async fn ex_wait_node_in_state(
         &self,
         node: &Node,
-        states: &[&str],
+        states: &[RunState],
         wait_period: Duration,
         timeout: Duration,
         ignore_abort: bool,
-    ) -> Result<String> {
+    ) -> Result<RunState> {
         let started = tokio::time::Instant::now();
+        let wanted = || {
+            (states.iter())
+                .map(RunState::as_str)
+                .collect::<Vec<_>>()
+                .join(" or ")
+        };
         loop {
-            let state = self
-                .ex_get_node_parameter(node, "ss:state", ignore_abort)
-                .await?;
-            if states.contains(&state.as_str()) {
+            let state = RunState::from(
+                self.ex_get_node_parameter(node, "ss:state", ignore_abort)
+                    .await?,
+            );
+            if states.contains(&state) {
                 return Ok(state);
             }
-            if matches!(state.as_str(), "Done" | "Cancelled" | "Aborted") {
+            if state.is_final() {
                 return Err(invalid(format!(
                     "run {} ended {state} before reaching {}",
                     node.id,
-                    states.join(" or ")
+                    wanted()
                 )));
             }
             if started.elapsed() + wait_period > timeout {
                 return Err(invalid(format!(
                     "run {} still {state} after {timeout:?} (waiting for {})",
                     node.id,
-                    states.join(" or ")
+                    wanted()
                 )));
             }
             tokio::time::sleep(wait_period).await;
@@ -540,7 +633,7 @@ fn hostname_of(run: &Run) -> Option<String> {
 
 fn to_node(item: &RunItem, address: Option<String>) -> Node {
     let mut extra: BTreeMap<String, Value> = BTreeMap::new();
-    extra.insert("status".into(), item.status.clone().into());
+    extra.insert("status".into(), item.status.to_string().into());
     extra.insert("module".into(), item.module.clone().into());
     extra.insert("cloud".into(), item.clouds.clone().into());
     extra.insert("tags".into(), item.tags.clone().into());
@@ -556,7 +649,7 @@ fn to_node(item: &RunItem, address: Option<String>) -> Node {
     Node {
         id: item.uuid.clone(),
         name: first_tag(&item.tags).unwrap_or(&item.uuid).to_string(),
-        state: state_of(&item.status),
+        state: item.status.node_state(),
         public_ips: address
             .and_then(|a| a.parse::<IpAddr>().ok())
             .into_iter()
@@ -993,11 +1086,17 @@ mod tests {
 
     #[test]
     fn run_states_map_as_the_reference_says() {
+        let state_of = |word: &str| RunState::from(word.to_string()).node_state();
         assert_eq!(state_of("Initializing"), NodeState::Pending);
         assert_eq!(state_of("Provisioning"), NodeState::Rebooting);
         assert_eq!(state_of("Ready"), NodeState::Running);
         assert_eq!(state_of("Cancelled"), NodeState::Terminated);
         assert_eq!(state_of("Aborted"), NodeState::Error);
+        assert_eq!(state_of("Levitating"), NodeState::Unknown);
+        assert_eq!(
+            RunState::from("Levitating".to_string()).to_string(),
+            "Levitating"
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::driver::ProviderError;
 use crate::http::{HttpClient, Request, Response, TransportError};
 use crate::providers::{call_failure, http_client, Refusal};
 
-pub use driver::{SlipStreamDriver, SlipStreamOptions, VirtualMachine};
+pub use driver::{RunState, SlipStreamDriver, SlipStreamOptions, VirtualMachine};
 
 /// The provider's name.
 pub const PROVIDER: &str = "slipstream";
