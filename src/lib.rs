@@ -26,6 +26,22 @@ pub mod procfs;
 pub mod providers;
 pub mod ssh;
 
+/// An error and its causes on one line, `: `-separated; a cause whose text the line holds already
+/// (a wrapper that repeats its source) is not said twice.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// nodeup's own state directory: `$NODEUP_STATE_DIR`, else `$XDG_STATE_HOME/nodeup`, else
 /// `~/.local/state/nodeup` (local nodes under `local/`, nodeup's known_hosts, reinstall keys).
 pub fn state_dir() -> std::path::PathBuf {

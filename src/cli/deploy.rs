@@ -125,7 +125,7 @@ fn requests(args: &DeployArgs, file: &StepFile) -> Result<Vec<CreateNode>, Failu
         .or(file.node.name.clone())
         .ok_or_else(|| in_file("no node name: set `name` under [node] or pass --name".into()))?;
     let count = args.count.or(file.node.count).unwrap_or(1);
-    let mut names = nodeup::fleet::node_names(&name, count).map_err(in_file)?;
+    let mut names = nodeup::fleet::node_names(&name, count).map_err(|e| in_file(e.to_string()))?;
     if let Some(shard) = args.fleet.shard {
         names = shard.pick(names);
     }

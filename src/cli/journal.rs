@@ -51,7 +51,9 @@ pub struct CleanupArgs {
 impl From<JournalError> for Failure {
     fn from(e: JournalError) -> Self {
         match e {
-            JournalError::Other { .. } => Failure::Failed(e.into()),
+            JournalError::Database { .. } | JournalError::LockContended { .. } => {
+                Failure::Failed(e.into())
+            }
             _ => Failure::Usage(e.into()),
         }
     }

@@ -132,7 +132,8 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
 async fn machines(args: &RunArgs) -> Result<Vec<Machine>, Failure> {
     let mut machines = Vec::new();
     for text in &args.hosts {
-        let spec = parse_host(text).map_err(|e| Failure::Usage(anyhow!("--host {e}")))?;
+        let spec = parse_host(text)
+            .map_err(|e| Failure::Usage(anyhow::Error::new(e).context("--host")))?;
         machines.push(Machine {
             label: text.clone(),
             given: MachineGiven {
@@ -147,9 +148,9 @@ async fn machines(args: &RunArgs) -> Result<Vec<Machine>, Failure> {
     if let Some(path) = &args.inventory {
         let inventory = Inventory::load(path).map_err(|e| Failure::Usage(e.into()))?;
         let pattern = args.limit.as_deref().unwrap_or("all");
-        let hosts = inventory
-            .limit(pattern)
-            .map_err(|e| Failure::Usage(anyhow!("{}: {e}", path.display())))?;
+        let hosts = inventory.limit(pattern).map_err(|e| {
+            Failure::Usage(anyhow::Error::new(e).context(path.display().to_string()))
+        })?;
         machines.extend(hosts.into_iter().map(|h| Machine {
             label: h.name,
             given: MachineGiven {

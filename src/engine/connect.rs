@@ -99,17 +99,7 @@ fn record(attempts: &mut Vec<LoginAttempt>, user: &str, error: &ssh::Error) {
     }
 }
 
-/// An error and its causes on one line.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use crate::error_chain;
 
 /// Logs in to `addr` as the first of `options.users` that works, until `deadline`.
 /// Every attempt's outcome is recorded in `attempts`.

@@ -149,7 +149,7 @@ fn login_credentials(features: Features, options: &DeployOptions) -> Result<Cred
     if creds.is_empty() && features.ssh_key && options.temporary_key && options.auth.is_none() {
         let key =
             russh::keys::PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
-                .map_err(|e| Cause::Invalid(format!("generating a temporary key: {e}")))?;
+                .map_err(|e| Cause::Invalid(Box::new(TemporaryKeyFailed(e))))?;
         tracing::info!("no key given: logging in with a temporary ed25519 key");
         creds
             .keys
@@ -164,6 +164,11 @@ fn login_credentials(features: Features, options: &DeployOptions) -> Result<Cred
     }
     Ok(creds)
 }
+
+/// The temporary key could not be generated.
+#[derive(Debug, thiserror::Error)]
+#[error("generating a temporary key")]
+struct TemporaryKeyFailed(#[source] russh::keys::ssh_key::Error);
 
 /// What `create_node` is handed: the options' `auth`, else the public half of the first key
 /// (when the provider installs keys and `authorize_key`), and only a kind the provider accepts.
@@ -210,7 +215,7 @@ pub async fn deploy_node(
 ) -> Result<Deployment, DeploymentError> {
     steps
         .validate()
-        .map_err(|e| DeploymentError::before_create(Cause::Invalid(e.to_string())))?;
+        .map_err(|e| DeploymentError::before_create(Cause::Invalid(Box::new(e))))?;
     let features = driver.features();
     let creds = login_credentials(features, options).map_err(DeploymentError::before_create)?;
     let mut request = request.clone();
@@ -400,7 +405,7 @@ async fn provision(
         created: true,
         driver: Some(driver.clone()),
         ssh: super::settings::for_created_node(options, &addr.ip().to_string())
-            .map_err(|e| failed(Cause::Invalid(e.to_string())))?,
+            .map_err(|e| failed(Cause::Invalid(Box::new(e))))?,
     };
     match run_steps(&target, steps, &creds, options).await {
         Ok(run) => Ok(Deployment {

@@ -12,9 +12,10 @@ use crate::ssh;
 /// Why a deployment failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Cause {
-    /// Bad input; nothing was created.
-    #[error("{0}")]
-    Invalid(String),
+    /// Bad input or configuration (a step, the ssh_config, no way to log in); it says what to
+    /// fix, and keeps the error underneath as its own.
+    #[error(transparent)]
+    Invalid(Box<dyn std::error::Error + Send + Sync>),
     /// A key file or passphrase cannot be used; nothing was created.
     #[error(transparent)]
     Credentials(ssh::Error),

@@ -594,7 +594,11 @@ async fn run_member(mut member: RunMember, steps: &Step, options: &DeployOptions
         };
         match journal.begin_node(&intent, "run").await {
             Ok(entry) => member.target.journal = Some(entry),
-            Err(e) => tracing::warn!("journal: recording host {}: {e}", member.label),
+            Err(e) => tracing::warn!(
+                "journal: recording host {}: {}",
+                member.label,
+                crate::error_chain(&e)
+            ),
         }
     }
     let cancel = options.cancel.clone();

@@ -18,24 +18,59 @@ pub struct HostSpec {
     pub port: Option<u16>,
 }
 
+/// A host that is not `[user@]address[:port]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostSpecError {
+    /// `@host`.
+    #[error("{0:?}: the user before @ is empty")]
+    EmptyUser(String),
+    /// `[v6address` with no `]`.
+    #[error("{0:?}: a [ without its ]")]
+    Unclosed(String),
+    /// Something after `]` that is not `:port`.
+    #[error("{text:?}: unexpected {after:?} after ]")]
+    AfterBracket {
+        /// The host as written.
+        text: String,
+        /// What follows the `]`.
+        after: String,
+    },
+    /// No address at all.
+    #[error("{0:?}: no address")]
+    NoAddress(String),
+    /// The port is not one.
+    #[error("{text:?}: {port:?} is not a port (1 to 65535)")]
+    BadPort {
+        /// The host as written.
+        text: String,
+        /// The port as written.
+        port: String,
+    },
+}
+
 /// Parses `[user@]address[:port]`, with `[v6address]:port`.
 ///
 /// # Errors
 /// An empty user or address, a bad port, an unclosed bracket.
-pub fn parse_host(text: &str) -> Result<HostSpec, String> {
+pub fn parse_host(text: &str) -> Result<HostSpec, HostSpecError> {
     let (user, rest) = match text.rsplit_once('@') {
         Some((user, rest)) if !user.is_empty() => (Some(user.to_string()), rest),
-        Some(_) => return Err(format!("{text:?}: the user before @ is empty")),
+        Some(_) => return Err(HostSpecError::EmptyUser(text.into())),
         None => (None, text),
     };
     let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
         let (host, after) = inner
             .split_once(']')
-            .ok_or_else(|| format!("{text:?}: a [ without its ]"))?;
+            .ok_or_else(|| HostSpecError::Unclosed(text.into()))?;
         match after.strip_prefix(':') {
             Some(p) => (host.to_string(), Some(p)),
             None if after.is_empty() => (host.to_string(), None),
-            None => return Err(format!("{text:?}: unexpected {after:?} after ]")),
+            None => {
+                return Err(HostSpecError::AfterBracket {
+                    text: text.into(),
+                    after: after.into(),
+                })
+            }
         }
     } else if rest.matches(':').count() > 1 {
         // A bare IPv6 address.
@@ -47,12 +82,17 @@ pub fn parse_host(text: &str) -> Result<HostSpec, String> {
         }
     };
     if host.is_empty() {
-        return Err(format!("{text:?}: no address"));
+        return Err(HostSpecError::NoAddress(text.into()));
     }
     let port = port
         .map(|p| {
             p.parse::<u16>()
-                .map_err(|_| format!("{text:?}: {p:?} is not a port"))
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| HostSpecError::BadPort {
+                    text: text.into(),
+                    port: p.into(),
+                })
         })
         .transpose()?;
     Ok(HostSpec { user, host, port })
@@ -85,6 +125,20 @@ pub struct InventoryError {
     pub line: usize,
     /// What is wrong, and the fix.
     pub message: String,
+}
+
+/// A `--limit` pattern that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    /// An item is neither a group, a host, nor a valid glob.
+    #[error("--limit {item:?}: not a group, host or glob")]
+    BadGlob {
+        /// The item.
+        item: String,
+        /// Why it is no glob.
+        #[source]
+        source: glob::PatternError,
+    },
 }
 
 /// An inventory: its hosts in file order (each once), and its groups.
@@ -151,7 +205,7 @@ impl Inventory {
     ///
     /// # Errors
     /// An item that selects nothing and is no valid glob.
-    pub fn limit(&self, pattern: &str) -> Result<Vec<InventoryHost>, String> {
+    pub fn limit(&self, pattern: &str) -> Result<Vec<InventoryHost>, LimitError> {
         let mut chosen: Option<BTreeSet<String>> = None;
         let (mut excluded, mut required) = (Vec::new(), Vec::new());
         for item in pattern
@@ -180,7 +234,7 @@ impl Inventory {
             .collect())
     }
 
-    fn select(&self, item: &str) -> Result<BTreeSet<String>, String> {
+    fn select(&self, item: &str) -> Result<BTreeSet<String>, LimitError> {
         if item == "all" || item == "*" {
             return Ok(self.hosts.iter().map(|h| h.name.clone()).collect());
         }
@@ -192,8 +246,10 @@ impl Inventory {
                 .map(|h| h.name.clone())
                 .collect());
         }
-        let glob = glob::Pattern::new(item)
-            .map_err(|e| format!("--limit {item:?}: not a group, host or glob ({e})"))?;
+        let glob = glob::Pattern::new(item).map_err(|source| LimitError::BadGlob {
+            item: item.into(),
+            source,
+        })?;
         Ok(self
             .hosts
             .iter()
@@ -211,10 +267,10 @@ fn plain(text: &str, path: &str) -> Result<Inventory, InventoryError> {
         if line.is_empty() {
             continue;
         }
-        let spec = parse_host(line).map_err(|message| InventoryError {
+        let spec = parse_host(line).map_err(|e| InventoryError {
             path: path.into(),
             line: n + 1,
-            message: format!("{message}: write [user@]host[:port]"),
+            message: format!("{e}: write [user@]host[:port]"),
         })?;
         if inventory.hosts.iter().any(|h| h.name == line) {
             continue;

@@ -4,7 +4,9 @@
 
 pub mod inventory;
 
-pub use inventory::{parse_host, HostSpec, Inventory, InventoryError, InventoryHost};
+pub use inventory::{
+    parse_host, HostSpec, HostSpecError, Inventory, InventoryError, InventoryHost, LimitError,
+};
 
 /// One of N deterministic parts of a fleet or an inventory: member `i` (0-based, in order)
 /// belongs to part `i % N + 1`. Any job runner can run the N parts as N nodeup processes.
@@ -16,13 +18,39 @@ pub struct Shard {
     pub count: usize,
 }
 
+/// A shard that is not `K/N` with 1 ≤ K ≤ N.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?}: give K/N with 1 <= K <= N, e.g. 2/5")]
+pub struct ShardError(pub String);
+
+/// A node name template that cannot be expanded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// A count of zero.
+    #[error("count must be 1 or more")]
+    NoNodes,
+    /// A `{` without its `}`.
+    #[error("name {0:?}: a {{ without its }}: write {{index}} or {{index:03}}")]
+    Unclosed(String),
+    /// A placeholder other than `{index}` or `{index:0N}`.
+    #[error(
+        "name {template:?}: unknown placeholder {{{placeholder}}}: write {{index}} or {{index:03}}"
+    )]
+    Unknown {
+        /// The template.
+        template: String,
+        /// What is between the braces.
+        placeholder: String,
+    },
+}
+
 impl Shard {
     /// Parses `K/N` (1 ≤ K ≤ N).
     ///
     /// # Errors
     /// Anything else, with an example.
-    pub fn parse(text: &str) -> Result<Shard, String> {
-        let bad = || format!("{text:?}: give K/N with 1 <= K <= N, e.g. 2/5");
+    pub fn parse(text: &str) -> Result<Shard, ShardError> {
+        let bad = || ShardError(text.to_string());
         let (k, n) = text.split_once('/').ok_or_else(bad)?;
         let index: usize = k.trim().parse().map_err(|_| bad())?;
         let count: usize = n.trim().parse().map_err(|_| bad())?;
@@ -53,9 +81,9 @@ impl Shard {
 ///
 /// # Errors
 /// A `{` that starts no known placeholder, or a count of zero.
-pub fn node_names(template: &str, count: usize) -> Result<Vec<String>, String> {
+pub fn node_names(template: &str, count: usize) -> Result<Vec<String>, NameError> {
     if count == 0 {
-        return Err("count must be 1 or more".into());
+        return Err(NameError::NoNodes);
     }
     let has_index = template.contains('{');
     (1..=count)
@@ -71,24 +99,22 @@ pub fn node_names(template: &str, count: usize) -> Result<Vec<String>, String> {
         .collect()
 }
 
-fn expand(template: &str, index: usize) -> Result<String, String> {
+fn expand(template: &str, index: usize) -> Result<String, NameError> {
     let mut out = String::new();
     let mut rest = template;
     while let Some(open) = rest.find('{') {
         out.push_str(&rest[..open]);
-        let close = rest[open..].find('}').map(|c| open + c).ok_or_else(|| {
-            format!("name {template:?}: a {{ without its }}: write {{index}} or {{index:03}}")
-        })?;
+        let close = (rest[open..].find('}'))
+            .map(|c| open + c)
+            .ok_or_else(|| NameError::Unclosed(template.into()))?;
         let width = match &rest[open + 1..close] {
             "index" => 0,
             spec => spec
                 .strip_prefix("index:0")
                 .and_then(|w| w.parse::<usize>().ok())
-                .ok_or_else(|| {
-                    format!(
-                        "name {template:?}: unknown placeholder {{{spec}}}: write {{index}} or \
-                         {{index:03}}"
-                    )
+                .ok_or_else(|| NameError::Unknown {
+                    template: template.into(),
+                    placeholder: spec.into(),
                 })?,
         };
         out.push_str(&format!("{index:0width$}"));
@@ -116,6 +142,7 @@ mod tests {
         assert_eq!(node_names("web", 1).unwrap(), ["web"]);
         assert!(node_names("web-{i}", 2)
             .unwrap_err()
+            .to_string()
             .contains("unknown placeholder {i}"));
         assert!(node_names("web-{index", 2).is_err());
         assert!(node_names("web", 0).is_err());

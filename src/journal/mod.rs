@@ -135,14 +135,40 @@ pub enum JournalError {
         /// What is wrong and how to fix it.
         message: String,
     },
-    /// Anything else the database said.
-    #[error("journal {journal}: {message}")]
-    Other {
+    /// Another run takes and gives up the lock on a name faster than this one can look.
+    #[error("journal {journal}: the lock on {name:?} keeps changing hands; try again")]
+    LockContended {
         /// The journal.
         journal: String,
-        /// What the database said.
-        message: String,
+        /// The node name.
+        name: String,
     },
+    /// The database failed; `source` says how.
+    #[error("journal {journal}: {doing} failed")]
+    Database {
+        /// The journal.
+        journal: String,
+        /// What was being done (`PostgreSQL`, `opening`, ...).
+        doing: String,
+        /// What the database (or the system) said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl JournalError {
+    /// A database failure of `journal` while `doing` something.
+    pub fn database(
+        journal: &str,
+        doing: &str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        JournalError::Database {
+            journal: journal.into(),
+            doing: doing.into(),
+            source: Box::new(source),
+        }
+    }
 }
 
 /// Who holds the name a deploy asked for.
@@ -638,7 +664,11 @@ impl Journal {
                 .await
         };
         if let Err(e) = outcome.await {
-            tracing::warn!("recording the end of run {}: {e}", run.id);
+            tracing::warn!(
+                "recording the end of run {}: {}",
+                run.id,
+                crate::error_chain(&e)
+            );
         }
     }
 
@@ -727,7 +757,7 @@ async fn renew_lease(store: Arc<dyn Store>, id: String) {
             )
             .await;
         if let Err(e) = renewed {
-            tracing::warn!("renewing the lease of run {id}: {e}");
+            tracing::warn!("renewing the lease of run {id}: {}", crate::error_chain(&e));
         }
     }
 }
@@ -836,9 +866,9 @@ async fn take_lock(store: &dyn Store, key: &LockKey, run: &str) -> Result<(), Jo
             return Ok(());
         }
     }
-    Err(JournalError::Other {
+    Err(JournalError::LockContended {
         journal: store.describe(),
-        message: format!("the lock on {:?} keeps changing hands; try again", key.name),
+        name: key.name.clone(),
     })
 }
 
@@ -897,7 +927,7 @@ impl NodeEntry {
             self.seq.into(),
         ]);
         if let Err(e) = self.store.execute(&sql, params).await {
-            tracing::warn!("journal: recording {what}: {e}");
+            tracing::warn!("journal: recording {what}: {}", crate::error_chain(&e));
         }
     }
 
@@ -976,7 +1006,11 @@ impl NodeEntry {
             )
             .await;
         if let Err(e) = recorded {
-            tracing::warn!("journal: recording the result of step {}: {e}", step.index);
+            tracing::warn!(
+                "journal: recording the result of step {}: {}",
+                step.index,
+                crate::error_chain(&e)
+            );
         }
     }
 
@@ -1008,7 +1042,11 @@ impl NodeEntry {
                 )
                 .await;
             if let Err(e) = released {
-                tracing::warn!("journal: releasing the name {:?}: {e}", key.name);
+                tracing::warn!(
+                    "journal: releasing the name {:?}: {}",
+                    key.name,
+                    crate::error_chain(&e)
+                );
             }
         }
         if self.owns_run {

@@ -137,10 +137,7 @@ impl Sqlite {
         let opened = path.clone();
         let conn = tokio::task::spawn_blocking(move || open_sqlite(&opened))
             .await
-            .map_err(|e| JournalError::Other {
-                journal: path.display().to_string(),
-                message: e.to_string(),
-            })??;
+            .map_err(|e| JournalError::database(&path.display().to_string(), "opening", e))??;
         Ok(Sqlite {
             path,
             conn: Arc::new(tokio::sync::Mutex::new(conn)),
@@ -155,10 +152,7 @@ impl Sqlite {
         let path = self.path.clone();
         let outcome = tokio::task::spawn_blocking(move || f(&mut conn))
             .await
-            .map_err(|e| JournalError::Other {
-                journal: self.describe(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| JournalError::database(&self.describe(), "a query", e))?;
         outcome.map_err(|e| sqlite_error(&path, e))
     }
 }
@@ -170,9 +164,9 @@ fn open_sqlite(path: &Path) -> Result<rusqlite::Connection, JournalError> {
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .map_err(|e| JournalError::Other {
-                    journal: path.display().to_string(),
-                    message: format!("creating {}: {e}", dir.display()),
+                .map_err(|e| {
+                    let what = format!("creating {}", dir.display());
+                    JournalError::database(&path.display().to_string(), &what, e)
                 })?;
         }
     }
@@ -207,10 +201,7 @@ fn sqlite_error(path: &Path, e: rusqlite::Error) -> JournalError {
         {
             JournalError::ReadOnly { journal }
         }
-        _ => JournalError::Other {
-            journal,
-            message: e.to_string(),
-        },
+        _ => JournalError::database(&journal, "SQLite", e),
     }
 }
 
@@ -340,7 +331,7 @@ impl Postgres {
         let (client, connection) = config
             .connect(tls)
             .await
-            .map_err(|e| unreachable(error_chain(&e)))?;
+            .map_err(|e| unreachable(crate::error_chain(&e)))?;
         let journal = shown.clone();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -351,25 +342,8 @@ impl Postgres {
     }
 
     fn fail(&self, e: tokio_postgres::Error) -> JournalError {
-        JournalError::Other {
-            journal: self.shown.clone(),
-            message: error_chain(&e),
-        }
+        JournalError::database(&self.shown, "PostgreSQL", e)
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let more = cause.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// A database URL without its password (`postgres://user:***@host/db`).
