@@ -41,6 +41,7 @@ pub fn event_text(event: &Event) -> String {
             format!("a step failed; running the deployment again (run {run})")
         }
         Event::StepStarted { index, total, kind } => format!("step {index}/{total}: {kind}"),
+        Event::StepWaiting(what) => format!("  {what}"),
         Event::StepFinished {
             index,
             total,

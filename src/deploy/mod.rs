@@ -21,7 +21,7 @@ use crate::ssh::{self, Captured, ExitStatus, OutputSink, SshSession};
 
 pub use cloud_init::{CloudInitStep, DEFAULT_CLOUD_INIT_TIMEOUT};
 pub use file::FileStep;
-pub use reboot::{RebootStep, DEFAULT_REBOOT_TIMEOUT};
+pub use reboot::{RebootStep, DEFAULT_REBOOT_TIMEOUT, REBOOT_POLL};
 pub use script::{ScriptSource, ScriptStep};
 pub use ssh_key::SshKeyStep;
 
@@ -48,6 +48,27 @@ pub trait CustomStep: Send + Sync + std::fmt::Debug {
     /// [`Error::Custom`] for a failure of its own; [`Error::Ssh`] (from `?` on session calls)
     /// when the connection fails, which the engine resumes like any other step's.
     async fn run(&self, ctx: &Context<'_>) -> Result<StepResult, Error>;
+}
+
+/// What a step may ask of the machine beyond its session: what a reboot needs. The engine gives
+/// it ([`Context::machine`]); outside the engine there is none.
+#[async_trait::async_trait]
+pub trait Machine: Send + Sync {
+    /// Asks the machine's provider to reboot it, when the deployment has one for it (`deploy`);
+    /// `None` when it has not (`run`): the step reboots the machine from inside.
+    async fn reboot_through_provider(&self) -> Option<Result<(), crate::driver::ProviderError>>;
+
+    /// Logs in again, as the user logged in now, trying until `deadline`.
+    ///
+    /// # Errors
+    /// No login worked by then.
+    async fn log_in_again(&self, deadline: tokio::time::Instant) -> Result<SshSession, ssh::Error>;
+
+    /// Makes `session` the one later steps run over (the step's own session is gone).
+    fn adopt(&self, session: SshSession);
+
+    /// Says on the progress line what the step waits for.
+    fn waiting(&self, what: &str);
 }
 
 /// One deployment step.
@@ -91,14 +112,14 @@ impl Step {
         }
     }
 
-    /// How many commands the steps send over SSH, when that is known (not for custom steps): a
-    /// session makes that many channels ready ahead, and no more.
+    /// How many commands the steps send over SSH, when that is known (not for custom steps): the
+    /// plan ([`ssh::Plan`]) that the sessions of a deployment make channels ready for.
     pub fn commands(steps: &[&Step]) -> Option<usize> {
         steps.iter().try_fold(0, |sum, step| {
             let n = match step {
                 Step::SshKey(_) | Step::File(_) | Step::WaitCloudInit(_) => Some(1),
-                // The commands before the reboot; the session after it is a new one.
-                Step::Reboot(_) => Some(2),
+                // The boot id, the reboot, the boot id after it and the clean-up.
+                Step::Reboot(_) => Some(4),
                 Step::Script(s) => Some(if s.keep { 1 } else { 2 }),
                 Step::Custom(_) => None,
                 Step::Multi(inner) => Step::commands(&inner.iter().collect::<Vec<_>>()),
@@ -137,14 +158,7 @@ impl Step {
             Step::File(s) => s.run(ctx).await?,
             Step::Script(s) => s.run(ctx).await?,
             Step::WaitCloudInit(s) => s.run(ctx).await?,
-            Step::Reboot(_) => {
-                return Err(Error::Custom {
-                    message: "a reboot step runs only under the engine (engine::run_steps), \
-                              which logs in again after it"
-                        .into(),
-                    result: None,
-                })
-            }
+            Step::Reboot(s) => s.run(ctx).await?,
             Step::Custom(s) => s.run(ctx).await?,
             Step::Multi(steps) => {
                 for step in steps {
@@ -174,6 +188,8 @@ pub struct Context<'a> {
     /// Remote temporary paths a step has made and not yet removed. Should the connection be lost,
     /// whoever resumes removes them ([`remove_leftovers`]).
     pub leftovers: &'a Mutex<Vec<String>>,
+    /// What the step may ask of the machine beyond its session (the engine's; `None` elsewhere).
+    pub machine: Option<&'a dyn Machine>,
 }
 
 impl Context<'_> {

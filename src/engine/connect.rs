@@ -43,8 +43,9 @@ pub struct LoginOptions {
     /// handshake and authentication) at once, so that sshd's `MaxStartups` or a bastion is not
     /// overrun.
     pub startups: Option<std::sync::Arc<tokio::sync::Semaphore>>,
-    /// How many commands will run once logged in, when known ([`ConnectOptions::planned_commands`]).
-    pub planned_commands: Option<usize>,
+    /// The commands to come once logged in ([`ConnectOptions::plan`]), shared by every login of
+    /// one deployment.
+    pub plan: ssh::Plan,
     /// Jump hosts to reach the node through ([`ConnectOptions::jump`]).
     pub jump: Option<ssh::Jump>,
 }
@@ -131,7 +132,7 @@ pub async fn login(
                     .min(left.max(Duration::from_millis(100))),
                 keepalive: options.keepalive,
                 host_keys: options.host_keys.clone(),
-                planned_commands: options.planned_commands,
+                plan: options.plan.clone(),
                 jump: options.jump.clone(),
             };
             match try_user(&connect, creds, options.startups.as_deref()).await {

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use super::connect::error_chain;
 use super::errors::{Cause, DeploymentError};
-use super::options::{default_known_hosts, AtExit, DeployOptions, Event};
+use super::options::{default_known_hosts, AtExit, DeployOptions};
+use super::recorder::Recorder;
 use super::runner::run_steps;
 use super::target::Target;
 use super::wait::{wait_until_running, WaitError, WaitOptions};
@@ -82,20 +83,18 @@ struct ExitGuard {
     driver: Arc<dyn NodeDriver>,
     node: Node,
     hook: Option<AtExit>,
-    journal: Option<NodeEntry>,
+    recorder: Recorder,
 }
 
-/// Runs the at-exit hook, then records in the journal whether the node is gone.
-async fn run_hook(hook: AtExit, driver: Arc<dyn NodeDriver>, node: Node, entry: Option<NodeEntry>) {
+/// Runs the at-exit hook, then records whether the node is gone.
+async fn run_hook(hook: AtExit, driver: Arc<dyn NodeDriver>, node: Node, recorder: Recorder) {
     let gone = hook(driver, node).await;
-    if let Some(entry) = entry {
-        let state = if gone {
-            Stage::Destroyed
-        } else {
-            Stage::Cancelled
-        };
-        entry.finish(state).await;
-    }
+    let stage = if gone {
+        Stage::Destroyed
+    } else {
+        Stage::Cancelled
+    };
+    recorder.finish(stage).await;
 }
 
 impl ExitGuard {
@@ -107,14 +106,10 @@ impl ExitGuard {
     async fn fire(mut self) -> Node {
         match self.hook.take() {
             Some(hook) => {
-                let entry = self.journal.clone();
-                run_hook(hook, self.driver.clone(), self.node.clone(), entry).await;
+                let (driver, node) = (self.driver.clone(), self.node.clone());
+                run_hook(hook, driver, node, self.recorder.clone()).await;
             }
-            None => {
-                if let Some(entry) = &self.journal {
-                    entry.finish(Stage::Cancelled).await;
-                }
-            }
+            None => self.recorder.finish(Stage::Cancelled).await,
         }
         self.node.clone()
     }
@@ -125,13 +120,8 @@ impl Drop for ExitGuard {
         if let Some(hook) = self.hook.take() {
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
-                    let entry = self.journal.clone();
-                    runtime.spawn(run_hook(
-                        hook,
-                        self.driver.clone(),
-                        self.node.clone(),
-                        entry,
-                    ));
+                    let (driver, node) = (self.driver.clone(), self.node.clone());
+                    runtime.spawn(run_hook(hook, driver, node, self.recorder.clone()));
                 }
                 Err(_) => tracing::error!(
                     node = %self.node.name,
@@ -227,54 +217,44 @@ pub async fn deploy_node(
     let entry = begin_entry(driver.as_ref(), &request, steps, options)
         .await
         .map_err(|e| DeploymentError::before_create(Cause::Journal(e)))?;
-    options.emit(Event::Creating(request.name.clone()));
+    let recorder = Recorder::new(options.progress.clone(), entry);
+    recorder.creating(&request.name);
     let node = match driver.create_node(&request).await {
         Ok(node) => node,
-        Err(e) => return Err(create_failed(e, entry).await),
+        Err(e) => return Err(create_failed(e, recorder).await),
     };
     tracing::info!(node = %node.name, id = %node.id, "node created");
-    if let Some(entry) = &entry {
-        entry.created(&node).await;
-    }
-    options.emit(Event::Created(node.clone()));
+    recorder.created(&node).await;
     let guard = ExitGuard {
         driver: driver.clone(),
         node: node.clone(),
         hook: options.at_exit.clone(),
-        journal: entry.clone(),
+        recorder: recorder.clone(),
+    };
+    let provisioning = Provisioning {
+        driver: &driver,
+        steps,
+        options,
+        recorder: &recorder,
     };
     let outcome = tokio::select! {
         biased;
         _ = options.cancel.cancelled() => None,
-        result = provision(&driver, &node, steps, creds, options, entry.as_ref()) => Some(result),
+        result = provisioning.run(&node, creds) => Some(result),
     };
     match outcome {
         None => {
             let node = guard.fire().await;
-            Err(DeploymentError {
-                node: Some(node),
-                step: None,
-                cause: Cause::Cancelled,
-                attempts: Vec::new(),
-                completed: Vec::new(),
-                journal: entry,
-            })
+            Err(provisioning.failed(&node, Cause::Cancelled))
         }
-        Some(Ok(mut deployment)) => {
+        Some(Ok(deployment)) => {
             guard.disarm();
-            if let Some(entry) = &entry {
-                entry.finish(Stage::Done).await;
-            }
-            deployment.journal = entry;
+            recorder.finish(Stage::Done).await;
             Ok(deployment)
         }
-        Some(Err(mut error)) => {
-            let node = guard.disarm();
-            error.node.get_or_insert(node);
-            if let Some(entry) = &entry {
-                entry.failed(&error_chain(&error)).await;
-            }
-            error.journal = entry;
+        Some(Err(error)) => {
+            guard.disarm();
+            recorder.failed(&error_chain(&error)).await;
             Err(error)
         }
     }
@@ -304,16 +284,17 @@ async fn begin_entry(
 /// A failed create: a refusal (bad request, credentials, not found) created nothing and is
 /// recorded so; any other failure may have made a node whose answer was lost, so the record stays
 /// `failed` and `nodeup cleanup` looks the node up by name once this process is gone.
-async fn create_failed(e: ProviderError, entry: Option<NodeEntry>) -> DeploymentError {
-    if let Some(entry) = &entry {
-        entry.failed(&format!("create_node: {e}")).await;
-        if !matches!(e, ProviderError::Failed { .. }) {
-            entry.finish(Stage::Destroyed).await;
-        }
+async fn create_failed(e: ProviderError, recorder: Recorder) -> DeploymentError {
+    recorder
+        .failed(&format!("create_node: {}", error_chain(&e)))
+        .await;
+    if !matches!(e, ProviderError::Failed { .. }) {
+        recorder.finish(Stage::Destroyed).await;
     }
-    let mut error = DeploymentError::before_create(Cause::Provider(e));
-    error.journal = entry;
-    error
+    DeploymentError {
+        journal: recorder.entry(),
+        ..DeploymentError::before_create(Cause::Provider(e))
+    }
 }
 
 /// Waits until the node runs and has an address to log in on.
@@ -356,72 +337,78 @@ fn login_users(options: &DeployOptions, node: &Node) -> Vec<String> {
     users
 }
 
-async fn provision(
-    driver: &Arc<dyn NodeDriver>,
-    node: &Node,
-    steps: &Step,
-    mut creds: Credentials,
-    options: &DeployOptions,
-    entry: Option<&NodeEntry>,
-) -> Result<Deployment, DeploymentError> {
-    let failed = |cause| DeploymentError {
-        node: Some(node.clone()),
-        step: None,
-        cause,
-        attempts: Vec::new(),
-        completed: Vec::new(),
-        journal: None,
-    };
-    options.emit(Event::Waiting);
-    let ready = wait_for(driver.as_ref(), node, options)
-        .await
-        .map_err(|e| failed(Cause::Wait(e)))?;
-    let mut node = ready.node;
-    if driver.features().generates_password {
-        if let Some(pw) = node.password() {
-            creds.password.get_or_insert(Password(pw.to_string()));
+/// What provisions a created node: the deployment's driver, steps and options, and its recorder.
+struct Provisioning<'a> {
+    driver: &'a Arc<dyn NodeDriver>,
+    steps: &'a Step,
+    options: &'a DeployOptions,
+    recorder: &'a Recorder,
+}
+
+impl Provisioning<'_> {
+    /// The error of a deployment of `node` that failed before its steps ran, for `cause`.
+    fn failed(&self, node: &Node, cause: Cause) -> DeploymentError {
+        DeploymentError {
+            node: Some(node.clone()),
+            step: None,
+            cause,
+            attempts: Vec::new(),
+            completed: Vec::new(),
+            journal: self.recorder.entry(),
         }
     }
-    // A password this deployment logs in with is the node's password (as Libcloud records it).
-    if let (Some(NodeAuth::Password(pw)), None) = (&options.auth, node.password()) {
-        node.set_password(pw);
-    }
-    let users = login_users(options, &node);
-    let pinned = node.host_keys();
-    let addr = SocketAddr::new(
-        ready.addresses[0],
-        options.port.unwrap_or_else(|| node.ssh_port()),
-    );
-    options.emit(Event::Running(node.clone(), addr));
-    if let Some(entry) = entry {
-        entry.running(&addr.ip().to_string()).await;
-    }
-    let target = Target {
-        addr,
-        users,
-        pinned_host_keys: pinned,
-        node: Some(node.clone()),
-        journal: entry.cloned(),
-        created: true,
-        driver: Some(driver.clone()),
-        ssh: super::settings::for_created_node(options, &addr.ip().to_string())
-            .map_err(|e| failed(Cause::Invalid(Box::new(e))))?,
-    };
-    match run_steps(&target, steps, &creds, options).await {
-        Ok(run) => Ok(Deployment {
-            node,
-            user: run.user,
-            steps: run.steps,
-            reconnects: run.reconnects,
-            journal: None,
-        }),
-        Err(f) => Err(DeploymentError {
-            node: Some(node),
-            step: f.step,
-            cause: f.cause,
-            attempts: f.attempts,
-            completed: f.completed,
-            journal: None,
-        }),
+
+    /// Waits until `node` runs, logs in and runs the steps.
+    async fn run(
+        &self,
+        node: &Node,
+        mut creds: Credentials,
+    ) -> Result<Deployment, DeploymentError> {
+        let options = self.options;
+        self.recorder.waiting();
+        let ready = wait_for(self.driver.as_ref(), node, options)
+            .await
+            .map_err(|e| self.failed(node, Cause::Wait(e)))?;
+        let mut node = ready.node;
+        if self.driver.features().generates_password {
+            if let Some(pw) = node.password() {
+                creds.password.get_or_insert(Password(pw.to_string()));
+            }
+        }
+        // A password this deployment logs in with is the node's password (as Libcloud records it).
+        if let (Some(NodeAuth::Password(pw)), None) = (&options.auth, node.password()) {
+            node.set_password(pw);
+        }
+        let addr = SocketAddr::new(
+            ready.addresses[0],
+            options.port.unwrap_or_else(|| node.ssh_port()),
+        );
+        self.recorder.running(&node, addr).await;
+        let target = Target {
+            addr,
+            users: login_users(options, &node),
+            pinned_host_keys: node.host_keys(),
+            node: Some(node.clone()),
+            journal: self.recorder.entry(),
+            created: true,
+            driver: Some(self.driver.clone()),
+            ssh: super::settings::for_created_node(options, &addr.ip().to_string())
+                .map_err(|e| self.failed(&node, Cause::Invalid(Box::new(e))))?,
+        };
+        match run_steps(&target, self.steps, &creds, options).await {
+            Ok(run) => Ok(Deployment {
+                node,
+                user: run.user,
+                steps: run.steps,
+                reconnects: run.reconnects,
+                journal: self.recorder.entry(),
+            }),
+            Err(f) => Err(DeploymentError {
+                step: f.step,
+                attempts: f.attempts,
+                completed: f.completed,
+                ..self.failed(&node, f.cause)
+            }),
+        }
     }
 }

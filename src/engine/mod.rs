@@ -9,6 +9,7 @@ mod deploy;
 mod errors;
 pub mod fleet;
 mod options;
+mod recorder;
 pub mod reinstall;
 mod runner;
 pub mod settings;

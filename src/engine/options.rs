@@ -46,6 +46,8 @@ pub enum Event {
         /// The step's kind.
         kind: &'static str,
     },
+    /// The step running waits for something, and says what (a reboot: the node to come back).
+    StepWaiting(String),
     /// Step `index` of `total` finished after `elapsed`.
     StepFinished {
         /// 1-based.
@@ -70,6 +72,7 @@ impl Event {
             Event::LoggedIn(_)
             | Event::Retrying(_)
             | Event::StepStarted { .. }
+            | Event::StepWaiting(_)
             | Event::StepFinished { .. } => Stage::Provisioning,
         }
     }
@@ -208,12 +211,6 @@ pub fn default_known_hosts() -> PathBuf {
 }
 
 impl DeployOptions {
-    pub(super) fn emit(&self, event: Event) {
-        if let Some(progress) = &self.progress {
-            progress(&event);
-        }
-    }
-
     /// The credentials to log in with, loaded (and passphrases checked) now.
     pub fn credentials(&self) -> Result<Credentials, ssh::Error> {
         let mut creds = if !self.ssh_keys.is_empty() {

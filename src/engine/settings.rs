@@ -400,7 +400,7 @@ pub(crate) fn login_options(target: &Target, options: &DeployOptions) -> LoginOp
         },
         host_name: None,
         startups: options.startups.clone(),
-        planned_commands: None,
+        plan: crate::ssh::Plan::unknown(),
         jump: own.jump.clone().or(options.jump.clone()),
     }
 }

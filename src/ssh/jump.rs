@@ -289,7 +289,7 @@ async fn login(
             pinned: Vec::new(),
             new_node: None,
         },
-        planned_commands: Some(0),
+        plan: super::Plan::of(Some(0)),
         jump: None,
     };
     match via {

@@ -32,6 +32,7 @@ pub use config::{HostConfig, SshConfig};
 pub use exec::{Captured, ExecOptions, ExecOutput, ExitStatus, OutputSink, ShScript, Stream};
 pub use jump::{Hop, Jump, TUNNELS_PER_CHAIN};
 pub use known_hosts::{HostKeyCheck, HostKeyPolicy, NewNode};
+pub use ready::Plan;
 pub use session::{
     ConnectOptions, SshSession, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE, SSH_PORT,
 };

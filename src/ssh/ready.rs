@@ -11,6 +11,7 @@
 //! commands that run meanwhile.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use russh::client::{Handle, Msg};
@@ -36,12 +37,52 @@ while IFS= read -r l; do
 done
 exit 255"#;
 
+/// The commands still to come over a deployment's sessions, as its steps plan them. A session
+/// made with a plan makes no more channels ready than the plan has left (each costs the server a
+/// session and a shell), and counts one down as each command takes a channel. Clones share the
+/// count, so that a session made after a lost connection or a reboot goes on with the same plan.
+#[derive(Debug, Clone, Default)]
+pub struct Plan(Option<Arc<AtomicUsize>>);
+
+impl Plan {
+    /// No plan: as many channels as [`READY_CHANNELS`] are kept ready, whatever comes.
+    pub fn unknown() -> Self {
+        Plan(None)
+    }
+
+    /// A plan of `commands` commands, or no plan when that is not known.
+    pub fn of(commands: Option<usize>) -> Self {
+        Plan(commands.map(|n| Arc::new(AtomicUsize::new(n))))
+    }
+
+    /// How many commands are still to come, when known.
+    pub fn remaining(&self) -> Option<usize> {
+        self.0.as_ref().map(|n| n.load(Ordering::SeqCst))
+    }
+
+    /// From now on, `commands` are to come (what was planned is replaced: a step started again
+    /// after a lost connection runs its commands again).
+    pub fn reset(&self, commands: usize) {
+        if let Some(n) = &self.0 {
+            n.store(commands, Ordering::SeqCst);
+        }
+    }
+
+    /// One command took a channel.
+    fn count_down(&self) {
+        if let Some(n) = &self.0 {
+            let _ = n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1));
+        }
+    }
+}
+
 type Opening = JoinHandle<Result<Channel<Msg>, russh::Error>>;
 
 /// The channels being made ready for one session.
 pub(super) struct ReadyChannels<H: russh::client::Handler> {
     handle: Arc<Handle<H>>,
     sentinel: String,
+    plan: Plan,
     state: Mutex<State>,
 }
 
@@ -50,21 +91,16 @@ struct State {
     queue: VecDeque<Opening>,
     /// The server refused a channel (it limits a connection's sessions): no more are made ahead.
     refused: bool,
-    /// How many commands are still to come, when the caller knows: no more channels than that
-    /// are made ready (each costs the server a session and a shell).
-    planned: Option<usize>,
 }
 
 impl<H: russh::client::Handler + 'static> ReadyChannels<H> {
-    /// Starts making channels ready on `handle`, for `planned` commands (unknown: `None`).
-    pub(super) fn start(handle: Arc<Handle<H>>, planned: Option<usize>) -> Self {
+    /// Starts making channels ready on `handle`, for the commands `plan` has to come.
+    pub(super) fn start(handle: Arc<Handle<H>>, plan: Plan) -> Self {
         let ready = ReadyChannels {
             handle,
             sentinel: format!("nodeup-command-end-{:016x}", rand::random::<u64>()),
-            state: Mutex::new(State {
-                planned,
-                ..State::default()
-            }),
+            plan,
+            state: Mutex::new(State::default()),
         };
         ready.fill();
         ready
@@ -78,7 +114,7 @@ impl<H: russh::client::Handler + 'static> ReadyChannels<H> {
     /// are still planned).
     fn fill(&self) {
         let mut state = self.lock();
-        let wanted = READY_CHANNELS.min(state.planned.unwrap_or(READY_CHANNELS));
+        let wanted = READY_CHANNELS.min(self.plan.remaining().unwrap_or(READY_CHANNELS));
         while !state.refused && state.queue.len() < wanted {
             let handle = self.handle.clone();
             let command = format!(
@@ -102,10 +138,7 @@ impl<H: russh::client::Handler + 'static> ReadyChannels<H> {
         command: &str,
         in_place: bool,
     ) -> Option<(Channel<Msg>, Vec<u8>)> {
-        {
-            let mut state = self.lock();
-            state.planned = state.planned.map(|p| p.saturating_sub(1));
-        }
+        self.plan.count_down();
         loop {
             let opening = self.lock().queue.pop_front()?;
             match opening.await {

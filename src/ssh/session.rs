@@ -17,7 +17,7 @@ use tokio::sync::OnceCell;
 
 use super::auth::rsa_hash;
 use super::jump::Tunnel;
-use super::ready::ReadyChannels;
+use super::ready::{Plan, ReadyChannels};
 use super::{Credentials, Error, HostKeyCheck, Jump};
 
 /// Where and how to connect.
@@ -35,9 +35,9 @@ pub struct ConnectOptions {
     pub keepalive: Duration,
     /// How the host key is checked.
     pub host_keys: HostKeyCheck,
-    /// How many commands will run over the session, when known: that many channels are made
-    /// ready ahead and no more (each costs the server a session). `None`: as many as come.
-    pub planned_commands: Option<usize>,
+    /// The commands to come over the session: no more channels than it has left are made ready
+    /// ahead (each costs the server a session).
+    pub plan: Plan,
     /// Jump hosts to reach the node through (`ssh -J`); shared by the clones of one [`Jump`].
     pub jump: Option<Jump>,
 }
@@ -66,7 +66,7 @@ impl ConnectOptions {
             timeout: DEFAULT_CONNECT_TIMEOUT,
             keepalive: DEFAULT_KEEPALIVE,
             host_keys,
-            planned_commands: None,
+            plan: Plan::unknown(),
             jump: None,
         }
     }
@@ -209,7 +209,7 @@ impl SshSession {
         tracing::debug!(%addr, user = %options.user, "logged in");
         let handle = Arc::new(handle);
         Ok(SshSession {
-            ready: ReadyChannels::start(handle.clone(), options.planned_commands),
+            ready: ReadyChannels::start(handle.clone(), options.plan.clone()),
             handle,
             addr,
             user: options.user.clone(),

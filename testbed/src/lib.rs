@@ -369,7 +369,7 @@ impl TestNode {
         Ok(())
     }
 
-    /// The host pid of the node's PID 1 (its sshd) while it is booted.
+    /// The host pid of the node's PID 1 (its init, which runs sshd) while it is booted.
     pub fn init_pid(&self) -> io::Result<i32> {
         self.driver
             .init_pid(&self.node.id)

@@ -889,3 +889,95 @@ async fn a_reboot_step_waits_for_a_new_boot_and_goes_on() {
     let message = failed.to_string() + &nodeup::engine::error_chain(&failed.cause);
     assert!(message.contains("did not come back within 1s"), "{message}");
 }
+
+/// On a machine without a provider (`run`), the reboot step reboots it from inside, as a machine
+/// does: the local node's own `reboot` boots it again (a new boot id, a fresh /tmp), and the
+/// steps go on over a new session. Where the reboot cannot start (no sudo rights, every reboot
+/// command failing), the step fails at once with what the commands said, not after its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_reboots_from_inside_and_a_reboot_that_cannot_start_fails_at_once() {
+    use nodeup::deploy::RebootStep;
+
+    let bed = TestBed::new().unwrap();
+    let node = bed
+        .node(NodeSpec::new("inside").image("cloud-debian"))
+        .await
+        .unwrap();
+    let options = crate::strict_options(&bed, node.known_hosts());
+    let creds = options.credentials().unwrap();
+    let target = crate::existing_machine(node.addr(), "debian");
+    let boot_id = "cat /proc/sys/kernel/random/boot_id";
+    let steps = Step::Multi(vec![
+        Step::Script(ScriptStep::inline(&format!(
+            "{boot_id} > ~/boot-1; touch /tmp/before"
+        ))),
+        Step::Reboot(RebootStep {
+            timeout: Some(Duration::from_secs(60)),
+        }),
+        Step::Script(ScriptStep::inline(&format!(
+            "{boot_id} > ~/boot-2; test ! -e /tmp/before && echo fresh-tmp"
+        ))),
+    ]);
+    let done = nodeup::engine::run_steps(&target, &steps, &creds, &options)
+        .await
+        .unwrap_or_else(|e| panic!("{}", nodeup::engine::error_chain(&e.cause)));
+    assert!(
+        done.steps[1].note.starts_with("rebooted"),
+        "{:?}",
+        done.steps[1]
+    );
+    assert_eq!(done.steps[2].stdout.text(), "fresh-tmp\n");
+    assert_ne!(
+        node.read_file("/home/debian/boot-1").unwrap(),
+        node.read_file("/home/debian/boot-2").unwrap(),
+        "the last step ran on a new boot"
+    );
+    let home = node.exec("ls -A /home/debian").unwrap();
+    assert!(
+        !String::from_utf8_lossy(&home.stdout).contains(".nodeup-"),
+        "the reboot's private directory is gone"
+    );
+
+    // No sudo rights: the reboot cannot start, and says so at once.
+    let revoked = node.exec("rm /etc/sudoers.d/90-nodeup-login-user").unwrap();
+    assert!(revoked.status.success());
+    let reboot = Step::Reboot(RebootStep {
+        timeout: Some(Duration::from_secs(120)),
+    });
+    let started = std::time::Instant::now();
+    let failed = nodeup::engine::run_steps(&target, &reboot, &creds, &options)
+        .await
+        .unwrap_err();
+    let message = nodeup::engine::error_chain(&failed.cause);
+    assert!(
+        message.contains("starting the node's own reboot"),
+        "{message}"
+    );
+    assert!(message.contains("sudo"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{message}");
+
+    // Root, but every reboot command fails: their output, at once.
+    let root = crate::existing_machine(node.addr(), "root");
+    let broken = "for c in /usr/sbin/reboot /usr/sbin/shutdown /usr/bin/systemctl; do \
+                  printf '#!/bin/sh\\necho \"%s: refused by the test\" >&2\\nexit 1\\n' \"$c\" >\"$c\"; done";
+    assert!(node.exec(broken).unwrap().status.success());
+    let key = node
+        .exec("cp /home/debian/.ssh/authorized_keys /root/.ssh/authorized_keys")
+        .unwrap();
+    assert!(key.status.success());
+    let started = std::time::Instant::now();
+    let failed = nodeup::engine::run_steps(&root, &reboot, &creds, &options)
+        .await
+        .unwrap_err();
+    let message = nodeup::engine::error_chain(&failed.cause);
+    assert!(
+        message.contains("the node's own reboot failed"),
+        "{message}"
+    );
+    assert!(
+        message.contains("/usr/sbin/reboot: refused by the test")
+            && message.contains("/usr/bin/systemctl: refused by the test"),
+        "{message}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30), "{message}");
+}

@@ -2,7 +2,8 @@
 //!
 //! Each node has its own mount namespace with an overlay over the host's root filesystem (every write
 //! lands in the node's directory; /root, /home, /tmp, /run and /etc/ssh are the node's own), its own
-//! hostname (UTS namespace), its own PID namespace (sshd is its PID 1, so killing it ends every
+//! hostname (UTS namespace), its own PID namespace (its PID 1 runs sshd and reboots the node when
+//! the node's own `reboot`, `shutdown -r` or `systemctl reboot` asks; killing it ends every
 //! process of the node), its own loopback address in 127.100.0.0/16, and its own host keys. Node state
 //! is kept under a state directory, so that one process creates a node and another lists or destroys
 //! it. A reboot ends every process of the node and boots it again with the same files and host keys
@@ -226,7 +227,7 @@ impl LocalDriver {
         self.state.node_dir(id)
     }
 
-    /// The host pid of the node's PID 1 (its sshd) while it is booted. Its `/proc/PID/root` is the
+    /// The host pid of the node's PID 1 (its init, which runs sshd) while it is booted. Its `/proc/PID/root` is the
     /// node's filesystem, and `nsenter --target PID` enters the node.
     pub fn init_pid(&self, id: &str) -> Result<Option<i32>> {
         let record = self.record(id)?;

@@ -60,4 +60,41 @@ fi
 if [ "$listen_delay" != 0 ]; then
 	sleep "$listen_delay"
 fi
-exec chroot "$root" /usr/sbin/sshd -D -e -f /etc/ssh/sshd_config
+
+# PID 1 from here on, inside the node's root: runs sshd, and boots again when the node's own
+# reboot asks (SIGUSR1, from the node's reboot, shutdown -r and systemctl reboot), or ends the
+# node when its halt or poweroff asks (SIGUSR2). A reboot ends every other process of the node,
+# gives it a fresh /tmp, /run and /dev/shm and a new boot id, as a machine's reboot does.
+boot_loop='
+set -u
+delay=$1
+want=
+trap "want=reboot" USR1
+trap "want=halt" USR2
+while :; do
+	/usr/sbin/sshd -D -e -f /etc/ssh/sshd_config &
+	sshd=$!
+	while [ -z "$want" ] && kill -0 "$sshd" 2>/dev/null; do
+		wait "$sshd" || true
+	done
+	[ -n "$want" ] || exit 1
+	kill -KILL -1 2>/dev/null || true
+	wait || true
+	[ "$want" = halt ] && exit 0
+	want=
+	umount /proc/sys/kernel/random/boot_id
+	for dir in /tmp /run /dev/shm; do
+		umount -l "$dir"
+	done
+	mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
+	mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+	mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
+	mkdir -m 0755 /run/sshd
+	cat /proc/sys/kernel/random/uuid >/run/boot_id
+	mount --bind /run/boot_id /proc/sys/kernel/random/boot_id
+	if [ "$delay" != 0 ]; then
+		sleep "$delay"
+	fi
+done
+'
+exec chroot "$root" /bin/sh -c "$boot_loop" node-boot "$listen_delay"

@@ -14,7 +14,8 @@ use super::state::Boot;
 pub use crate::procfs::start_time;
 use crate::procfs::stat;
 
-/// The script PID 1 of every node runs: mounts, hostname, then `exec sshd`.
+/// The script PID 1 of every node runs: mounts, hostname, then (chrooted into the node) a loop that
+/// runs sshd and boots the node again when its own `reboot` asks.
 const NODE_INIT: &str = include_str!("node-init.sh");
 
 /// Where `unshare` (util-linux) is looked for.
@@ -118,7 +119,7 @@ pub fn is_alive(boot: &Boot) -> bool {
     crate::procfs::is_running(boot.launcher_pid, boot.launcher_start)
 }
 
-/// The host pid of the node's PID 1 (sshd once it started), while this boot lives.
+/// The host pid of the node's PID 1 (its init loop, chrooted into the node), while this boot lives.
 pub fn init_pid(node_dir: &Path, boot: &Boot) -> Option<i32> {
     let pid: i32 = fs::read_to_string(node_dir.join("init.pid"))
         .ok()?

@@ -45,6 +45,55 @@ while :; do
 done
 "#;
 
+/// The node's own `reboot`, `shutdown`, `halt`, `poweroff` and `systemctl`: they ask the node's
+/// PID 1 to boot it again (SIGUSR1) or to end it (SIGUSR2), as those commands ask a machine's
+/// init, and refuse a user who is not root as theirs do.
+const POWER_COMMANDS: &str = r#"#!/bin/sh
+# nodeup's local node: reboot, shutdown, halt, poweroff and systemctl (power verbs only), which
+# ask the node's PID 1 to boot it again or to end it.
+name=${0##*/}
+verb=
+case $name in
+reboot) verb=reboot ;;
+halt | poweroff) verb=halt ;;
+shutdown)
+	verb=halt
+	for arg in "$@"; do
+		case $arg in -r | --reboot) verb=reboot ;; esac
+	done
+	;;
+systemctl)
+	case ${1:-} in
+	reboot) verb=reboot ;;
+	halt | poweroff) verb=halt ;;
+	*)
+		echo "System has not been booted with systemd as init system (PID 1). Can't operate." >&2
+		echo "Failed to connect to bus: Host is down" >&2
+		exit 1
+		;;
+	esac
+	;;
+esac
+if [ "$(id -u)" != 0 ]; then
+	echo "$name: must be superuser (Failed to $verb system: Access denied)" >&2
+	exit 1
+fi
+if [ "$verb" = reboot ]; then
+	kill -USR1 1
+else
+	kill -USR2 1
+fi
+"#;
+
+/// Where the node's power commands go ([`POWER_COMMANDS`]), under its root.
+const POWER_COMMAND_PATHS: [&str; 5] = [
+    "usr/sbin/reboot",
+    "usr/sbin/shutdown",
+    "usr/sbin/halt",
+    "usr/sbin/poweroff",
+    "usr/bin/systemctl",
+];
+
 /// The images the local provider offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Image {
@@ -142,6 +191,8 @@ impl Rootfs<'_> {
         let user_home = home.join(LOGIN_USER);
         mkdir(&user_home, 0o755)?;
         chown(&user_home, Some(uid), Some(gid))?;
+
+        write_power_commands(upper)?;
 
         if self.image == Image::CloudDebian {
             let bin = upper.join("usr/bin");
@@ -289,6 +340,20 @@ impl Rootfs<'_> {
         }
         text
     }
+}
+
+/// Writes the node's power commands into its upper layer, where they hide the host's (the
+/// host's files underneath are never touched: the upper layer is a plain directory of the node's).
+fn write_power_commands(upper: &Path) -> io::Result<()> {
+    for path in POWER_COMMAND_PATHS {
+        let file = upper.join(path);
+        if let Some(dir) = file.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        fs::write(&file, POWER_COMMANDS)?;
+        set_mode(&file, 0o755)?;
+    }
+    Ok(())
 }
 
 fn write_host_keys(ssh: &Path) -> io::Result<Vec<String>> {
