@@ -19,7 +19,10 @@ use super::{
 use crate::deploy::Step;
 use crate::driver::{Features, NodeDriver, ProviderConfig, Result as DriverResult};
 use crate::life::Stage;
-use crate::model::{CreateNode, Node};
+use crate::model::{
+    CreateNode, CreateVolume, KeyPair, Node, NodeImage, NodeLocation, NodeSize, StorageVolume,
+    VolumeSnapshot,
+};
 use crate::ssh::{Credentials, OutputSink};
 
 /// How a fleet deploys.
@@ -489,6 +492,7 @@ impl SharedListing {
     }
 }
 
+/// Every method is passed on to the driver; only the two list calls are shared.
 #[async_trait::async_trait]
 impl NodeDriver for SharedListing {
     fn name(&self) -> &str {
@@ -497,6 +501,10 @@ impl NodeDriver for SharedListing {
 
     fn features(&self) -> Features {
         self.driver.features()
+    }
+
+    fn default_parallel(&self) -> usize {
+        self.driver.default_parallel()
     }
 
     fn settings(&self) -> ProviderConfig {
@@ -525,6 +533,152 @@ impl NodeDriver for SharedListing {
 
     async fn reboot_node(&self, node: &Node) -> DriverResult<()> {
         self.driver.reboot_node(node).await
+    }
+
+    async fn stop_node(&self, node: &Node) -> DriverResult<()> {
+        self.driver.stop_node(node).await
+    }
+
+    async fn start_node(&self, node: &Node) -> DriverResult<()> {
+        self.driver.start_node(node).await
+    }
+
+    async fn list_images(
+        &self,
+        location: Option<&str>,
+        size: Option<&str>,
+    ) -> DriverResult<Vec<NodeImage>> {
+        self.driver.list_images(location, size).await
+    }
+
+    async fn list_sizes(&self, location: Option<&str>) -> DriverResult<Vec<NodeSize>> {
+        self.driver.list_sizes(location).await
+    }
+
+    async fn get_size(&self, id: &str) -> DriverResult<NodeSize> {
+        self.driver.get_size(id).await
+    }
+
+    async fn list_locations(&self) -> DriverResult<Vec<NodeLocation>> {
+        self.driver.list_locations().await
+    }
+
+    async fn get_image(&self, id: &str) -> DriverResult<NodeImage> {
+        self.driver.get_image(id).await
+    }
+
+    async fn create_image(
+        &self,
+        node: &Node,
+        name: &str,
+        description: Option<&str>,
+    ) -> DriverResult<NodeImage> {
+        self.driver.create_image(node, name, description).await
+    }
+
+    async fn copy_image(
+        &self,
+        image: &NodeImage,
+        location: &str,
+        name: &str,
+    ) -> DriverResult<NodeImage> {
+        self.driver.copy_image(image, location, name).await
+    }
+
+    async fn delete_image(&self, image: &NodeImage) -> DriverResult<()> {
+        self.driver.delete_image(image).await
+    }
+
+    async fn list_key_pairs(&self, location: Option<&str>) -> DriverResult<Vec<KeyPair>> {
+        self.driver.list_key_pairs(location).await
+    }
+
+    async fn get_key_pair(&self, name: &str) -> DriverResult<KeyPair> {
+        self.driver.get_key_pair(name).await
+    }
+
+    async fn create_key_pair(&self, name: &str, location: Option<&str>) -> DriverResult<KeyPair> {
+        self.driver.create_key_pair(name, location).await
+    }
+
+    async fn import_key_pair_from_string(
+        &self,
+        name: &str,
+        public_key: &str,
+        location: Option<&str>,
+    ) -> DriverResult<KeyPair> {
+        (self.driver)
+            .import_key_pair_from_string(name, public_key, location)
+            .await
+    }
+
+    async fn import_key_pair_from_file(
+        &self,
+        name: &str,
+        path: &std::path::Path,
+        location: Option<&str>,
+    ) -> DriverResult<KeyPair> {
+        (self.driver)
+            .import_key_pair_from_file(name, path, location)
+            .await
+    }
+
+    async fn delete_key_pair(&self, key_pair: &KeyPair) -> DriverResult<()> {
+        self.driver.delete_key_pair(key_pair).await
+    }
+
+    async fn create_volume(&self, request: &CreateVolume) -> DriverResult<StorageVolume> {
+        self.driver.create_volume(request).await
+    }
+
+    async fn list_volumes(&self) -> DriverResult<Vec<StorageVolume>> {
+        self.driver.list_volumes().await
+    }
+
+    async fn get_volume(&self, id: &str) -> DriverResult<StorageVolume> {
+        self.driver.get_volume(id).await
+    }
+
+    async fn attach_volume(&self, node: &Node, volume: &StorageVolume) -> DriverResult<()> {
+        self.driver.attach_volume(node, volume).await
+    }
+
+    async fn detach_volume(&self, volume: &StorageVolume, node: Option<&Node>) -> DriverResult<()> {
+        self.driver.detach_volume(volume, node).await
+    }
+
+    async fn destroy_volume(&self, volume: &StorageVolume) -> DriverResult<()> {
+        self.driver.destroy_volume(volume).await
+    }
+
+    async fn create_volume_snapshot(
+        &self,
+        volume: &StorageVolume,
+        name: Option<&str>,
+        description: Option<&str>,
+    ) -> DriverResult<VolumeSnapshot> {
+        (self.driver)
+            .create_volume_snapshot(volume, name, description)
+            .await
+    }
+
+    async fn list_snapshots(&self) -> DriverResult<Vec<VolumeSnapshot>> {
+        self.driver.list_snapshots().await
+    }
+
+    async fn list_volume_snapshots(
+        &self,
+        volume: &StorageVolume,
+    ) -> DriverResult<Vec<VolumeSnapshot>> {
+        self.driver.list_volume_snapshots(volume).await
+    }
+
+    async fn get_snapshot(&self, id: &str) -> DriverResult<VolumeSnapshot> {
+        self.driver.get_snapshot(id).await
+    }
+
+    async fn destroy_volume_snapshot(&self, snapshot: &VolumeSnapshot) -> DriverResult<()> {
+        self.driver.destroy_volume_snapshot(snapshot).await
     }
 }
 

@@ -128,7 +128,6 @@ impl DummyDriver {
             "dummy",
             "[provider]",
             config,
-            &[],
             "the dummy provider needs none",
         )?;
         Ok(Self::new())

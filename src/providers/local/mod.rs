@@ -151,15 +151,6 @@ fn settings<'de, D: serde::Deserializer<'de>>(
 #[serde(deny_unknown_fields)]
 struct NoSettings {}
 
-/// The keys of [`LocalOptions`], as written in `[node] options`.
-const OPTION_KEYS: [&str; 5] = [
-    "listen_delay_ms",
-    "port",
-    "sshd_config",
-    "banner",
-    "password",
-];
-
 /// The local provider's driver, over one state directory.
 #[derive(Debug, Clone)]
 pub struct LocalDriver {
@@ -200,7 +191,6 @@ impl LocalDriver {
             PROVIDER,
             "[provider]",
             config,
-            &[],
             "the local provider needs none",
         )?;
         Self::from_env()
@@ -365,7 +355,6 @@ impl NodeDriver for LocalDriver {
             PROVIDER,
             "[node] options",
             &request.extra,
-            &OPTION_KEYS,
             "a local node's login password is the `password` option",
         )?;
         self.create_node_with(request, &options).await

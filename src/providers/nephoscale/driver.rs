@@ -25,6 +25,7 @@ use crate::model::{
     CreateNode, KeyPair, Node, NodeAuth, NodeImage, NodeLocation, NodeSize, NodeState,
 };
 use crate::providers::key_blob;
+use crate::providers::kit::create_at_most_once;
 use crate::providers::lookup::{self, Candidate};
 
 /// How long a create job may take to show its server in the list.
@@ -32,9 +33,6 @@ const JOB_WAIT: Duration = Duration::from_secs(60);
 
 /// How often the list is read meanwhile.
 const JOB_POLL: Duration = Duration::from_millis(250);
-
-/// How many times a create whose answer was lost (and whose server never showed) is sent.
-const CREATE_ATTEMPTS: u32 = 3;
 
 /// `key_group` of server (SSH) keys.
 const SERVER_KEY_GROUP: &str = "1";
@@ -65,10 +63,6 @@ pub struct NephoScaleOptions {
     /// The hostname, when not the name.
     #[serde(default)]
     pub hostname: Option<String>,
-}
-
-impl NephoScaleOptions {
-    const KEYS: [&'static str; 3] = ["server_key", "console_key", "hostname"];
 }
 
 /// A server as `/server/cloud/` lists it.
@@ -295,7 +289,6 @@ impl NephoScaleDriver {
             PROVIDER,
             "[provider]",
             config,
-            &[],
             "set NEPHOSCALE_USERNAME and NEPHOSCALE_PASSWORD",
         )?;
         Self::new(Credentials::from_env()?)
@@ -605,7 +598,6 @@ impl NephoScaleDriver {
             PROVIDER,
             "[node] options",
             &request.extra,
-            &NephoScaleOptions::KEYS,
             "they come from NEPHOSCALE_USERNAME and NEPHOSCALE_PASSWORD",
         )?;
         let name = request.name.as_str();
@@ -802,33 +794,21 @@ impl NephoScaleDriver {
     /// Sends the create and finds its server by name; a create whose answer was lost is looked
     /// for (as long as a job may take) before it is sent again.
     async fn post_and_find(&self, name: &str, form: &[(&'static str, String)]) -> Result<Node> {
-        let context = || format!("creating server {name}");
-        for attempt in 1..=CREATE_ATTEMPTS {
-            match self
-                .client
-                .call::<Job>(Method::POST, "/server/cloud/", form)
-                .await
-            {
-                Ok(job) => {
-                    tracing::debug!(job = job.id, "server {name} is being created");
-                    return self
-                        .find_created(name)
-                        .await?
-                        .ok_or_else(|| self.job_lost(name));
-                }
-                Err(e) if e.maybe_processed() && attempt < CREATE_ATTEMPTS => {
-                    tracing::warn!(
-                        "{}: {e}; looking for the server before asking again",
-                        context()
-                    );
-                    if let Some(node) = self.find_created(name).await? {
-                        return Ok(node);
-                    }
-                }
-                Err(e) => return Err(e.into_provider(context())),
-            }
-        }
-        Err(self.job_lost(name))
+        create_at_most_once(
+            &format!("creating server {name}"),
+            || {
+                self.client
+                    .call::<Job>(Method::POST, "/server/cloud/", form)
+            },
+            || self.find_created(name),
+            |job| async move {
+                tracing::debug!(job = job.id, "server {name} is being created");
+                self.find_created(name)
+                    .await?
+                    .ok_or_else(|| self.job_lost(name))
+            },
+        )
+        .await
     }
 
     /// The server named `name`, once listed (within the job wait); `None` when it never shows.

@@ -17,8 +17,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::driver::ProviderError;
-use crate::http::{HttpClient, Request, Response, TransportError};
-use crate::providers::{call_failure, http_client, Refusal};
+use crate::http::{HttpClient, Request, Response};
+use crate::providers::{http_client, Refusal};
 
 pub use driver::{NephoScaleDriver, NephoScaleOptions};
 
@@ -140,43 +140,29 @@ pub struct ApiError {
     pub message: String,
 }
 
-/// Why a NephoScale call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CallError {
-    /// NephoScale answered with an error.
-    #[error(transparent)]
-    Api(#[from] ApiError),
-    /// No answer.
-    #[error(transparent)]
-    Transport(#[from] TransportError),
-    /// An answer that is not the JSON expected.
-    #[error("unexpected answer: {0}")]
-    Decode(String),
-}
+impl crate::providers::kit::ApiAnswer for ApiError {
+    const PROVIDER: &'static str = PROVIDER;
+    const CREDENTIALS_FROM: &'static str = CREDENTIALS_FROM;
 
-impl CallError {
-    /// The provider error for it, with the call named.
-    pub fn into_provider(self, context: String) -> ProviderError {
-        let said = |code: u16| matches!(&self, CallError::Api(e) if e.status == code || e.response == code);
-        let refusal = if said(401) {
+    fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The HTTP status or the envelope's `response` says it.
+    fn refusal(&self) -> Refusal {
+        let said = |code: u16| self.status == code || self.response == code;
+        if said(401) {
             Refusal::Credentials
         } else if said(404) {
             Refusal::Missing
         } else {
             Refusal::Other
-        };
-        call_failure(PROVIDER, CREDENTIALS_FROM, refusal, context, self)
-    }
-
-    /// Whether the request may have been acted on although no success came back.
-    pub fn maybe_processed(&self) -> bool {
-        match self {
-            CallError::Transport(t) => t.maybe_processed,
-            CallError::Api(e) => e.status >= 500,
-            CallError::Decode(_) => true,
         }
     }
 }
+
+/// Why a NephoScale call failed.
+pub type CallError = crate::providers::kit::CallError<ApiError>;
 
 /// The NephoScale API client: Basic auth, trailing slashes, form-encoded writes, envelopes.
 #[derive(Debug, Clone)]

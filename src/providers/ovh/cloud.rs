@@ -249,11 +249,6 @@ pub struct OvhOptions {
     pub monthly_billing: Option<bool>,
 }
 
-impl OvhOptions {
-    /// The valid keys, for messages.
-    pub const KEYS: [&'static str; 3] = ["user_data", "ssh_key_id", "monthly_billing"];
-}
-
 /// The Public Cloud driver of one project.
 #[derive(Debug)]
 pub struct OvhDriver {
@@ -313,7 +308,6 @@ impl OvhDriver {
             PROVIDER,
             "[provider]",
             config,
-            &["project", "subsidiary"],
             "set OVH_APPLICATION_KEY, OVH_APPLICATION_SECRET and OVH_CONSUMER_KEY, or ovh.conf",
         )?;
         let project = settings

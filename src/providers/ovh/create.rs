@@ -13,11 +13,8 @@ use super::cloud::{decode, state_of, Flavor, Image, Instance, OvhDriver, OvhOpti
 use super::{segment, CallError, PROVIDER};
 use crate::driver::{ProviderError, Result};
 use crate::model::{CreateNode, Node, NodeAuth, NodeState};
+use crate::providers::kit::create_at_most_once;
 use crate::providers::lookup::{self, Candidate};
-
-/// How many times a `POST /instance` whose answer was lost is looked up and, when not found, sent
-/// again.
-const CREATE_ATTEMPTS: u32 = 3;
 
 /// What a create was resolved to: ids OVH knows.
 struct Plan {
@@ -59,7 +56,6 @@ impl OvhDriver {
             PROVIDER,
             "[node] options",
             &request.extra,
-            &OvhOptions::KEYS,
             "they come from OVH_* variables or ovh.conf",
         )?;
         let plan = self.plan(request).await?;
@@ -258,8 +254,8 @@ impl OvhDriver {
         }
     }
 
-    /// `POST /instance`; an answer lost on the way is looked up by name (an instance of that name
-    /// in the region that is not one of `before`), and only sent again when none is found.
+    /// `POST /instance`, at most once: an answer lost on the way is looked up by name (an
+    /// instance of that name in the region that is not one of `before`).
     async fn post_instance(
         &self,
         name: &str,
@@ -268,29 +264,20 @@ impl OvhDriver {
         before: &[String],
     ) -> Result<Instance> {
         let path = self.path("/instance");
-        let mut last = None;
-        for attempt in 1..=CREATE_ATTEMPTS {
-            match self.client.call(Method::POST, &path, Some(body)).await {
-                Ok(value) => return decode(value, "instance"),
-                Err(e) if e.maybe_processed() => {
-                    tracing::warn!(attempt, "POST {path}: {e}; looking the instance up by name");
-                    let created = self.instances().await?.into_iter().find(|i| {
-                        i.name == name
-                            && i.region.as_deref().is_none_or(|r| r == region)
-                            && !before.contains(&i.id)
-                    });
-                    if let Some(instance) = created {
-                        return Ok(instance);
-                    }
-                    last = Some(e);
-                }
-                Err(e) => return Err(e.into_provider(format!("POST {path}"))),
-            }
-        }
-        Err(match last {
-            Some(e) => e.into_provider(format!("POST {path}")),
-            None => invalid("no create attempt was made".into()),
-        })
+        let find = || async {
+            Ok(self.instances().await?.into_iter().find(|i| {
+                i.name == name
+                    && i.region.as_deref().is_none_or(|r| r == region)
+                    && !before.contains(&i.id)
+            }))
+        };
+        create_at_most_once(
+            &format!("POST {path}"),
+            || self.client.call(Method::POST, &path, Some(body)),
+            find,
+            |value| async move { decode(value, "instance") },
+        )
+        .await
     }
 
     /// Keeps `created` when it is the first instance of its name in its region; otherwise another

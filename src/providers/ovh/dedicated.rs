@@ -64,10 +64,7 @@ fn path(service: &str, rest: &str) -> String {
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(value: Value, what: &str) -> Result<T, CallError> {
-    serde_json::from_value(value).map_err(|e| CallError::Decode {
-        what: what.into(),
-        detail: e.to_string(),
-    })
+    serde_json::from_value(value).map_err(|e| CallError::Decode(format!("{what}: {e}")))
 }
 
 impl Client {

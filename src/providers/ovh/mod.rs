@@ -21,7 +21,8 @@ use serde_json::Value;
 use tokio::sync::OnceCell;
 
 use crate::driver::ProviderError;
-use crate::http::{HttpClient, Request, Response, TransportError};
+use crate::http::{HttpClient, Request, Response};
+use crate::providers::Refusal;
 
 pub use cloud::OvhDriver;
 
@@ -222,10 +223,9 @@ fn refuse_dot_segments(path: &str) -> Result<(), CallError> {
     for piece in path_only.split('/').skip(1) {
         let decoded = piece.to_ascii_lowercase().replace("%2e", ".");
         if decoded == "." || decoded == ".." {
-            return Err(CallError::DotSegment {
-                path: path.into(),
-                segment: piece.into(),
-            });
+            return Err(CallError::NoSuchObject(format!(
+                "no object is named {piece:?} (in {path})"
+            )));
         }
     }
     Ok(())
@@ -289,73 +289,26 @@ impl ApiError {
     }
 }
 
+impl crate::providers::kit::ApiAnswer for ApiError {
+    const PROVIDER: &'static str = PROVIDER;
+    const CREDENTIALS_FROM: &'static str = "OVH_APPLICATION_KEY, OVH_APPLICATION_SECRET and \
+         OVH_CONSUMER_KEY (or ovh.conf); `nodeup ovh consumer-key` asks for a new consumer key";
+
+    fn status(&self) -> u16 {
+        self.status
+    }
+
+    fn refusal(&self) -> Refusal {
+        match self.status {
+            _ if self.is_credentials() => Refusal::Credentials,
+            404 => Refusal::Missing,
+            _ => Refusal::Other,
+        }
+    }
+}
+
 /// Why an OVH call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CallError {
-    /// OVH answered with an error.
-    #[error(transparent)]
-    Api(#[from] ApiError),
-    /// No answer.
-    #[error(transparent)]
-    Transport(#[from] TransportError),
-    /// A path with a `.` or `..` segment (an id of `..`, say): no object has such an id, and the
-    /// request is not sent, since URL parsing would resolve the segment away.
-    #[error("no object is named {segment:?} (in {path})")]
-    DotSegment {
-        /// The path.
-        path: String,
-        /// The segment.
-        segment: String,
-    },
-    /// An answer that is not the JSON expected.
-    #[error("{what}: unexpected answer: {detail}")]
-    Decode {
-        /// The call.
-        what: String,
-        /// What was wrong.
-        detail: String,
-    },
-}
-
-impl CallError {
-    /// The provider error for it, with the call named.
-    pub fn into_provider(self, context: String) -> ProviderError {
-        match self {
-            CallError::Api(e) if e.is_credentials() => ProviderError::InvalidCredentials {
-                provider: PROVIDER.into(),
-                message: format!("{context}: {e}"),
-                check: "OVH_APPLICATION_KEY, OVH_APPLICATION_SECRET and OVH_CONSUMER_KEY (or \
-                        ovh.conf); `nodeup ovh consumer-key` asks for a new consumer key"
-                    .into(),
-            },
-            CallError::Api(e) if e.status == 404 => ProviderError::NotFound {
-                provider: PROVIDER.into(),
-                kind: "object",
-                id: format!("{context} ({e})"),
-            },
-            CallError::DotSegment { segment, .. } => ProviderError::NotFound {
-                provider: PROVIDER.into(),
-                kind: "object",
-                id: segment,
-            },
-            other => ProviderError::Failed {
-                provider: PROVIDER.into(),
-                context,
-                source: Box::new(other),
-            },
-        }
-    }
-
-    /// Whether the request may have been acted on although no success came back.
-    pub fn maybe_processed(&self) -> bool {
-        match self {
-            CallError::Transport(t) => t.maybe_processed,
-            CallError::Api(e) => e.status >= 500,
-            CallError::Decode { .. } => true,
-            CallError::DotSegment { .. } => false,
-        }
-    }
-}
+pub type CallError = crate::providers::kit::CallError<ApiError>;
 
 /// The signed OVH API client.
 #[derive(Debug)]
@@ -409,13 +362,10 @@ impl Client {
                     })
                     .await?;
                 if !response.is_success() {
-                    return Err(ApiError::from_response(&response).into());
+                    return Err(CallError::Api(ApiError::from_response(&response)));
                 }
-                let server: i64 =
-                    serde_json::from_slice(&response.body).map_err(|e| CallError::Decode {
-                        what: "GET /auth/time".into(),
-                        detail: e.to_string(),
-                    })?;
+                let server: i64 = serde_json::from_slice(&response.body)
+                    .map_err(|e| CallError::Decode(format!("GET /auth/time: {e}")))?;
                 Ok(server - Self::now())
             })
             .await
@@ -432,15 +382,13 @@ impl Client {
     ) -> Result<Value, CallError> {
         let response = self.call_raw(method.clone(), path, body, true).await?;
         if !response.is_success() {
-            return Err(ApiError::from_response(&response).into());
+            return Err(CallError::Api(ApiError::from_response(&response)));
         }
         if response.body.is_empty() {
             return Ok(Value::Null);
         }
-        serde_json::from_slice(&response.body).map_err(|e| CallError::Decode {
-            what: format!("{method} {path}"),
-            detail: e.to_string(),
-        })
+        serde_json::from_slice(&response.body)
+            .map_err(|e| CallError::Decode(format!("{method} {path}: {e}")))
     }
 
     /// Sends a request, signed when `signed`, and returns the answer whatever its status.
@@ -498,22 +446,16 @@ impl Client {
             .call_raw(Method::POST, "/auth/credential", Some(&body), false)
             .await?;
         if !response.is_success() {
-            return Err(ApiError::from_response(&response).into());
+            return Err(CallError::Api(ApiError::from_response(&response)));
         }
-        let value: Value =
-            serde_json::from_slice(&response.body).map_err(|e| CallError::Decode {
-                what: "POST /auth/credential".into(),
-                detail: e.to_string(),
-            })?;
+        let value: Value = serde_json::from_slice(&response.body)
+            .map_err(|e| CallError::Decode(format!("POST /auth/credential: {e}")))?;
         let field = |name: &str| {
             value
                 .get(name)
                 .and_then(Value::as_str)
                 .map(str::to_string)
-                .ok_or_else(|| CallError::Decode {
-                    what: "POST /auth/credential".into(),
-                    detail: format!("no {name}"),
-                })
+                .ok_or_else(|| CallError::Decode(format!("POST /auth/credential: no {name}")))
         };
         Ok((field("consumerKey")?, field("validationUrl")?))
     }

@@ -21,12 +21,10 @@ use super::{Body, CallError, Client, Credentials, Login, PROVIDER};
 use crate::driver::{Features, NodeDriver, ProviderError, Result};
 use crate::model::{CreateNode, KeyPair, Node, NodeAuth, NodeImage, NodeLocation, NodeState};
 use crate::providers::key_blob;
+use crate::providers::kit::create_at_most_once;
 
 /// The profile parameter that holds the user's SSH public keys, one a line.
 const SSH_KEYS_PARAMETER: &str = "General.ssh.public.key";
-
-/// How many times a `POST /run` whose answer was lost (and whose run is not found) is sent.
-const CREATE_ATTEMPTS: u32 = 3;
 
 /// How many runs one list call asks for.
 const LIST_LIMIT: u32 = 500;
@@ -66,19 +64,6 @@ pub struct SlipStreamOptions {
     /// A run that can be scaled later (`mutable=on`).
     #[serde(default)]
     pub scalable: bool,
-}
-
-impl SlipStreamOptions {
-    const KEYS: [&'static str; 8] = [
-        "cloud",
-        "parameters",
-        "multiplicity",
-        "tolerate_failures",
-        "tags",
-        "keep_running",
-        "check_ssh_key",
-        "scalable",
-    ];
 }
 
 /// One VM of a run (`ex_list_virtual_machines`).
@@ -372,7 +357,6 @@ impl SlipStreamDriver {
             PROVIDER,
             "[provider]",
             config,
-            &[],
             "set SLIPSTREAM_USERNAME and SLIPSTREAM_PASSWORD (or SLIPSTREAM_KEY and \
              SLIPSTREAM_SECRET, or SLIPSTREAM_COOKIE_FILE)",
         )?;
@@ -919,7 +903,6 @@ impl SlipStreamDriver {
             PROVIDER,
             "[node] options",
             &request.extra,
-            &SlipStreamOptions::KEYS,
             "they come from the SLIPSTREAM_* variables",
         )?;
         let name = request.name.as_str();
@@ -951,42 +934,37 @@ impl SlipStreamDriver {
 
     /// Sends `POST /run` and reads the run it made; a lost answer is looked for by name first.
     async fn post_run(&self, name: &str, form: Vec<(String, String)>) -> Result<Node> {
-        let context = || format!("starting a run for {name}");
+        let context = format!("starting a run for {name}");
         let body = Body::Form(form);
-        for attempt in 1..=CREATE_ATTEMPTS {
-            match self
-                .client
-                .call(Method::POST, "/run", "application/xml", &body)
-                .await
-            {
-                Ok(response) => {
-                    let uuid = response
-                        .header("location")
-                        .and_then(|l| l.rsplit('/').next())
-                        .map(str::to_string)
-                        .ok_or_else(|| {
-                            CallError::Decode("201 without a Location".into())
-                                .into_provider(context())
-                        })?;
-                    return self.ex_get_node(&uuid).await;
-                }
-                Err(e) if e.maybe_processed() && attempt < CREATE_ATTEMPTS => {
-                    tracing::warn!(
-                        "{}: {e}; looking for the run before asking again",
-                        context()
-                    );
-                    let runs = self.active_runs().await?;
-                    if let Some(run) = runs.iter().find(|r| first_tag(&r.tags) == Some(name)) {
-                        return self.ex_get_node(&run.uuid).await;
-                    }
-                }
-                Err(e) => return Err(e.into_provider(context())),
+        let find = || async {
+            let runs = self.active_runs().await?;
+            match runs.iter().find(|r| first_tag(&r.tags) == Some(name)) {
+                Some(run) => Ok(Some(self.ex_get_node(&run.uuid).await?)),
+                None => Ok(None),
             }
-        }
-        Err(invalid(format!(
-            "{}: no answer after {CREATE_ATTEMPTS} tries",
-            context()
-        )))
+        };
+        let context = context.as_str();
+        let made = |response: crate::http::Response| async move {
+            let uuid = response
+                .header("location")
+                .and_then(|l| l.rsplit('/').next())
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    CallError::Decode("201 without a Location".into())
+                        .into_provider(context.to_string())
+                })?;
+            self.ex_get_node(&uuid).await
+        };
+        create_at_most_once(
+            context,
+            || {
+                self.client
+                    .call(Method::POST, "/run", "application/xml", &body)
+            },
+            find,
+            made,
+        )
+        .await
     }
 }
 

@@ -19,8 +19,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::driver::ProviderError;
-use crate::http::{HttpClient, Request, Response, TransportError};
-use crate::providers::{call_failure, http_client, Refusal};
+use crate::http::{HttpClient, Request, Response};
+use crate::providers::{http_client, Refusal};
 
 pub use driver::{RunState, SlipStreamDriver, SlipStreamOptions, VirtualMachine};
 
@@ -142,49 +142,25 @@ pub struct ApiError {
     pub message: String,
 }
 
-/// Why a SlipStream call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CallError {
-    /// SlipStream answered with an error.
-    #[error(transparent)]
-    Api(#[from] ApiError),
-    /// No answer.
-    #[error(transparent)]
-    Transport(#[from] TransportError),
-    /// An answer that is not what was expected.
-    #[error("unexpected answer: {0}")]
-    Decode(String),
-    /// The cookie file cannot be read or written.
-    #[error("cookie file {}: {source}", path.display())]
-    CookieFile {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-}
+impl crate::providers::kit::ApiAnswer for ApiError {
+    const PROVIDER: &'static str = PROVIDER;
+    const CREDENTIALS_FROM: &'static str = CREDENTIALS_FROM;
 
-impl CallError {
-    /// The provider error for it, with the call named.
-    pub fn into_provider(self, context: String) -> ProviderError {
-        let refusal = match &self {
-            CallError::Api(e) if e.status == 401 || e.status == 403 => Refusal::Credentials,
-            CallError::Api(e) if e.status == 404 => Refusal::Missing,
-            _ => Refusal::Other,
-        };
-        call_failure(PROVIDER, CREDENTIALS_FROM, refusal, context, self)
+    fn status(&self) -> u16 {
+        self.status
     }
 
-    /// Whether the request may have been acted on although no success came back.
-    pub fn maybe_processed(&self) -> bool {
-        match self {
-            CallError::Transport(t) => t.maybe_processed,
-            CallError::Api(e) => e.status >= 500,
-            CallError::Decode(_) => true,
-            CallError::CookieFile { .. } => false,
+    fn refusal(&self) -> Refusal {
+        match self.status {
+            401 | 403 => Refusal::Credentials,
+            404 => Refusal::Missing,
+            _ => Refusal::Other,
         }
     }
 }
+
+/// Why a SlipStream call failed.
+pub type CallError = crate::providers::kit::CallError<ApiError>;
 
 /// `<error code reason detail/>`, SlipStream's XML error document.
 #[derive(Debug, Deserialize)]
@@ -438,8 +414,8 @@ fn read_cookie_file(path: &Path) -> Result<Option<String>, CallError> {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
-            return Err(CallError::CookieFile {
-                path: path.into(),
+            return Err(CallError::Local {
+                what: format!("cookie file {}", path.display()),
                 source,
             })
         }
@@ -464,8 +440,8 @@ fn write_cookie_file(
     cookie: &str,
     expires: u64,
 ) -> Result<(), CallError> {
-    let fail = |source| CallError::CookieFile {
-        path: path.into(),
+    let fail = |source| CallError::Local {
+        what: format!("cookie file {}", path.display()),
         source,
     };
     let host = endpoint
