@@ -16,9 +16,9 @@ use tokio::time::Instant;
 /// One header of a request.
 #[derive(Clone)]
 pub struct Header {
-    /// Its name.
+    /// Its name, as sent.
     pub name: String,
-    /// Its value.
+    /// Its value, as sent (shown as `***` when `secret`).
     pub value: String,
     /// Shown as `***` in the trace and in errors.
     pub secret: bool,
@@ -31,7 +31,7 @@ pub struct Request {
     pub method: reqwest::Method,
     /// The full URL, exactly as sent.
     pub url: String,
-    /// Headers.
+    /// Its headers, in the order they are sent.
     pub headers: Vec<Header>,
     /// The exact body bytes, if any.
     pub body: Option<Vec<u8>>,
@@ -67,11 +67,11 @@ impl Request {
 /// An answer.
 #[derive(Debug, Clone)]
 pub struct Response {
-    /// The HTTP status.
+    /// The HTTP status code.
     pub status: u16,
     /// Headers, lower-case names.
     pub headers: Vec<(String, String)>,
-    /// The body.
+    /// The body, whole.
     pub body: Vec<u8>,
 }
 
@@ -94,9 +94,9 @@ impl Response {
 #[derive(Debug, thiserror::Error)]
 #[error("{method} {url}: {}", if *.maybe_processed { "no answer (the server may have acted on it)" } else if .source.is_builder() { "the request could not be built (a header value with a newline or another character HTTP does not allow?); it was not sent" } else { "could not connect" })]
 pub struct TransportError {
-    /// The method.
+    /// The HTTP method it was sent with.
     pub method: reqwest::Method,
-    /// The URL.
+    /// The URL it was sent to (as the trace shows it).
     pub url: String,
     /// Whether the request may have reached the server (so a POST may have taken effect).
     pub maybe_processed: bool,
@@ -129,7 +129,7 @@ impl Default for RetryPolicy {
     }
 }
 
-/// The HTTP client.
+/// The HTTP client: reqwest with rustls, the debug trace, and a hold shared by its clones.
 #[derive(Clone)]
 pub struct HttpClient {
     client: reqwest::Client,
@@ -137,7 +137,7 @@ pub struct HttpClient {
     /// No request starts before this instant: set by a 429's `Retry-After`, shared by every clone
     /// of the client, so that a fleet slows down as a whole rather than one request at a time.
     hold: Arc<Mutex<Option<tokio::time::Instant>>>,
-    /// The retry policy.
+    /// How hard to retry ([`RetryPolicy::default`] unless a driver adjusts it).
     pub retry: RetryPolicy,
 }
 

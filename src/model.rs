@@ -300,7 +300,7 @@ pub struct CreateVolume {
     pub location: Option<String>,
     /// The volume type (provider-specific, e.g. `classic`, `high-speed`).
     pub volume_type: Option<String>,
-    /// A description.
+    /// What the volume is for, if the provider keeps descriptions.
     pub description: Option<String>,
     /// A volume snapshot to make the volume from (its id).
     pub snapshot: Option<String>,

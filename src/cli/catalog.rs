@@ -19,7 +19,7 @@ pub struct CatalogArgs {
     /// Only images this size can boot.
     #[arg(long)]
     size: Option<String>,
-    /// Print JSON.
+    /// Print the list as JSON on stdout.
     #[arg(long)]
     json: bool,
 }
@@ -27,11 +27,11 @@ pub struct CatalogArgs {
 /// What to list.
 #[derive(Debug, Clone, Copy)]
 pub enum Catalog {
-    /// Images.
+    /// `nodeup images`: the images nodes can be made from.
     Images,
-    /// Sizes.
+    /// `nodeup sizes`: the sizes nodes can be made with.
     Sizes,
-    /// Locations.
+    /// `nodeup locations`: where nodes can be made.
     Locations,
 }
 

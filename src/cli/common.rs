@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use nodeup::deploy::stepfile::{parse_positive_duration, StepFile};
 use nodeup::engine::settings::{self, ConfigSource, Purpose, Said};
 use nodeup::engine::{DeployOptions, Event};
-use nodeup::fleet::Shard;
 use nodeup::model::Node;
+use nodeup::roster::Shard;
 use nodeup::ssh::{Hop, HostKeyPolicy};
 
 use super::Failure;

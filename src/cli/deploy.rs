@@ -26,21 +26,21 @@ use super::Failure;
 /// `nodeup deploy`.
 #[derive(Debug, Args)]
 pub struct DeployArgs {
-    /// The step file.
+    /// The step file (TOML): the node, how to log in, the steps.
     pub stepfile: PathBuf,
     /// The provider (default: the step file's, else local).
     #[arg(long)]
     pub provider: Option<String>,
-    /// The node's name.
+    /// The node's name (default: the step file's); `{index}` in it numbers a fleet.
     #[arg(long)]
     pub name: Option<String>,
-    /// The image id.
+    /// The image, by id or name (default: the step file's).
     #[arg(long)]
     pub image: Option<String>,
-    /// The size id.
+    /// The size, by id or name (default: the step file's).
     #[arg(long)]
     pub size: Option<String>,
-    /// The location id.
+    /// The location, by id or name (default: the step file's).
     #[arg(long)]
     pub location: Option<String>,
     /// Keep a node whose deployment fails (it is destroyed otherwise).
@@ -125,7 +125,7 @@ fn requests(args: &DeployArgs, file: &StepFile) -> Result<Vec<CreateNode>, Failu
         .or(file.node.name.clone())
         .ok_or_else(|| in_file("no node name: set `name` under [node] or pass --name".into()))?;
     let count = args.count.or(file.node.count).unwrap_or(1);
-    let mut names = nodeup::fleet::node_names(&name, count).map_err(|e| in_file(e.to_string()))?;
+    let mut names = nodeup::roster::node_names(&name, count).map_err(|e| in_file(e.to_string()))?;
     if let Some(shard) = args.fleet.shard {
         names = shard.pick(names);
     }

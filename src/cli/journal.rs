@@ -26,7 +26,7 @@ pub struct JournalArgs {
     /// How many runs to list, newest first.
     #[arg(long, default_value_t = nodeup::journal::DEFAULT_RUN_LIMIT)]
     pub limit: i64,
-    /// Print JSON.
+    /// Print the result as JSON on stdout (the types the README documents).
     #[arg(long)]
     pub json: bool,
 }
@@ -43,7 +43,7 @@ pub struct CleanupArgs {
     /// Only orphans of this provider.
     #[arg(long)]
     pub provider: Option<String>,
-    /// Print JSON.
+    /// Print the result as JSON on stdout (the types the README documents).
     #[arg(long)]
     pub json: bool,
 }

@@ -29,7 +29,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The subcommands.
+/// The subcommands, one file of `cli/` each.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a node and provision it with a step file.
@@ -45,12 +45,12 @@ pub enum Command {
     Cleanup(journal::CleanupArgs),
     /// Reinstall an OVH dedicated server with your own image, then provision it.
     Reinstall(Box<reinstall::ReinstallArgs>),
-    /// OVH helpers.
+    /// OVH helpers: ask for a consumer key, list Public Cloud projects.
     #[command(subcommand)]
     Ovh(ovh::OvhCommand),
     /// List the providers.
     Providers {
-        /// Print JSON.
+        /// Print the list as JSON on stdout.
         #[arg(long)]
         json: bool,
     },

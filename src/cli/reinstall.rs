@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use clap::Args;
-use serde_json::json;
+use serde::Serialize;
 
 use nodeup::baremetal::{Byoi, Checksum, ImageType};
 use nodeup::deploy::stepfile::{self, parse_positive_duration};
@@ -101,6 +101,34 @@ pub struct ReinstallArgs {
     pub ssh: SshArgs,
 }
 
+/// What `nodeup reinstall --json` prints.
+#[derive(Debug, Default, Serialize)]
+struct ReinstallJson<'a> {
+    /// Whether the reinstall (and the steps after it) succeeded.
+    ok: bool,
+    /// The server, as OVH describes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server: Option<&'a nodeup::baremetal::Server>,
+    /// The API used: `current` or `legacy`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api: Option<&'a str>,
+    /// How long OVH's install took, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    install_time: Option<f64>,
+    /// The private key nodeup made for root, when it made one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a std::path::Path>,
+    /// The user logged in as afterwards (`null` when nodeup did not log in).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    /// The steps' results.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    steps: Vec<output::StepReport>,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
 /// Runs `nodeup reinstall`.
 pub async fn run(args: ReinstallArgs) -> Result<(), Failure> {
     let generation = generation(&args)?;
@@ -128,21 +156,25 @@ pub async fn run(args: ReinstallArgs) -> Result<(), Failure> {
                 report.install_time.as_secs_f64(),
             );
             if args.json {
-                print_json(&json!({
-                    "ok": true,
-                    "server": report.server,
-                    "api": args.api,
-                    "install_time": report.install_time.as_secs_f64(),
-                    "key": report.key,
-                    "user": report.user,
-                    "steps": output::StepReport::all(&report.steps),
-                }));
+                print_json(&ReinstallJson {
+                    ok: true,
+                    server: Some(&report.server),
+                    api: Some(&args.api),
+                    install_time: Some(report.install_time.as_secs_f64()),
+                    key: report.key.as_deref(),
+                    user: report.user.as_deref(),
+                    steps: output::StepReport::all(&report.steps),
+                    error: None,
+                });
             }
             Ok(())
         }
         Err(e) => {
             if args.json {
-                print_json(&json!({"ok": false, "error": engine::error_chain(&e)}));
+                print_json(&ReinstallJson {
+                    error: Some(engine::error_chain(&e)),
+                    ..ReinstallJson::default()
+                });
             }
             let before = e.is_before_any_call()
                 || matches!(&e, ReinstallError::Provider(p) if !matches!(p, nodeup::driver::ProviderError::Failed { .. }));

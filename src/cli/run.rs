@@ -15,9 +15,9 @@ use nodeup::deploy::stepfile;
 use nodeup::engine::fleet::{run_fleet, Counts, Outcome, RunMember, RunOutcome};
 use nodeup::engine::settings::{self, KeyChoice, MachineGiven, Purpose};
 use nodeup::engine::{preferred, DeployOptions, Target, TargetSsh};
-use nodeup::fleet::{parse_host, Inventory};
 use nodeup::journal::{RunEnd, RunStart};
 use nodeup::providers;
+use nodeup::roster::{parse_host, Inventory};
 use nodeup::ssh::{load_certificate, Credentials};
 
 use super::common::{cancel_on_signals, Created, FleetArgs, SshArgs};
@@ -28,7 +28,7 @@ use super::Failure;
 /// `nodeup run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The step file.
+    /// The step file (TOML): how to log in, the steps (its `[node]` is not used).
     pub stepfile: PathBuf,
     /// A machine: [user@]address[:port], IPv6 as [address]:port (repeatable).
     #[arg(long = "host", value_name = "HOST")]

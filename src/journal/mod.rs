@@ -71,7 +71,7 @@ pub enum JournalError {
          knows up to {known}): upgrade nodeup, or use another journal"
     )]
     Newer {
-        /// The journal.
+        /// Where the journal is (a path, or a URL without its password).
         journal: String,
         /// Its schema version.
         found: i64,
@@ -106,7 +106,7 @@ pub enum JournalError {
     /// No run (or more than one) has this id.
     #[error("journal {journal}: {message}")]
     NoSuchRun {
-        /// The journal.
+        /// Where the journal is (a path, or a URL without its password).
         journal: String,
         /// What matched.
         message: String,
@@ -118,7 +118,7 @@ pub enum JournalError {
          upgrade nodeup, or correct the record"
     )]
     UnknownState {
-        /// The journal.
+        /// Where the journal is (a path, or a URL without its password).
         journal: String,
         /// What has it: run, node or step.
         what: &'static str,
@@ -138,15 +138,15 @@ pub enum JournalError {
     /// Another run takes and gives up the lock on a name faster than this one can look.
     #[error("journal {journal}: the lock on {name:?} keeps changing hands; try again")]
     LockContended {
-        /// The journal.
+        /// Where the journal is (a path, or a URL without its password).
         journal: String,
-        /// The node name.
+        /// The node name locked.
         name: String,
     },
     /// The database failed; `source` says how.
     #[error("journal {journal}: {doing} failed")]
     Database {
-        /// The journal.
+        /// Where the journal is (a path, or a URL without its password).
         journal: String,
         /// What was being done (`PostgreSQL`, `opening`, ...).
         doing: String,
@@ -179,17 +179,17 @@ impl JournalError {
     if .location.is_empty() { String::new() } else { format!(" in {}", .location) }
 )]
 pub struct NameHeld {
-    /// The provider.
+    /// The provider the name is locked on.
     pub provider: String,
     /// The location ("" for none).
     pub location: String,
-    /// The node name.
+    /// The node name locked.
     pub name: String,
     /// The run that holds it.
     pub run: String,
-    /// Its host.
+    /// The host the holding run runs on.
     pub host: String,
-    /// Its pid.
+    /// The holding run's process id on that host.
     pub pid: i64,
     /// Since when (UTC).
     pub since: String,
@@ -198,9 +198,9 @@ pub struct NameHeld {
 /// Where a journal lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
-    /// A SQLite file.
+    /// A SQLite file (the embedded default).
     Sqlite(PathBuf),
-    /// A PostgreSQL URL.
+    /// A PostgreSQL URL (`postgres://user:password@host/db`), shared by a team.
     Postgres(String),
 }
 
@@ -299,12 +299,12 @@ fn config_file() -> Result<Option<ConfigFile>, JournalError> {
 /// The process that owns a run: where it runs and which process it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Owner {
-    /// The host name.
+    /// The host name of the machine the owner runs on.
     pub host: String,
     /// The kernel boot and PID namespace: only processes in the same one can check the pid.
     #[serde(skip)]
     pub pid_space: String,
-    /// The pid.
+    /// The owner's process id, in its pid namespace.
     pub pid: i64,
     /// The pid's start time (clock ticks since boot).
     #[serde(skip)]

@@ -7,100 +7,116 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use clap::{Args, Parser, Subcommand};
+
 use testbed::fake_nephoscale::{FakeNephoScale, NephoConfig};
 use testbed::fake_ovh::{FakeOvh, OvhConfig};
 use testbed::fake_slipstream::{FakeSlipStream, SlipConfig};
 use testbed::TestBed;
 
-const USAGE: &str = "usage: testbed fake-ovh|fake-nephoscale|fake-slipstream \
-                     [--listen 127.0.0.1:PORT] [--dedicated NAME ...]";
-
-/// What the command line asked for.
-struct Args {
-    fake: String,
-    listen: SocketAddr,
-    dedicated: Vec<String>,
+/// Fake provider APIs over local nodes, for trying nodeup (and its seeds' clients) by hand.
+#[derive(Debug, Parser)]
+#[command(name = "testbed")]
+struct Cli {
+    #[command(subcommand)]
+    fake: Command,
 }
 
-fn parse() -> Result<Args, String> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let fake = match args.first().map(String::as_str) {
-        Some(f @ ("fake-ovh" | "fake-nephoscale" | "fake-slipstream")) => f.to_string(),
-        _ => return Err(USAGE.into()),
-    };
-    let mut listen = "127.0.0.1:0".to_string();
-    let mut dedicated = Vec::new();
-    let mut rest = args[1..].iter();
-    while let Some(arg) = rest.next() {
-        match (arg.as_str(), rest.next()) {
-            ("--listen", Some(addr)) => listen = addr.clone(),
-            ("--dedicated", Some(name)) if fake == "fake-ovh" => dedicated.push(name.clone()),
-            _ => return Err(USAGE.into()),
+/// Where a fake listens.
+#[derive(Debug, Args)]
+struct Listen {
+    /// The address to serve on (port 0: any free port, printed in the variables).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+}
+
+/// The fakes, one subcommand each.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The OVH API (Public Cloud, dedicated servers' reinstall), signed requests checked.
+    #[command(name = "fake-ovh")]
+    Ovh {
+        #[command(flatten)]
+        listen: Listen,
+        /// A dedicated server of this service name, backed by a local node (repeatable).
+        #[arg(long = "dedicated", value_name = "NAME")]
+        dedicated: Vec<String>,
+    },
+    /// The NephoScale API, with Libcloud's recorded catalog.
+    #[command(name = "fake-nephoscale")]
+    Nephoscale {
+        #[command(flatten)]
+        listen: Listen,
+    },
+    /// The SlipStream API (sessions, App Store modules, runs).
+    #[command(name = "fake-slipstream")]
+    Slipstream {
+        #[command(flatten)]
+        listen: Listen,
+    },
+}
+
+impl Command {
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Ovh { .. } => "fake-ovh",
+            Command::Nephoscale { .. } => "fake-nephoscale",
+            Command::Slipstream { .. } => "fake-slipstream",
         }
     }
-    let listen = listen
-        .parse()
-        .map_err(|_| format!("--listen {listen}: not an address:port"))?;
-    Ok(Args {
-        fake,
-        listen,
-        dedicated,
-    })
 }
 
 /// A fake being served: kept (and so serving) until the process is told to end.
 type Serving = Box<dyn std::any::Any + Send>;
 
-async fn start(args: &Args, bed: &TestBed) -> Result<(Serving, Vec<(String, String)>), String> {
+async fn start(fake: &Command, bed: &TestBed) -> Result<(Serving, Vec<(String, String)>), String> {
     let driver = bed.driver().clone();
-    let failed = |e: std::io::Error| format!("{}: listening on {}: {e}", args.fake, args.listen);
-    match args.fake.as_str() {
-        "fake-ovh" => {
-            let fake = FakeOvh::start_on(args.listen, driver, OvhConfig::default())
+    let failed = |addr: SocketAddr| {
+        move |e: std::io::Error| format!("{}: listening on {addr}: {e}", fake.name())
+    };
+    match fake {
+        Command::Ovh { listen, dedicated } => {
+            let served = FakeOvh::start_on(listen.listen, driver, OvhConfig::default())
                 .await
-                .map_err(failed)?;
-            for name in &args.dedicated {
-                fake.add_dedicated(name)
+                .map_err(failed(listen.listen))?;
+            for name in dedicated {
+                served
+                    .add_dedicated(name)
                     .await
                     .map_err(|e| format!("fake-ovh: dedicated server {name}: {e}"))?;
             }
-            let env = fake.env();
-            Ok((Box::new(fake), env))
+            let env = served.env();
+            Ok((Box::new(served), env))
         }
-        "fake-nephoscale" => {
-            let fake = FakeNephoScale::start_on(args.listen, driver, NephoConfig::default())
+        Command::Nephoscale { listen } => {
+            let served = FakeNephoScale::start_on(listen.listen, driver, NephoConfig::default())
                 .await
-                .map_err(failed)?;
-            let env = fake.env();
-            Ok((Box::new(fake), env))
+                .map_err(failed(listen.listen))?;
+            let env = served.env();
+            Ok((Box::new(served), env))
         }
-        _ => {
-            let fake = FakeSlipStream::start_on(args.listen, driver, SlipConfig::default())
+        Command::Slipstream { listen } => {
+            let served = FakeSlipStream::start_on(listen.listen, driver, SlipConfig::default())
                 .await
-                .map_err(failed)?;
-            let env = fake.env();
-            Ok((Box::new(fake), env))
+                .map_err(failed(listen.listen))?;
+            let env = served.env();
+            Ok((Box::new(served), env))
         }
     }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = match parse() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
+    let cli = Cli::parse();
+    let name = cli.fake.name();
     let bed = match TestBed::new() {
         Ok(bed) => bed,
         Err(e) => {
-            eprintln!("{}: setting up local nodes: {e}", args.fake);
+            eprintln!("{name}: setting up local nodes: {e}");
             return ExitCode::from(1);
         }
     };
-    let (serving, env) = match start(&args, &bed).await {
+    let (serving, env) = match start(&cli.fake, &bed).await {
         Ok(started) => started,
         Err(message) => {
             eprintln!("{message}");
@@ -113,7 +129,7 @@ async fn main() -> ExitCode {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(term) => term,
         Err(e) => {
-            eprintln!("{}: {e}", args.fake);
+            eprintln!("{name}: {e}");
             return ExitCode::from(1);
         }
     };

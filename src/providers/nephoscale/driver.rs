@@ -43,7 +43,7 @@ const CONSOLE_KEY_GROUP: &str = "4";
 /// The length of a console password nodeup makes up.
 const CONSOLE_PASSWORD_LEN: usize = 20;
 
-/// The NephoScale driver.
+/// The NephoScale driver: the API client, and how long a create's job may take to show its server.
 #[derive(Debug, Clone)]
 pub struct NephoScaleDriver {
     client: Client,
@@ -68,11 +68,11 @@ pub struct NephoScaleOptions {
 /// A server as `/server/cloud/` lists it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Server {
-    /// Its id.
+    /// NephoScale's numeric id for it.
     pub id: u64,
-    /// Its name.
+    /// Its name, as NephoScale lists it.
     pub name: String,
-    /// Its hostname.
+    /// The hostname it was created with, if NephoScale reports one.
     #[serde(default)]
     pub hostname: Option<String>,
     /// Every address, public and private mixed, comma-separated.
@@ -84,10 +84,10 @@ pub struct Server {
     /// When it was made.
     #[serde(default)]
     pub create_time: Option<String>,
-    /// Its zone.
+    /// The zone it was created in (a location).
     #[serde(default)]
     pub zone: Option<Named>,
-    /// Its image.
+    /// The image it was created from.
     #[serde(default)]
     pub image: Option<ImageRecord>,
     /// Its size.
@@ -96,7 +96,7 @@ pub struct Server {
     /// Its SSH keys.
     #[serde(default)]
     pub server_keys: Vec<KeyRef>,
-    /// Its console keys.
+    /// The console (password) keys given it at creation.
     #[serde(default)]
     pub console_keys: Vec<KeyRef>,
 }
@@ -104,9 +104,9 @@ pub struct Server {
 /// An id and a name.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Named {
-    /// The id.
+    /// NephoScale's numeric id.
     pub id: u64,
-    /// The name.
+    /// The name NephoScale shows.
     #[serde(default)]
     pub name: String,
 }
@@ -114,16 +114,16 @@ pub struct Named {
 /// A key a server holds.
 #[derive(Debug, Clone, Deserialize)]
 pub struct KeyRef {
-    /// The key's id.
+    /// NephoScale's numeric id of the key.
     pub id: u64,
 }
 
 /// An image of `/image/server/`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ImageRecord {
-    /// Its id.
+    /// NephoScale's numeric id for it.
     pub id: u64,
-    /// Its name.
+    /// Its name, as NephoScale lists it.
     pub friendly_name: String,
     /// `x86`, `x86_64`.
     #[serde(default)]
@@ -139,9 +139,9 @@ pub struct ImageRecord {
 /// A size of `/server/type/cloud/`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SizeRecord {
-    /// Its id.
+    /// NephoScale's numeric id for it.
     pub id: u64,
-    /// Its name.
+    /// Its name, as NephoScale lists it.
     pub friendly_name: String,
     /// Memory, MB.
     #[serde(default)]
@@ -167,11 +167,11 @@ pub struct Sku {
 /// A zone of `/datacenter/zone/`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Zone {
-    /// Its id.
+    /// NephoScale's numeric id for it.
     pub id: u64,
     /// `SJC-1`, `RIC-1`.
     pub name: String,
-    /// Its datacenter.
+    /// The datacenter the zone belongs to.
     #[serde(default)]
     pub datacenter: Option<Datacenter>,
 }
@@ -187,9 +187,9 @@ pub struct Datacenter {
 /// A key of `/key/`, `/key/sshrsa/` or `/key/password/`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct KeyRecord {
-    /// Its id.
+    /// NephoScale's numeric id for it.
     pub id: u64,
-    /// Its name.
+    /// Its name, as NephoScale lists it.
     pub name: String,
     /// 1: server (SSH) key; 4: console password.
     #[serde(default)]

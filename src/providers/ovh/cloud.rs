@@ -25,13 +25,13 @@ pub struct Instance {
     /// Its id (`instanceId` in the outdated POST shape).
     #[serde(alias = "instanceId")]
     pub id: String,
-    /// Its name.
+    /// Its name as OVH shows it (names need not be unique).
     pub name: String,
     /// Its status (ACTIVE, BUILD ...).
     pub status: String,
-    /// Its region.
+    /// The region it lives in (`GRA11` ...), where OVH says.
     pub region: Option<String>,
-    /// When it was created.
+    /// When it was created (OVH's ISO 8601 text, to the second).
     pub created: Option<String>,
     /// The flavor id (list shape).
     pub flavor_id: Option<String>,
@@ -39,7 +39,7 @@ pub struct Instance {
     pub image_id: Option<String>,
     /// The SSH key id (list shape).
     pub ssh_key_id: Option<String>,
-    /// Its addresses.
+    /// Its addresses, public and private, as OVH lists them.
     #[serde(default)]
     pub ip_addresses: Vec<IpAddress>,
     /// The flavor (detail shape).
@@ -61,7 +61,7 @@ pub struct IpAddress {
     pub kind: Option<String>,
     /// 4 or 6.
     pub version: Option<u8>,
-    /// The network.
+    /// The OpenStack network the address is on, when private.
     pub network_id: Option<String>,
 }
 
@@ -69,11 +69,11 @@ pub struct IpAddress {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Flavor {
-    /// Its id.
+    /// OVH's id for it (a UUID).
     pub id: String,
-    /// Its name.
+    /// Its name as OVH shows it (names need not be unique).
     pub name: String,
-    /// Its region.
+    /// The region it lives in (`GRA11` ...), where OVH says.
     pub region: Option<String>,
     /// Virtual CPUs.
     pub vcpus: Option<u32>,
@@ -94,15 +94,15 @@ pub struct Flavor {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Image {
-    /// Its id.
+    /// OVH's id for it (a UUID).
     pub id: String,
-    /// Its name.
+    /// Its name as OVH shows it (names need not be unique).
     pub name: String,
-    /// Its region.
+    /// The region it lives in (`GRA11` ...), where OVH says.
     pub region: Option<String>,
     /// public or private.
     pub visibility: Option<String>,
-    /// Its status.
+    /// OVH's status word for it, as OVH writes it.
     pub status: Option<String>,
     /// The login user (e.g. `debian`).
     pub user: Option<String>,
@@ -122,13 +122,13 @@ pub struct SshKey {
     /// Its id (absent in the outdated POST /instance shape).
     #[serde(default)]
     pub id: String,
-    /// Its name.
+    /// Its name as OVH shows it (names need not be unique).
     pub name: String,
-    /// The public key.
+    /// The OpenSSH public key line, with OVH's comment.
     pub public_key: String,
-    /// Its regions.
+    /// The regions it may be used in.
     pub regions: Option<Vec<String>>,
-    /// Its fingerprint.
+    /// The key's fingerprint, as OVH computes it.
     #[serde(rename = "fingerPrint")]
     pub fingerprint: Option<String>,
 }
@@ -137,17 +137,17 @@ pub struct SshKey {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Volume {
-    /// Its id.
+    /// OVH's id for it (a UUID).
     pub id: String,
-    /// Its name.
+    /// Its name as OVH shows it (names need not be unique).
     pub name: Option<String>,
-    /// Its description.
+    /// The description it was given, if any.
     pub description: Option<String>,
-    /// Its region.
+    /// The region it lives in (`GRA11` ...), where OVH says.
     pub region: Option<String>,
     /// GB.
     pub size: u64,
-    /// Its status.
+    /// OVH's status word for it, as OVH writes it.
     pub status: String,
     /// classic or high-speed.
     #[serde(rename = "type")]
@@ -164,17 +164,17 @@ pub struct Volume {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Snapshot {
-    /// Its id.
+    /// OVH's id for it (a UUID).
     pub id: String,
     /// The volume's id.
     pub volume_id: String,
-    /// Its status.
+    /// OVH's status word for it, as OVH writes it.
     pub status: String,
-    /// Its region.
+    /// The region it lives in (`GRA11` ...), where OVH says.
     pub region: Option<String>,
-    /// Its name.
+    /// Its name as OVH shows it (names need not be unique).
     pub name: Option<String>,
-    /// Its description.
+    /// The description it was given, if any.
     pub description: Option<String>,
     /// GB.
     pub size: u64,
@@ -326,7 +326,7 @@ impl OvhDriver {
         Ok(driver)
     }
 
-    /// The API client.
+    /// The signed API client this driver calls through.
     pub fn client(&self) -> &Client {
         &self.client
     }

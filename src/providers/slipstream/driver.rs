@@ -29,7 +29,7 @@ const SSH_KEYS_PARAMETER: &str = "General.ssh.public.key";
 /// How many runs one list call asks for.
 const LIST_LIMIT: u32 = 500;
 
-/// The SlipStream driver.
+/// The SlipStream driver: one API client, its session kept as a cookie.
 #[derive(Debug)]
 pub struct SlipStreamDriver {
     client: Client,

@@ -1,4 +1,5 @@
-//! Fleets: many nodes from one step file (`count`, name templates), inventories of machines that
+//! The roster: which machines a fleet is made of: many nodes from one step file (`count`, name
+//! templates), inventories of machines that
 //! exist (a plain list, an Ansible INI inventory), and shards that split either across several
 //! nodeup processes.
 
