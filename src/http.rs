@@ -92,7 +92,7 @@ impl Response {
 
 /// A request that got no answer.
 #[derive(Debug, thiserror::Error)]
-#[error("{method} {url}: {}", if *.maybe_processed { "no answer (the server may have acted on it)" } else if .source.is_builder() { "the request could not be built (a header value with a newline or another character HTTP does not allow?); it was not sent" } else { "could not connect" })]
+#[error("{method} {url}: {}", transport_text(.maybe_processed, .source))]
 pub struct TransportError {
     /// The HTTP method it was sent with.
     pub method: reqwest::Method,
@@ -103,6 +103,21 @@ pub struct TransportError {
     /// Why.
     #[source]
     pub source: reqwest::Error,
+}
+
+/// What a failed request means, in words, with the fix for an untrusted certificate.
+fn transport_text(maybe_processed: &bool, source: &reqwest::Error) -> &'static str {
+    if *maybe_processed {
+        "no answer (the server may have acted on it)"
+    } else if source.is_builder() {
+        "the request could not be built (a header value with a newline or another character HTTP \
+         does not allow?); it was not sent"
+    } else if crate::error_chain(source).contains("certificate") {
+        "could not connect: the server's certificate is not trusted (for a server behind a \
+         certificate authority of your own, set SSL_CERT_FILE to that authority's PEM file)"
+    } else {
+        "could not connect"
+    }
 }
 
 /// How hard to retry.
@@ -150,15 +165,58 @@ impl std::fmt::Debug for HttpClient {
     }
 }
 
+/// The variable naming a PEM file of certificate authorities to trust beside the system's and
+/// the web's (a self-hosted endpoint behind an internal CA), as OpenSSL and Python read it.
+pub const CA_FILE_VARIABLE: &str = "SSL_CERT_FILE";
+
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one request may take, answer included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The certificate authorities of `$SSL_CERT_FILE`, when it is set.
+///
+/// # Errors
+/// The file cannot be read, or holds no PEM certificate (`InvalidInput`, naming it).
+fn extra_authorities() -> std::io::Result<Vec<reqwest::Certificate>> {
+    let Some(path) = std::env::var_os(CA_FILE_VARIABLE).filter(|p| !p.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let path = std::path::PathBuf::from(path);
+    let unusable = |why: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{CA_FILE_VARIABLE}={}: {why}", path.display()),
+        )
+    };
+    let pem = crate::files::read(&path).map_err(|e| unusable(crate::error_chain(&e)))?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| unusable(format!("not a PEM file of certificates ({e})")))?;
+    if certificates.is_empty() {
+        return Err(unusable(
+            "holds no certificate (-----BEGIN CERTIFICATE----- ...)".into(),
+        ));
+    }
+    Ok(certificates)
+}
+
 impl HttpClient {
-    /// A client with 10 s to connect and 60 s per request, tracing to `$NODEUP_DEBUG` if set.
+    /// A client with [`CONNECT_TIMEOUT`] to connect and [`REQUEST_TIMEOUT`] per request, that
+    /// trusts the web's certificate authorities, the system's, and those of `$SSL_CERT_FILE`;
+    /// tracing to `$NODEUP_DEBUG` if set.
+    ///
+    /// # Errors
+    /// `$SSL_CERT_FILE` cannot be used (`InvalidInput`), or the trace file cannot be opened.
     pub fn new() -> std::io::Result<Self> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .user_agent(concat!("nodeup/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(std::io::Error::other)?;
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("nodeup/", env!("CARGO_PKG_VERSION")));
+        for authority in extra_authorities()? {
+            builder = builder.add_root_certificate(authority);
+        }
+        let client = builder.build().map_err(std::io::Error::other)?;
         let trace = match std::env::var_os("NODEUP_DEBUG") {
             Some(path) if !path.is_empty() => {
                 Some(Arc::new(Mutex::new(open_trace(Path::new(&path))?)))
@@ -356,7 +414,7 @@ pub fn curl_line(request: &Request, attempt: u32) -> String {
     let mut line = format!(
         "# attempt {attempt}\ncurl -sS -X {} {}",
         request.method,
-        crate::ssh::quote(&request.url)
+        crate::ssh::quote(&redact_url(&request.url))
     );
     for h in &request.headers {
         let value = if h.secret { "***" } else { h.value.as_str() };
@@ -369,6 +427,18 @@ pub fn curl_line(request: &Request, attempt: u32) -> String {
     }
     line.push('\n');
     line
+}
+
+/// A URL with any user name and password in it replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            let _ = parsed.set_username("***");
+            let _ = parsed.set_password(None);
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// JSON keys whose values are secrets: any key containing one of these (lower-case) words.

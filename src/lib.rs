@@ -23,6 +23,7 @@
 //! - [`model`]: nodes, node states, sizes, images, locations, volumes and the credentials
 //!   `create_node` takes.
 //! - [`http`]: the one HTTP client providers use: timeouts, retries, the redacted debug trace.
+//! - [`files`]: reading the small files a user names, regular ones only and within a bound.
 //! - [`procfs`]: what `/proc` says of processes (start times, liveness), for the journal's owners
 //!   and local nodes.
 //! - [`error_chain`] and [`state_dir`]: an error with its causes on one line; nodeup's state
@@ -32,6 +33,7 @@ pub mod baremetal;
 pub mod deploy;
 pub mod driver;
 pub mod engine;
+pub mod files;
 pub mod http;
 pub mod journal;
 pub mod life;

@@ -77,6 +77,16 @@ impl Stage {
     }
 }
 
+/// The settled stages as an SQL list (`'done', 'kept', 'destroyed'`), for the journal's queries.
+pub fn settled_sql() -> String {
+    STAGES
+        .iter()
+        .filter(|s| s.is_settled())
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

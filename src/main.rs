@@ -38,7 +38,16 @@ async fn run() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match cli::run(args).await {
+    let outcome = cli::run(args).await;
+    // What was printed did not all reach standard output (a full disk): that is a failure too,
+    // said once, whatever else the command did.
+    if let Some(e) = cli::output::stdout_failure() {
+        eprintln!("error: writing to standard output: {e}");
+        if outcome.is_ok() {
+            return ExitCode::FAILURE;
+        }
+    }
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => failure.report(),
     }

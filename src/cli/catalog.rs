@@ -42,7 +42,7 @@ pub fn providers(json: bool) {
         print_json(&names);
     } else {
         for name in names {
-            println!("{name}");
+            crate::outln!("{name}");
         }
     }
 }
@@ -95,9 +95,9 @@ pub async fn list(what: Catalog, args: CatalogArgs) -> Result<(), Failure> {
         }
     };
     let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(2).max(2);
-    println!("{:width$}  NAME", "ID");
+    crate::outln!("{:width$}  NAME", "ID");
     for (id, name) in rows {
-        println!("{id:width$}  {name}");
+        crate::outln!("{id:width$}  {name}");
     }
     Ok(())
 }

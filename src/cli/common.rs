@@ -50,6 +50,13 @@ pub struct SshArgs {
     /// `ssh -J` takes (repeatable: the chain goes on).
     #[arg(long = "jump", short = 'J', value_name = "HOPS")]
     pub jump: Vec<String>,
+    /// Log in on IPv4 addresses only: true (the default, as Libcloud's) or false (IPv6 too).
+    #[arg(long, value_name = "BOOL")]
+    pub force_ipv4: Option<bool>,
+    /// A failed step runs the whole list of steps again, up to --max-tries runs in all
+    /// (Libcloud's max_tries); off by default: a failed step fails.
+    #[arg(long)]
+    pub retry_failed_steps: bool,
 }
 
 impl SshArgs {
@@ -74,6 +81,8 @@ impl SshArgs {
             max_tries: self.max_tries,
             jump,
             ssh_config: ConfigSource::from_flag(self.ssh_config.clone()),
+            force_ipv4: self.force_ipv4,
+            retry_failed_steps: self.retry_failed_steps.then_some(true),
         })
     }
 

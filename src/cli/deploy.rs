@@ -16,6 +16,7 @@ use nodeup::engine::{self, destroy_at_exit, Cause, Event};
 use nodeup::journal::{RunEnd, RunStart};
 use nodeup::model::{CreateNode, Node};
 use nodeup::providers;
+use nodeup::roster::NameError;
 
 use super::common::{cancel_on_signals, positive, Created, FleetArgs, SshArgs};
 
@@ -125,7 +126,18 @@ fn requests(args: &DeployArgs, file: &StepFile) -> Result<Vec<CreateNode>, Failu
         .or(file.node.name.clone())
         .ok_or_else(|| in_file("no node name: set `name` under [node] or pass --name".into()))?;
     let count = args.count.or(file.node.count).unwrap_or(1);
-    let mut names = nodeup::roster::node_names(&name, count).map_err(|e| in_file(e.to_string()))?;
+    // The error is said of where the name and count came from: the command line or the file.
+    let mut names = nodeup::roster::node_names(&name, count).map_err(|e| {
+        match (&e, args.name.is_some(), args.count.is_some()) {
+            (NameError::TooMany(_), _, true) | (NameError::NoNodes, _, true) => {
+                Failure::Usage(anyhow!("--count: {e}"))
+            }
+            (NameError::Unclosed(_) | NameError::Unknown { .. }, true, _) => {
+                Failure::Usage(anyhow!("--name: {e}"))
+            }
+            _ => in_file(e.to_string()),
+        }
+    })?;
     if let Some(shard) = args.fleet.shard {
         names = shard.pick(names);
     }
@@ -149,6 +161,9 @@ fn report(members: Vec<FleetMember>, args: &DeployArgs) -> Result<(), Failure> {
     let mut rows = Vec::new();
     let mut reports = Vec::new();
     for member in &members {
+        if single && matches!(member.result, MemberResult::NotStarted) {
+            eprintln!("not started: the deployment was cancelled first");
+        }
         say(member, single);
         rows.push(summary_row(member));
         reports.push(node_report(member));
@@ -207,7 +222,8 @@ fn say(member: &FleetMember, single: bool) {
                 eprintln!("{tag}{fate}");
             }
         }
-        MemberResult::NotStarted => eprintln!("{tag}not started: the fleet stopped first"),
+        // The summary counts them (a stopped fleet of thousands would print thousands of lines).
+        MemberResult::NotStarted => {}
     }
     if let (MemberResult::Deployed(done), Fate::Destroyed) = (&member.result, &member.fate) {
         eprintln!("{tag}node {} was destroyed with the fleet", done.node.name);

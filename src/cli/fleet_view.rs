@@ -40,7 +40,8 @@ pub struct FleetView {
     live: Option<Live>,
     follow: bool,
     log_dir: Option<PathBuf>,
-    logs: Mutex<HashMap<usize, File>>,
+    /// Each member's log file once opened; `None` when it could not be (said once).
+    logs: Mutex<HashMap<usize, Option<File>>>,
     stages: Mutex<Vec<Stage>>,
     finished: AtomicUsize,
 }
@@ -178,19 +179,22 @@ impl FleetView {
     fn log(&self, index: usize, bytes: &[u8]) {
         let Some(dir) = &self.log_dir else { return };
         let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
-        let file = match logs.entry(index) {
-            std::collections::hash_map::Entry::Occupied(file) => file.into_mut(),
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                match open_log(dir, &self.labels[index]) {
-                    Ok(file) => slot.insert(file),
-                    Err(e) => {
-                        tracing::warn!("--log-dir: {e}");
-                        return;
-                    }
-                }
-            }
-        };
-        let _ = file.write_all(bytes);
+        let file = logs.entry(index).or_insert_with(|| {
+            open_log(dir, &self.labels[index])
+                .inspect_err(|e| self.warn(&format!("warning: --log-dir: {e}")))
+                .ok()
+        });
+        if let Some(file) = file {
+            let _ = file.write_all(bytes);
+        }
+    }
+
+    /// Says something on stderr, above the live view when there is one.
+    fn warn(&self, text: &str) {
+        match &self.live {
+            Some(live) => live.multi.suspend(|| eprintln!("{text}")),
+            None => eprintln!("{text}"),
+        }
     }
 
     /// Member `index` finished (`ok` or not): its line goes, the bar moves, its log is closed.
@@ -278,8 +282,19 @@ fn open_log(dir: &Path, label: &str) -> std::io::Result<File> {
         .create(true)
         .append(true)
         .mode(0o600)
+        // A link planted in the directory would send the output (secrets, maybe) elsewhere.
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
-        .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))
+        .map_err(|e| {
+            let why = if e.raw_os_error() == Some(libc::ELOOP) {
+                "is a symbolic link, which is never followed: this log is not written (remove the \
+                 link)"
+                    .to_string()
+            } else {
+                e.to_string()
+            };
+            std::io::Error::other(format!("{}: {why}", path.display()))
+        })
 }
 
 /// One line of the summary table.
@@ -361,7 +376,14 @@ pub fn print_summary(rows: &[SummaryRow], noun: &str) {
         "{:<wn$}  {:<wa$}  {:<wu$}  {:<wr$}  {:>7}  FAILED STEP",
         "NODE", "ADDRESS", "USER", "RESULT", "TIME"
     );
+    let not_started = rows
+        .iter()
+        .filter(|r| r.outcome == Outcome::NotStarted)
+        .count();
     for (r, result) in rows.iter().zip(&results) {
+        if r.outcome == Outcome::NotStarted {
+            continue;
+        }
         eprintln!(
             "{:<wn$}  {:<wa$}  {:<wu$}  {:<wr$}  {:>6.1}s  {}",
             r.name,
@@ -374,6 +396,9 @@ pub fn print_summary(rows: &[SummaryRow], noun: &str) {
         for line in &r.stderr_tail {
             eprintln!("    | {line}");
         }
+    }
+    if not_started > 0 {
+        eprintln!("({not_started} {noun} not started: the fleet stopped first)");
     }
     let counts = Counts::of(rows.iter().map(|r| r.outcome));
     eprintln!(

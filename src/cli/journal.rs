@@ -23,8 +23,9 @@ use super::Failure;
 pub struct JournalArgs {
     /// One run (its id, or enough of it): each node and each step's result.
     pub run: Option<String>,
-    /// How many runs to list, newest first.
-    #[arg(long, default_value_t = nodeup::journal::DEFAULT_RUN_LIMIT)]
+    /// How many runs to list, newest first (1 or more).
+    #[arg(long, default_value_t = nodeup::journal::DEFAULT_RUN_LIMIT,
+          value_parser = clap::value_parser!(i64).range(1..))]
     pub limit: i64,
     /// Print the result as JSON on stdout (the types the README documents).
     #[arg(long)]
@@ -120,15 +121,21 @@ fn owner_text(run: &RunView) -> String {
 
 fn print_runs(runs: &[RunView], journal: &Journal) {
     if runs.is_empty() {
-        println!("no runs in the journal {}", journal.describe());
+        crate::outln!("no runs in the journal {}", journal.describe());
         return;
     }
-    println!(
+    crate::outln!(
         "{:<12}  {:<11}  {:<29}  {:<24}  {:<9}  {:>5}  {:>7}",
-        "RUN", "COMMAND", "STARTED", "OWNER", "STATE", "NODES", "ORPHANS"
+        "RUN",
+        "COMMAND",
+        "STARTED",
+        "OWNER",
+        "STATE",
+        "NODES",
+        "ORPHANS"
     );
     for run in runs {
-        println!(
+        crate::outln!(
             "{:<12}  {:<11}  {:<29}  {:<24}  {:<9}  {:>5}  {:>7}",
             run.id,
             run.command,
@@ -141,21 +148,21 @@ fn print_runs(runs: &[RunView], journal: &Journal) {
     }
     let orphans: usize = runs.iter().map(|r| r.orphans).sum();
     if orphans > 0 {
-        println!("{orphans} orphan(s): `nodeup cleanup` shows them, `nodeup cleanup --yes` destroys them");
+        crate::outln!("{orphans} orphan(s): `nodeup cleanup` shows them, `nodeup cleanup --yes` destroys them");
     }
 }
 
 fn print_detail(detail: &RunDetail) {
     let run = &detail.run;
-    println!("run {} ({}): {}", run.id, run.command, run.state);
+    crate::outln!("run {} ({}): {}", run.id, run.command, run.state);
     if let Some(stepfile) = &run.stepfile {
         let hash = run.stepfile_hash.as_deref().unwrap_or("unreadable");
-        println!("  step file {stepfile} (sha256 {hash})");
+        crate::outln!("  step file {stepfile} (sha256 {hash})");
     }
-    println!("  owner {}", owner_text(run));
-    println!("  started {}", show_time(run.started_ms));
+    crate::outln!("  owner {}", owner_text(run));
+    crate::outln!("  started {}", show_time(run.started_ms));
     if let Some(finished) = run.finished_ms {
-        println!("  finished {}", show_time(finished));
+        crate::outln!("  finished {}", show_time(finished));
     }
     for node in &detail.node_list {
         print_node(node);
@@ -179,9 +186,9 @@ fn print_node(node: &NodeView) {
         state.push_str(&format!(", step {step} of {steps}"));
     }
     let orphan = if node.orphan { "  ORPHAN" } else { "" };
-    println!("  node {what}: {state}{orphan}");
+    crate::outln!("  node {what}: {state}{orphan}");
     if let Some(error) = &node.error {
-        println!("    {error}");
+        crate::outln!("    {error}");
     }
     for step in &node.results {
         let exit = step
@@ -189,9 +196,12 @@ fn print_node(node: &NodeView) {
             .map(|c| format!(" exit {c}"))
             .unwrap_or_default();
         let note = step.note.as_deref().unwrap_or("");
-        println!(
+        crate::outln!(
             "    step {} {}: {}{exit} in {:.2}s  {note}",
-            step.index, step.kind, step.status, step.duration_s
+            step.index,
+            step.kind,
+            step.status,
+            step.duration_s
         );
     }
 }

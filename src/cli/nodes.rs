@@ -285,7 +285,7 @@ fn print_table(nodes: &[Node]) {
                 out.push_str(&format!("{cell:w$}  "));
             }
         }
-        println!("{out}");
+        crate::outln!("{out}");
     };
     line(header);
     for row in &rows {

@@ -33,6 +33,7 @@ pub fn event_text(event: &Event) -> String {
         Event::Running(node, addr) => {
             format!("node {} is running at {addr}; logging in", node.name)
         }
+        Event::LoginWaiting(what) => what.clone(),
         Event::LoggedIn(user) => format!("logged in as {user}"),
         Event::Reconnecting(step) => {
             format!("connection lost during step {step}; logging in again to resume")
@@ -326,10 +327,49 @@ impl FleetReport {
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json(value: &impl serde::Serialize) {
     // Serializing plain data cannot fail.
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    );
+    let text = serde_json::to_string_pretty(value).unwrap_or_default();
+    out(format_args!("{text}\n"));
+}
+
+/// Set once standard output is a closed pipe (`nodeup journal | head -1`): nothing more is
+/// written to it, and the command ends as it would have.
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The first failure to write standard output other than a closed pipe (a full disk): reported
+/// when the command ends ([`stdout_failure`]).
+static STDOUT_FAILED: std::sync::OnceLock<std::io::Error> = std::sync::OnceLock::new();
+
+/// Writes to standard output what the command prints (its results, JSON). A closed pipe ends the
+/// output quietly; another failure is kept for [`stdout_failure`], never a panic.
+pub fn out(args: std::fmt::Arguments<'_>) {
+    use std::sync::atomic::Ordering;
+    if STDOUT_CLOSED.load(Ordering::Relaxed) || STDOUT_FAILED.get().is_some() {
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout.write_fmt(args).and_then(|()| stdout.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            STDOUT_CLOSED.store(true, Ordering::Relaxed)
+        }
+        Err(e) => {
+            let _ = STDOUT_FAILED.set(e);
+        }
+    }
+}
+
+/// Writing standard output failed (other than a closed pipe): why.
+pub fn stdout_failure() -> Option<&'static std::io::Error> {
+    STDOUT_FAILED.get()
+}
+
+/// `println!` to standard output through [`out`]: never a panic.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::output::out(format_args!("{}\n", format_args!($($arg)*)))
+    };
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ pub async fn run(cmd: OvhCommand) -> Result<(), Failure> {
         OvhCommand::Projects => {
             let client = Client::new(Credentials::from_env()?)?;
             for project in OvhDriver::list_projects(&client).await? {
-                println!("{project}");
+                crate::outln!("{project}");
             }
             Ok(())
         }
@@ -72,8 +72,8 @@ async fn consumer_key(args: ConsumerKeyArgs) -> Result<(), Failure> {
         .request_consumer_key(&rules)
         .await
         .map_err(|e| Failure::from(e.into_provider("POST /auth/credential".into())))?;
-    println!("consumer key: {key}");
-    println!("validate it by opening: {url}");
-    println!("then: export OVH_CONSUMER_KEY={key}");
+    crate::outln!("consumer key: {key}");
+    crate::outln!("validate it by opening: {url}");
+    crate::outln!("then: export OVH_CONSUMER_KEY={key}");
     Ok(())
 }

@@ -42,6 +42,11 @@ impl FileStep {
         if self.target.trim().is_empty() || self.target.ends_with('/') {
             return Err("the target must be a file path on the node, e.g. /etc/motd".into());
         }
+        if self.target.chars().any(char::is_control) {
+            return Err(
+                "the target holds a newline or another control character: remove it".into(),
+            );
+        }
         if self.mode.is_some_and(|m| m > 0o7777) {
             return Err("the mode must be octal permission bits, at most 7777".into());
         }

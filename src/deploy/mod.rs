@@ -190,6 +190,9 @@ pub struct Context<'a> {
     pub leftovers: &'a Mutex<Vec<String>>,
     /// What the step may ask of the machine beyond its session (the engine's; `None` elsewhere).
     pub machine: Option<&'a dyn Machine>,
+    /// Cancels the deployment: a step that runs long (a script) ends what it started on the node
+    /// and returns [`ssh::Error::Cancelled`].
+    pub cancel: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl Context<'_> {
@@ -392,6 +395,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the step was cancelled (the deployment was).
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, Error::Ssh(ssh::Error::Cancelled { .. }))
+    }
+
     /// What to do about it: a lost connection can be resumed; the rest is final.
     pub fn class(&self) -> ssh::ErrorClass {
         match self {
@@ -414,6 +422,7 @@ impl Error {
                 ..
             } => Some((result.status.as_ref(), &result.stdout, &result.stderr)),
             Error::Ssh(ssh::Error::CommandTimeout { output, .. })
+            | Error::Ssh(ssh::Error::Cancelled { output, .. })
             | Error::Ssh(ssh::Error::NoExitStatus { output, .. }) => {
                 Some((output.status.as_ref(), &output.stdout, &output.stderr))
             }

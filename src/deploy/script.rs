@@ -17,7 +17,8 @@ const STAGED: &str = "nodeup-staged\n";
 /// `$1` a new private directory (0700, made here, so never one that was there before), `$2` the
 /// script's path in it, `$3` its length in bytes (a script cut short by a lost connection never
 /// runs), then the command that runs it. The command replaces the shell (`exec`), so that its exit
-/// status or signal is the command's own, and runs with the session's umask.
+/// status or signal is the command's own, and runs with the session's umask. Its process group is
+/// written to `$1/pgid`, for [`END_SCRIPT`] should the deployment be cancelled.
 const STAGE_AND_RUN: &str = r#"mask=$(umask)
 umask 077
 dir=$1
@@ -28,11 +29,22 @@ trap fail HUP INT TERM PIPE
 size=$(($(wc -c <"$2")))
 if [ "$size" -ne "$3" ]; then echo "received $size of $3 bytes of the script" >&2; fail; fi
 chmod 0700 -- "$2" || fail
+cut -d' ' -f5 /proc/$$/stat >"$1/pgid" 2>/dev/null || echo $$ >"$1/pgid"
 umask "$mask"
 trap - HUP INT TERM PIPE
 printf 'nodeup-staged\n'
 shift 3
 exec "$@" </dev/null"#;
+
+/// Ends a script that [`STAGE_AND_RUN`] started in `$1`, when the deployment is cancelled: its
+/// whole process group gets TERM, then KILL two seconds later if anything of it is left (sshd
+/// passes no signal to a root session, and closing the channel does not end a command).
+const END_SCRIPT: &str = r#"g=$(cat -- "$1/pgid" 2>/dev/null) || exit 0
+kill -TERM -- "-$g" 2>/dev/null || exit 0
+n=0
+while kill -0 -- "-$g" 2>/dev/null && [ "$n" -lt 20 ]; do sleep 0.1; n=$((n + 1)); done
+kill -KILL -- "-$g" 2>/dev/null
+exit 0"#;
 
 /// Where a script's text comes from.
 #[derive(Debug, Clone)]
@@ -176,6 +188,19 @@ impl ScriptStep {
         }
     }
 
+    /// Ends the script started in `dir` (cancelled), as the user it ran as; best effort.
+    async fn end(&self, dir: &str, ctx: &Context<'_>) {
+        let end = ShScript {
+            text: END_SCRIPT,
+            args: vec![dir.to_string()],
+            sudo: !ctx.sudo(self.sudo).is_empty(),
+            name: "ending the cancelled script".into(),
+        };
+        if let Err(e) = ctx.helper(&end, None).await {
+            tracing::warn!("{}", crate::error_chain(&e));
+        }
+    }
+
     pub(super) async fn run(&self, ctx: &Context<'_>) -> Result<StepResult, Error> {
         let text = match &self.source {
             ScriptSource::Inline(text) => text.clone().into_bytes(),
@@ -189,6 +214,7 @@ impl ScriptStep {
             sink: ctx.sink.clone(),
             stdin: Some(text),
             preamble: Some(STAGED),
+            cancel: ctx.cancel.clone(),
             ..Default::default()
         };
         let ran = ctx
@@ -196,6 +222,9 @@ impl ScriptStep {
             .exec_script(&stage, &options)
             .await
             .map_err(Error::from);
+        if matches!(&ran, Err(e) if e.is_cancelled()) {
+            self.end(&dir, ctx).await;
+        }
         if self.keep {
             if ran.is_ok() {
                 // Kept on purpose: not a leftover for a resumed run to remove.

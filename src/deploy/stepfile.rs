@@ -77,6 +77,11 @@ pub struct SshSection {
     pub interface: Option<Interface>,
     /// Jump hosts to reach the nodes through, first to last (`jump = ["admin@bastion"]`).
     pub jump: Vec<Hop>,
+    /// Log in on IPv4 addresses only (Libcloud's `force_ipv4`; nodeup's default is true too).
+    pub force_ipv4: Option<bool>,
+    /// A failed step runs the whole list of steps again, up to `max_tries` runs (Libcloud's
+    /// `max_tries` behaviour); off by default.
+    pub retry_failed_steps: Option<bool>,
 }
 
 /// A step file error: `FILE:LINE:COLUMN: message`.
@@ -129,6 +134,8 @@ struct RawSsh {
     known_hosts: Option<Spanned<String>>,
     interface: Option<Spanned<String>>,
     jump: Option<Vec<Spanned<String>>>,
+    force_ipv4: Option<bool>,
+    retry_failed_steps: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -274,11 +281,11 @@ impl Ctx<'_> {
 
 /// Reads and checks a step file.
 pub fn load(path: &Path) -> Result<StepFile, StepFileError> {
-    let text = std::fs::read_to_string(path).map_err(|e| StepFileError {
+    let text = crate::files::read_to_string(path).map_err(|e| StepFileError {
         path: path.to_path_buf(),
         line: 1,
         column: 1,
-        message: format!("cannot read the step file: {e}"),
+        message: format!("cannot read the step file: {}", crate::error_chain(&e)),
     })?;
     parse(path, &text)
 }
@@ -429,6 +436,8 @@ fn ssh_section(ctx: &Ctx<'_>, ssh: Option<RawSsh>) -> Result<SshSection, StepFil
                 known_hosts: s.known_hosts.map(|k| resolve_path(&ctx.base, k.get_ref())),
                 interface,
                 jump,
+                force_ipv4: s.force_ipv4,
+                retry_failed_steps: s.retry_failed_steps,
             }
         }
     })
@@ -548,10 +557,10 @@ fn ssh_key_step(
                 "ssh-key",
             )
             .map_err(in_step(number))?;
-        let text = std::fs::read_to_string(&path).map_err(|e| {
+        let text = crate::files::read_to_string(&path).map_err(|e| {
             err(
                 span.clone(),
-                format!("`ssh-key`: cannot read {}: {e}", path.display()),
+                format!("`ssh-key`: cannot read {}", crate::error_chain(&e)),
             )
         })?;
         from_file = Some(path);
@@ -632,24 +641,40 @@ fn file_step(
             "`target` must be a file path on the node, e.g. \"/etc/motd\"".into(),
         ));
     }
-    let mode = match &s.mode {
-        None => None,
-        Some(m) => {
-            let parsed = match m.get_ref() {
-                Mode::Number(n) => Some(*n),
-                Mode::Text(t) => u32::from_str_radix(t.trim_start_matches("0o"), 8).ok(),
-            };
-            match parsed {
-                Some(mode) if mode <= 0o7777 => Some(mode),
-                _ => {
-                    return Err(err(
+    if target.get_ref().chars().any(char::is_control) {
+        return Err(err(
+            target.span(),
+            "`target` holds a newline or another control character, which no path should: \
+             remove it"
+                .into(),
+        ));
+    }
+    let mode =
+        match &s.mode {
+            None => None,
+            Some(m) => {
+                let written = ctx.text.get(m.span()).unwrap_or_default().trim();
+                let parsed = match m.get_ref() {
+                    // TOML's own octal (0o644) is the number meant.
+                    Mode::Number(n) if written.starts_with("0o") => Some(*n),
+                    // A bare number is read as chmod reads it: its digits are octal (644 is 0o644).
+                    Mode::Number(n) if !written.starts_with("0x") && !written.starts_with("0b") => {
+                        u32::from_str_radix(&n.to_string(), 8).ok()
+                    }
+                    Mode::Number(_) => None,
+                    Mode::Text(t) => u32::from_str_radix(t.trim_start_matches("0o"), 8).ok(),
+                };
+                match parsed {
+                    Some(mode) if mode <= 0o7777 => Some(mode),
+                    _ => return Err(err(
                         m.span(),
-                        "`mode` must be octal permission bits: write \"0644\" or 0o644".into(),
-                    ))
+                        "`mode` must be octal permission bits, as chmod takes them: write 644, \
+                         \"0644\" or 0o644"
+                            .into(),
+                    )),
                 }
             }
-        }
-    };
+        };
     Ok(Step::File(FileStep {
         source,
         target: target.get_ref().clone(),
@@ -882,6 +907,30 @@ exit_codes = [0]
         assert!(e.contains("the timeout must be longer than zero"), "{e}");
         let parsed = parse(&path, "[[step]]\nreboot = true\n").unwrap();
         assert!(matches!(parsed.steps.flatten()[0], Step::Reboot(_)));
+    }
+
+    #[test]
+    fn a_bare_mode_is_octal_as_chmod_reads_it_and_a_target_has_no_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), "x").unwrap();
+        let path = dir.path().join("s.toml");
+        let mode_of = |mode: &str| {
+            let text = format!("[[step]]\nfile = \"f\"\ntarget = \"/f\"\nmode = {mode}\n");
+            parse(&path, &text).map(|p| match p.steps.flatten()[0] {
+                Step::File(f) => f.mode,
+                _ => None,
+            })
+        };
+        assert_eq!(mode_of("644").unwrap(), Some(0o644));
+        assert_eq!(mode_of("0o644").unwrap(), Some(0o644));
+        assert_eq!(mode_of("\"0644\"").unwrap(), Some(0o644));
+        assert_eq!(mode_of("4755").unwrap(), Some(0o4755));
+        let e = mode_of("648").unwrap_err().to_string();
+        assert!(e.contains("as chmod takes them"), "{e}");
+        assert!(mode_of("0x1a4").is_err());
+        let text = "[[step]]\nfile = \"f\"\ntarget = \"/etc/x\\ny\"\n";
+        let e = parse(&path, text).unwrap_err().to_string();
+        assert!(e.contains("newline"), "{e}");
     }
 
     #[test]

@@ -149,6 +149,14 @@ async fn clean(
                 .await?;
             Ok((CleanupResult::Destroyed, Some(node.id), message))
         }
+        // Gone meanwhile (another cleanup destroyed it): what was wanted.
+        Err(ProviderError::NotFound { .. }) => {
+            let message = format!("{} ({}) was gone already", node.name, node.id);
+            journal
+                .record_cleanup(orphan, Stage::Destroyed, &message)
+                .await?;
+            Ok((CleanupResult::Gone, Some(node.id), message))
+        }
         Err(e) => {
             let message = format!("destroying {} failed: {}", node.id, error_chain(&e));
             journal

@@ -27,7 +27,7 @@ pub const UNREACHABLE_PACE: Duration = Duration::from_millis(100);
 const UNREACHABLE_JITTER: Duration = Duration::from_millis(20);
 
 /// How to log in.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LoginOptions {
     /// The usernames to try, in order.
     pub users: Vec<String>,
@@ -48,7 +48,28 @@ pub struct LoginOptions {
     pub plan: ssh::Plan,
     /// Jump hosts to reach the node through ([`ConnectOptions::jump`]).
     pub jump: Option<ssh::Jump>,
+    /// Told, now and then, what a login that keeps failing waits for (the node does not answer
+    /// yet, or refuses the users), so that a long wait is never silent.
+    pub waiting: Option<std::sync::Arc<dyn Fn(&str) + Send + Sync>>,
 }
+
+impl std::fmt::Debug for LoginOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginOptions")
+            .field("users", &self.users)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("keepalive", &self.keepalive)
+            .field("host_keys", &self.host_keys)
+            .field("jump", &self.jump)
+            .finish()
+    }
+}
+
+/// When a login that has not worked yet first says what it waits for.
+pub const LOGIN_WAIT_FIRST_SAID: Duration = Duration::from_secs(2);
+
+/// How often it says so again.
+pub const LOGIN_WAIT_SAID_EVERY: Duration = Duration::from_secs(10);
 
 /// What one username got, for the error a user reads.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -117,6 +138,8 @@ pub async fn login(
         .with_jitter()
         .without_max_times()
         .build();
+    let started = Instant::now();
+    let mut next_said = started + LOGIN_WAIT_FIRST_SAID;
     loop {
         let mut last = None;
         let mut all_rejected = true;
@@ -170,6 +193,19 @@ pub async fn login(
         };
         if Instant::now() + pause >= deadline {
             return Err(error);
+        }
+        if let Some(waiting) = options
+            .waiting
+            .as_ref()
+            .filter(|_| Instant::now() >= next_said)
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            waiting(&format!(
+                "logging in to {addr}: {}; trying again for {}s more",
+                error_chain(&error),
+                left.as_secs()
+            ));
+            next_said = Instant::now() + LOGIN_WAIT_SAID_EVERY;
         }
         tokio::time::sleep(pause).await;
     }

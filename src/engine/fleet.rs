@@ -755,10 +755,11 @@ async fn run_member(mut member: RunMember, steps: &Step, options: &DeployOptions
             ),
         }
     }
-    let cancel = options.cancel.clone();
-    let result = tokio::select! {
-        _ = cancel.cancelled() => None,
-        r = run_steps(&member.target, steps, &member.creds, options) => Some(r),
+    // The steps see the cancellation themselves: a script running is ended on the node and its
+    // directory removed before the outcome comes back.
+    let result = match run_steps(&member.target, steps, &member.creds, options).await {
+        Err(f) if matches!(f.cause, super::Cause::Cancelled) => None,
+        other => Some(other),
     };
     if let Some(entry) = &member.target.journal {
         match &result {

@@ -31,6 +31,8 @@ pub enum Event {
     Waiting,
     /// The node runs; logging in at this address.
     Running(Node, SocketAddr),
+    /// Logging in keeps failing (the machine does not answer yet, or refuses): what it waits for.
+    LoginWaiting(String),
     /// Logged in as this user.
     LoggedIn(String),
     /// The connection was lost; logging in again to resume at this step (1-based).
@@ -68,7 +70,9 @@ impl Event {
         match self {
             Event::Creating(_) => Stage::Creating,
             Event::Created(_) | Event::Waiting => Stage::Waiting,
-            Event::Running(..) | Event::Reconnecting(_) => Stage::LoggingIn,
+            Event::Running(..) | Event::Reconnecting(_) | Event::LoginWaiting(_) => {
+                Stage::LoggingIn
+            }
             Event::LoggedIn(_)
             | Event::Retrying(_)
             | Event::StepStarted { .. }
@@ -121,7 +125,8 @@ pub struct DeployOptions {
     pub retry_failed_steps: bool,
     /// Which addresses to log in on.
     pub interface: Interface,
-    /// Log in on IPv4 addresses only (Libcloud's `force_ipv4`).
+    /// Log in on IPv4 addresses only (Libcloud's `force_ipv4`, on by default as there); a node
+    /// with IPv6 addresses alone is then an error that says how to allow them.
     pub force_ipv4: bool,
     /// The longest pause between two polls of the provider.
     pub poll_period: Duration,
@@ -156,11 +161,15 @@ pub struct DeployOptions {
 pub use crate::ssh::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE};
 
 /// How long a deployment waits for its node to run and accept a login unless told otherwise:
-/// Libcloud's `deploy_node` timeout; cloud nodes boot in one to three minutes.
-pub const DEFAULT_TIMEOUT: Duration = super::wait::DEFAULT_WAIT;
+/// Libcloud's `deploy_node` timeout (its `wait_until_running` alone waits 600 s); cloud nodes
+/// boot in one to three minutes.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The longest pause between two polls of the provider unless told otherwise.
-pub const DEFAULT_POLL_PERIOD: Duration = super::wait::DEFAULT_POLL;
+/// The longest pause between two polls of the provider while a deployment waits, unless told
+/// otherwise: shorter than Libcloud's `wait_period` (5 s in `deploy_node`), since every second
+/// between "running" and the first login is idle time users complain of; the first polls come
+/// sooner still (100 ms, doubling).
+pub const DEFAULT_POLL_PERIOD: Duration = Duration::from_secs(2);
 
 /// How many connections the steps may use in all unless told otherwise (Libcloud's `max_tries`):
 /// a connection lost twice is resumed twice, a third loss fails.
@@ -188,7 +197,7 @@ impl Default for DeployOptions {
             max_tries: DEFAULT_MAX_TRIES,
             retry_failed_steps: false,
             interface: Interface::Public,
-            force_ipv4: false,
+            force_ipv4: true,
             poll_period: DEFAULT_POLL_PERIOD,
             at_exit: None,
             host_key_policy: HostKeyPolicy::AcceptNew,

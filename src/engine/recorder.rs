@@ -61,6 +61,11 @@ impl Recorder {
         }
     }
 
+    /// Logging in keeps failing: what it waits for.
+    pub fn login_waiting(&self, what: &str) {
+        self.emit(Event::LoginWaiting(what.to_string()));
+    }
+
     /// Logged in as `user`.
     pub async fn logged_in(&self, user: &str) {
         self.emit(Event::LoggedIn(user.to_string()));

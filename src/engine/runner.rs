@@ -42,12 +42,18 @@ struct Runner<'a> {
 
 impl<'a> Runner<'a> {
     fn new(target: &'a Target, creds: &'a Credentials, options: &'a DeployOptions) -> Self {
+        let recorder = Recorder::new(options.progress.clone(), target.journal.clone());
+        let mut login_options = super::settings::login_options(target, options);
+        let said = recorder.clone();
+        login_options.waiting = Some(std::sync::Arc::new(move |what: &str| {
+            said.login_waiting(what)
+        }));
         Runner {
             target,
             creds,
             options,
-            recorder: Recorder::new(options.progress.clone(), target.journal.clone()),
-            login_options: Mutex::new(super::settings::login_options(target, options)),
+            recorder,
+            login_options: Mutex::new(login_options),
             attempts: Mutex::default(),
             leftovers: Mutex::default(),
             adopted: Mutex::default(),
@@ -92,6 +98,7 @@ impl<'a> Runner<'a> {
             sink,
             leftovers: &self.leftovers,
             machine: Some(self),
+            cancel: Some(self.options.cancel.clone()),
         }
     }
 
@@ -131,6 +138,21 @@ impl<'a> Runner<'a> {
             .step_finished(place, kind, started.elapsed(), &outcome)
             .await;
         outcome
+    }
+
+    /// The deployment was cancelled during step `step`: what the step left on the node is removed
+    /// (a cancelled script was ended by the step itself), and the connection closed.
+    async fn cancelled(
+        self,
+        logged_in: LoggedIn,
+        step: Option<(usize, &'static str)>,
+        done: Vec<StepResult>,
+    ) -> RunFailure {
+        if let Err(e) = deploy::remove_leftovers(&self.context(&logged_in, None)).await {
+            tracing::warn!("removing what the cancelled step left: {}", error_chain(&e));
+        }
+        logged_in.session.close().await;
+        self.fail(Cause::Cancelled, step, done)
     }
 
     fn fail(
@@ -190,7 +212,13 @@ pub async fn run_steps(
     let flat = steps.flatten();
     let plan = Plan::of(Step::commands(&flat));
     lock(&runner.login_options).plan = plan.clone();
-    let mut logged_in = match runner.login(None).await {
+    let login = tokio::select! {
+        login = runner.login(None) => login,
+        _ = options.cancel.cancelled() => {
+            return Err(runner.fail(Cause::Cancelled, None, results));
+        }
+    };
+    let mut logged_in = match login {
         Ok(l) => l,
         Err(e) => return Err(runner.fail(Cause::Login(e), None, results)),
     };
@@ -201,10 +229,20 @@ pub async fn run_steps(
     while index < flat.len() {
         let step = flat[index];
         let (number, kind) = (index + 1, step.kind());
+        if options.cancel.is_cancelled() {
+            return Err(runner
+                .cancelled(logged_in, Some((number, kind)), results)
+                .await);
+        }
         match runner
             .step(&mut logged_in, step, (number, flat.len()))
             .await
         {
+            Err(e) if options.cancel.is_cancelled() || e.is_cancelled() => {
+                return Err(runner
+                    .cancelled(logged_in, Some((number, kind)), results)
+                    .await);
+            }
             Ok(result) => {
                 results.push(result);
                 index += 1;

@@ -21,6 +21,8 @@
 //! | keepalive | | | `ServerAliveInterval` | [`DEFAULT_KEEPALIVE`] |
 //! | whole wait | `--timeout` | `[node] timeout` | | [`DEFAULT_TIMEOUT`] ([`REINSTALL_TIMEOUT`]) |
 //! | connections | `--max-tries` | `[ssh] max_tries` | | [`DEFAULT_MAX_TRIES`] |
+//! | IPv4 only | `--force-ipv4 BOOL` | `[ssh] force_ipv4` | | true (Libcloud's) |
+//! | re-run failed steps | `--retry-failed-steps` | `[ssh] retry_failed_steps` | | off |
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -95,6 +97,10 @@ pub struct Said {
     pub jump: Vec<Hop>,
     /// `--ssh-config`.
     pub ssh_config: ConfigSource,
+    /// `--force-ipv4 BOOL`.
+    pub force_ipv4: Option<bool>,
+    /// `--retry-failed-steps`.
+    pub retry_failed_steps: Option<bool>,
 }
 
 /// What the machines are: it decides the defaults that differ between commands.
@@ -195,6 +201,12 @@ pub fn resolve(
     }
     if let Some(interface) = ssh.interface {
         options.interface = interface;
+    }
+    if let Some(force) = said.force_ipv4.or(ssh.force_ipv4) {
+        options.force_ipv4 = force;
+    }
+    if let Some(retry) = said.retry_failed_steps.or(ssh.retry_failed_steps) {
+        options.retry_failed_steps = retry;
     }
     let lookup = ConfigLookup {
         config: said.ssh_config.load()?,
@@ -402,6 +414,7 @@ pub(crate) fn login_options(target: &Target, options: &DeployOptions) -> LoginOp
         startups: options.startups.clone(),
         plan: crate::ssh::Plan::unknown(),
         jump: own.jump.clone().or(options.jump.clone()),
+        waiting: None,
     }
 }
 
@@ -449,6 +462,8 @@ mod tests {
         keepalive: Duration,
         timeout: Duration,
         max_tries: u32,
+        force_ipv4: bool,
+        retry_failed_steps: bool,
     }
 
     const ADDRESS: &str = "192.0.2.7";
@@ -507,6 +522,8 @@ mod tests {
             keepalive: login.keepalive,
             timeout: options.timeout,
             max_tries: options.max_tries,
+            force_ipv4: options.force_ipv4,
+            retry_failed_steps: options.retry_failed_steps,
         }
     }
 
@@ -749,6 +766,32 @@ mod tests {
                     _ => DEFAULT_MAX_TRIES.to_string(),
                 },
             },
+            Row {
+                setting: "IPv4 only",
+                give: |s, at, _| {
+                    if at <= Source::Cli {
+                        s.said.force_ipv4 = Some(true);
+                    }
+                    if at <= Source::File {
+                        s.ssh.push("force_ipv4 = false".into());
+                    }
+                },
+                expect: |d, _| d.force_ipv4.to_string(),
+                want: |at, _| (at != Source::File).to_string(),
+            },
+            Row {
+                setting: "re-run failed steps",
+                give: |s, at, _| {
+                    if at <= Source::Cli {
+                        s.said.retry_failed_steps = Some(false);
+                    }
+                    if at <= Source::File {
+                        s.ssh.push("retry_failed_steps = true".into());
+                    }
+                },
+                expect: |d, _| d.retry_failed_steps.to_string(),
+                want: |at, _| (at == Source::File).to_string(),
+            },
         ]
     }
 
@@ -780,7 +823,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(checked, 10 * 3 * 4);
+        assert_eq!(checked, 12 * 3 * 4);
     }
 
     #[test]

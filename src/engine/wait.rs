@@ -19,7 +19,9 @@ pub struct WaitOptions {
     pub poll_period: Duration,
     /// Which addresses count.
     pub interface: Interface,
-    /// Only IPv4 addresses count (Libcloud's `force_ipv4`): a node with IPv6 alone is not ready.
+    /// Only IPv4 addresses count (Libcloud's `force_ipv4`, on by default as there): a node that
+    /// runs with IPv6 addresses alone is an error ([`WaitError::OnlyIpv6`]) that says how to allow
+    /// them.
     pub force_ipv4: bool,
     /// List only the nodes of this location (Libcloud's `ex_list_nodes_kwargs`): one smaller list
     /// call per poll where the provider filters by location.
@@ -32,17 +34,24 @@ impl Default for WaitOptions {
             timeout: DEFAULT_WAIT,
             poll_period: DEFAULT_POLL,
             interface: Interface::Public,
-            force_ipv4: false,
+            force_ipv4: true,
             location: None,
         }
     }
 }
 
-/// How long a wait lasts unless told otherwise.
-pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+/// How long [`wait_until_running`] waits unless told otherwise: Libcloud's `wait_until_running`
+/// timeout (`deploy_node` waits less: [`crate::engine::DeployOptions::timeout`]).
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(600);
 
-/// The longest pause between polls unless told otherwise.
-pub const DEFAULT_POLL: Duration = Duration::from_secs(2);
+/// The longest pause between polls of [`wait_until_running`] unless told otherwise: Libcloud's
+/// `wait_period` there. The first polls come sooner (100 ms, doubling), so that a node that runs
+/// at once is not waited for a whole period.
+pub const DEFAULT_POLL: Duration = Duration::from_secs(3);
+
+/// How long a node may run with IPv6 addresses alone, under `force_ipv4`, before that is an error
+/// (a provider may give the IPv4 address a little after the IPv6 one).
+pub const IPV6_ONLY_GRACE: Duration = Duration::from_secs(20);
 
 /// A node that runs, with its addresses on the chosen interface, IPv4 first.
 #[derive(Debug, Clone)]
@@ -77,6 +86,20 @@ pub enum WaitError {
     /// A node that was listed is gone.
     #[error("node {0} disappeared while starting")]
     Gone(String),
+    /// A node runs with IPv6 addresses alone, and only IPv4 ones count (`force_ipv4`).
+    #[error(
+        "node {name} ({id}) runs with IPv6 addresses only ({addresses}), and only IPv4 addresses \
+         are used: set `force_ipv4 = false` under [ssh] (or --force-ipv4 false) to log in over \
+         IPv6"
+    )]
+    OnlyIpv6 {
+        /// Its id.
+        id: String,
+        /// Its name.
+        name: String,
+        /// Its addresses.
+        addresses: String,
+    },
     /// Listing nodes failed.
     #[error(transparent)]
     Provider(#[from] ProviderError),
@@ -91,6 +114,22 @@ fn describe(waiting: &[(String, Option<NodeState>)]) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+fn only_ipv6_error(node: &Node, interface: Interface) -> WaitError {
+    let ips = match interface {
+        Interface::Public => &node.public_ips,
+        Interface::Private => &node.private_ips,
+    };
+    WaitError::OnlyIpv6 {
+        id: node.id.clone(),
+        name: node.name.clone(),
+        addresses: ips
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
 }
 
 /// Orders addresses IPv4 first, then IPv6, keeping the provider's order within each.
@@ -109,6 +148,7 @@ pub async fn wait_until_running(
     let started = Instant::now();
     let mut pause = Duration::from_millis(100).min(options.poll_period);
     let mut seen = vec![false; ids.len()];
+    let mut only_ipv6_since: Vec<Option<Instant>> = vec![None; ids.len()];
     loop {
         let nodes = match &options.location {
             Some(location) => driver.list_nodes_in(location).await?,
@@ -140,8 +180,15 @@ pub async fn wait_until_running(
                 Interface::Public => &node.public_ips,
                 Interface::Private => &node.private_ips,
             });
+            let only_ipv6 = !addresses.is_empty() && addresses.iter().all(IpAddr::is_ipv6);
             if options.force_ipv4 {
                 addresses.retain(IpAddr::is_ipv4);
+            }
+            if options.force_ipv4 && only_ipv6 && node.state == NodeState::Running {
+                let since = *only_ipv6_since[i].get_or_insert_with(Instant::now);
+                if since.elapsed() >= IPV6_ONLY_GRACE.min(options.timeout) {
+                    return Err(only_ipv6_error(node, options.interface));
+                }
             }
             if node.state == NodeState::Running && !addresses.is_empty() {
                 ready.push(Ready {
@@ -209,26 +256,33 @@ mod tests {
         let ids = two(&driver).await;
         let v6: IpAddr = "2001:db8::1".parse().unwrap();
         driver.set_public_ips(&ids[1], vec![v6]).unwrap();
-        let ready = wait_until_running(&driver, &ids, &WaitOptions::default())
-            .await
-            .unwrap();
-        assert_eq!(ready[1].addresses, vec![v6], "IPv6 alone counts by default");
-        let v4_only = WaitOptions {
-            timeout: Duration::from_secs(10),
-            force_ipv4: true,
+        let allow_v6 = WaitOptions {
+            force_ipv4: false,
             ..Default::default()
         };
-        let err = wait_until_running(&driver, &ids, &v4_only)
+        let ready = wait_until_running(&driver, &ids, &allow_v6).await.unwrap();
+        assert_eq!(
+            ready[1].addresses,
+            vec![v6],
+            "IPv6 alone counts when allowed"
+        );
+        // By default, as Libcloud's, only IPv4 counts: an IPv6-only node is an error that says
+        // how to allow it, after a grace (the IPv4 address may come later), not at the timeout.
+        let started = Instant::now();
+        let err = wait_until_running(&driver, &ids, &WaitOptions::default())
             .await
             .unwrap_err();
+        assert!(started.elapsed() < DEFAULT_WAIT);
+        let text = err.to_string();
         assert!(
-            err.to_string().contains(&format!("node {}", ids[1])),
-            "{err}"
+            text.contains(&format!("({}) runs with IPv6 addresses only", ids[1])),
+            "{text}"
         );
+        assert!(text.contains("force_ipv4 = false"), "{text}");
         // Listing one location: nodes elsewhere are not listed.
         let here = WaitOptions {
             location: Some("1".into()),
-            ..Default::default()
+            ..allow_v6.clone()
         };
         assert_eq!(
             wait_until_running(&driver, &ids, &here)

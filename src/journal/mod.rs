@@ -56,6 +56,29 @@ pub enum JournalError {
         /// The file.
         journal: String,
     },
+    /// The path is not a file a journal can be: a device, a FIFO, a directory.
+    #[error(
+        "journal {journal} is {what}, not a file: point NODEUP_JOURNAL at a file (it is made \
+         when missing), or unset it for the default"
+    )]
+    NotAFile {
+        /// The path.
+        journal: String,
+        /// What it is.
+        what: &'static str,
+    },
+    /// The file is a SQLite database, but damaged (truncated, overwritten).
+    #[error(
+        "journal {journal} is damaged: move it away (nodeup makes a new one; `sqlite3 FILE \
+         .recover` may save what it held), or point NODEUP_JOURNAL at another file"
+    )]
+    Damaged {
+        /// The file.
+        journal: String,
+        /// What SQLite said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The file or its directory cannot be written.
     #[error(
         "journal {journal} cannot be written (read-only file or directory): make it writable, or \
@@ -219,6 +242,32 @@ impl Location {
         }
     }
 
+    /// [`Location::parse`] of what a user wrote (`NODEUP_JOURNAL`, `[journal] url`, named `from`):
+    /// a libpq `key=value` connection string is refused, with the URL to write instead, rather
+    /// than taken for the name of a SQLite file.
+    ///
+    /// # Errors
+    /// [`JournalError::BadUrl`] for a `key=value` string (its password masked).
+    pub fn parse_given(text: &str, from: &str) -> Result<Location, JournalError> {
+        let looks_like_keywords = text.split_whitespace().any(|word| {
+            word.split_once('=').is_some_and(|(key, _)| {
+                matches!(
+                    key.to_ascii_lowercase().as_str(),
+                    "host" | "hostaddr" | "port" | "dbname" | "user" | "password" | "sslmode"
+                )
+            })
+        });
+        if looks_like_keywords && !text.contains("://") {
+            return Err(JournalError::BadUrl {
+                journal: redact_url(text),
+                message: format!(
+                    "{from} holds a libpq key=value string, which nodeup does not read"
+                ),
+            });
+        }
+        Ok(Location::parse(text))
+    }
+
     /// Where the journal is, for messages (never a password).
     pub fn describe(&self) -> String {
         match self {
@@ -238,12 +287,15 @@ impl Location {
             .ok()
             .filter(|v| !v.is_empty())
         {
-            return Ok((value != "off").then(|| Location::parse(&value)));
+            if value == "off" {
+                return Ok(None);
+            }
+            return Location::parse_given(&value, "NODEUP_JOURNAL").map(Some);
         }
         match config_file()? {
             Some(ConfigFile {
                 journal: Some(JournalConfig { url }),
-            }) => Ok(Some(Location::parse(&url))),
+            }) => Location::parse_given(&url, "[journal] url").map(Some),
             _ => Ok(Some(Location::default_sqlite())),
         }
     }
@@ -1265,6 +1317,25 @@ mod tests {
         assert_eq!(
             Location::parse("postgresql://u:pw@db/nodeup").describe(),
             "postgresql://u:***@db/nodeup"
+        );
+        let query = Location::parse("postgres://db/nodeup?sslmode=require&password=hunter2");
+        assert!(
+            !query.describe().contains("hunter2"),
+            "{}",
+            query.describe()
+        );
+        assert!(
+            query.describe().contains("password=***"),
+            "{}",
+            query.describe()
+        );
+        let e = Location::parse_given("host=db password=hunter2 dbname=x", "NODEUP_JOURNAL")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2") && e.contains("key=value"), "{e}");
+        assert!(
+            e.contains("postgres://user:password@host:port/database"),
+            "{e}"
         );
         assert_eq!(
             Location::parse("sqlite:/tmp/j.db"),

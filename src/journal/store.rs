@@ -158,6 +158,13 @@ impl Sqlite {
 }
 
 fn open_sqlite(path: &Path) -> Result<rusqlite::Connection, JournalError> {
+    if let Err(crate::files::FileError::NotRegular { what, .. }) = crate::files::check_regular(path)
+    {
+        return Err(JournalError::NotAFile {
+            journal: path.display().to_string(),
+            what,
+        });
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.is_dir() {
             std::fs::DirBuilder::new()
@@ -170,6 +177,16 @@ fn open_sqlite(path: &Path) -> Result<rusqlite::Connection, JournalError> {
                 })?;
         }
     }
+    // Mode 0600 (SQLite would make it 0644, and it names hosts, users and errors); SQLite gives
+    // its -wal and -shm files the same mode.
+    crate::files::create_private(path).map_err(|e| {
+        let journal = path.display().to_string();
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            JournalError::ReadOnly { journal }
+        } else {
+            JournalError::database(&journal, "creating the file", e)
+        }
+    })?;
     let conn = rusqlite::Connection::open(path).map_err(|e| sqlite_error(path, e))?;
     conn.busy_timeout(SQLITE_BUSY_TIMEOUT)
         .map_err(|e| sqlite_error(path, e))?;
@@ -194,6 +211,12 @@ fn sqlite_error(path: &Path, e: rusqlite::Error) -> JournalError {
     let journal = path.display().to_string();
     match e.sqlite_error_code() {
         Some(ErrorCode::NotADatabase) => JournalError::NotADatabase { journal },
+        Some(ErrorCode::DatabaseCorrupt) | Some(ErrorCode::SystemIoFailure) => {
+            JournalError::Damaged {
+                journal,
+                source: Box::new(e),
+            }
+        }
         Some(ErrorCode::ReadOnly)
         | Some(ErrorCode::CannotOpen)
         | Some(ErrorCode::PermissionDenied)
@@ -349,11 +372,26 @@ impl Postgres {
 /// A database URL without its password (`postgres://user:***@host/db`).
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            // libpq also takes the password as a query parameter (`?password=...`).
+            let pairs: Vec<(String, String)> = parsed
+                .query_pairs()
+                .map(|(k, v)| {
+                    let secret = k.eq_ignore_ascii_case("password");
+                    (
+                        k.into_owned(),
+                        if secret { "***".into() } else { v.into_owned() },
+                    )
+                })
+                .collect();
+            if !pairs.is_empty() {
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             parsed.to_string()
         }
-        Ok(parsed) => parsed.to_string(),
         // Not a URL: a key=value string, shown without any password=... value.
         Err(_) => url
             .split_whitespace()

@@ -263,8 +263,14 @@ impl Journal {
     /// # Errors
     /// No run or several runs match; the journal cannot be read.
     pub async fn run_detail(&self, id: &str) -> Result<RunDetail, JournalError> {
+        // A run id is hex: anything else (`%` and `_` would be LIKE's wildcards) names no run.
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(self.no_such_run(format!(
+                "no run {id:?}: a run id is hex digits (`nodeup journal` lists them)"
+            )));
+        }
         let store = self.store().await?;
-        let pattern = format!("{}%", id.replace(['%', '_'], ""));
+        let pattern = format!("{}%", id.to_ascii_lowercase());
         let rows = store
             .query(
                 &format!("SELECT {RUN_COLUMNS} FROM runs r WHERE r.id LIKE $1 LIMIT 2"),
@@ -341,8 +347,9 @@ impl Journal {
                 &format!(
                     "SELECT {RUN_COLUMNS}, {NODE_COLUMNS} FROM nodes n JOIN runs r ON r.id = n.run_id
                      WHERE n.provider IS NOT NULL
-                     AND n.state NOT IN ('done', 'kept', 'destroyed')
-                     ORDER BY n.created"
+                     AND n.state NOT IN ({})
+                     ORDER BY n.created",
+                    crate::life::settled_sql()
                 ),
                 Vec::new(),
             )
@@ -401,7 +408,9 @@ impl Journal {
             .map(|h| h.run))
     }
 
-    /// Records what cleanup did with a node: its new state and a note.
+    /// Records what cleanup did with a node: its new state and a note. A node settled meanwhile
+    /// (another cleanup destroyed it, its run finished it) keeps its record: an outcome never
+    /// overwrites a settled one.
     ///
     /// # Errors
     /// The journal cannot be written.
@@ -414,8 +423,11 @@ impl Journal {
         let store = self.store().await?;
         store
             .execute(
-                "UPDATE nodes SET state = $1, error = $2, updated = $3
-                 WHERE run_id = $4 AND seq = $5",
+                &format!(
+                    "UPDATE nodes SET state = $1, error = $2, updated = $3
+                     WHERE run_id = $4 AND seq = $5 AND state NOT IN ({})",
+                    crate::life::settled_sql()
+                ),
                 vec![
                     state.as_str().into(),
                     super::shorten(note).into(),

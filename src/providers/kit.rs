@@ -281,11 +281,57 @@ where
 /// # Errors
 /// The client cannot be built (the `NODEUP_DEBUG` file cannot be opened).
 pub fn http_client(provider: &str) -> Result<crate::http::HttpClient, ProviderError> {
-    crate::http::HttpClient::new().map_err(|e| ProviderError::Failed {
-        provider: provider.into(),
-        context: "setting up HTTP".into(),
-        source: Box::new(e),
+    crate::http::HttpClient::new().map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidInput => ProviderError::InvalidRequest {
+            provider: provider.into(),
+            message: e.to_string(),
+        },
+        _ => ProviderError::Failed {
+            provider: provider.into(),
+            context: "setting up HTTP".into(),
+            source: Box::new(e),
+        },
     })
+}
+
+/// An API endpoint read from `variable` (`value`), checked before any request: an http or https
+/// URL with a host and no user name or password in it (credentials in a URL would reach the
+/// debug trace and logs, and are not what the provider reads them from: `credentials_from`
+/// says where they go). Returned without a trailing slash.
+///
+/// # Errors
+/// `ProviderError::InvalidRequest` naming the variable (never the password) and the fix.
+pub fn endpoint(
+    provider: &str,
+    variable: &str,
+    value: &str,
+    credentials_from: &str,
+) -> Result<String, ProviderError> {
+    let invalid = |message: String| ProviderError::InvalidRequest {
+        provider: provider.into(),
+        message,
+    };
+    let url = url::Url::parse(value).map_err(|e| {
+        invalid(format!(
+            "{variable} is not a URL ({e}): write e.g. https://api.example.com"
+        ))
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(invalid(format!(
+            "{variable} must be an http or https URL with a host, e.g. https://api.example.com"
+        )));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        let mut shown = url.clone();
+        let _ = shown.set_username("");
+        let _ = shown.set_password(None);
+        return Err(invalid(format!(
+            "{variable} holds a user name or password ({}): credentials never go in an \
+             endpoint; set {credentials_from}",
+            shown.as_str().trim_end_matches('/')
+        )));
+    }
+    Ok(value.trim_end_matches('/').to_string())
 }
 
 /// An OpenSSH public key's type and blob, without its comment: what tells one key from another
@@ -309,6 +355,21 @@ mod tests {
         user_data: Option<String>,
         #[serde(rename = "ssh_key_id")]
         key: Option<String>,
+    }
+
+    #[test]
+    fn endpoints_with_credentials_are_refused_without_showing_them() {
+        let ok = endpoint("p", "P_ENDPOINT", "http://127.0.0.1:8080/", "P_USER").unwrap();
+        assert_eq!(ok, "http://127.0.0.1:8080");
+        let e = endpoint("p", "P_ENDPOINT", "http://user:s3cret@127.0.0.1/", "P_USER")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("P_ENDPOINT holds a user name or password"),
+            "{e}"
+        );
+        assert!(!e.contains("s3cret") && !e.contains("user:"), "{e}");
+        assert!(endpoint("p", "P_ENDPOINT", "ftp://x", "P_USER").is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! `ansible_ssh_private_key_file`), so that Ansible users point nodeup at what they have.
 //! `--limit` selects by group, host name or glob, as Ansible's does.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 /// A `[user@]address[:port]` as written on the command line or in a plain list.
@@ -130,6 +130,14 @@ pub struct InventoryError {
 /// A `--limit` pattern that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum LimitError {
+    /// Nothing to select by: an empty pattern, an empty item (`a,,b`), or `!` or `&` alone.
+    #[error("--limit {pattern:?}: {why}; write groups, host names or globs separated by , or : (`web:!web3`)")]
+    Empty {
+        /// The pattern.
+        pattern: String,
+        /// What is empty.
+        why: &'static str,
+    },
     /// An item is neither a group, a host, nor a valid glob.
     #[error("--limit {item:?}: not a group, host or glob")]
     BadGlob {
@@ -154,8 +162,11 @@ pub struct Inventory {
 struct Group {
     hosts: Vec<String>,
     children: Vec<String>,
-    vars: Vec<(String, String)>,
+    vars: Vec<Var>,
 }
+
+/// A variable as written: its name, its value, and the line it is on.
+type Var = (String, String, usize);
 
 /// The connection variables nodeup reads; other `ansible_` variables are for Ansible's modules.
 const HOST_VARS: [&str; 7] = [
@@ -168,6 +179,41 @@ const HOST_VARS: [&str; 7] = [
     "ansible_ssh_private_key_file",
 ];
 
+/// The most hosts an inventory may hold (ranges expanded): far beyond what one controller runs
+/// (shard beyond a few thousand), and a bound on a range typed with a digit too many.
+pub const MAX_HOSTS: usize = 1_000_000;
+
+fn too_many(path: &str, line: usize) -> InventoryError {
+    InventoryError {
+        path: path.into(),
+        line,
+        message: format!(
+            "more than {MAX_HOSTS} hosts: split the inventory (or run shards of it with --shard)"
+        ),
+    }
+}
+
+/// Whether the text is a YAML inventory (`all:` / `hosts:` keys), which nodeup does not read.
+fn looks_like_yaml(text: &str) -> bool {
+    let first = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'));
+    first.is_some_and(|l| l == "---" || (l.ends_with(':') && !l.contains(['[', ' '])))
+}
+
+/// Whether a line names a host range (`web[01:20]`), which only the INI format has.
+fn has_range(line: &str) -> bool {
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    line.split_once('[').is_some_and(|(head, rest)| {
+        let inside = rest.split_once(']').map_or("", |(inside, _)| inside);
+        !head.is_empty()
+            && inside
+                .split_once(':')
+                .is_some_and(|(a, b)| digits(a) && digits(b))
+    })
+}
+
 impl Inventory {
     /// Reads an inventory file: Ansible INI when it has a `[section]` or a `key=value`, else a
     /// plain list. Relative key files are taken relative to the file's directory.
@@ -175,10 +221,10 @@ impl Inventory {
     /// # Errors
     /// The file cannot be read, or a line is wrong (named with its number).
     pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
-        let text = std::fs::read_to_string(path).map_err(|e| InventoryError {
+        let text = crate::files::read_to_string(path).map_err(|e| InventoryError {
             path: path.display().to_string(),
             line: 0,
-            message: format!("cannot read the inventory: {e}"),
+            message: format!("cannot read the inventory: {}", crate::error_chain(&e)),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Inventory::parse(&text, &path.display().to_string(), base)
@@ -189,8 +235,21 @@ impl Inventory {
     /// # Errors
     /// A line that is wrong, named with its number.
     pub fn parse(text: &str, path: &str, base: &Path) -> Result<Inventory, InventoryError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        if looks_like_yaml(text) {
+            return Err(InventoryError {
+                path: path.into(),
+                line: 1,
+                message: "this looks like a YAML inventory, which nodeup does not read: write it \
+                          in Ansible's INI format (groups in [brackets], one host a line) or as a \
+                          plain list"
+                    .into(),
+            });
+        }
         let ini = text.lines().map(str::trim).any(|l| {
-            !l.starts_with('#') && !l.starts_with(';') && (is_section(l) || l.contains('='))
+            !l.starts_with('#')
+                && !l.starts_with(';')
+                && (is_section(l) || l.contains('=') || has_range(l))
         });
         if ini {
             Parser::new(path, base).ini(text)
@@ -206,13 +265,21 @@ impl Inventory {
     /// # Errors
     /// An item that selects nothing and is no valid glob.
     pub fn limit(&self, pattern: &str) -> Result<Vec<InventoryHost>, LimitError> {
+        let empty = |why| LimitError::Empty {
+            pattern: pattern.into(),
+            why,
+        };
+        if pattern.trim().is_empty() {
+            return Err(empty("the pattern is empty"));
+        }
         let mut chosen: Option<BTreeSet<String>> = None;
         let (mut excluded, mut required) = (Vec::new(), Vec::new());
-        for item in pattern
-            .split([',', ':'])
-            .map(str::trim)
-            .filter(|i| !i.is_empty())
-        {
+        for item in pattern.split([',', ':']).map(str::trim) {
+            match item {
+                "" => return Err(empty("an item between separators is empty")),
+                "!" | "&" => return Err(empty("a ! or & has nothing after it")),
+                _ => {}
+            }
             if let Some(rest) = item.strip_prefix('!') {
                 excluded.push(self.select(rest)?);
             } else if let Some(rest) = item.strip_prefix('&') {
@@ -262,6 +329,7 @@ impl Inventory {
 /// A plain list: `[user@]host[:port]` a line, `#` comments, blank lines.
 fn plain(text: &str, path: &str) -> Result<Inventory, InventoryError> {
     let mut inventory = Inventory::default();
+    let mut seen = std::collections::HashSet::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
@@ -272,8 +340,11 @@ fn plain(text: &str, path: &str) -> Result<Inventory, InventoryError> {
             line: n + 1,
             message: format!("{e}: write [user@]host[:port]"),
         })?;
-        if inventory.hosts.iter().any(|h| h.name == line) {
+        if !seen.insert(line.to_string()) {
             continue;
+        }
+        if inventory.hosts.len() >= MAX_HOSTS {
+            return Err(too_many(path, n + 1));
         }
         inventory.hosts.push(InventoryHost {
             name: line.to_string(),
@@ -298,7 +369,9 @@ struct Parser<'a> {
     path: &'a str,
     base: &'a Path,
     inventory: Inventory,
-    host_vars: BTreeMap<String, Vec<(String, String)>>,
+    host_vars: BTreeMap<String, Vec<Var>>,
+    /// The groups each host is in directly.
+    direct: HashMap<String, BTreeSet<String>>,
     /// Host names in the order first seen.
     seen: Vec<String>,
 }
@@ -310,6 +383,7 @@ impl<'a> Parser<'a> {
             base,
             inventory: Inventory::default(),
             host_vars: BTreeMap::new(),
+            direct: HashMap::new(),
             seen: Vec::new(),
         }
     }
@@ -357,18 +431,26 @@ impl<'a> Parser<'a> {
         let group = group_of(section).to_string();
         match section {
             Section::Hosts(_) => {
-                let vars = pairs(&words[1..]).map_err(|m| self.error(n, m))?;
-                for name in expand_range(&words[0]).map_err(|m| self.error(n, m))? {
+                let vars = pairs(&words[1..], n).map_err(|m| self.error(n, m))?;
+                let room = MAX_HOSTS - self.seen.len();
+                for name in expand_range(&words[0], room).map_err(|m| self.error(n, m))? {
                     let entry = self.inventory.groups.entry(group.clone()).or_default();
                     entry.hosts.push(name.clone());
+                    self.direct
+                        .entry(name.clone())
+                        .or_default()
+                        .insert(group.clone());
                     if !self.host_vars.contains_key(&name) {
+                        if self.seen.len() >= MAX_HOSTS {
+                            return Err(too_many(self.path, n));
+                        }
                         self.seen.push(name.clone());
                     }
                     self.host_vars.entry(name).or_default().extend(vars.clone());
                 }
             }
             Section::Vars(_) => {
-                let vars = pairs(&words).map_err(|m| self.error(n, m))?;
+                let vars = pairs(&words, n).map_err(|m| self.error(n, m))?;
                 let entry = self.inventory.groups.entry(group).or_default();
                 entry.vars.extend(vars);
             }
@@ -382,59 +464,69 @@ impl<'a> Parser<'a> {
 
     /// Each host once, in the order first seen, with its groups and variables resolved.
     fn finish(mut self) -> Result<Inventory, InventoryError> {
-        let mut hosts = Vec::new();
+        let ancestors = self.ancestors();
+        let mut hosts = Vec::with_capacity(self.seen.len());
         for name in std::mem::take(&mut self.seen) {
-            let groups = self.groups_of(&name);
-            let mut vars: BTreeMap<String, String> = BTreeMap::new();
+            let mut groups = self.direct.remove(&name).unwrap_or_default();
+            let inherited: Vec<String> = groups
+                .iter()
+                .flat_map(|g| ancestors.get(g).into_iter().flatten().cloned())
+                .collect();
+            groups.extend(inherited);
+            let mut vars: BTreeMap<String, (String, usize)> = BTreeMap::new();
             for group in std::iter::once("all").chain(groups.iter().map(String::as_str)) {
                 if let Some(g) = self.inventory.groups.get(group) {
-                    vars.extend(g.vars.iter().cloned());
+                    vars.extend(g.vars.iter().map(|(k, v, n)| (k.clone(), (v.clone(), *n))));
                 }
             }
-            vars.extend(self.host_vars.get(&name).cloned().unwrap_or_default());
+            let own = self.host_vars.remove(&name).unwrap_or_default();
+            vars.extend(own.into_iter().map(|(k, v, n)| (k, (v, n))));
             hosts.push(self.host(name, groups, &vars)?);
         }
         self.inventory.hosts = hosts;
         Ok(self.inventory)
     }
 
-    /// The groups a host is in: directly, and every group whose children include one of those.
-    fn groups_of(&self, host: &str) -> BTreeSet<String> {
-        let mut groups: BTreeSet<String> = self
-            .inventory
-            .groups
-            .iter()
-            .filter(|(_, g)| g.hosts.iter().any(|h| h == host))
-            .map(|(name, _)| name.clone())
-            .collect();
-        loop {
-            let parents: Vec<String> = self
-                .inventory
-                .groups
-                .iter()
-                .filter(|(name, g)| {
-                    !groups.contains(*name) && g.children.iter().any(|c| groups.contains(c))
-                })
-                .map(|(name, _)| name.clone())
-                .collect();
-            if parents.is_empty() {
-                return groups;
+    /// Each group's ancestors: the groups whose `:children` hold it, and theirs, in one pass
+    /// over the groups (not one per host).
+    fn ancestors(&self) -> HashMap<String, BTreeSet<String>> {
+        let mut parents: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (name, group) in &self.inventory.groups {
+            for child in &group.children {
+                parents
+                    .entry(child.as_str())
+                    .or_default()
+                    .push(name.as_str());
             }
-            groups.extend(parents);
         }
+        let mut all = HashMap::new();
+        for name in self.inventory.groups.keys() {
+            let mut found = BTreeSet::new();
+            let mut todo: Vec<&str> = parents.get(name.as_str()).cloned().unwrap_or_default();
+            while let Some(parent) = todo.pop() {
+                if found.insert(parent.to_string()) {
+                    todo.extend(parents.get(parent).into_iter().flatten());
+                }
+            }
+            all.insert(name.clone(), found);
+        }
+        all
     }
 
     fn host(
         &self,
         name: String,
         groups: BTreeSet<String>,
-        vars: &BTreeMap<String, String>,
+        vars: &BTreeMap<String, (String, usize)>,
     ) -> Result<InventoryHost, InventoryError> {
         let var = |keys: [&str; 2]| keys.iter().find_map(|k| vars.get(*k).cloned());
         let port = var(["ansible_port", "ansible_ssh_port"])
-            .map(|p| {
-                p.parse::<u16>().map_err(|_| {
-                    self.error(0, format!("host {name}: ansible_port {p:?} is not a port"))
+            .map(|(p, line)| {
+                p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                    self.error(
+                        line,
+                        format!("host {name}: ansible_port {p:?} is not a port (1 to 65535)"),
+                    )
                 })
             })
             .transpose()?;
@@ -444,12 +536,14 @@ impl<'a> Parser<'a> {
             }
         }
         Ok(InventoryHost {
-            address: var(["ansible_host", "ansible_ssh_host"]).unwrap_or_else(|| name.clone()),
+            address: var(["ansible_host", "ansible_ssh_host"])
+                .map(|(v, _)| v)
+                .unwrap_or_else(|| name.clone()),
             port,
-            user: var(["ansible_user", "ansible_ssh_user"]),
+            user: var(["ansible_user", "ansible_ssh_user"]).map(|(v, _)| v),
             key_file: vars
                 .get("ansible_ssh_private_key_file")
-                .map(|k| crate::deploy::stepfile::resolve_path(self.base, k)),
+                .map(|(k, _)| crate::deploy::stepfile::resolve_path(self.base, k)),
             groups,
             name,
         })
@@ -474,21 +568,21 @@ fn group_of(section: &Section) -> &str {
     }
 }
 
-/// `key=value` words.
-fn pairs(words: &[String]) -> Result<Vec<(String, String)>, String> {
+/// `key=value` words of line `n`.
+fn pairs(words: &[String], n: usize) -> Result<Vec<Var>, String> {
     words
         .iter()
         .map(|w| {
             w.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .map(|(k, v)| (k.to_string(), v.to_string(), n))
                 .ok_or_else(|| format!("{w:?} is not key=value"))
         })
         .collect()
 }
 
 /// `web[01:03].lab` → web01.lab, web02.lab, web03.lab (numeric ranges; the width of the first
-/// bound is kept).
-fn expand_range(name: &str) -> Result<Vec<String>, String> {
+/// bound is kept); at most `room` names.
+fn expand_range(name: &str, room: usize) -> Result<Vec<String>, String> {
     let Some(open) = name.find('[') else {
         return Ok(vec![name.to_string()]);
     };
@@ -507,6 +601,12 @@ fn expand_range(name: &str) -> Result<Vec<String>, String> {
     );
     if a > b {
         return Err(bad());
+    }
+    if b - a >= room {
+        return Err(format!(
+            "{name:?}: the range has {} hosts, more than the {MAX_HOSTS} an inventory may hold",
+            (b - a).saturating_add(1)
+        ));
     }
     let (head, tail) = (&name[..open], &name[close + 1..]);
     Ok((a..=b)
@@ -535,6 +635,41 @@ mod tests {
         assert!(parse_host("@x").is_err());
         assert!(parse_host("x:port").is_err());
         assert!(parse_host("[::1").is_err());
+    }
+
+    #[test]
+    fn probe_defects_in_inventories() {
+        let base = Path::new("/inv");
+        // A range a digit too long is refused, named, at once.
+        let e = Inventory::parse("[web]\nweb[1:99999999999]\n", "h.ini", base).unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.message.contains("more than the 1000000"), "{e}");
+        // 100,000 hosts expand in linear time (quadratic took 22 s).
+        let started = std::time::Instant::now();
+        let big = "[web]\nweb[1:50000]\n[db]\ndb[1:50000]\n[all:children]\nweb\ndb\n";
+        let inv = Inventory::parse(big, "h.ini", base).unwrap();
+        assert_eq!(inv.hosts.len(), 100_000);
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        // A host variable's error names its line.
+        let e =
+            Inventory::parse("[web]\nweb1\nweb2 ansible_port=http\n", "h.ini", base).unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        // A byte-order mark is not part of the first line.
+        let inv = Inventory::parse("\u{feff}[web]\nweb[1:2]\n", "h.ini", base).unwrap();
+        assert_eq!(inv.hosts.len(), 2);
+        // An ungrouped range is an INI host range, not a host with a port.
+        let inv = Inventory::parse("web[1:3]\n", "h.txt", base).unwrap();
+        assert_eq!(inv.hosts.len(), 3);
+        let inv = Inventory::parse("root@[::1]:22\n", "h.txt", base).unwrap();
+        assert_eq!(inv.hosts[0].address, "::1");
+        // A YAML inventory is named as such.
+        let e = Inventory::parse("all:\n  hosts:\n    web1:\n", "h.yml", base).unwrap_err();
+        assert!(e.message.contains("YAML inventory"), "{e}");
+        // Limits that select nothing by mistake are refused.
+        let inv = Inventory::parse("[web]\nweb1\n", "h.ini", base).unwrap();
+        for bad in ["!", ":", ",,", "", "&", "web,,db"] {
+            assert!(inv.limit(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -30,6 +30,12 @@ pub enum NameError {
     /// A count of zero.
     #[error("count must be 1 or more")]
     NoNodes,
+    /// More nodes than one nodeup process makes.
+    #[error(
+        "count {0} is more than the {MAX_COUNT} nodes one nodeup makes: split the fleet into \
+         shards (--shard K/N, one process each) or give a smaller count"
+    )]
+    TooMany(usize),
     /// A `{` without its `}`.
     #[error("name {0:?}: a {{ without its }}: write {{index}} or {{index:03}}")]
     Unclosed(String),
@@ -76,6 +82,10 @@ impl Shard {
     }
 }
 
+/// The most nodes one `deploy` makes: a typo's extra zeros cost money; past this, a fleet is
+/// sharded over several processes (each within its provider's rate limits anyway).
+pub const MAX_COUNT: usize = 10_000;
+
 /// The names of a fleet of `count` nodes from `template`: `{index}` is replaced by the node's
 /// number from 1, `{index:03}` pads it to three digits; a template without `{index}` gets `-1`,
 /// `-2` ... when `count` > 1.
@@ -85,6 +95,9 @@ impl Shard {
 pub fn node_names(template: &str, count: usize) -> Result<Vec<String>, NameError> {
     if count == 0 {
         return Err(NameError::NoNodes);
+    }
+    if count > MAX_COUNT {
+        return Err(NameError::TooMany(count));
     }
     let has_index = template.contains('{');
     (1..=count)
@@ -147,6 +160,8 @@ mod tests {
             .contains("unknown placeholder {i}"));
         assert!(node_names("web-{index", 2).is_err());
         assert!(node_names("web", 0).is_err());
+        let e = node_names("web-{index}", 100_000).unwrap_err().to_string();
+        assert!(e.contains("count 100000 is more than the 10000"), "{e}");
     }
 
     #[test]

@@ -126,7 +126,8 @@ pub fn load_certificate(path: &Path) -> Result<(PathBuf, Certificate), Error> {
         path: path.clone(),
         reason,
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| fail(format!("cannot be read ({e})")))?;
+    let text = crate::files::read_to_string(&path)
+        .map_err(|e| fail(format!("cannot be read ({})", crate::error_chain(&e))))?;
     let cert = Certificate::from_openssh(text.trim()).map_err(|e| {
         fail(format!(
             "is not an OpenSSH certificate ({e}); sign the public key with `ssh-keygen -s CA -I ID -n USER KEY.pub`"
@@ -153,9 +154,10 @@ pub fn load_key(path: &Path, passphrase: Option<&str>) -> Result<PrivateKey, Err
         path: path.to_path_buf(),
         reason,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = crate::files::read_to_string(path).map_err(|e| {
         fail(format!(
-            "cannot be read ({e}); give the path of a private key file"
+            "cannot be read ({}); give the path of a private key file",
+            crate::error_chain(&e)
         ))
     })?;
     if text.starts_with("ssh-") || text.starts_with("ecdsa-") {

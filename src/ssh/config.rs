@@ -222,6 +222,14 @@ impl SshConfig {
                     })?,
             ),
         };
+        if params.port == Some(0) {
+            return Err(fail(
+                &|p| p.port.is_some(),
+                format!(
+                    "Port 0 for {host}: no SSH server listens there; give a port from 1 to 65535"
+                ),
+            ));
+        }
         let word = |name: &str| raw(name).and_then(|v| v.first().map(|w| w.to_lowercase()));
         let host_key_policy = word("stricthostkeychecking")
             .map(|v| match v.as_str() {
@@ -268,12 +276,71 @@ fn raw_set(params: &HostParams, name: &str) -> bool {
     raw(params, name).is_some()
 }
 
+/// How deep `Include`s may nest (OpenSSH's own limit).
+const MAX_INCLUDE_DEPTH: usize = 16;
+
+/// Checks `path` and every file it `Include`s (globs expanded, relative paths under `~/.ssh` as
+/// OpenSSH takes them from a user's config) before the parser reads them: each must be a regular
+/// file within [`crate::files::MAX_FILE_BYTES`], so that an `Include /dev/zero` is refused, naming
+/// the file and the line, rather than read forever.
+fn check_includes(path: &Path, depth: usize) -> Result<(), ConfigError> {
+    let fail = |message: String| ConfigError {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = crate::files::read_to_string(path)
+        .map_err(|e| fail(format!("cannot be read ({})", crate::error_chain(&e))))?;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        let (word, rest) = line
+            .split_once(|c: char| c.is_whitespace() || c == '=')
+            .unwrap_or((line, ""));
+        if !word.eq_ignore_ascii_case("include") {
+            continue;
+        }
+        if depth >= MAX_INCLUDE_DEPTH {
+            return Err(fail(format!(
+                "line {}: Includes nest deeper than {MAX_INCLUDE_DEPTH}: is one file including itself?",
+                n + 1
+            )));
+        }
+        for pattern in rest.trim_start_matches([' ', '\t', '=']).split_whitespace() {
+            let pattern = pattern.trim_matches('"');
+            let full = match expand_home(pattern) {
+                p if p.is_absolute() => p,
+                p => std::env::var_os("HOME")
+                    .map(|h| PathBuf::from(h).join(".ssh").join(&p))
+                    .unwrap_or(p),
+            };
+            let matches = glob::glob(&full.to_string_lossy()).map_err(|e| {
+                fail(format!(
+                    "line {}: Include {pattern:?} is not a pattern ({e})",
+                    n + 1
+                ))
+            })?;
+            for included in matches.flatten() {
+                check_includes(&included, depth + 1).map_err(|e| ConfigError {
+                    message: format!(
+                        "included from {} line {}: {}",
+                        path.display(),
+                        n + 1,
+                        e.message
+                    ),
+                    ..e
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Reads one file (and what it includes); a `Match` block anywhere is refused.
 fn parse(path: &Path) -> Result<ssh2_config::SshConfig, ConfigError> {
     let fail = |message: String| ConfigError {
         path: path.to_path_buf(),
         message,
     };
+    check_includes(path, 0)?;
     let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot be read ({e})")))?;
     let rules = ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS;
     let config = ssh2_config::SshConfig::default()
@@ -383,6 +450,23 @@ mod tests {
             config.host("db.example").unwrap().user.as_deref(),
             Some("nobody")
         );
+    }
+
+    #[test]
+    fn endless_includes_and_port_0_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(&path, "Host a\n  User x\nInclude /dev/zero\n").unwrap();
+        let e = SshConfig::load_file(&path).unwrap_err().to_string();
+        assert!(e.contains("/dev/zero is a character device"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        let e = SshConfig::load_file(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("character device"), "{e}");
+        let (_dir, config) = config("Host zero\n  Port 0\n");
+        let e = config.host("zero").unwrap_err().to_string();
+        assert!(e.contains("Port 0 for zero"), "{e}");
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub struct ExecOptions {
     /// runs what the caller's output is about): taken out of stdout, and
     /// [`ExecOutput::preamble`] says whether it came.
     pub preamble: Option<&'static str>,
+    /// Cancels the command: its channel is closed and [`Error::Cancelled`] returned at once (the
+    /// caller ends what it started on the node, which sshd does not for root).
+    pub cancel: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl Default for ExecOptions {
@@ -50,6 +53,7 @@ impl Default for ExecOptions {
             sink: None,
             stdin: None,
             preamble: None,
+            cancel: None,
         }
     }
 }
@@ -315,11 +319,26 @@ impl SshSession {
                 }
             }
         };
-        let timed_out = match options.timeout {
-            Some(limit) => tokio::time::timeout(limit + BACKSTOP, read).await.is_err(),
-            None => {
-                read.await;
-                false
+        let limited = async {
+            match options.timeout {
+                Some(limit) => tokio::time::timeout(limit + BACKSTOP, read).await.is_err(),
+                None => {
+                    read.await;
+                    false
+                }
+            }
+        };
+        let cancel = options.cancel.clone().unwrap_or_default();
+        let timed_out = tokio::select! {
+            timed_out = limited => timed_out,
+            _ = cancel.cancelled() => {
+                let _ = channel.signal(Sig::TERM).await;
+                let _ = channel.close().await;
+                return Err(Error::Cancelled {
+                    command: forms.name,
+                    addr: self.addr(),
+                    output: Box::new(reading.output()),
+                });
             }
         };
         let output = reading.output();

@@ -358,6 +358,18 @@ async fn open(
 fn wrap(hop: &Hop, error: Error) -> Error {
     match error {
         e @ (Error::Jump { .. } | Error::Tunnel { .. }) => e,
+        Error::HostKeyUnknown {
+            host,
+            presented,
+            path,
+        } => Error::Jump {
+            hop: hop.to_string(),
+            source: Box::new(Error::HopKeyUnknown {
+                host,
+                presented,
+                path,
+            }),
+        },
         e => Error::Jump {
             hop: hop.to_string(),
             source: Box::new(e),

@@ -153,6 +153,9 @@ impl HostKeyCheck {
             None => {}
         }
         let _guard = LEARN.lock().unwrap_or_else(|e| e.into_inner());
+        // Made 0600 (in a 0700 directory) before russh appends to it: it says which hosts this
+        // user reaches.
+        crate::files::create_private(path).map_err(|e| known_error(e.into()))?;
         russh::keys::known_hosts::learn_known_hosts_path(host, port, key, path)
             .map_err(known_error)?;
         tracing::info!(host = %recorded_as, key = %presented, file = %path.display(), "recorded a new host key");

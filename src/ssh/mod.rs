@@ -122,6 +122,22 @@ pub enum Error {
         /// The known_hosts file.
         path: PathBuf,
     },
+    /// A jump host's key is not in its known_hosts file. A hop is always checked: the host-key
+    /// policy is for the nodes (as with `ssh -J`), so the message says what does work for a hop.
+    #[error(
+        "the host key of jump host {host} ({presented}) is not in {path}, and a jump host's key \
+         is always checked (--host-key-policy and [ssh] host_key_policy apply to the nodes only): \
+         add it to that file (`ssh-keyscan -p PORT HOST >> {path}`, after checking its \
+         fingerprint), or set `StrictHostKeyChecking accept-new` for that host in your ssh config"
+    )]
+    HopKeyUnknown {
+        /// The hop as recorded (`name` or `[name]:port`).
+        host: String,
+        /// The presented key's fingerprint.
+        presented: String,
+        /// The known_hosts file it was checked against.
+        path: PathBuf,
+    },
     /// The host key is not among the keys the provider reported for the node.
     #[error(
         "the host key of {host} ({presented}) is none of the keys its provider reported: someone may \
@@ -213,6 +229,17 @@ pub enum Error {
         /// What it printed until then.
         output: Box<ExecOutput>,
     },
+    /// The command was cancelled (the deployment was): its channel is closed; what it printed
+    /// until then is kept.
+    #[error("`{command}` on {addr} was cancelled")]
+    Cancelled {
+        /// The command (as given).
+        command: String,
+        /// Where.
+        addr: SocketAddr,
+        /// What it printed until then.
+        output: Box<ExecOutput>,
+    },
     /// The node could not put an uploaded file in place.
     #[error("uploading {path} to {addr} failed ({status}): {message}")]
     Upload {
@@ -298,12 +325,14 @@ impl Error {
             },
             Error::HostKeyChanged { .. }
             | Error::HostKeyUnknown { .. }
+            | Error::HopKeyUnknown { .. }
             | Error::HostKeyNotPinned { .. }
             | Error::KnownHosts { .. }
             | Error::Key { .. }
             | Error::NoExitStatus { .. }
             | Error::Upload { .. }
-            | Error::CommandTimeout { .. } => ErrorClass::Fatal,
+            | Error::CommandTimeout { .. }
+            | Error::Cancelled { .. } => ErrorClass::Fatal,
             // Logging in to a bastion is not the node's boot: only reaching it is worth retrying.
             Error::Jump { source, .. } => match source.class() {
                 ErrorClass::Retry | ErrorClass::Reconnect => ErrorClass::Retry,

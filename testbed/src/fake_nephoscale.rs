@@ -48,6 +48,8 @@ pub struct NephoConfig {
     pub slow: Duration,
     /// Faults on given routes (path patterns as [`RouteFault`] matches them), first match fires.
     pub routes: Vec<RouteFault>,
+    /// The account's user name and password; made up at random when `None`.
+    pub account: Option<(String, String)>,
 }
 
 impl Default for NephoConfig {
@@ -57,6 +59,7 @@ impl Default for NephoConfig {
             build_time: Duration::from_millis(300),
             slow: Duration::ZERO,
             routes: Vec::new(),
+            account: None,
         }
     }
 }
@@ -70,7 +73,7 @@ struct Server {
     image: Value,
     size: Value,
     server_key: Option<u64>,
-    console_key: u64,
+    console_key: Option<u64>,
     listed: Instant,
     created_at: String,
     stopped: bool,
@@ -127,9 +130,15 @@ impl FakeNephoScale {
         driver: LocalDriver,
         config: NephoConfig,
     ) -> std::io::Result<FakeNephoScale> {
+        let (username, password) = config.account.clone().unwrap_or_else(|| {
+            (
+                format!("user{:06}", rand::random::<u32>() % 1_000_000),
+                format!("{:016x}", rand::random::<u64>()),
+            )
+        });
         let fake = Arc::new(Fake {
-            username: format!("user{:06}", rand::random::<u32>() % 1_000_000),
-            password: format!("{:016x}", rand::random::<u64>()),
+            username,
+            password,
             config: Mutex::new(config),
             data: Mutex::new(Data {
                 next_id: 90_000,
@@ -149,6 +158,11 @@ impl FakeNephoScale {
     /// Starts the fake on 127.0.0.1, a port the kernel picks.
     pub async fn start(driver: LocalDriver, config: NephoConfig) -> std::io::Result<Self> {
         Self::start_on(([127, 0, 0, 1], 0).into(), driver, config).await
+    }
+
+    /// The address it serves on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// The environment a client needs.
@@ -309,7 +323,11 @@ fn pick_fault(fake: &Fake, method: &str, path: &str) -> Option<Fault> {
     Some(fault)
 }
 
-/// A write's form fields; a write that is not form-encoded is refused, as NephoScale does.
+/// A write's form fields. The body is read as a form whether or not it says so: Libcloud's
+/// driver never sent a `Content-Type` with its form bodies, and the API took them. A body that
+/// says it is something else (JSON) is refused. Python's `None`, which Libcloud's driver wrote
+/// for an argument not given (`zone=None`, `server_key=None`), counts as not given, as the API
+/// took it.
 fn form_of(
     method: &Method,
     headers: &HeaderMap,
@@ -322,13 +340,19 @@ fn form_of(
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !body.is_empty() && !content_type.starts_with("application/x-www-form-urlencoded") {
+    let form_like = content_type.is_empty()
+        || content_type.starts_with("application/x-www-form-urlencoded")
+        || content_type.starts_with("text/plain");
+    if !body.is_empty() && !form_like {
         return Err(refuse(
             StatusCode::BAD_REQUEST,
             "The request body must be form-encoded (application/x-www-form-urlencoded)",
         ));
     }
-    Ok(url::form_urlencoded::parse(body).into_owned().collect())
+    Ok(url::form_urlencoded::parse(body)
+        .into_owned()
+        .filter(|(_, value)| value != "None" && !value.is_empty())
+        .collect())
 }
 
 async fn route(
@@ -390,7 +414,7 @@ fn server_json(server: &Server, build_time: Duration) -> Value {
         "image": server.image,
         "service_type": server.size,
         "server_keys": server.server_key.map(|k| vec![key(k, 1, "sshrsa")]).unwrap_or_default(),
-        "console_keys": [key(server.console_key, 4, "password")],
+        "console_keys": server.console_key.map(|k| vec![key(k, 4, "password")]).unwrap_or_default(),
         "is_console_enabled": true,
     })
 }
@@ -414,7 +438,12 @@ fn by_id(list: &[Value], field: Option<&String>) -> Option<Value> {
 }
 
 fn create_server(fake: &Shared, form: &BTreeMap<String, String>) -> Response {
-    let zone = by_id(&fixture_data(ZONES), form.get("zone"));
+    // No zone: the account's first (NephoScale's default datacenter).
+    let zones = fixture_data(ZONES);
+    let zone = match form.get("zone") {
+        Some(_) => by_id(&zones, form.get("zone")),
+        None => zones.first().cloned(),
+    };
     let image = by_id(&fixture_data(IMAGES), form.get("image"));
     let size = by_id(&fixture_data(SIZES), form.get("service_type"));
     let (Some(zone), Some(image), Some(size)) = (zone, image, size) else {
@@ -445,9 +474,9 @@ fn create_server(fake: &Shared, form: &BTreeMap<String, String>) -> Response {
         Ok(k) => k,
         Err(refused) => return refused,
     };
+    // Without a console key the server has no console access (NephoScale made none).
     let console_key = match key_of("console_key", 4) {
-        Ok(Some(k)) => k,
-        Ok(None) => return refuse(StatusCode::BAD_REQUEST, "console_key is required"),
+        Ok(k) => k,
         Err(refused) => return refused,
     };
     let public_key = server_key.and_then(|id| {

@@ -12,6 +12,8 @@ pub mod fake_slipstream;
 pub mod postgres;
 pub mod relay;
 pub mod relayed;
+pub mod replay;
+pub mod tls;
 
 use std::fs;
 use std::io;

@@ -47,6 +47,12 @@ enum Command {
     Nephoscale {
         #[command(flatten)]
         listen: Listen,
+        /// The account's user name (made up when not given).
+        #[arg(long, requires = "password")]
+        username: Option<String>,
+        /// The account's password (made up when not given).
+        #[arg(long, requires = "username")]
+        password: Option<String>,
     },
     /// The SlipStream API (sessions, App Store modules, runs).
     #[command(name = "fake-slipstream")]
@@ -88,8 +94,16 @@ async fn start(fake: &Command, bed: &TestBed) -> Result<(Serving, Vec<(String, S
             let env = served.env();
             Ok((Box::new(served), env))
         }
-        Command::Nephoscale { listen } => {
-            let served = FakeNephoScale::start_on(listen.listen, driver, NephoConfig::default())
+        Command::Nephoscale {
+            listen,
+            username,
+            password,
+        } => {
+            let config = NephoConfig {
+                account: username.clone().zip(password.clone()),
+                ..NephoConfig::default()
+            };
+            let served = FakeNephoScale::start_on(listen.listen, driver, config)
                 .await
                 .map_err(failed(listen.listen))?;
             let env = served.env();

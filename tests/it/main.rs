@@ -15,6 +15,7 @@ mod ovh_fake;
 mod promises;
 mod reinstall;
 mod relay;
+mod replay;
 mod round_trips;
 mod slipstream;
 mod ssh;

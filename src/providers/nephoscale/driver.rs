@@ -241,6 +241,8 @@ pub fn to_node(server: &Server) -> Node {
     }
     if let Some(zone) = &server.zone {
         extra.insert("zone".into(), zone.name.clone().into());
+        // The zone is the location, by the id `list_locations` gives it.
+        extra.insert("location".into(), zone.id.to_string().into());
     }
     if let Some(hostname) = &server.hostname {
         extra.insert("hostname".into(), hostname.clone().into());
@@ -541,6 +543,20 @@ impl NodeDriver for NephoScaleDriver {
                 name: z.name,
                 country: z.datacenter.and_then(|d| d.airport_code),
             })
+            .collect())
+    }
+
+    /// The servers of a zone, given by id or by name (`SJC-1`).
+    async fn list_nodes_in(&self, location: &str) -> Result<Vec<Node>> {
+        let servers = self.ex_list_servers().await?;
+        Ok(servers
+            .iter()
+            .filter(|s| {
+                s.zone.as_ref().is_some_and(|z| {
+                    z.id.to_string() == location || z.name.eq_ignore_ascii_case(location)
+                })
+            })
+            .map(to_node)
             .collect())
     }
 

@@ -72,12 +72,15 @@ impl Credentials {
                 })
         };
         let creds = Credentials {
-            endpoint: std::env::var("NEPHOSCALE_ENDPOINT")
-                .ok()
-                .filter(|e| !e.is_empty())
-                .unwrap_or_else(|| DEFAULT_ENDPOINT.into())
-                .trim_end_matches('/')
-                .to_string(),
+            endpoint: crate::providers::kit::endpoint(
+                PROVIDER,
+                "NEPHOSCALE_ENDPOINT",
+                &std::env::var("NEPHOSCALE_ENDPOINT")
+                    .ok()
+                    .filter(|e| !e.is_empty())
+                    .unwrap_or_else(|| DEFAULT_ENDPOINT.into()),
+                CREDENTIALS_FROM,
+            )?,
             username: need("NEPHOSCALE_USERNAME")?,
             password: need("NEPHOSCALE_PASSWORD")?,
         };

@@ -245,6 +245,9 @@ pub struct OvhOptions {
     pub user_data: Option<String>,
     /// An SSH key already in the project, by id (`sshKeyId`), instead of the deploy key.
     pub ssh_key_id: Option<String>,
+    /// An SSH key already in the project, by name (Libcloud's `ex_keyname`), instead of the
+    /// deploy key.
+    pub ssh_key_name: Option<String>,
     /// Monthly rather than hourly billing.
     pub monthly_billing: Option<bool>,
 }
@@ -547,13 +550,16 @@ impl NodeDriver for OvhDriver {
     async fn destroy_node(&self, node: &Node) -> Result<()> {
         let path = format!("/instance/{}", segment(&node.id));
         match self.call(Method::DELETE, &path, None).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             Err(ProviderError::NotFound { .. }) => {
                 tracing::debug!(id = %node.id, "instance already gone: destroyed");
-                Ok(())
             }
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
         }
+        if let Some(key) = node.extra.get("ssh_key_id").and_then(|k| k.as_str()) {
+            self.release_key_of(&node.id, key).await;
+        }
+        Ok(())
     }
 
     async fn reboot_node(&self, node: &Node) -> Result<()> {
@@ -862,10 +868,26 @@ impl NodeDriver for OvhDriver {
     async fn detach_volume(&self, volume: &StorageVolume, node: Option<&Node>) -> Result<()> {
         let instance = match node {
             Some(node) => node.id.clone(),
-            None => match self.get_volume(&volume.id).await?.attached_to {
-                Some(instance) => instance,
-                None => return Ok(()),
-            },
+            None => {
+                let path = format!("/volume/{}", segment(&volume.id));
+                let current: Volume = decode(self.call(Method::GET, &path, None).await?, "volume")?;
+                match current.attached_to.as_slice() {
+                    [] => return Ok(()),
+                    [one] => one.clone(),
+                    several => {
+                        return Err(ProviderError::InvalidRequest {
+                            provider: PROVIDER.into(),
+                            message: format!(
+                                "volume {} is attached to {} instances ({}): give the node to \
+                                 detach it from",
+                                volume.id,
+                                several.len(),
+                                several.join(", ")
+                            ),
+                        })
+                    }
+                }
+            }
         };
         let body = json!({"instanceId": instance});
         self.call(

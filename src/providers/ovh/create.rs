@@ -16,6 +16,10 @@ use crate::model::{CreateNode, Node, NodeAuth, NodeState};
 use crate::providers::kit::create_at_most_once;
 use crate::providers::lookup::{self, Candidate};
 
+/// The name of the keys nodeup imports for deployments starts so (then the key's fingerprint):
+/// what tells them from the keys users keep in the project.
+const IMPORTED_KEY_PREFIX: &str = "nodeup-";
+
 /// What a create was resolved to: ids OVH knows.
 struct Plan {
     region: String,
@@ -79,7 +83,11 @@ impl OvhDriver {
         if let Some(billing) = options.monthly_billing {
             body["monthlyBilling"] = json!(billing);
         }
-        match (&key, &options.ssh_key_id) {
+        let named = match &options.ssh_key_name {
+            Some(name) => Some(self.key_named(name, &plan.region).await?),
+            None => None,
+        };
+        match (&key, options.ssh_key_id.as_ref().or(named.as_ref())) {
             (Some(k), _) => body["sshKeyId"] = json!(k.id),
             (None, Some(id)) => body["sshKeyId"] = json!(id),
             (None, None) => {}
@@ -195,7 +203,7 @@ impl OvhDriver {
             .map_err(|e| invalid(format!("the SSH public key does not parse: {e}")))?;
         let fingerprint = parsed.fingerprint(russh::keys::HashAlg::Sha256).to_string();
         let name = format!(
-            "nodeup-{}",
+            "{IMPORTED_KEY_PREFIX}{}",
             fingerprint
                 .trim_start_matches("SHA256:")
                 .chars()
@@ -238,20 +246,63 @@ impl OvhDriver {
     /// Removes a key this run imported, unless an instance uses it (another run's, which reused
     /// it). Best effort: a failure is logged, with the key named.
     async fn release_key(&self, key: Option<&DeployKey>) {
-        let Some(key) = key.filter(|k| k.imported) else {
-            return;
-        };
+        if let Some(key) = key.filter(|k| k.imported) {
+            self.remove_key_unless_used(&key.id, None).await;
+        }
+    }
+
+    /// Removes the key `id` unless an instance other than `except` (one being deleted) uses it.
+    /// Best effort: a failure is logged, with the key named.
+    pub(super) async fn remove_key_unless_used(&self, id: &str, except: Option<&str>) {
         let in_use = match self.instances().await {
-            Ok(all) => all.iter().any(|i| i.ssh_key_id.as_deref() == Some(&key.id)),
+            Ok(all) => all
+                .iter()
+                .any(|i| i.ssh_key_id.as_deref() == Some(id) && Some(i.id.as_str()) != except),
             Err(_) => true,
         };
         if in_use {
             return;
         }
-        let path = format!("/sshkey/{}", segment(&key.id));
+        let path = format!("/sshkey/{}", segment(id));
         if let Err(e) = self.call(Method::DELETE, &path, None).await {
-            tracing::warn!("removing the SSH key {} this run imported: {e}", key.id);
+            tracing::warn!("removing the SSH key {id} nodeup imported: {e}");
         }
+    }
+
+    /// After `instance` is deleted: its key goes too when nodeup imported it for a deployment
+    /// (named `nodeup-...`) and no other instance uses it, as on a failed create.
+    pub(super) async fn release_key_of(&self, instance: &str, key_id: &str) {
+        let path = format!("/sshkey/{}", segment(key_id));
+        let Ok(value) = self.call(Method::GET, &path, None).await else {
+            return;
+        };
+        let Ok(key) = decode::<SshKey>(value, "ssh key") else {
+            return;
+        };
+        if key.name.starts_with(IMPORTED_KEY_PREFIX) {
+            self.remove_key_unless_used(key_id, Some(instance)).await;
+        }
+    }
+
+    /// The id of the key named `name` in `region` (Libcloud's `ex_keyname`).
+    async fn key_named(&self, name: &str, region: &str) -> Result<String> {
+        let query = format!("/sshkey?region={}", segment(region));
+        let keys: Vec<SshKey> = decode(self.call(Method::GET, &query, None).await?, "ssh keys")?;
+        let candidates: Vec<Candidate> = keys
+            .into_iter()
+            .map(|k| Candidate {
+                id: k.id,
+                name: k.name,
+            })
+            .collect();
+        lookup::find(
+            "SSH key",
+            name,
+            &format!(" in region {region}"),
+            &candidates,
+        )
+        .map(|k| k.id.clone())
+        .map_err(|e| invalid(format!("{e} (`ssh_key_name` names a key of the project)")))
     }
 
     /// `POST /instance`, at most once: an answer lost on the way is looked up by name (an

@@ -150,7 +150,12 @@ impl Credentials {
     /// The base URL of the endpoint.
     pub fn base_url(&self) -> Result<String, ProviderError> {
         if self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://") {
-            return Ok(self.endpoint.trim_end_matches('/').to_string());
+            return crate::providers::kit::endpoint(
+                PROVIDER,
+                "OVH_ENDPOINT",
+                &self.endpoint,
+                "OVH_APPLICATION_KEY, OVH_APPLICATION_SECRET and OVH_CONSUMER_KEY (or ovh.conf)",
+            );
         }
         ENDPOINTS
             .iter()

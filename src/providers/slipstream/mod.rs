@@ -122,10 +122,12 @@ impl Credentials {
             return Err(invalid(format!("no way to log in: set {CREDENTIALS_FROM}")));
         }
         Ok(Credentials {
-            endpoint: var("SLIPSTREAM_ENDPOINT")
-                .unwrap_or_else(|| DEFAULT_ENDPOINT.into())
-                .trim_end_matches('/')
-                .to_string(),
+            endpoint: crate::providers::kit::endpoint(
+                PROVIDER,
+                "SLIPSTREAM_ENDPOINT",
+                &var("SLIPSTREAM_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.into()),
+                CREDENTIALS_FROM,
+            )?,
             login,
             cookie_file,
         })
@@ -410,13 +412,13 @@ fn session_cookie(response: &Response) -> Option<(String, u64)> {
 
 /// The unexpired session cookie of a Netscape cookie file, if any.
 fn read_cookie_file(path: &Path) -> Result<Option<String>, CallError> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match crate::files::read_to_string(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => {
             return Err(CallError::Local {
                 what: format!("cookie file {}", path.display()),
-                source,
+                source: std::io::Error::other(e),
             })
         }
     };

@@ -591,7 +591,9 @@ pub(super) async fn volume_action(
             let Some((_, region)) = instances.iter().find(|(i, _)| i == instance) else {
                 return missing(&format!("instanceId = {instance}"));
             };
-            if action == "attach" && volume.status != "available" {
+            // A multi-attach volume (type classic-multiattach ...) may be in use by several.
+            let shared = volume.kind.contains("multiattach");
+            if action == "attach" && volume.status != "available" && !shared {
                 return bad_request(&format!(
                     "Volume {id} is not available (status {:?})",
                     volume.status
@@ -604,11 +606,20 @@ pub(super) async fn volume_action(
                 ));
             }
             if action == "attach" {
-                volume.attached_to = vec![instance.to_string()];
+                if !volume.attached_to.iter().any(|i| i == instance) {
+                    volume.attached_to.push(instance.to_string());
+                }
                 volume.status = "in-use".into();
             } else {
-                volume.attached_to.clear();
-                volume.status = "available".into();
+                if !volume.attached_to.iter().any(|i| i == instance) {
+                    return bad_request(&format!(
+                        "Volume {id} is not attached to instance {instance}"
+                    ));
+                }
+                volume.attached_to.retain(|i| i != instance);
+                if volume.attached_to.is_empty() {
+                    volume.status = "available".into();
+                }
             }
             Json(volume.clone()).into_response()
         }
