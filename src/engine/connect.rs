@@ -50,8 +50,11 @@ pub struct LoginOptions {
     pub jump: Option<ssh::Jump>,
     /// Told, now and then, what a login that keeps failing waits for (the node does not answer
     /// yet, or refuses the users), so that a long wait is never silent.
-    pub waiting: Option<std::sync::Arc<dyn Fn(&str) + Send + Sync>>,
+    pub waiting: Option<LoginWaiting>,
 }
+
+/// Told what a login that keeps failing waits for.
+pub type LoginWaiting = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
 
 impl std::fmt::Debug for LoginOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
