@@ -59,6 +59,15 @@ enum Command {
     Slipstream {
         #[command(flatten)]
         listen: Listen,
+        /// The account's user name (made up when not given).
+        #[arg(long, requires = "password")]
+        username: Option<String>,
+        /// The account's password (made up when not given).
+        #[arg(long, requires = "username")]
+        password: Option<String>,
+        /// Ids and session cookies from a counter, so that recorded requests replay.
+        #[arg(long)]
+        counted_ids: bool,
     },
 }
 
@@ -109,8 +118,18 @@ async fn start(fake: &Command, bed: &TestBed) -> Result<(Serving, Vec<(String, S
             let env = served.env();
             Ok((Box::new(served), env))
         }
-        Command::Slipstream { listen } => {
-            let served = FakeSlipStream::start_on(listen.listen, driver, SlipConfig::default())
+        Command::Slipstream {
+            listen,
+            username,
+            password,
+            counted_ids,
+        } => {
+            let config = SlipConfig {
+                account: username.clone().zip(password.clone()),
+                counted_ids: *counted_ids,
+                ..SlipConfig::default()
+            };
+            let served = FakeSlipStream::start_on(listen.listen, driver, config)
                 .await
                 .map_err(failed(listen.listen))?;
             let env = served.env();

@@ -75,6 +75,16 @@ pub async fn ssh_root_on(
     id: &str,
     command: &str,
 ) -> (std::net::IpAddr, Output) {
+    ssh_root_with(bed, id, bed.client_key(), command).await
+}
+
+/// As [`ssh_root_on`], logging in with the private key at `key`.
+pub async fn ssh_root_with(
+    bed: &testbed::TestBed,
+    id: &str,
+    key: &std::path::Path,
+    command: &str,
+) -> (std::net::IpAddr, Output) {
     use nodeup::driver::NodeDriver;
     let mut node = bed.driver().get_node(id).await.unwrap();
     for _ in 0..100 {
@@ -97,7 +107,7 @@ pub async fn ssh_root_on(
         .args(["-o", "StrictHostKeyChecking=yes", "-o"])
         .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
         .arg("-i")
-        .arg(bed.client_key())
+        .arg(key)
         .arg(format!("root@{ip}"))
         .arg(command)
         .output()

@@ -103,3 +103,119 @@ fn check_nephoscale(name: &str, body: &[u8]) {
         }
     }
 }
+
+/// SlipStream's own client (slipstream-api 3.71.1, under the Libcloud driver the seed
+/// documents) starts from the cloud entry point and searches CIMI collections with forms
+/// (`$filter`); reads modules by versioned paths; lists locations from the profile's cloud
+/// credentials and sizes from service offers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slipstreams_own_client_is_answered_as_the_api_answered_it() {
+    use testbed::fake_slipstream::{FakeSlipStream, SlipConfig};
+
+    let bed = TestBed::new().unwrap();
+    let config = SlipConfig {
+        account: Some(("replay".into(), "replay-secret".into())),
+        counted_ids: true,
+        ..SlipConfig::default()
+    };
+    let fake = FakeSlipStream::start(bed.driver().clone(), config)
+        .await
+        .unwrap();
+    let recorded = recordings(&fixtures("slipstream")).unwrap();
+    assert_eq!(recorded.len(), 44);
+    for request in &recorded {
+        let (mut status, mut body) = send(fake.addr(), &request.bytes).await.unwrap();
+        // The client polled each run's state until Ready: so does the replay.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while request.name.ends_with("wait-ready") && body != b"Ready" {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: never Ready",
+                request.name
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            (status, body) = send(fake.addr(), &request.bytes).await.unwrap();
+        }
+        assert_eq!(
+            status,
+            request.status,
+            "{}: {}",
+            request.name,
+            String::from_utf8_lossy(&body)
+        );
+        check_slipstream(request, &body);
+    }
+    assert!(fake.active_runs().is_empty(), "both runs were terminated");
+    assert!(fake.profile_keys().is_empty(), "the key was deleted again");
+}
+
+/// What the seed's client reads of an answer, by the request's first line.
+fn check_slipstream(request: &testbed::replay::Recorded, body: &[u8]) {
+    let text = String::from_utf8_lossy(&request.bytes);
+    let first = text.lines().next().unwrap_or("").to_string();
+    let json =
+        || -> Value { serde_json::from_slice(body).unwrap_or_else(|e| panic!("{first}: {e}")) };
+    let xml = String::from_utf8_lossy(body);
+    let wants = |what: &str| assert!(xml.contains(what), "{first}: no {what} in {xml}");
+    match first
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["GET", "/api/cloud-entry-point"] => {
+            let cep = json();
+            for collection in ["sessions", "serviceOffers", "virtualMachines"] {
+                assert!(cep[collection]["href"].is_string(), "{cep}");
+            }
+        }
+        ["PUT", "/api/session"] => assert_eq!(json()["count"], 1),
+        ["PUT", path] if path.starts_with("/api/service-offer") => {
+            let offers = json();
+            let in_location = text.contains("connector%2Fhref");
+            let wanted = if in_location { 3 } else { 6 };
+            assert_eq!(offers["count"], wanted, "{first}: {offers}");
+            for offer in offers["serviceOffers"].as_array().unwrap() {
+                assert_eq!(offer["resource:type"], "VM");
+                assert!(offer["resource:ram"].is_u64() && offer["price:unitCost"].is_f64());
+            }
+        }
+        ["PUT", "/api/virtual-machine"] => {
+            let vms = json();
+            let wanted = if text.contains("%24filter=deployment") {
+                1
+            } else {
+                2
+            };
+            assert_eq!(vms["count"], wanted, "{first}: {vms}");
+            let vm = &vms["virtualMachines"][0];
+            assert!(
+                vm["serviceOffer"]["href"]
+                    .as_str()
+                    .is_some_and(|h| h.starts_with("service-offer/")),
+                "{vm}"
+            );
+            assert!(vm["ip"].is_string(), "{vm}");
+        }
+        ["GET", "/appstore"] => {
+            wants(r#"resourceUri="module/apps/Debian/debian/1234""#);
+            wants(r#"version="1234""#);
+        }
+        ["GET", path] if path.starts_with("/module/") => {
+            for attribute in ["parentUri=", "creation=", "lastModified=", "shortName="] {
+                wants(attribute);
+            }
+        }
+        ["GET", path] if path.starts_with("/user/") => {
+            wants(r#"name="exoscale-ch-gva.username""#);
+            wants(r#"name="General.ssh.public.key""#);
+        }
+        ["GET", path] if path.ends_with("machine:hostname") => {
+            assert!(xml.parse::<std::net::IpAddr>().is_ok(), "{first}: {xml}");
+        }
+        ["GET", path] if path.starts_with("/run?") => {
+            assert_eq!(xml.matches("<item ").count(), 2, "{xml}");
+        }
+        _ => {}
+    }
+}

@@ -80,12 +80,28 @@ async fn catalog_and_keys(
         .into_iter()
         .map(|l| l.id)
         .collect();
-    assert_eq!(clouds, ["exoscale-ch-gva", "ec2-eu-west"]);
+    assert_eq!(
+        clouds,
+        ["ec2-eu-west", "exoscale-ch-gva"],
+        "the profile's clouds"
+    );
     let images = ss.list_images(None, None).await.unwrap();
     assert_eq!(images.len(), 2);
-    assert_eq!(images[1].id, "apps/WordPress/wordpress");
+    assert_eq!(
+        images[1].id, "apps/WordPress/wordpress/1871",
+        "with its version"
+    );
     let wordpress = ss.get_image("apps/WordPress/wordpress").await.unwrap();
     assert_eq!(wordpress.extra["nodes"], serde_json::json!(["web"]));
+    let sizes = ss.list_sizes(Some("exoscale-ch-gva")).await.unwrap();
+    let types: Vec<&str> = sizes
+        .iter()
+        .filter_map(|s| s.extra["instance_type"].as_str())
+        .collect();
+    assert_eq!(types, ["micro", "small", "large"]);
+    assert!(sizes.iter().all(|s| s.extra["cloud"] == "exoscale-ch-gva"));
+    assert_eq!(sizes[1].ram_mib, 2048);
+    assert_eq!(ss.list_sizes(None).await.unwrap().len(), 6, "both clouds");
     assert!(ss.list_key_pairs(None).await.unwrap().is_empty());
     let pair = ss
         .import_key_pair_from_string("ci", public_key, None)
@@ -108,8 +124,13 @@ async fn the_whole_method_list_against_the_fake() {
     let ss = with_login(&fake, password(&fake), None);
     let pair = catalog_and_keys(&ss, &fake, bed.client_public_key()).await;
 
-    let node = ss.create_node(&component("box-1")).await.unwrap();
+    let mut by_names = component("box-1");
+    by_names.image = Some("debian".into());
+    by_names.size = Some("small".into());
+    let node = ss.create_node(&by_names).await.unwrap();
     assert_eq!(node.name, "box-1");
+    assert_eq!(node.image.as_deref(), Some("apps/Debian/debian/1234"));
+    assert_eq!(node.extra["location"], "exoscale-ch-gva");
     assert!(node.public_ips.is_empty(), "no address before Ready");
     let node = ready(&ss, &node).await;
     let hostname = ss
@@ -123,6 +144,9 @@ async fn the_whole_method_list_against_the_fake() {
         .unwrap();
     assert_eq!(vms.len(), 1);
     assert_eq!(vms[0].ip.as_deref(), Some(hostname.as_str()));
+    let offer = vms[0].service_offer.as_ref().map(|o| o.href.clone());
+    let small = ss.list_sizes(Some("exoscale-ch-gva")).await.unwrap()[1].clone();
+    assert_eq!(offer, Some(small.id), "made with the small offer");
     let machine = fake.machines_of("box-1").remove(0);
     let (machine_ip, out) = crate::ssh_root_on(&bed, &machine.id, "id -un").await;
     assert_eq!(machine_ip.to_string(), hostname);
@@ -157,6 +181,14 @@ async fn the_whole_method_list_against_the_fake() {
         .map(|n| n.name)
         .collect();
     assert_eq!(names, ["box-1", "blog"]);
+    let on_ec2: Vec<String> = ss
+        .list_nodes_in("ec2-eu-west")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(on_ec2, ["blog"]);
 
     ss.destroy_node(&node).await.unwrap();
     ss.destroy_node(&blog).await.unwrap();
@@ -223,8 +255,9 @@ async fn sessions_from_keys_cookie_files_and_expiry() {
     );
 }
 
-/// A profile without an SSH key is SlipStream's 409 (its message passed on); a create whose
-/// answer is lost starts exactly one run; a 500 on a read is retried.
+/// A profile without an SSH key is SlipStream's 409 (its message passed on) when the check is
+/// asked for (`check_ssh_key`; Libcloud's driver bypasses it by default); a create whose answer
+/// is lost starts exactly one run; a 500 on a read is retried.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicts_lost_answers_and_500s() {
     let bed = TestBed::new().unwrap();
@@ -232,7 +265,11 @@ async fn conflicts_lost_answers_and_500s() {
         .await
         .unwrap();
     let ss = with_login(&fake, password(&fake), None);
-    let e = ss.create_node(&component("nokey")).await.unwrap_err();
+    let mut checked = component("nokey");
+    checked
+        .extra
+        .insert("check_ssh_key".into(), serde_json::json!(true));
+    let e = ss.create_node(&checked).await.unwrap_err();
     let said = nodeup::engine::error_chain(&e);
     assert!(
         said.contains("409") && said.contains("Missing SSH public key"),
@@ -297,4 +334,62 @@ async fn deploy_end_to_end_on_the_fake() {
     assert_ok(&gone);
     assert!(fake.active_runs().is_empty());
     assert!(bed.driver().list_nodes().await.unwrap().is_empty());
+}
+
+/// Keys: one made here (`create_key_pair`) whose private half logs in to a VM made after it; a
+/// key given for one run is added to the profile for that run and taken out when the run is
+/// destroyed, or when its create fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_made_here_and_keys_given_for_one_run() {
+    let bed = TestBed::new().unwrap();
+    let fake = FakeSlipStream::start(bed.driver().clone(), SlipConfig::default())
+        .await
+        .unwrap();
+    let ss = with_login(&fake, password(&fake), None);
+    let made = ss.create_key_pair("made-here", None).await.unwrap();
+    let key_path = bed.dir().join("made-here");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key_path)
+            .unwrap();
+        file.write_all(made.private_key.as_deref().unwrap().as_bytes())
+            .unwrap();
+    }
+    assert_eq!(fake.profile_keys().len(), 1);
+
+    let mut request = component("keyed");
+    request.auth = Some(NodeAuth::SshKey(bed.client_public_key().into()));
+    let node = ss.create_node(&request).await.unwrap();
+    let keys = fake.profile_keys();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys[1].ends_with("nodeup-run:keyed"), "{keys:?}");
+    let node = ready(&ss, &node).await;
+    let machine = fake.machines_of("keyed").remove(0);
+    for key in [key_path.as_path(), bed.client_key()] {
+        let (_, out) = crate::ssh_root_with(&bed, &machine.id, key, "id -un").await;
+        assert_eq!(crate::stdout(&out), "root\n", "{}", crate::stderr_of(&out));
+    }
+    ss.destroy_node(&node).await.unwrap();
+    assert_eq!(
+        fake.profile_keys(),
+        keys[..1],
+        "the run's key is gone, the one made here stays"
+    );
+
+    fake.set_faults(vec![RouteFault::new("POST", "/run", Fault::Error500, 20)]);
+    request.name = "refused".into();
+    ss.create_node(&request).await.unwrap_err();
+    assert_eq!(
+        fake.profile_keys(),
+        keys[..1],
+        "the failed run's key is gone"
+    );
+    assert!(fake.active_runs().is_empty());
+    ss.delete_key_pair(&made).await.unwrap();
+    assert!(fake.profile_keys().is_empty());
 }

@@ -17,14 +17,22 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::cimi::ServiceOffer;
 use super::{Body, CallError, Client, Credentials, Login, PROVIDER};
 use crate::driver::{Features, NodeDriver, ProviderError, Result};
-use crate::model::{CreateNode, KeyPair, Node, NodeAuth, NodeImage, NodeLocation, NodeState};
+use crate::model::{
+    CreateNode, KeyPair, Node, NodeAuth, NodeImage, NodeLocation, NodeSize, NodeState,
+};
 use crate::providers::key_blob;
 use crate::providers::kit::create_at_most_once;
+use crate::providers::lookup::{self, Candidate};
 
 /// The profile parameter that holds the user's SSH public keys, one a line.
 const SSH_KEYS_PARAMETER: &str = "General.ssh.public.key";
+
+/// The comment a deployment's key gets in the profile, before the run's name: what tells the
+/// keys nodeup added (and removes with the run) from the user's own.
+const RUN_KEY_MARK: &str = "nodeup-run:";
 
 /// How many runs one list call asks for.
 const LIST_LIMIT: u32 = 500;
@@ -32,7 +40,9 @@ const LIST_LIMIT: u32 = 500;
 /// The SlipStream driver: one API client, its session kept as a cookie.
 #[derive(Debug)]
 pub struct SlipStreamDriver {
-    client: Client,
+    pub(super) client: Client,
+    /// The collections the cloud entry point names, read once.
+    pub(super) entry_point: tokio::sync::OnceCell<BTreeMap<String, String>>,
 }
 
 /// A create's options (`[node] options`, `CreateNode::extra`), as Libcloud's SlipStream driver
@@ -58,9 +68,10 @@ pub struct SlipStreamOptions {
     /// `always`, `never`, `on-success` or `on-error`.
     #[serde(default)]
     pub keep_running: Option<String>,
-    /// Check that the profile holds an SSH key (SlipStream's default); `false` bypasses it.
+    /// Have SlipStream check that the profile holds an SSH key; off by default, as in
+    /// Libcloud's driver (`ex_check_ssh_key=False`).
     #[serde(default)]
-    pub check_ssh_key: Option<bool>,
+    pub check_ssh_key: bool,
     /// A run that can be scaled later (`mutable=on`).
     #[serde(default)]
     pub scalable: bool,
@@ -89,6 +100,9 @@ pub struct VirtualMachine {
     /// The cloud (`connector/<name>`).
     #[serde(default)]
     pub connector: Option<Href>,
+    /// The service offer (size) it was made with.
+    #[serde(rename = "serviceOffer", default)]
+    pub service_offer: Option<Href>,
 }
 
 /// A CIMI reference.
@@ -345,6 +359,7 @@ impl SlipStreamDriver {
     pub fn new(creds: Credentials) -> Result<Self> {
         Ok(SlipStreamDriver {
             client: Client::new(creds)?,
+            entry_point: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -368,7 +383,7 @@ impl SlipStreamDriver {
         &mut self.client
     }
 
-    async fn text(&self, path: &str, accept: &str, what: &str) -> Result<String> {
+    pub(super) async fn text(&self, path: &str, accept: &str, what: &str) -> Result<String> {
         let response = self
             .client
             .call(Method::GET, path, accept, &Body::None)
@@ -505,32 +520,16 @@ impl SlipStreamDriver {
         location: Option<&str>,
         node: Option<&Node>,
     ) -> Result<Vec<VirtualMachine>> {
+        // The filter as SlipStream's own Libcloud driver writes it.
         let mut filters = Vec::new();
-        if let Some(node) = node {
-            filters.push(format!("deployment/href='run/{}'", node.id));
-        }
         if let Some(cloud) = location {
-            filters.push(format!("connector/href='connector/{cloud}'"));
+            filters.push(format!("connector/href = \"connector/{cloud}\""));
         }
-        let mut path = "/api/virtual-machine".to_string();
-        if !filters.is_empty() {
-            let filter = filters.join(" and ");
-            path.push_str("?$filter=");
-            path.push_str(&percent_encoding::utf8_percent_encode(&filter, UNRESERVED).to_string());
+        if let Some(node) = node {
+            filters.push(format!("deployment/href = \"run/{}\"", node.id));
         }
-        let text = self
-            .text(&path, "application/json", "listing virtual machines")
-            .await?;
-        #[derive(Deserialize)]
-        struct Vms {
-            #[serde(rename = "virtualMachines", default)]
-            vms: Vec<VirtualMachine>,
-        }
-        let vms: Vms = serde_json::from_str(&text).map_err(|e| {
-            CallError::Decode(format!("virtual machines: {e}"))
-                .into_provider("listing virtual machines".into())
-        })?;
-        Ok(vms.vms)
+        let filter = (!filters.is_empty()).then(|| filters.join(" and "));
+        self.search("virtualMachines", filter).await
     }
 
     /// The user whose profile holds the keys: the login's, else the session's.
@@ -549,7 +548,7 @@ impl SlipStreamDriver {
     }
 
     /// The profile (XML) and the SSH keys it holds.
-    async fn profile(&self) -> Result<(String, String, Vec<String>)> {
+    pub(super) async fn profile(&self) -> Result<(String, String, Vec<String>)> {
         let user = self.username().await?;
         let what = format!("reading the profile of {user}");
         let text = self
@@ -620,6 +619,15 @@ fn to_node(item: &RunItem, address: Option<String>) -> Node {
     extra.insert("status".into(), item.status.to_string().into());
     extra.insert("module".into(), item.module.clone().into());
     extra.insert("cloud".into(), item.clouds.clone().into());
+    // The run's (first) cloud is its location, by the name `list_locations` gives it.
+    if let Some(cloud) = item
+        .clouds
+        .split(',')
+        .map(str::trim)
+        .find(|c| !c.is_empty())
+    {
+        extra.insert("location".into(), cloud.into());
+    }
     extra.insert("tags".into(), item.tags.clone().into());
     if !item.service_url.is_empty() {
         extra.insert("service_url".into(), item.service_url.clone().into());
@@ -771,6 +779,7 @@ impl NodeDriver for SlipStreamDriver {
         self.create_run(request).await
     }
 
+    /// Terminates the run, and removes the key its deployment added to the profile.
     async fn destroy_node(&self, node: &Node) -> Result<()> {
         self.client
             .call(
@@ -780,8 +789,9 @@ impl NodeDriver for SlipStreamDriver {
                 &Body::None,
             )
             .await
-            .map(|_| ())
-            .map_err(|e| e.into_provider(format!("terminating run {}", node.id)))
+            .map_err(|e| e.into_provider(format!("terminating run {}", node.id)))?;
+        self.remove_run_key(&node.name).await;
+        Ok(())
     }
 
     async fn list_images(
@@ -831,25 +841,39 @@ impl NodeDriver for SlipStreamDriver {
         })
     }
 
+    /// The clouds the user's profile holds credentials for (as SlipStream's own client lists
+    /// them), with their country.
     async fn list_locations(&self) -> Result<Vec<NodeLocation>> {
-        let text = self
-            .text("/api/connector", "application/json", "listing clouds")
-            .await?;
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Ok(value["connectors"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c["id"].as_str())
-            .map(|id| {
-                let name = id.trim_start_matches("connector/").to_string();
-                NodeLocation {
-                    id: name.clone(),
-                    name,
-                    country: None,
-                }
-            })
+        self.locations().await
+    }
+
+    /// The VM service offers, of one cloud when given.
+    async fn list_sizes(&self, location: Option<&str>) -> Result<Vec<NodeSize>> {
+        Ok(self
+            .service_offers(location)
+            .await?
+            .iter()
+            .map(|o| o.size())
             .collect())
+    }
+
+    /// Makes an ed25519 key pair and adds its public half to the profile; the private half is
+    /// returned, once.
+    async fn create_key_pair(&self, name: &str, _location: Option<&str>) -> Result<KeyPair> {
+        let key =
+            russh::keys::PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
+                .map_err(|e| invalid(format!("generating a key: {e}")))?;
+        let mut public = key.public_key().clone();
+        public.set_comment(name);
+        let line = public
+            .to_openssh()
+            .map_err(|e| invalid(format!("writing the key: {e}")))?;
+        let private = key
+            .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+            .map_err(|e| invalid(format!("writing the key: {e}")))?;
+        let mut pair = self.import_key_pair_from_string(name, &line, None).await?;
+        pair.private_key = Some(private.to_string());
+        Ok(pair)
     }
 
     async fn list_key_pairs(&self, _location: Option<&str>) -> Result<Vec<KeyPair>> {
@@ -911,10 +935,16 @@ impl SlipStreamDriver {
                 "node name {name:?}: a run is named by its first tag, which cannot be empty or hold a comma"
             )));
         }
-        let path = module_path(request.image.as_deref().ok_or_else(|| {
-            invalid("give an image: an App Store module path such as apps/WordPress/wordpress (`nodeup images --provider slipstream` lists them)".into())
-        })?);
+        let image = request.image.as_deref().ok_or_else(|| {
+            invalid("give an image: an App Store module path such as apps/WordPress/wordpress, or its name (`nodeup images --provider slipstream` lists them)".into())
+        })?;
+        let path = self.resolve_image(image).await?;
         let module = self.module(&path).await?;
+        let cloud = options.cloud.clone().or(request.location.clone());
+        let offer = match &request.size {
+            Some(size) => Some(self.resolve_size(size, cloud.as_deref()).await?),
+            None => None,
+        };
         if self
             .active_runs()
             .await?
@@ -925,11 +955,99 @@ impl SlipStreamDriver {
                 "an active run is named {name:?} already; terminate it or choose another name"
             )));
         }
-        if let Some(NodeAuth::SshKey(public)) = &request.auth {
-            self.import_key_pair_from_string(name, public, None).await?;
+        let form = run_form(&path, &module, request, &options, offer.as_deref())?;
+        let imported = match &request.auth {
+            Some(NodeAuth::SshKey(public)) => self.import_for_run(name, public).await?,
+            _ => false,
+        };
+        let created = self.post_run(name, form).await;
+        if created.is_err() && imported {
+            self.remove_run_key(name).await;
         }
-        let form = run_form(&path, &module, request, &options)?;
-        self.post_run(name, form).await
+        created
+    }
+
+    /// The module path an image names: a path (`apps/X/y`, with or without `module/` and a
+    /// version) as it is, else the name of an App Store module (`debian`, as `nodeup images`
+    /// lists it).
+    async fn resolve_image(&self, image: &str) -> Result<String> {
+        let path = module_path(image);
+        if path.contains('/') {
+            return Ok(path);
+        }
+        let images = self.list_images(None, None).await?;
+        let candidates: Vec<Candidate> = images
+            .into_iter()
+            .map(|i| Candidate {
+                id: i.id,
+                name: i.name,
+            })
+            .collect();
+        lookup::find("image", image, " in the App Store", &candidates)
+            .map(|c| c.id.clone())
+            .map_err(|e| invalid(format!("{e} (`nodeup images --provider slipstream`)")))
+    }
+
+    /// The service offer a size names: its id, its name, or its instance type (`small`) on the
+    /// run's cloud.
+    async fn resolve_size(&self, size: &str, cloud: Option<&str>) -> Result<String> {
+        let offers = self.service_offers(cloud).await?;
+        let by_type: Vec<&ServiceOffer> = offers
+            .iter()
+            .filter(|o| o.instance_type() == Some(size))
+            .collect();
+        if let [one] = by_type.as_slice() {
+            return Ok(one.size().id);
+        }
+        let candidates: Vec<Candidate> = offers
+            .iter()
+            .map(|o| {
+                let size = o.size();
+                Candidate {
+                    id: size.id,
+                    name: size.name,
+                }
+            })
+            .collect();
+        let scope = cloud.map(|c| format!(" on {c}")).unwrap_or_default();
+        lookup::find("size", size, &scope, &candidates)
+            .map(|c| c.id.clone())
+            .map_err(|e| invalid(format!("{e} (`nodeup sizes --provider slipstream`)")))
+    }
+
+    /// Adds the key a deployment logs in with to the profile, marked as the run's (its comment
+    /// is `nodeup-run:NAME`), unless the profile has it already; whether it was added.
+    async fn import_for_run(&self, name: &str, public: &str) -> Result<bool> {
+        let (user, profile, mut keys) = self.profile().await?;
+        if keys.iter().any(|k| key_blob(k) == key_blob(public)) {
+            return Ok(false);
+        }
+        keys.push(format!("{} {RUN_KEY_MARK}{name}", key_blob(public)));
+        self.set_profile_keys(&user, &profile, &keys).await?;
+        Ok(true)
+    }
+
+    /// Removes from the profile the key a deployment of run `name` added (best effort: logged).
+    async fn remove_run_key(&self, name: &str) {
+        let mark = format!("{RUN_KEY_MARK}{name}");
+        let removed = async {
+            let (user, profile, keys) = self.profile().await?;
+            let kept: Vec<String> = keys
+                .iter()
+                .filter(|k| k.split_whitespace().nth(2) != Some(mark.as_str()))
+                .cloned()
+                .collect();
+            if kept.len() < keys.len() {
+                self.set_profile_keys(&user, &profile, &kept).await?;
+            }
+            Ok::<_, ProviderError>(())
+        };
+        if let Err(e) = removed.await {
+            tracing::warn!(
+                "removing the key run {name} added to the profile: {}",
+                crate::error_chain(&e)
+            );
+        }
     }
 
     /// Sends `POST /run` and reads the run it made; a lost answer is looked for by name first.
@@ -974,6 +1092,7 @@ fn run_form(
     module: &Module,
     request: &CreateNode,
     options: &SlipStreamOptions,
+    service_offer: Option<&str>,
 ) -> Result<Vec<(String, String)>> {
     let nodes: Vec<String> = module
         .nodes
@@ -993,6 +1112,24 @@ fn run_form(
             }
         } else {
             form.push(("parameter--cloudservice".into(), cloud.clone()));
+        }
+    }
+    // The size: every VM's service offer, unless a parameter says otherwise (as Libcloud's
+    // driver does).
+    if let Some(offer) = service_offer {
+        let given = |key: String| options.parameters.contains_key(&key);
+        if application {
+            for node in nodes
+                .iter()
+                .filter(|n| !given(format!("{n}:service-offer")))
+            {
+                form.push((
+                    format!("parameter--node--{node}--service-offer"),
+                    offer.to_string(),
+                ));
+            }
+        } else if !given("service-offer".into()) {
+            form.push(("parameter--service-offer".into(), offer.to_string()));
         }
     }
     for (key, value) in &options.parameters {
@@ -1037,7 +1174,7 @@ fn run_form(
     if options.scalable {
         form.push(("mutable".into(), "on".into()));
     }
-    if options.check_ssh_key == Some(false) {
+    if !options.check_ssh_key {
         form.push(("bypass-ssh-check".into(), "true".into()));
     }
     Ok(form)
@@ -1092,11 +1229,19 @@ mod tests {
             parameters: [("web:instance.type".to_string(), "Small".to_string())].into(),
             multiplicity: [("web".to_string(), 2)].into(),
             keep_running: Some("on-success".into()),
-            check_ssh_key: Some(false),
+            check_ssh_key: false,
             tags: vec!["prod".into()],
             ..Default::default()
         };
-        let form = run_form("apps/WordPress/wordpress", &module, &request, &options).unwrap();
+        let offer = Some("cimi/service-offer/1");
+        let form = run_form(
+            "apps/WordPress/wordpress",
+            &module,
+            &request,
+            &options,
+            offer,
+        )
+        .unwrap();
         let has = |k: &str, v: &str| form.iter().any(|(a, b)| a == k && b == v);
         assert!(has("refqname", "module/apps/WordPress/wordpress"));
         assert!(has("parameter--node--web--cloudservice", "exoscale-ch-gva"));
@@ -1105,10 +1250,14 @@ mod tests {
         assert!(has("tags", "blog,prod"));
         assert!(has("keep-running", "on-success"));
         assert!(has("bypass-ssh-check", "true"));
+        assert!(has(
+            "parameter--node--web--service-offer",
+            "cimi/service-offer/1"
+        ));
         let bad = SlipStreamOptions {
             multiplicity: [("db".to_string(), 1)].into(),
             ..Default::default()
         };
-        assert!(run_form("apps/WordPress/wordpress", &module, &request, &bad).is_err());
+        assert!(run_form("apps/WordPress/wordpress", &module, &request, &bad, None).is_err());
     }
 }

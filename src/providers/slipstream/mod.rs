@@ -8,6 +8,7 @@
 //! written there, mode 0600, for the next command). `SLIPSTREAM_ENDPOINT` replaces
 //! `https://nuv.la`. An expired session is made again once, when there are credentials to make it.
 
+mod cimi;
 mod driver;
 
 use std::fmt;

@@ -1,5 +1,9 @@
-//! A faithful fake of SlipStream (v3), on 127.0.0.1, over its own state.
+//! A faithful fake of SlipStream (v3), on 127.0.0.1, over its own state, as its own client
+//! (`slipstream-api` 3.71, and the Libcloud driver over it) sees it.
 //!
+//! CIMI (`/api/...`, JSON: the cloud entry point, sessions, service offers, virtual machines,
+//! searched by `PUT` with a form or `GET` with a query, `$filter` as CIMI writes it) is in
+//! [`cimi`]; the rest of SlipStream's API is XML:
 //! Logging in (`POST /api/session`, a user name and password or an API key and secret) sets the
 //! session cookie, which expires (`session_ttl`); every other request needs it (401 without).
 //! Runs (`POST /run`, form-encoded as SlipStream takes them) answer 201 with a `Location`; a
@@ -7,7 +11,9 @@
 //! bypassed. A run moves Initializing → Provisioning → Executing → SendingReports → Ready (`step`
 //! apart), each of its VMs a local node of the test bed (image `debian`) holding every key of the
 //! user's profile, its address the `hostname` runtime parameter; a VM that cannot be made aborts
-//! the run. DELETE cancels a run and destroys its VMs. Runs and modules are XML, runtime
+//! the run. The App Store's modules carry their versions (`module/apps/Debian/debian/1234`), and
+//! the user's profile the credentials of the clouds it is configured for (`<cloud>.username`),
+//! from which the client lists locations. DELETE cancels a run and destroys its VMs. Runs and modules are XML, runtime
 //! parameters text/plain, sessions, clouds and VMs JSON (CIMI). Faults: slow answers and
 //! per-route 500s, lost answers and held answers, each counted when it fires.
 
@@ -32,27 +38,35 @@ use serde_json::{json, Value};
 
 pub use crate::fake_ovh::{Fault, FaultCounts, RouteFault};
 
+mod cimi;
+
 /// The session cookie's name.
 const COOKIE: &str = "com.sixsq.slipstream.cookie";
 
 /// The clouds (connectors) the fake offers.
 pub const CLOUDS: [&str; 2] = ["exoscale-ch-gva", "ec2-eu-west"];
 
-/// The App Store: (path, category, description, nodes of an application).
+/// The App Store: (path, category, description, nodes of an application, version).
 const MODULES: [AppModule; 2] = [
     (
         "apps/Debian/debian",
         "Image",
         "Debian, root logs in with the profile's keys",
         &[],
+        1234,
     ),
     (
         "apps/WordPress/wordpress",
         "Deployment",
         "WordPress: a web node",
         &["web"],
+        1871,
     ),
 ];
+
+/// When the App Store's modules were made and last changed, as their documents say.
+const MODULE_CREATED: &str = "2018-06-11 09:26:57.812 CEST";
+const MODULE_MODIFIED: &str = "2019-02-18 15:02:11.302 CET";
 
 /// How often, and how many times, a new VM is looked at until it booted.
 const VM_BOOT_POLL: Duration = Duration::from_millis(20);
@@ -69,6 +83,11 @@ pub struct SlipConfig {
     pub slow: Duration,
     /// Faults on given routes, first match fires.
     pub routes: Vec<RouteFault>,
+    /// The account's user name and password; made up at random when `None`.
+    pub account: Option<(String, String)>,
+    /// Ids (runs, sessions) and session cookies from a counter instead of at random, so that
+    /// requests recorded against one fake name the same things in another (a replay).
+    pub counted_ids: bool,
 }
 
 impl Default for SlipConfig {
@@ -78,6 +97,8 @@ impl Default for SlipConfig {
             step: Duration::from_millis(150),
             slow: Duration::ZERO,
             routes: Vec::new(),
+            account: None,
+            counted_ids: false,
         }
     }
 }
@@ -100,6 +121,8 @@ struct Vm {
     node: String,
     index: u32,
     machine: Option<Node>,
+    /// The service offer it was made with (the run form's `service-offer`).
+    offer: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +143,10 @@ struct Run {
 #[derive(Default)]
 struct Data {
     sessions: BTreeMap<String, Instant>,
+    /// The CIMI ids of the sessions made (`session/<uuid>`).
+    session_ids: Vec<String>,
+    /// What counted ids count from.
+    counter: u64,
     profile_keys: Vec<String>,
     runs: Vec<Run>,
     fired: FaultCounts,
@@ -153,6 +180,38 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+impl Fake {
+    /// A new UUID, as SlipStream's ids are: at random, or from the counter ([`SlipConfig::counted_ids`]).
+    fn uuid(&self) -> String {
+        if lock(&self.config).counted_ids {
+            let n = self.next_count();
+            return format!("00000000-0000-4000-8000-{n:012x}");
+        }
+        format!(
+            "{}-{}-{}-{}-{}",
+            token(8),
+            token(4),
+            token(4),
+            token(4),
+            token(12)
+        )
+    }
+
+    /// A new session cookie's value.
+    fn cookie(&self) -> String {
+        if lock(&self.config).counted_ids {
+            return format!("token=counted-{}", self.next_count());
+        }
+        format!("token={}", token(40))
+    }
+
+    fn next_count(&self) -> u64 {
+        let mut data = lock(&self.data);
+        data.counter += 1;
+        data.counter
+    }
+}
+
 fn token(len: usize) -> String {
     (0..len)
         .map(|_| char::from_digit(rand::random::<u32>() % 16, 16).unwrap_or('0'))
@@ -166,9 +225,13 @@ impl FakeSlipStream {
         driver: LocalDriver,
         config: SlipConfig,
     ) -> std::io::Result<FakeSlipStream> {
+        let (username, password) = config
+            .account
+            .clone()
+            .unwrap_or_else(|| (format!("user{}", &token(6)), token(16)));
         let account = SlipAccount {
-            username: format!("user{}", &token(6)),
-            password: token(16),
+            username,
+            password,
             key: format!("credential/{}", token(32)),
             secret: token(32),
         };
@@ -191,6 +254,14 @@ impl FakeSlipStream {
     /// Starts the fake on 127.0.0.1, a port the kernel picks.
     pub async fn start(driver: LocalDriver, config: SlipConfig) -> std::io::Result<Self> {
         Self::start_on(([127, 0, 0, 1], 0).into(), driver, config).await
+    }
+
+    /// The address it serves on.
+    pub fn addr(&self) -> SocketAddr {
+        lock(&self.fake.base)
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap_or_else(|_| ([127, 0, 0, 1], 0).into())
     }
 
     /// The account.
@@ -323,6 +394,9 @@ async fn dispatch(State(fake): State<Shared>, request: Request) -> Response {
     }
     let answer = if parts.method == Method::POST && path == "/api/session" {
         login(&fake, &bytes)
+    } else if path == "/api/cloud-entry-point" {
+        // Readable by anyone, as CIMI's is.
+        cimi::cloud_entry_point(&lock(&fake.base))
     } else if !session_of(&fake, &parts.headers) {
         if path.starts_with("/api/") {
             json_error(StatusCode::UNAUTHORIZED, "no valid session: log in")
@@ -361,11 +435,12 @@ fn login(fake: &Fake, body: &Bytes) -> Response {
         return json_error(StatusCode::FORBIDDEN, "invalid credentials");
     }
     let ttl = lock(&fake.config).session_ttl;
-    let cookie = format!("token={}", token(40));
-    let id = format!("session/{}", token(32));
+    let cookie = fake.cookie();
+    let id = format!("session/{}", fake.uuid());
     {
         let mut data = lock(&fake.data);
         data.sessions.insert(cookie.clone(), Instant::now() + ttl);
+        data.session_ids.push(id.clone());
         data.logins += 1;
     }
     let expires = httpdate::fmt_http_date(SystemTime::now() + ttl);
@@ -388,13 +463,15 @@ async fn route(
 ) -> Response {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method.as_str(), parts.as_slice()) {
-        ("GET", ["api", "session"]) => Json(json!({"count": 1, "sessions": [
-            {"id": "session/current", "username": fake.account.username}]}))
-        .into_response(),
-        ("GET", ["api", "connector"]) => Json(json!({"count": CLOUDS.len(),
-            "connectors": CLOUDS.iter().map(|c| json!({"id": format!("connector/{c}")})).collect::<Vec<_>>()}))
-        .into_response(),
-        ("GET", ["api", "virtual-machine"]) => list_vms(fake, query),
+        ("GET", ["api", "session", id]) => cimi::session(fake, id),
+        ("DELETE", ["api", "session", id]) => cimi::logout(fake, id),
+        // A search: CIMI's parameters as a query (GET) or as a form (PUT, as the client sends).
+        ("GET", ["api", collection]) => cimi::search(fake, collection, &pairs(query.as_bytes())),
+        ("PUT", ["api", collection]) => {
+            let mut params = pairs(query.as_bytes());
+            params.extend(pairs(body));
+            cimi::search(fake, collection, &params)
+        }
         ("GET", ["appstore"]) => appstore(),
         ("GET", ["module", rest @ ..]) => module(&rest.join("/")),
         ("GET", ["user", name]) => profile(fake, name),
@@ -408,12 +485,17 @@ async fn route(
     }
 }
 
+/// A form or a query's pairs, by name.
+fn pairs(bytes: &[u8]) -> BTreeMap<String, String> {
+    url::form_urlencoded::parse(bytes).into_owned().collect()
+}
+
 fn appstore() -> Response {
     let items: String = MODULES
         .iter()
-        .map(|(path, category, description, _)| {
+        .map(|(path, category, description, _, version)| {
             format!(
-                r#"<item resourceUri="module/{path}" name="{}" description="{}" category="{category}" version="1"/>"#,
+                r#"<item resourceUri="module/{path}/{version}" name="{}" description="{}" category="{category}" version="{version}" logoLink="" published="true"/>"#,
                 path.rsplit('/').next().unwrap_or(path),
                 escape(*description)
             )
@@ -422,42 +504,90 @@ fn appstore() -> Response {
     xml_ok(StatusCode::OK, format!("<list>{items}</list>"))
 }
 
+/// The module of a path (`apps/Debian/debian`), with or without its version; a version other
+/// than the module's is not found.
+fn find_module(path: &str) -> Option<&'static AppModule> {
+    let path = path.trim_matches('/');
+    let (base, version) = match path.rsplit_once('/') {
+        Some((base, v)) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+            (base, v.parse::<u32>().ok())
+        }
+        _ => (path, None),
+    };
+    MODULES
+        .iter()
+        .find(|m| m.0 == base && version.is_none_or(|v| v == m.4))
+}
+
 fn module(path: &str) -> Response {
-    let path = path
-        .trim_end_matches(|c: char| c.is_ascii_digit())
-        .trim_end_matches('/');
-    let Some((path, category, description, nodes)) = MODULES.iter().find(|m| m.0 == path) else {
+    let Some((path, category, description, nodes, version)) = find_module(path) else {
         return xml_error(StatusCode::NOT_FOUND, &format!("Module {path} not found"));
     };
-    let short = path.rsplit('/').next().unwrap_or(path);
+    let (parent, short) = path.rsplit_once('/').unwrap_or(("", path));
+    let attributes = format!(
+        r#"name="{path}" shortName="{short}" parentUri="module/{parent}" resourceUri="module/{path}/{version}" description="{}" category="{category}" version="{version}" creation="{MODULE_CREATED}" lastModified="{MODULE_MODIFIED}" deleted="false" isLatestVersion="true" logoLink="" published="true""#,
+        escape(*description)
+    );
     if nodes.is_empty() {
         return xml_ok(
             StatusCode::OK,
             format!(
-                r#"<imageModule name="{path}" shortName="{short}" description="{}" category="{category}" version="1"/>"#,
-                escape(*description)
+                r#"<imageModule {attributes} isBase="true"><authz owner="sixsq"/><parameters/><cloudImageIdentifiers/></imageModule>"#
             ),
         );
     }
     let entries: String = nodes
         .iter()
-        .map(|n| format!(r#"<entry><string>{n}</string><node name="{n}" imageUri="module/apps/Debian/debian" multiplicity="1"/></entry>"#))
+        .map(|n| format!(r#"<entry><string>{n}</string><node name="{n}" imageUri="module/apps/Debian/debian/1234" multiplicity="1" maxProvisioningFailures="0" network="Public" cloudService="default"/></entry>"#))
         .collect();
     xml_ok(
         StatusCode::OK,
         format!(
-            r#"<deploymentModule name="{path}" shortName="{short}" description="{}" category="{category}" version="1"><nodes>{entries}</nodes></deploymentModule>"#,
-            escape(*description)
+            r#"<deploymentModule {attributes}><authz owner="sixsq"/><nodes>{entries}</nodes></deploymentModule>"#
         ),
     )
 }
 
 fn profile_xml(fake: &Fake, keys: &[String]) -> String {
+    let parameter = |name: &str, category: &str, kind: &str, value: &str| {
+        format!(
+            r#"<entry><string>{name}</string><parameter name="{name}" category="{category}" type="{kind}"><value>{}</value></parameter></entry>"#,
+            escape(value)
+        )
+    };
+    // The clouds the user is configured for: their credentials, as the profile holds them.
+    let clouds: String = CLOUDS
+        .iter()
+        .map(|c| {
+            parameter(
+                &format!("{c}.username"),
+                c,
+                "String",
+                &format!("{c}-account"),
+            ) + &parameter(
+                &format!("{c}.password"),
+                c,
+                "Password",
+                "secret-of-the-cloud",
+            )
+        })
+        .collect();
     format!(
-        r#"<user name="{}" email="{}@example.org" state="ACTIVE"><parameters><entry><string>General.ssh.public.key</string><parameter name="General.ssh.public.key" category="General" type="RestrictedText"><value>{}</value></parameter></entry><entry><string>General.keep-running</string><parameter name="General.keep-running" category="General" type="Enum"><value>on-success</value></parameter></entry></parameters></user>"#,
-        fake.account.username,
-        fake.account.username,
-        escape(keys.join("\n"))
+        r#"<user name="{u}" email="{u}@example.org" state="ACTIVE" firstName="Replay" lastName="User" issuer="internal" issuper="false" roles=""><parameters>{}{}{}{clouds}</parameters></user>"#,
+        parameter(
+            "General.ssh.public.key",
+            "General",
+            "RestrictedText",
+            &keys.join("\n")
+        ),
+        parameter("General.keep-running", "General", "Enum", "on-success"),
+        parameter(
+            "General.default.cloud.service",
+            "General",
+            "Enum",
+            CLOUDS[0]
+        ),
+        u = fake.account.username,
     )
 }
 
@@ -496,12 +626,19 @@ fn set_profile(fake: &Fake, name: &str, headers: &HeaderMap, body: &Bytes) -> Re
     xml_ok(StatusCode::OK, text.into_owned())
 }
 
-/// The keys of a user document (the `General.ssh.public.key` value), one a line.
+/// The keys of a user document (the `General.ssh.public.key` parameter's value), one a line;
+/// `None` when there is no such parameter. An empty value (`<value/>`, as a client that removed
+/// the last key writes it) is no key: only the parameter's own element is read.
 fn profile_keys(text: &str) -> Option<Vec<String>> {
     let start = text.find(r#"name="General.ssh.public.key""#)?;
     let rest = &text[start..];
-    let value = match (rest.find("<value>"), rest.find("</value>")) {
-        (Some(a), Some(b)) if a < b => &rest[a + "<value>".len()..b],
+    let element = match (rest.find("</parameter>"), rest.find("/>")) {
+        (Some(end), _) => &rest[..end],
+        (None, Some(end)) => &rest[..end],
+        (None, None) => rest,
+    };
+    let value = match (element.find("<value>"), element.find("</value>")) {
+        (Some(a), Some(b)) if a < b => &element[a + "<value>".len()..b],
         _ => "",
     };
     let value = quick_xml::escape::unescape(value).ok()?;
@@ -542,9 +679,10 @@ fn list_runs(fake: &Fake, query: &str) -> Response {
         .filter(|r| !active_only || r.ended.is_none())
         .map(|r| {
             format!(
-                r#"<item resourceUri="run/{u}" uuid="{u}" moduleResourceUri="module/{m}/1" status="{s}" startTime="{t}" cloudServiceNames="{c}" tags="{tags}" username="{user}" type="Orchestration" serviceUrl="" abort="{a}"/>"#,
+                r#"<item resourceUri="run/{u}" uuid="{u}" moduleResourceUri="module/{m}/{v}" status="{s}" startTime="{t}" lastStateChangeTime="{t}" cloudServiceNames="{c}" tags="{tags}" username="{user}" type="Orchestration" serviceUrl="" abort="{a}" mutable="false"/>"#,
                 u = r.uuid,
                 m = r.module,
+                v = version_of(&r.module),
                 s = state(r, step),
                 t = r.start_text,
                 c = r.cloud,
@@ -596,6 +734,11 @@ fn parameters(run: &Run, step: Duration) -> BTreeMap<String, String> {
     params
 }
 
+/// The version of the App Store's module at `path`.
+fn version_of(path: &str) -> u32 {
+    find_module(path).map_or(1, |m| m.4)
+}
+
 fn find_run<'a>(data: &'a Data, uuid: &str) -> Option<&'a Run> {
     data.runs.iter().find(|r| r.uuid == uuid)
 }
@@ -620,9 +763,10 @@ fn run_document(fake: &Fake, uuid: &str) -> Response {
     xml_ok(
         StatusCode::OK,
         format!(
-            r#"<run uuid="{u}" resourceUri="run/{u}" moduleResourceUri="module/{m}/1" category="{cat}" type="Orchestration" state="{s}" tags="{tags}" cloudServiceNames="{c}" user="{user}" startTime="{t}"><runtimeParameters>{entries}</runtimeParameters></run>"#,
+            r#"<run uuid="{u}" resourceUri="run/{u}" moduleResourceUri="module/{m}/{v}" category="{cat}" type="Orchestration" state="{s}" tags="{tags}" cloudServiceNames="{c}" user="{user}" startTime="{t}" lastStateChangeTime="{t}" mutable="false"><runtimeParameters>{entries}</runtimeParameters></run>"#,
             u = run.uuid,
             m = run.module,
+            v = version_of(&run.module),
             cat = run.category,
             s = state(run, step),
             tags = escape(&run.tags),
@@ -655,12 +799,14 @@ fn run_parameter(fake: &Fake, uuid: &str, name: &str, query: &str) -> Response {
     }
 }
 
-/// A module of the App Store: path, category, description, the nodes of an application.
+/// A module of the App Store: path, category, description, the nodes of an application, and its
+/// version.
 type AppModule = (
     &'static str,
     &'static str,
     &'static str,
     &'static [&'static str],
+    u32,
 );
 
 /// What SlipStream checks of a run form before it starts anything: form-encoded, a module that
@@ -685,12 +831,19 @@ fn check_run_form(
         .get("refqname")
         .map(|r| r.trim_start_matches("module/"))
         .unwrap_or("");
-    let Some(module) = MODULES.iter().find(|m| m.0 == wanted) else {
+    let Some(module) = find_module(wanted) else {
         return Err(xml_error(
             StatusCode::NOT_FOUND,
             &format!("Module {wanted} not found"),
         ));
     };
+    let offers = cimi::service_offers();
+    if let Some((_, bad)) = form.iter().find(|(k, v)| {
+        k.ends_with("service-offer") && !offers.iter().any(|o| o["id"] == v.as_str())
+    }) {
+        let message = format!("Unknown service offer {bad}");
+        return Err(xml_error(StatusCode::BAD_REQUEST, &message));
+    }
     let clouds: Vec<&String> = form
         .iter()
         .filter(|(k, _)| k.ends_with("cloudservice"))
@@ -721,6 +874,7 @@ fn vms_for(nodes: &[&str], form: &BTreeMap<String, String>) -> Vec<Vm> {
             node: "machine".into(),
             index: 1,
             machine: None,
+            offer: form.get("parameter--service-offer").cloned(),
         }];
     }
     nodes
@@ -730,10 +884,14 @@ fn vms_for(nodes: &[&str], form: &BTreeMap<String, String>) -> Vec<Vm> {
                 .get(&format!("parameter--node--{n}--multiplicity"))
                 .and_then(|m| m.parse().ok())
                 .unwrap_or(1);
+            let offer = form
+                .get(&format!("parameter--node--{n}--service-offer"))
+                .cloned();
             (1..=count).map(move |i| Vm {
                 node: n.to_string(),
                 index: i,
                 machine: None,
+                offer: offer.clone(),
             })
         })
         .collect()
@@ -741,18 +899,11 @@ fn vms_for(nodes: &[&str], form: &BTreeMap<String, String>) -> Vec<Vm> {
 
 fn create_run(fake: &Shared, headers: &HeaderMap, body: &Bytes) -> Response {
     let form: BTreeMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
-    let ((path, category, _, nodes), cloud, keys) = match check_run_form(fake, headers, &form) {
+    let ((path, category, _, nodes, _), cloud, keys) = match check_run_form(fake, headers, &form) {
         Ok(checked) => checked,
         Err(refused) => return refused,
     };
-    let uuid = format!(
-        "{}-{}-{}-{}-{}",
-        token(8),
-        token(4),
-        token(4),
-        token(4),
-        token(12)
-    );
+    let uuid = fake.uuid();
     let run = Run {
         uuid: uuid.clone(),
         module: path.to_string(),
@@ -808,7 +959,7 @@ async fn make_vm(fake: &Fake, uuid: &str, i: usize, keys: &[String]) -> Result<N
     let node = fake
         .driver
         .create_node(&CreateNode {
-            name: format!("ss-{}-{}", &uuid[..8], i + 1),
+            name: format!("ss-{}-{}", uuid.rsplit('-').next().unwrap_or(uuid), i + 1),
             image: Some("debian".into()),
             auth: keys.last().cloned().map(NodeAuth::SshKey),
             ..Default::default()
@@ -860,37 +1011,33 @@ async fn delete_run(fake: &Fake, uuid: &str) -> Response {
     StatusCode::NO_CONTENT.into_response()
 }
 
-fn list_vms(fake: &Fake, query: &str) -> Response {
-    let filter = url::form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "$filter")
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default();
+/// The virtual machines of every run, as CIMI documents.
+fn vm_documents(fake: &Fake) -> Vec<Value> {
     let data = lock(&fake.data);
-    let vms: Vec<Value> = data
-        .runs
+    data.runs
         .iter()
-        .filter(|r| {
-            filter.is_empty()
-                || !filter.contains("run/")
-                || filter.contains(&format!("run/{}", r.uuid))
-        })
-        .filter(|r| {
-            !filter.contains("connector/") || filter.contains(&format!("connector/{}'", r.cloud))
-        })
         .flat_map(|r| {
             r.vms.iter().filter_map(move |v| {
                 let machine = v.machine.as_ref()?;
-                Some(json!({
+                let mut doc = json!({
                     "id": format!("virtual-machine/{}", machine.id),
+                    "resourceURI": "http://sixsq.com/slipstream/1/VirtualMachine",
                     "instanceID": machine.id,
-                    "state": "Running",
+                    "state": if r.ended.is_some() { "Terminated" } else { "Running" },
                     "ip": machine.public_ips.first().map(|ip| ip.to_string()),
                     "privateIp": format!("10.0.0.{}", v.index + 1),
-                    "deployment": {"href": format!("run/{}", r.uuid)},
+                    "created": r.start_text,
+                    "updated": r.start_text,
+                    "deployment": {"href": format!("run/{}", r.uuid),
+                                   "user": {"href": format!("user/{}", fake.account.username)}},
                     "connector": {"href": format!("connector/{}", r.cloud)},
-                }))
+                    "credentials": [{"href": format!("credential/{}-account", r.cloud)}],
+                });
+                if let Some(offer) = &v.offer {
+                    doc["serviceOffer"] = json!({"href": offer});
+                }
+                Some(doc)
             })
         })
-        .collect();
-    Json(json!({"count": vms.len(), "virtualMachines": vms})).into_response()
+        .collect()
 }
