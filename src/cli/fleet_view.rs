@@ -401,8 +401,12 @@ pub fn print_summary(rows: &[SummaryRow], noun: &str) {
         eprintln!("({not_started} {noun} not started: the fleet stopped first)");
     }
     let counts = Counts::of(rows.iter().map(|r| r.outcome));
+    let counted = match counts.total {
+        1 => noun.trim_end_matches('s'),
+        _ => noun,
+    };
     eprintln!(
-        "{} {noun}: {} ok, {} failed, {} not run",
+        "{} {counted}: {} ok, {} failed, {} not run",
         counts.total, counts.ok, counts.failed, counts.not_run
     );
 }

@@ -18,7 +18,9 @@ const STAGED: &str = "nodeup-staged\n";
 /// script's path in it, `$3` its length in bytes (a script cut short by a lost connection never
 /// runs), then the command that runs it. The command replaces the shell (`exec`), so that its exit
 /// status or signal is the command's own, and runs with the session's umask. Its process group is
-/// written to `$1/pgid`, for [`END_SCRIPT`] should the deployment be cancelled.
+/// written to `$1/pgid`, for [`END_SCRIPT`] should the deployment be cancelled, and the script
+/// starts only once it claims `$1/claimed` (made atomically by `mkdir`): a cancel that claims it
+/// first means the script never starts.
 const STAGE_AND_RUN: &str = r#"mask=$(umask)
 umask 077
 dir=$1
@@ -30,20 +32,31 @@ size=$(($(wc -c <"$2")))
 if [ "$size" -ne "$3" ]; then echo "received $size of $3 bytes of the script" >&2; fail; fi
 chmod 0700 -- "$2" || fail
 cut -d' ' -f5 /proc/$$/stat >"$1/pgid" 2>/dev/null || echo $$ >"$1/pgid"
+mkdir -- "$dir/claimed" 2>/dev/null || fail
 umask "$mask"
 trap - HUP INT TERM PIPE
 printf 'nodeup-staged\n'
 shift 3
 exec "$@" </dev/null"#;
 
-/// Ends a script that [`STAGE_AND_RUN`] started in `$1`, when the deployment is cancelled: its
-/// whole process group gets TERM, then KILL two seconds later if anything of it is left (sshd
-/// passes no signal to a root session, and closing the channel does not end a command).
-const END_SCRIPT: &str = r#"g=$(cat -- "$1/pgid" 2>/dev/null) || exit 0
-kill -TERM -- "-$g" 2>/dev/null || exit 0
+/// Ends a script that [`STAGE_AND_RUN`] started in `$1`, when the deployment is cancelled. A
+/// staging still under way is stopped first: claiming `$1/claimed` before it does means the script
+/// never starts (the staging removes its directory); while `$1` is not there yet, this waits up to
+/// two seconds for it. A script that started gets TERM on its whole process group, then KILL two
+/// seconds later if anything of it is left (sshd passes no signal to a root session, and closing
+/// the channel does not end a command). `kill -s SIG -- -GROUP` is the one form that dash, bash and
+/// busybox all read as a process group.
+const END_SCRIPT: &str = r#"n=0
+until [ -d "$1/claimed" ]; do
+  if [ -d "$1" ] && mkdir -- "$1/claimed" 2>/dev/null; then exit 0; fi
+  [ "$n" -ge 20 ] && exit 0
+  sleep 0.1; n=$((n + 1))
+done
+g=$(cat -- "$1/pgid" 2>/dev/null) || exit 0
+kill -s TERM -- "-$g" 2>/dev/null || exit 0
 n=0
-while kill -0 -- "-$g" 2>/dev/null && [ "$n" -lt 20 ]; do sleep 0.1; n=$((n + 1)); done
-kill -KILL -- "-$g" 2>/dev/null
+while kill -s 0 -- "-$g" 2>/dev/null && [ "$n" -lt 20 ]; do sleep 0.1; n=$((n + 1)); done
+kill -s KILL -- "-$g" 2>/dev/null
 exit 0"#;
 
 /// Where a script's text comes from.

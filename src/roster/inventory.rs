@@ -117,7 +117,7 @@ pub struct InventoryHost {
 
 /// A bad inventory: the file, the line, what is wrong and the fix.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}:{line}: {message}")]
+#[error("{}: {message}", where_in(path, *line))]
 pub struct InventoryError {
     /// The file.
     pub path: String,
@@ -125,6 +125,15 @@ pub struct InventoryError {
     pub line: usize,
     /// What is wrong, and the fix.
     pub message: String,
+}
+
+/// `path:line`, or the path alone for the file as a whole (line 0).
+fn where_in(path: &str, line: usize) -> String {
+    if line == 0 {
+        format!("inventory {path}")
+    } else {
+        format!("{path}:{line}")
+    }
 }
 
 /// A `--limit` pattern that cannot be used.
@@ -224,7 +233,7 @@ impl Inventory {
         let text = crate::files::read_to_string(path).map_err(|e| InventoryError {
             path: path.display().to_string(),
             line: 0,
-            message: format!("cannot read the inventory: {}", crate::error_chain(&e)),
+            message: format!("cannot be read: {}", crate::error_chain(&e)),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Inventory::parse(&text, &path.display().to_string(), base)

@@ -419,6 +419,37 @@ async fn a_journal_that_is_not_a_database_or_is_newer_is_refused() {
             "upgrade nodeup",
         ],
     );
+
+    // Not a file at all: a device, a FIFO, a directory (exit 2 and the fix, not "disk I/O error").
+    let fifo = bed.dir().join("journal.fifo");
+    let fifo_c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) on a NUL-terminated path we own.
+    assert_eq!(unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o600) }, 0);
+    for (path, what) in [
+        ("/dev/null", "a character device"),
+        (fifo.to_str().unwrap(), "a FIFO"),
+        (bed.dir().to_str().unwrap(), "a directory"),
+    ] {
+        let out = nodeup(&bed, Some(path), &args).output().unwrap();
+        assert_refused(&bed, &out, &[path, what, "point NODEUP_JOURNAL at a file"]);
+    }
+
+    // A journal cut in half (a full disk, a copy that stopped): damaged, with what to do.
+    let cut = bed.dir().join("cut.db");
+    let cut_str = cut.to_str().unwrap();
+    let db = rusqlite::Connection::open(&newer).unwrap();
+    db.execute(
+        "UPDATE nodeup_meta SET value = '1' WHERE key = 'schema_version'",
+        [],
+    )
+    .unwrap();
+    db.execute_batch("CREATE TABLE filler(x); INSERT INTO filler VALUES (zeroblob(200000));")
+        .unwrap();
+    drop(db);
+    let whole = std::fs::read(&newer).unwrap();
+    std::fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
+    let out = nodeup(&bed, Some(cut_str), &args).output().unwrap();
+    assert_refused(&bed, &out, &[cut_str, "is damaged", "move it away"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

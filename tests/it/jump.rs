@@ -163,9 +163,10 @@ fn assert_no_link_or_route_left(nodes: &[&TestNode]) {
 }
 
 /// A middle hop whose key is not the one recorded for it is refused, with the hop named, and
-/// nothing reaches the node behind it.
+/// nothing reaches the node behind it; one whose key is unknown is refused with what works for a
+/// hop, which then works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_host_key_on_the_middle_hop_is_refused() {
+async fn a_middle_hop_with_a_wrong_or_unknown_key_is_refused() {
     let bed = TestBed::new().unwrap();
     let (outer, inner, private) = two_hops(&bed).await;
     // The inner hop's address recorded with the outer hop's keys: an impostor, as far as nodeup
@@ -199,6 +200,41 @@ async fn a_wrong_host_key_on_the_middle_hop_is_refused() {
         "refused at once, not retried"
     );
     assert!(private.metadata("/root/reached").is_err());
+
+    // The inner hop's key unknown: the message names what works for a hop (the host-key policy
+    // does not apply to hops), and what it names does work.
+    let known_hosts = bed.dir().join("known_hosts-unknown");
+    std::fs::write(&known_hosts, format!("{outer_keys}{private_keys}")).unwrap();
+    let options = DeployOptions {
+        jump: Some(Jump::new(vec![hop(&outer), hop(&inner)])),
+        ..private_options(&bed, &known_hosts)
+    };
+    let machine = existing_machine(private.addr(), "root");
+    let failed = run_steps(&machine, &steps, &options.credentials().unwrap(), &options)
+        .await
+        .expect_err("the inner hop's key is unknown");
+    let message = nodeup::error_chain(&failed.cause);
+    for expected in [
+        named.as_str(),
+        "is not in",
+        "ssh-keyscan",
+        "StrictHostKeyChecking accept-new",
+    ] {
+        assert!(message.contains(expected), "{expected:?} in {message}");
+    }
+    assert!(!message.contains("use the accept-new policy"), "{message}");
+    let mut trusting = hop(&inner);
+    trusting.accept_new = true;
+    let options = DeployOptions {
+        jump: Some(Jump::new(vec![hop(&outer), trusting])),
+        ..options
+    };
+    run_steps(&machine, &steps, &options.credentials().unwrap(), &options)
+        .await
+        .expect("accept-new for that hop");
+    assert!(private.metadata("/root/reached").is_ok());
+    let learned = std::fs::read_to_string(&known_hosts).unwrap();
+    assert!(learned.contains(&inner.ip().to_string()), "{learned}");
 }
 
 /// Two private nodes behind one bastion share its connection; when the bastion goes down in the

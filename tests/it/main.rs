@@ -12,6 +12,7 @@ mod local_nodes;
 mod nephoscale;
 mod ovh;
 mod ovh_fake;
+mod probe;
 mod promises;
 mod reinstall;
 mod relay;

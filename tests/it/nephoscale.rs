@@ -94,6 +94,14 @@ async fn the_whole_method_list_against_the_fake() {
     assert_eq!(created.extra["zone"], "RIC-1");
     assert_eq!(created.private_ips.len(), 1, "{created:?}");
     let node = running(&ns, &created.id).await;
+    assert_eq!(node.extra["location"], zones[1].id.as_str(), "its zone");
+    let names_in = |nodes: Vec<nodeup::model::Node>| -> Vec<String> {
+        nodes.into_iter().map(|n| n.name).collect()
+    };
+    for ric in [zones[1].id.as_str(), "RIC-1"] {
+        assert_eq!(names_in(ns.list_nodes_in(ric).await.unwrap()), ["web-1"]);
+    }
+    assert!(ns.list_nodes_in("SJC-1").await.unwrap().is_empty());
     let ip = node.public_ips[0];
     let machine = fake.node_of("web-1").expect("the server's machine");
     let (machine_ip, out) = crate::ssh_root_on(&bed, &machine.id, "id -un").await;

@@ -274,7 +274,11 @@ async fn key_pairs_volumes_and_snapshots_round_trip() {
 }
 
 /// Polls a volume until it reaches `state`.
-async fn wait_volume(ovh: &OvhDriver, id: &str, state: &str) -> nodeup::model::StorageVolume {
+pub(crate) async fn wait_volume(
+    ovh: &OvhDriver,
+    id: &str,
+    state: &str,
+) -> nodeup::model::StorageVolume {
     for _ in 0..100 {
         let volume = ovh.get_volume(id).await.unwrap();
         if volume.state == state {

@@ -377,3 +377,86 @@ async fn keys_and_volumes_must_be_in_the_instances_region() {
     assert!(err.contains("is in region \"SBG5\""), "{err}");
     ovh.destroy_node(&node).await.unwrap();
 }
+
+/// What the seed does with keys and shared volumes: `ssh_key_name` takes a key by its name (the
+/// key stays when the node goes, it is the user's); the key a deploy imported (`nodeup-...`) goes
+/// with the last instance that uses it; a volume attached to several instances is detached from
+/// one only when the node is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_by_name_imported_keys_released_and_shared_volumes() {
+    let bed = TestBed::new().unwrap();
+    let fake = FakeOvh::start(bed.driver().clone(), OvhConfig::default())
+        .await
+        .unwrap();
+    let ovh = driver(&fake);
+    let laptop = ovh
+        .import_key_pair_from_string("laptop", bed.client_public_key(), Some("GRA11"))
+        .await
+        .unwrap();
+    let mut by_name = crate::ovh_request(&bed, "by-name");
+    by_name.auth = None;
+    by_name
+        .extra
+        .insert("ssh_key_name".into(), Value::from("laptop"));
+    let first = ovh.create_node(&by_name).await.unwrap();
+    assert_eq!(first.extra["ssh_key_id"], laptop.extra["id"]);
+    let mut unknown = by_name.clone();
+    unknown.name = "unknown-key".into();
+    unknown
+        .extra
+        .insert("ssh_key_name".into(), Value::from("desktop"));
+    let err = nodeup::engine::error_chain(&ovh.create_node(&unknown).await.unwrap_err());
+    assert!(
+        err.contains("desktop") && err.contains("ssh_key_name"),
+        "{err}"
+    );
+
+    let other = crate::keygen(bed.dir(), "other", "");
+    let mut imported = crate::ovh_request(&bed, "imported");
+    imported.auth = Some(nodeup::model::NodeAuth::SshKey(
+        std::fs::read_to_string(other.with_extension("pub")).unwrap(),
+    ));
+    let second = ovh.create_node(&imported).await.unwrap();
+    let key_names = || async {
+        let mut names: Vec<String> = ovh
+            .list_key_pairs(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.name)
+            .collect();
+        names.sort();
+        names
+    };
+    let names = key_names().await;
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names[1].starts_with("nodeup-"), "{names:?}");
+
+    let shared = ovh
+        .create_volume(&CreateVolume {
+            size_gb: 10,
+            name: "shared".into(),
+            location: Some("GRA11".into()),
+            volume_type: Some("classic-multiattach".into()),
+            description: None,
+            snapshot: None,
+        })
+        .await
+        .unwrap();
+    crate::ovh::wait_volume(&ovh, &shared.id, "available").await;
+    for node in [&first, &second] {
+        ovh.attach_volume(node, &shared).await.unwrap();
+    }
+    let err = ovh.detach_volume(&shared, None).await.unwrap_err();
+    assert!(matches!(err, ProviderError::InvalidRequest { .. }), "{err}");
+    assert!(err.to_string().contains("attached to 2 instances"), "{err}");
+    ovh.detach_volume(&shared, Some(&second)).await.unwrap();
+    ovh.detach_volume(&shared, None).await.unwrap();
+    crate::ovh::wait_volume(&ovh, &shared.id, "available").await;
+    ovh.destroy_volume(&shared).await.unwrap();
+
+    ovh.destroy_node(&second).await.unwrap();
+    assert_eq!(key_names().await, ["laptop"], "the imported key went");
+    ovh.destroy_node(&first).await.unwrap();
+    assert_eq!(key_names().await, ["laptop"], "the user's key stays");
+}

@@ -119,6 +119,14 @@ impl Credentials {
             _ => None,
         };
         let cookie_file = var("SLIPSTREAM_COOKIE_FILE").map(PathBuf::from);
+        if let Some(path) = &cookie_file {
+            match crate::files::check_regular(path) {
+                Err(e) if !e.is_not_found() => {
+                    return Err(invalid(format!("SLIPSTREAM_COOKIE_FILE: {e}")))
+                }
+                _ => {}
+            }
+        }
         if login.is_none() && cookie_file.is_none() {
             return Err(invalid(format!("no way to log in: set {CREDENTIALS_FROM}")));
         }

@@ -517,7 +517,14 @@ pub(super) async fn create_volume(
         return bad_request("Missing parameter: region and size are required");
     };
     let kind = request["type"].as_str().unwrap_or("classic");
-    if !["classic", "high-speed", "high-speed-gen2"].contains(&kind) {
+    if ![
+        "classic",
+        "high-speed",
+        "high-speed-gen2",
+        "classic-multiattach",
+    ]
+    .contains(&kind)
+    {
         return bad_request(&format!("Invalid volume type {kind}"));
     }
     if !REGIONS.contains(&region) {
