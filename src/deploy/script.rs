@@ -19,8 +19,9 @@ const STAGED: &str = "nodeup-staged\n";
 /// runs), then the command that runs it. The command replaces the shell (`exec`), so that its exit
 /// status or signal is the command's own, and runs with the session's umask. Its process group is
 /// written to `$1/pgid`, for [`END_SCRIPT`] should the deployment be cancelled, and the script
-/// starts only once it claims `$1/claimed` (made atomically by `mkdir`): a cancel that claims it
-/// first means the script never starts.
+/// starts only once it claims `$1/claimed` (made with `set -C`, that is `O_EXCL`: one of two
+/// claims wins): a cancel that claims it first means the script never starts. The group and the
+/// claim are shell builtins: they start no process of their own on the node.
 const STAGE_AND_RUN: &str = r#"mask=$(umask)
 umask 077
 dir=$1
@@ -31,8 +32,11 @@ trap fail HUP INT TERM PIPE
 size=$(($(wc -c <"$2")))
 if [ "$size" -ne "$3" ]; then echo "received $size of $3 bytes of the script" >&2; fail; fi
 chmod 0700 -- "$2" || fail
-cut -d' ' -f5 /proc/$$/stat >"$1/pgid" 2>/dev/null || echo $$ >"$1/pgid"
-mkdir -- "$dir/claimed" 2>/dev/null || fail
+read -r _ _ _ _ g _ 2>/dev/null </proc/$$/stat || g=$$
+echo "$g" >"$dir/pgid" || fail
+set -C
+true >"$dir/claimed" || fail
+set +C
 umask "$mask"
 trap - HUP INT TERM PIPE
 printf 'nodeup-staged\n'
@@ -47,8 +51,8 @@ exec "$@" </dev/null"#;
 /// the channel does not end a command). `kill -s SIG -- -GROUP` is the one form that dash, bash and
 /// busybox all read as a process group.
 const END_SCRIPT: &str = r#"n=0
-until [ -d "$1/claimed" ]; do
-  if [ -d "$1" ] && mkdir -- "$1/claimed" 2>/dev/null; then exit 0; fi
+until [ -e "$1/claimed" ]; do
+  if [ -d "$1" ] && (set -C && true >"$1/claimed") 2>/dev/null; then exit 0; fi
   [ "$n" -ge 20 ] && exit 0
   sleep 0.1; n=$((n + 1))
 done

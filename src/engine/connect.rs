@@ -126,6 +126,24 @@ fn record(attempts: &mut Vec<LoginAttempt>, user: &str, error: &ssh::Error) {
 
 pub use crate::error_chain;
 
+/// The pause after a round in which every user was rejected starts here (jittered), for a node
+/// that installs keys or users late ...
+const REJECTED_FIRST_PAUSE: Duration = Duration::from_millis(500);
+
+/// ... and doubles up to this.
+const REJECTED_LONGEST_PAUSE: Duration = Duration::from_secs(3);
+
+/// The least time an attempt is given, however near the deadline.
+const SHORTEST_ATTEMPT: Duration = Duration::from_millis(100);
+
+/// How a round of attempts (each user in turn) ended without a login.
+struct NotIn {
+    /// The last error.
+    last: ssh::Error,
+    /// Whether every user was rejected (the node answered), rather than the node unreachable.
+    all_rejected: bool,
+}
+
 /// Logs in to `addr` as the first of `options.users` that works, until `deadline`.
 /// Every attempt's outcome is recorded in `attempts`.
 pub async fn login(
@@ -136,81 +154,99 @@ pub async fn login(
     attempts: &mut Vec<LoginAttempt>,
 ) -> Result<LoggedIn, ssh::Error> {
     let mut rejected = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(500))
-        .with_max_delay(Duration::from_secs(3))
+        .with_min_delay(REJECTED_FIRST_PAUSE)
+        .with_max_delay(REJECTED_LONGEST_PAUSE)
         .with_jitter()
         .without_max_times()
         .build();
-    let started = Instant::now();
-    let mut next_said = started + LOGIN_WAIT_FIRST_SAID;
+    let mut next_said = Instant::now() + LOGIN_WAIT_FIRST_SAID;
     loop {
-        let mut last = None;
-        let mut all_rejected = true;
         let round = Instant::now();
-        for user in &options.users {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let connect = ConnectOptions {
-                addr,
-                host: options.host_name.clone(),
-                user: user.clone(),
-                timeout: options
-                    .attempt_timeout
-                    .min(left.max(Duration::from_millis(100))),
-                keepalive: options.keepalive,
-                host_keys: options.host_keys.clone(),
-                plan: options.plan.clone(),
-                jump: options.jump.clone(),
-            };
-            match try_user(&connect, creds, options.startups.as_deref()).await {
-                Ok(logged_in) => {
-                    tracing::info!(%addr, user, "logged in");
-                    return Ok(logged_in);
-                }
-                Err(e) => {
-                    tracing::debug!(%addr, user, "login attempt failed: {}", error_chain(&e));
-                    record(attempts, user, &e);
-                    match e.class() {
-                        ErrorClass::NextUser => last = Some(e),
-                        ErrorClass::Retry | ErrorClass::Reconnect => {
-                            // Not reachable: the same for every user; wait a little and retry.
-                            all_rejected = false;
-                            last = Some(e);
-                            break;
-                        }
-                        ErrorClass::Fatal => return Err(e),
-                    }
-                }
-            }
-        }
-        let pause = if all_rejected {
+        let not_in = match each_user(addr, creds, options, deadline, attempts).await? {
+            Ok(logged_in) => return Ok(logged_in),
+            Err(not_in) => not_in,
+        };
+        let pause = if not_in.all_rejected {
             rejected.next().unwrap_or(UNREACHABLE_PACE)
         } else {
             unreachable_pause(round.elapsed())
         };
-        let Some(error) = last else {
-            return Err(ssh::Error::AuthRejected {
-                user: String::new(),
-                addr,
-                tried: vec!["nothing: no usernames were given".into()],
-            });
-        };
         if Instant::now() + pause >= deadline {
-            return Err(error);
+            return Err(not_in.last);
         }
-        if let Some(waiting) = options
-            .waiting
-            .as_ref()
-            .filter(|_| Instant::now() >= next_said)
-        {
-            let left = deadline.saturating_duration_since(Instant::now());
-            waiting(&format!(
-                "logging in to {addr}: {}; trying again for {}s more",
-                error_chain(&error),
-                left.as_secs()
-            ));
+        if Instant::now() >= next_said {
+            say_waiting(options, addr, &not_in.last, deadline);
             next_said = Instant::now() + LOGIN_WAIT_SAID_EVERY;
         }
         tokio::time::sleep(pause).await;
+    }
+}
+
+/// One round: each user in turn until one logs in (`Ok(Ok)`), the node is unreachable (the
+/// same for every user) or every user was rejected (`Ok(Err)`); a fatal error is `Err`.
+async fn each_user(
+    addr: SocketAddr,
+    creds: &Credentials,
+    options: &LoginOptions,
+    deadline: Instant,
+    attempts: &mut Vec<LoginAttempt>,
+) -> Result<Result<LoggedIn, NotIn>, ssh::Error> {
+    let mut last = None;
+    for user in &options.users {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let connect = ConnectOptions {
+            addr,
+            host: options.host_name.clone(),
+            user: user.clone(),
+            timeout: options.attempt_timeout.min(left.max(SHORTEST_ATTEMPT)),
+            keepalive: options.keepalive,
+            host_keys: options.host_keys.clone(),
+            plan: options.plan.clone(),
+            jump: options.jump.clone(),
+        };
+        let e = match try_user(&connect, creds, options.startups.as_deref()).await {
+            Ok(logged_in) => {
+                tracing::info!(%addr, user, "logged in");
+                return Ok(Ok(logged_in));
+            }
+            Err(e) => e,
+        };
+        tracing::debug!(%addr, user, "login attempt failed: {}", error_chain(&e));
+        record(attempts, user, &e);
+        match e.class() {
+            ErrorClass::NextUser => last = Some(e),
+            // Not reachable: the same for every user; wait a little and retry.
+            ErrorClass::Retry | ErrorClass::Reconnect => {
+                return Ok(Err(NotIn {
+                    last: e,
+                    all_rejected: false,
+                }))
+            }
+            ErrorClass::Fatal => return Err(e),
+        }
+    }
+    match last {
+        Some(last) => Ok(Err(NotIn {
+            last,
+            all_rejected: true,
+        })),
+        None => Err(ssh::Error::AuthRejected {
+            user: String::new(),
+            addr,
+            tried: vec!["nothing: no usernames were given".into()],
+        }),
+    }
+}
+
+/// Says on the progress line what the login waits for, and how much longer it will try.
+fn say_waiting(options: &LoginOptions, addr: SocketAddr, error: &ssh::Error, deadline: Instant) {
+    if let Some(waiting) = &options.waiting {
+        let left = deadline.saturating_duration_since(Instant::now());
+        waiting(&format!(
+            "logging in to {addr}: {}; trying again for {}s more",
+            error_chain(error),
+            left.as_secs()
+        ));
     }
 }
 

@@ -143,7 +143,7 @@ impl<'a> Runner<'a> {
     /// The deployment was cancelled during step `step`: what the step left on the node is removed
     /// (a cancelled script was ended by the step itself), and the connection closed.
     async fn cancelled(
-        self,
+        &self,
         logged_in: LoggedIn,
         step: Option<(usize, &'static str)>,
         done: Vec<StepResult>,
@@ -156,7 +156,7 @@ impl<'a> Runner<'a> {
     }
 
     fn fail(
-        self,
+        &self,
         cause: Cause,
         step: Option<(usize, &'static str)>,
         done: Vec<StepResult>,
@@ -164,10 +164,7 @@ impl<'a> Runner<'a> {
         RunFailure {
             step,
             cause,
-            attempts: self
-                .attempts
-                .into_inner()
-                .unwrap_or_else(|p| p.into_inner()),
+            attempts: std::mem::take(&mut *lock(&self.attempts)),
             completed: done,
         }
     }
@@ -198,6 +195,78 @@ impl Machine for Runner<'_> {
     }
 }
 
+/// Where a run of the steps stands: the next step, what finished, the connections used and the
+/// runs of the whole list begun.
+struct Progress {
+    index: usize,
+    results: Vec<StepResult>,
+    connections: u32,
+    runs: u32,
+}
+
+impl Runner<'_> {
+    /// The first login, unless the deployment is cancelled first.
+    async fn first_login(&self) -> Result<LoggedIn, RunFailure> {
+        let login = tokio::select! {
+            login = self.login(None) => login,
+            _ = self.options.cancel.cancelled() => {
+                return Err(self.fail(Cause::Cancelled, None, Vec::new()));
+            }
+        };
+        let logged_in = login.map_err(|e| self.fail(Cause::Login(e), None, Vec::new()))?;
+        // From now on, every login is as the user that worked.
+        lock(&self.login_options).users = vec![logged_in.user.clone()];
+        self.recorder.logged_in(&logged_in.user).await;
+        Ok(logged_in)
+    }
+
+    /// The connection was lost during step `number`: logs in again; the step runs again, after
+    /// one command that removes what it left (`rest`: the steps from it on).
+    async fn reconnect(
+        &self,
+        lost: &deploy::Error,
+        number: usize,
+        user: &str,
+        rest: &[&Step],
+        plan: &Plan,
+    ) -> Result<LoggedIn, ssh::Error> {
+        tracing::warn!(
+            step = number,
+            "connection lost ({}); resuming",
+            error_chain(lost)
+        );
+        self.recorder.reconnecting(number);
+        if let Some(commands) = Step::commands(rest) {
+            plan.reset(commands + 1);
+        }
+        self.resume(user).await
+    }
+
+    /// Step `number` failed and the whole list runs again (`retry_failed_steps`), as run `runs`:
+    /// what the step left is removed first.
+    async fn restart(
+        &self,
+        failed: &deploy::Error,
+        (number, runs): (usize, u32),
+        logged_in: &LoggedIn,
+        all: &[&Step],
+        plan: &Plan,
+    ) {
+        tracing::warn!(
+            step = number,
+            "{}; running the deployment again",
+            error_chain(failed)
+        );
+        self.recorder.retrying(runs);
+        if let Err(e) = deploy::remove_leftovers(&self.context(logged_in, None)).await {
+            tracing::warn!("removing what the failed step left: {}", error_chain(&e));
+        }
+        if let Some(commands) = Step::commands(all) {
+            plan.reset(commands);
+        }
+    }
+}
+
 /// Logs in to `target` and runs `steps` over one connection; a lost connection is resumed, up to
 /// `options.max_tries` connections in all, at the step that did not finish (finished steps never
 /// run again). With `options.retry_failed_steps`, a failed step runs the whole list again.
@@ -208,91 +277,61 @@ pub async fn run_steps(
     options: &DeployOptions,
 ) -> Result<Run, RunFailure> {
     let runner = Runner::new(target, creds, options);
-    let mut results: Vec<StepResult> = Vec::new();
     let flat = steps.flatten();
     let plan = Plan::of(Step::commands(&flat));
     lock(&runner.login_options).plan = plan.clone();
-    let login = tokio::select! {
-        login = runner.login(None) => login,
-        _ = options.cancel.cancelled() => {
-            return Err(runner.fail(Cause::Cancelled, None, results));
-        }
+    let mut logged_in = runner.first_login().await?;
+    let mut at = Progress {
+        index: 0,
+        results: Vec::new(),
+        connections: 1,
+        runs: 1,
     };
-    let mut logged_in = match login {
-        Ok(l) => l,
-        Err(e) => return Err(runner.fail(Cause::Login(e), None, results)),
-    };
-    // From now on, every login is as the user that worked.
-    lock(&runner.login_options).users = vec![logged_in.user.clone()];
-    runner.recorder.logged_in(&logged_in.user).await;
-    let (mut connections, mut runs, mut index) = (1, 1, 0);
-    while index < flat.len() {
-        let step = flat[index];
-        let (number, kind) = (index + 1, step.kind());
+    while at.index < flat.len() {
+        let step = flat[at.index];
+        let number = at.index + 1;
+        let place = Some((number, step.kind()));
         if options.cancel.is_cancelled() {
-            return Err(runner
-                .cancelled(logged_in, Some((number, kind)), results)
-                .await);
+            return Err(runner.cancelled(logged_in, place, at.results).await);
         }
         match runner
             .step(&mut logged_in, step, (number, flat.len()))
             .await
         {
             Err(e) if options.cancel.is_cancelled() || e.is_cancelled() => {
-                return Err(runner
-                    .cancelled(logged_in, Some((number, kind)), results)
-                    .await);
+                return Err(runner.cancelled(logged_in, place, at.results).await);
             }
             Ok(result) => {
-                results.push(result);
-                index += 1;
+                at.results.push(result);
+                at.index += 1;
             }
-            Err(e) if e.class() == ErrorClass::Reconnect && connections < options.max_tries => {
-                tracing::warn!(
-                    step = number,
-                    "connection lost ({}); resuming",
-                    error_chain(&e)
-                );
-                runner.recorder.reconnecting(number);
-                connections += 1;
-                // The step runs again, after one command that removes what it left.
-                if let Some(commands) = Step::commands(&flat[index..]) {
-                    plan.reset(commands + 1);
-                }
-                let user = logged_in.user.clone();
-                logged_in = match runner.resume(&user).await {
+            Err(e) if e.class() == ErrorClass::Reconnect && at.connections < options.max_tries => {
+                at.connections += 1;
+                let rest = &flat[at.index..];
+                logged_in = match runner
+                    .reconnect(&e, number, &logged_in.user, rest, &plan)
+                    .await
+                {
                     Ok(l) => l,
-                    Err(e) => {
-                        return Err(runner.fail(Cause::Login(e), Some((number, kind)), results))
-                    }
+                    Err(e) => return Err(runner.fail(Cause::Login(e), place, at.results)),
                 };
             }
-            Err(e) if options.retry_failed_steps && runs < options.max_tries => {
-                runs += 1;
-                tracing::warn!(
-                    step = number,
-                    "{}; running the deployment again",
-                    error_chain(&e)
-                );
-                runner.recorder.retrying(runs);
-                let ctx = runner.context(&logged_in, None);
-                if let Err(e) = deploy::remove_leftovers(&ctx).await {
-                    tracing::warn!("removing what the failed step left: {}", error_chain(&e));
-                }
-                if let Some(commands) = Step::commands(&flat) {
-                    plan.reset(commands);
-                }
-                results.clear();
-                index = 0;
+            Err(e) if options.retry_failed_steps && at.runs < options.max_tries => {
+                at.runs += 1;
+                runner
+                    .restart(&e, (number, at.runs), &logged_in, &flat, &plan)
+                    .await;
+                at.results.clear();
+                at.index = 0;
             }
-            Err(e) => return Err(runner.fail(Cause::Step(e), Some((number, kind)), results)),
+            Err(e) => return Err(runner.fail(Cause::Step(e), place, at.results)),
         }
     }
     let user = logged_in.user.clone();
     logged_in.session.close().await;
     Ok(Run {
         user,
-        steps: results,
-        reconnects: connections - 1,
+        steps: at.results,
+        reconnects: at.connections - 1,
     })
 }

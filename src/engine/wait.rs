@@ -49,6 +49,10 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(600);
 /// at once is not waited for a whole period.
 pub const DEFAULT_POLL: Duration = Duration::from_secs(3);
 
+/// The pause after the first poll; each next one doubles, up to the poll period, so that a node
+/// that runs at once is not waited for a whole period.
+pub const FIRST_POLL_PAUSE: Duration = Duration::from_millis(100);
+
 /// How long a node may run with IPv6 addresses alone, under `force_ipv4`, before that is an error
 /// (a provider may give the IPv4 address a little after the IPv6 one).
 pub const IPV6_ONLY_GRACE: Duration = Duration::from_secs(20);
@@ -139,6 +143,15 @@ pub fn preferred(addresses: &[IpAddr]) -> Vec<IpAddr> {
     out
 }
 
+/// What is known of one node being waited for, from poll to poll.
+#[derive(Default, Clone)]
+struct Watch {
+    /// It was listed once (so that disappearing is an error).
+    seen: bool,
+    /// Since when it runs with IPv6 addresses only, under `force_ipv4`.
+    only_ipv6_since: Option<Instant>,
+}
+
 /// Waits until every node in `ids` is `Running` with an address on the chosen interface.
 pub async fn wait_until_running(
     driver: &dyn NodeDriver,
@@ -146,9 +159,8 @@ pub async fn wait_until_running(
     options: &WaitOptions,
 ) -> Result<Vec<Ready>, WaitError> {
     let started = Instant::now();
-    let mut pause = Duration::from_millis(100).min(options.poll_period);
-    let mut seen = vec![false; ids.len()];
-    let mut only_ipv6_since: Vec<Option<Instant>> = vec![None; ids.len()];
+    let mut pause = FIRST_POLL_PAUSE.min(options.poll_period);
+    let mut watches = vec![Watch::default(); ids.len()];
     loop {
         let nodes = match &options.location {
             Some(location) => driver.list_nodes_in(location).await?,
@@ -156,47 +168,11 @@ pub async fn wait_until_running(
         };
         let mut ready = Vec::with_capacity(ids.len());
         let mut waiting = Vec::new();
-        for (i, id) in ids.iter().enumerate() {
-            let Some(node) = nodes.iter().find(|n| &n.id == id) else {
-                if seen[i] {
-                    return Err(WaitError::Gone(id.clone()));
-                }
-                waiting.push((id.clone(), None));
-                continue;
-            };
-            seen[i] = true;
-            if node.state == NodeState::Error {
-                let reason = node
-                    .error()
-                    .unwrap_or("the provider gave no reason")
-                    .to_string();
-                return Err(WaitError::NodeFailed {
-                    id: id.clone(),
-                    name: node.name.clone(),
-                    reason,
-                });
-            }
-            let mut addresses = preferred(match options.interface {
-                Interface::Public => &node.public_ips,
-                Interface::Private => &node.private_ips,
-            });
-            let only_ipv6 = !addresses.is_empty() && addresses.iter().all(IpAddr::is_ipv6);
-            if options.force_ipv4 {
-                addresses.retain(IpAddr::is_ipv4);
-            }
-            if options.force_ipv4 && only_ipv6 && node.state == NodeState::Running {
-                let since = *only_ipv6_since[i].get_or_insert_with(Instant::now);
-                if since.elapsed() >= IPV6_ONLY_GRACE.min(options.timeout) {
-                    return Err(only_ipv6_error(node, options.interface));
-                }
-            }
-            if node.state == NodeState::Running && !addresses.is_empty() {
-                ready.push(Ready {
-                    node: node.clone(),
-                    addresses,
-                });
-            } else {
-                waiting.push((id.clone(), Some(node.state)));
+        for (id, watch) in ids.iter().zip(watches.iter_mut()) {
+            let node = nodes.iter().find(|n| &n.id == id);
+            match check(id, node, watch, options)? {
+                Some(r) => ready.push(r),
+                None => waiting.push((id.clone(), node.map(|n| n.state))),
             }
         }
         if waiting.is_empty() {
@@ -212,6 +188,51 @@ pub async fn wait_until_running(
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(options.poll_period);
     }
+}
+
+/// One node of a poll (`None`: not listed): ready, still to wait for, or an error (gone after
+/// it was seen, in error, or IPv6 alone past the grace under `force_ipv4`).
+fn check(
+    id: &str,
+    node: Option<&Node>,
+    watch: &mut Watch,
+    options: &WaitOptions,
+) -> Result<Option<Ready>, WaitError> {
+    let Some(node) = node else {
+        return match watch.seen {
+            true => Err(WaitError::Gone(id.to_string())),
+            false => Ok(None),
+        };
+    };
+    watch.seen = true;
+    if node.state == NodeState::Error {
+        let reason = node.error().unwrap_or("the provider gave no reason");
+        return Err(WaitError::NodeFailed {
+            id: id.to_string(),
+            name: node.name.clone(),
+            reason: reason.to_string(),
+        });
+    }
+    let mut addresses = preferred(match options.interface {
+        Interface::Public => &node.public_ips,
+        Interface::Private => &node.private_ips,
+    });
+    let only_ipv6 = !addresses.is_empty() && addresses.iter().all(IpAddr::is_ipv6);
+    if options.force_ipv4 {
+        addresses.retain(IpAddr::is_ipv4);
+    }
+    if options.force_ipv4 && only_ipv6 && node.state == NodeState::Running {
+        let since = *watch.only_ipv6_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= IPV6_ONLY_GRACE.min(options.timeout) {
+            return Err(only_ipv6_error(node, options.interface));
+        }
+    }
+    Ok(
+        (node.state == NodeState::Running && !addresses.is_empty()).then(|| Ready {
+            node: node.clone(),
+            addresses,
+        }),
+    )
 }
 
 #[cfg(test)]

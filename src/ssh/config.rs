@@ -181,25 +181,79 @@ impl SshConfig {
             .iter()
             .map(|(path, file)| (path.as_path(), file.query(host)))
             .collect();
-        let Some((first, _)) = per_file.first() else {
+        let Some((_, first)) = per_file.first() else {
             return Ok(HostConfig::default());
         };
-        let mut params = per_file[0].1.clone();
+        let mut params = first.clone();
         for (_, later) in &per_file[1..] {
             params.overwrite_if_none(later);
         }
-        // An error names the file the directive came from.
-        let fail = |set: &dyn Fn(&HostParams) -> bool, message: String| ConfigError {
-            path: per_file
-                .iter()
-                .find(|(_, p)| set(p))
-                .map_or(*first, |(path, _)| *path)
-                .to_path_buf(),
-            message,
+        let merged = Merged {
+            host,
+            per_file,
+            params,
         };
-        let raw = |name: &str| raw(&params, name);
-        if raw("proxycommand").is_some() {
-            return Err(fail(
+        merged.refuse_unsupported()?;
+        let proxy_jump = merged.proxy_jump()?;
+        let host_key_policy = merged.host_key_policy()?;
+        let params = &merged.params;
+        Ok(HostConfig {
+            host_name: params.host_name.as_ref().map(|h| h.replace("%h", host)),
+            user: params.user.clone(),
+            port: params.port,
+            identity_files: params.identity_file.clone().unwrap_or_default(),
+            identities_only: merged.word("identitiesonly").is_some_and(|v| v == "yes"),
+            certificate_file: params.certificate_file.clone(),
+            proxy_jump,
+            known_hosts: merged
+                .raw("userknownhostsfile")
+                .and_then(|v| v.first().cloned())
+                .map(|p| expand_home(&p)),
+            host_key_policy,
+            connect_timeout: params.connect_timeout,
+            server_alive_interval: params.server_alive_interval.filter(|d| !d.is_zero()),
+            ignored: ignored(params),
+        })
+    }
+}
+
+/// What the files say of one host, merged (the first file that sets a directive wins), with each
+/// file's own answer kept so that an error names the file its directive came from.
+struct Merged<'a> {
+    host: &'a str,
+    per_file: Vec<(&'a Path, HostParams)>,
+    params: HostParams,
+}
+
+impl Merged<'_> {
+    /// An error about a directive, naming the first file where `set` holds (else the first file).
+    fn fail(&self, set: &dyn Fn(&HostParams) -> bool, message: String) -> ConfigError {
+        let path = self
+            .per_file
+            .iter()
+            .find(|(_, p)| set(p))
+            .or(self.per_file.first())
+            .map(|(path, _)| path.to_path_buf())
+            .unwrap_or_default();
+        ConfigError { path, message }
+    }
+
+    /// A directive kept as it was written.
+    fn raw(&self, name: &str) -> Option<Vec<String>> {
+        raw(&self.params, name)
+    }
+
+    /// A directive's first word, in lower case.
+    fn word(&self, name: &str) -> Option<String> {
+        self.raw(name)
+            .and_then(|v| v.first().map(|w| w.to_lowercase()))
+    }
+
+    /// What nodeup cannot honour: `ProxyCommand`, and `Port 0`.
+    fn refuse_unsupported(&self) -> Result<(), ConfigError> {
+        let host = self.host;
+        if self.raw("proxycommand").is_some() {
+            return Err(self.fail(
                 &|p| raw_set(p, "proxycommand"),
                 format!(
                     "ProxyCommand applies to {host}, and nodeup does not run proxy commands: use \
@@ -207,59 +261,54 @@ impl SshConfig {
                 ),
             ));
         }
-        let proxy_jump = match &params.proxy_jump {
-            None => None,
-            Some(hops) if hops.iter().any(|h| h.eq_ignore_ascii_case("none")) => Some(Vec::new()),
-            Some(hops) => Some(
-                hops.iter()
-                    .map(|h| h.parse::<Hop>())
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| {
-                        fail(
-                            &|p| p.proxy_jump.is_some(),
-                            format!("ProxyJump for {host}: {e}"),
-                        )
-                    })?,
-            ),
-        };
-        if params.port == Some(0) {
-            return Err(fail(
+        if self.params.port == Some(0) {
+            return Err(self.fail(
                 &|p| p.port.is_some(),
                 format!(
                     "Port 0 for {host}: no SSH server listens there; give a port from 1 to 65535"
                 ),
             ));
         }
-        let word = |name: &str| raw(name).and_then(|v| v.first().map(|w| w.to_lowercase()));
-        let host_key_policy = word("stricthostkeychecking")
+        Ok(())
+    }
+
+    /// `ProxyJump`: the hops, none (`none`: an empty chain), or not said.
+    fn proxy_jump(&self) -> Result<Option<Vec<Hop>>, ConfigError> {
+        match &self.params.proxy_jump {
+            None => Ok(None),
+            Some(hops) if hops.iter().any(|h| h.eq_ignore_ascii_case("none")) => {
+                Ok(Some(Vec::new()))
+            }
+            Some(hops) => hops
+                .iter()
+                .map(|h| h.parse::<Hop>())
+                .collect::<Result<_, _>>()
+                .map(Some)
+                .map_err(|e| {
+                    self.fail(
+                        &|p| p.proxy_jump.is_some(),
+                        format!("ProxyJump for {}: {e}", self.host),
+                    )
+                }),
+        }
+    }
+
+    /// `StrictHostKeyChecking`, as a policy.
+    fn host_key_policy(&self) -> Result<Option<HostKeyPolicy>, ConfigError> {
+        self.word("stricthostkeychecking")
             .map(|v| match v.as_str() {
                 "accept-new" => Ok(HostKeyPolicy::AcceptNew),
                 "no" | "off" => Ok(HostKeyPolicy::Off),
                 "yes" | "ask" => Ok(HostKeyPolicy::Strict),
-                other => Err(fail(
+                other => Err(self.fail(
                     &|p| raw_set(p, "stricthostkeychecking"),
                     format!(
-                        "StrictHostKeyChecking {other:?} for {host}: use yes, accept-new or no"
+                        "StrictHostKeyChecking {other:?} for {}: use yes, accept-new or no",
+                        self.host
                     ),
                 )),
             })
-            .transpose()?;
-        Ok(HostConfig {
-            host_name: params.host_name.as_ref().map(|h| h.replace("%h", host)),
-            user: params.user.clone(),
-            port: params.port,
-            identity_files: params.identity_file.clone().unwrap_or_default(),
-            identities_only: word("identitiesonly").is_some_and(|v| v == "yes"),
-            certificate_file: params.certificate_file.clone(),
-            proxy_jump,
-            known_hosts: raw("userknownhostsfile")
-                .and_then(|v| v.first().cloned())
-                .map(|p| expand_home(&p)),
-            host_key_policy,
-            connect_timeout: params.connect_timeout,
-            server_alive_interval: params.server_alive_interval.filter(|d| !d.is_zero()),
-            ignored: ignored(&params),
-        })
+            .transpose()
     }
 }
 

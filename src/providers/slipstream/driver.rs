@@ -1094,90 +1094,126 @@ fn run_form(
     options: &SlipStreamOptions,
     service_offer: Option<&str>,
 ) -> Result<Vec<(String, String)>> {
-    let nodes: Vec<String> = module
-        .nodes
-        .as_ref()
-        .map(|n| n.entries.iter().map(|e| e.node.name.clone()).collect())
-        .unwrap_or_default();
-    let application = !nodes.is_empty();
-    let mut form = vec![("refqname".to_string(), format!("module/{path}"))];
-    let cloud = options.cloud.clone().or(request.location.clone());
-    if let Some(cloud) = &cloud {
-        if application {
-            for node in &nodes {
-                form.push((
-                    format!("parameter--node--{node}--cloudservice"),
-                    cloud.clone(),
-                ));
-            }
-        } else {
-            form.push(("parameter--cloudservice".into(), cloud.clone()));
-        }
+    let mut form = RunForm::new(path, module);
+    if let Some(cloud) = options.cloud.as_ref().or(request.location.as_ref()) {
+        form.per_vm("cloudservice", cloud, &options.parameters);
     }
     // The size: every VM's service offer, unless a parameter says otherwise (as Libcloud's
     // driver does).
     if let Some(offer) = service_offer {
-        let given = |key: String| options.parameters.contains_key(&key);
-        if application {
-            for node in nodes
-                .iter()
-                .filter(|n| !given(format!("{n}:service-offer")))
-            {
-                form.push((
-                    format!("parameter--node--{node}--service-offer"),
-                    offer.to_string(),
-                ));
-            }
-        } else if !given("service-offer".into()) {
-            form.push(("parameter--service-offer".into(), offer.to_string()));
+        form.per_vm("service-offer", offer, &options.parameters);
+    }
+    form.parameters(&options.parameters)?;
+    form.node_counts(options)?;
+    form.run_fields(request, options)?;
+    Ok(form.fields)
+}
+
+/// The fields of `POST /run` for one module, as they are added.
+struct RunForm<'a> {
+    path: &'a str,
+    /// The module's nodes: none for a component, one or more for an application.
+    nodes: Vec<String>,
+    fields: Vec<(String, String)>,
+}
+
+impl<'a> RunForm<'a> {
+    fn new(path: &'a str, module: &Module) -> Self {
+        let nodes = module
+            .nodes
+            .as_ref()
+            .map(|n| n.entries.iter().map(|e| e.node.name.clone()).collect())
+            .unwrap_or_default();
+        RunForm {
+            path,
+            nodes,
+            fields: vec![("refqname".to_string(), format!("module/{path}"))],
         }
     }
-    for (key, value) in &options.parameters {
-        match key.split_once(':') {
-            Some((node, name)) if nodes.iter().any(|n| n == node) => {
-                form.push((format!("parameter--node--{node}--{name}"), value.clone()))
+
+    fn push(&mut self, key: String, value: &str) {
+        self.fields.push((key, value.to_string()));
+    }
+
+    /// Parameter `name` of every VM (each node's for an application, the component's), unless
+    /// the user's `parameters` set it.
+    fn per_vm(&mut self, name: &str, value: &str, parameters: &BTreeMap<String, String>) {
+        if self.nodes.is_empty() {
+            if !parameters.contains_key(name) {
+                self.push(format!("parameter--{name}"), value);
             }
-            Some((node, _)) => {
-                return Err(invalid(format!(
-                    "parameter {key:?}: module {path} has no node {node:?} (its nodes: {})",
-                    nodes.join(", ")
-                )))
+            return;
+        }
+        for node in self.nodes.clone() {
+            if !parameters.contains_key(&format!("{node}:{name}")) {
+                self.push(format!("parameter--node--{node}--{name}"), value);
             }
-            None => form.push((format!("parameter--{key}"), value.clone())),
         }
     }
-    for (table, field) in [
-        (&options.multiplicity, "multiplicity"),
-        (&options.tolerate_failures, "max-provisioning-failures"),
-    ] {
-        for (node, n) in table {
-            if !nodes.contains(node) {
+
+    /// The user's parameters: `name` for a component, `node:name` for one of an application's
+    /// nodes (which must be one of its nodes).
+    fn parameters(&mut self, parameters: &BTreeMap<String, String>) -> Result<()> {
+        for (key, value) in parameters {
+            match key.split_once(':') {
+                Some((node, name)) if self.nodes.iter().any(|n| n == node) => {
+                    self.push(format!("parameter--node--{node}--{name}"), value)
+                }
+                Some((node, _)) => {
+                    return Err(invalid(format!(
+                        "parameter {key:?}: module {} has no node {node:?} (its nodes: {})",
+                        self.path,
+                        self.nodes.join(", ")
+                    )))
+                }
+                None => self.push(format!("parameter--{key}"), value),
+            }
+        }
+        Ok(())
+    }
+
+    /// How many VMs each node gets, and how many may fail.
+    fn node_counts(&mut self, options: &SlipStreamOptions) -> Result<()> {
+        for (table, field) in [
+            (&options.multiplicity, "multiplicity"),
+            (&options.tolerate_failures, "max-provisioning-failures"),
+        ] {
+            for (node, n) in table {
+                if !self.nodes.contains(node) {
+                    return Err(invalid(format!(
+                        "{field} for {node:?}: module {} has no such node",
+                        self.path
+                    )));
+                }
+                self.push(format!("parameter--node--{node}--{field}"), &n.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// The run's own fields: its tags (the node's name first), keep-running, mutable and the
+    /// SSH-key check.
+    fn run_fields(&mut self, request: &CreateNode, options: &SlipStreamOptions) -> Result<()> {
+        let tags: Vec<&str> = std::iter::once(request.name.as_str())
+            .chain(options.tags.iter().map(String::as_str))
+            .collect();
+        self.push("tags".into(), &tags.join(","));
+        if let Some(keep) = &options.keep_running {
+            if !["always", "never", "on-success", "on-error"].contains(&keep.as_str()) {
                 return Err(invalid(format!(
-                    "{field} for {node:?}: module {path} has no such node"
+                    "keep_running {keep:?}: one of always, never, on-success, on-error"
                 )));
             }
-            form.push((format!("parameter--node--{node}--{field}"), n.to_string()));
+            self.push("keep-running".into(), keep);
         }
-    }
-    let tags: Vec<&str> = std::iter::once(request.name.as_str())
-        .chain(options.tags.iter().map(String::as_str))
-        .collect();
-    form.push(("tags".into(), tags.join(",")));
-    if let Some(keep) = &options.keep_running {
-        if !["always", "never", "on-success", "on-error"].contains(&keep.as_str()) {
-            return Err(invalid(format!(
-                "keep_running {keep:?}: one of always, never, on-success, on-error"
-            )));
+        if options.scalable {
+            self.push("mutable".into(), "on");
         }
-        form.push(("keep-running".into(), keep.clone()));
+        if !options.check_ssh_key {
+            self.push("bypass-ssh-check".into(), "true");
+        }
+        Ok(())
     }
-    if options.scalable {
-        form.push(("mutable".into(), "on".into()));
-    }
-    if !options.check_ssh_key {
-        form.push(("bypass-ssh-check".into(), "true".into()));
-    }
-    Ok(form)
 }
 
 #[cfg(test)]
