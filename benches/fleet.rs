@@ -9,8 +9,8 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
+use testbed::usage::{measure, Usage};
 use testbed::{NodeSpec, TestBed};
 
 /// (hosts, --parallel): the memory runs.
@@ -32,57 +32,6 @@ fn memory_runs() -> Vec<(usize, usize)> {
             .filter_map(|(h, p)| Some((h.parse().ok()?, p.parse().ok()?)))
             .collect(),
         Err(_) => MEMORY_RUNS.to_vec(),
-    }
-}
-
-/// What the kernel says a finished child used.
-struct Usage {
-    wall: Duration,
-    cpu: Duration,
-    peak_rss_mb: f64,
-    ok: bool,
-}
-
-/// Runs `cmd` and reaps it with wait4, for its own peak RSS and CPU time.
-// The child is reaped by wait4, which std's `wait` cannot do with the rusage.
-#[allow(clippy::zombie_processes)]
-fn measure(mut cmd: Command) -> Usage {
-    let started = Instant::now();
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    if std::env::var_os("NODEUP_BENCH_TRACE").is_some() {
-        let pid = child.id();
-        std::thread::spawn(move || {
-            while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-                let rss = status
-                    .lines()
-                    .find(|l| l.starts_with("VmRSS"))
-                    .unwrap_or("");
-                let threads = status
-                    .lines()
-                    .find(|l| l.starts_with("Threads"))
-                    .unwrap_or("");
-                eprintln!(
-                    "trace {:>6.1}s {rss} {threads}",
-                    started.elapsed().as_secs_f64()
-                );
-                std::thread::sleep(Duration::from_secs(2));
-            }
-        });
-    }
-    let mut status = 0;
-    // SAFETY: wait4 on our own child, with structs we own.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    Usage {
-        wall: started.elapsed(),
-        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
-        peak_rss_mb: usage.ru_maxrss as f64 / 1024.0,
-        ok: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
     }
 }
 
@@ -158,8 +107,13 @@ with ThreadPoolExecutor(threads) as pool:
 sys.exit(0 if ok else 1)
 "##;
 
+/// The tests' virtualenv's Python (which has Libcloud), else the system's.
+fn python() -> PathBuf {
+    testbed::python::tool("python").unwrap_or_else(|_| PathBuf::from("python3"))
+}
+
 fn libcloud_available() -> bool {
-    Command::new("python3")
+    Command::new(python())
         .args(["-c", "import libcloud, paramiko"])
         .stderr(Stdio::null())
         .status()
@@ -226,7 +180,7 @@ async fn main() {
     if libcloud_available() {
         let script = dir.join("libcloud_fleet.py");
         std::fs::write(&script, LIBCLOUD_SCRIPT).expect("script");
-        let mut cmd = Command::new("python3");
+        let mut cmd = Command::new(python());
         cmd.arg(&script)
             .arg(&files.0)
             .arg(&files.1)

@@ -38,6 +38,10 @@ pub struct Request {
     /// Whether sending it twice does no harm (GET, DELETE, most PUTs): then 5xx answers and
     /// transport failures are retried too.
     pub idempotent: bool,
+    /// Tells an answer that throttles the request (not acted on), beside 429: it is sent again
+    /// whatever its idempotence, and every request of the client waits (EC2 answers its
+    /// `RequestLimitExceeded` with a 503, say).
+    pub throttled: Option<fn(&Response) -> bool>,
 }
 
 impl Request {
@@ -50,6 +54,7 @@ impl Request {
             headers: Vec::new(),
             body: None,
             idempotent,
+            throttled: None,
         }
     }
 
@@ -257,18 +262,18 @@ impl HttpClient {
             self.trace(&curl_line(&request, attempt));
             let sent_at = Instant::now();
             let outcome = self.attempt(&request).await;
-            let retry_after = match self.verdict(&request, &outcome, sent_at.elapsed()) {
+            let (retry_after, throttled) = match self.verdict(&request, &outcome, sent_at.elapsed())
+            {
                 Verdict::Done => return outcome,
-                Verdict::Retry(after) => after,
+                Verdict::Retry(after) => (after, false),
+                Verdict::Throttled(after) => (after, true),
             };
-            if let (Some(after), Ok(response)) = (retry_after, &outcome) {
-                if response.status == 429 {
-                    self.hold_for(after);
-                }
-            }
             let pause = retry_after
                 .unwrap_or_else(|| backoff.next().unwrap_or(self.retry.max_delay))
                 .min(self.retry.max_delay.max(retry_after.unwrap_or_default()));
+            if throttled {
+                self.hold_for(pause);
+            }
             if attempt >= self.retry.max_tries || started.elapsed() + pause > self.retry.budget {
                 return outcome;
             }
@@ -356,10 +361,13 @@ impl HttpClient {
                         .unwrap_or_default(),
                     redact_body(&response.body).replace('\n', "\n# ")
                 ));
-                let retryable = response.status == 429
-                    || (request.idempotent && matches!(response.status, 500 | 502 | 503 | 504));
-                if retryable {
-                    Verdict::Retry(response.header("retry-after").and_then(parse_retry_after))
+                let retry_after = response.header("retry-after").and_then(parse_retry_after);
+                let throttled =
+                    response.status == 429 || request.throttled.is_some_and(|t| t(response));
+                if throttled {
+                    Verdict::Throttled(retry_after)
+                } else if request.idempotent && matches!(response.status, 500 | 502 | 503 | 504) {
+                    Verdict::Retry(retry_after)
                 } else {
                     Verdict::Done
                 }
@@ -386,6 +394,9 @@ enum Verdict {
     Done,
     /// Try again, after the server's `Retry-After` when it gave one.
     Retry(Option<Duration>),
+    /// Throttled: every request of the client waits (the server's `Retry-After`, else the
+    /// backoff's pause), then this one is sent again.
+    Throttled(Option<Duration>),
 }
 
 fn open_trace(path: &Path) -> std::io::Result<File> {

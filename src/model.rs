@@ -139,6 +139,11 @@ impl Node {
         self.extra.get("location").and_then(|v| v.as_str())
     }
 
+    /// The run that created it (`extra.run`), when the provider tags its nodes with it.
+    pub fn run(&self) -> Option<&str> {
+        self.extra.get("run").and_then(|v| v.as_str())
+    }
+
     /// The provider's own status string (`extra.status`), when it reports one.
     pub fn status(&self) -> Option<&str> {
         self.extra.get("status").and_then(|v| v.as_str())
@@ -222,6 +227,11 @@ pub struct CreateNode {
     pub auth: Option<NodeAuth>,
     /// Provider-specific options, as a driver documents them.
     pub extra: BTreeMap<String, serde_json::Value>,
+    /// The run creating the node (the journal's run id), when there is one. Providers that tag
+    /// their nodes record it (EC2's `nodeup:run` tag, reported as `extra.run`), so that `nodeup
+    /// cleanup` tells a run's node apart from another's of the same name, and it makes the
+    /// create request's idempotency token stable across retries.
+    pub run: Option<String>,
 }
 
 /// An SSH key pair the provider keeps (to be installed on new nodes).

@@ -150,6 +150,7 @@ fn requests(args: &DeployArgs, file: &StepFile) -> Result<Vec<CreateNode>, Failu
             location: args.location.clone().or(file.node.location.clone()),
             auth: None,
             extra: file.node.options.clone(),
+            run: None,
         })
         .collect())
 }

@@ -173,6 +173,7 @@ async fn create(args: CreateArgs) -> Result<(), Failure> {
         location: args.location,
         auth,
         extra,
+        run: None,
     };
     eprintln!("creating node {} on {}", request.name, driver.name());
     let mut node = driver.create_node(&request).await?;

@@ -203,7 +203,9 @@ async fn find(
     };
     let mut named: Vec<Node> = nodes
         .into_iter()
+        // A node tagged with another run's id is that run's, whatever its name.
         .filter(|n| n.name == orphan.name && !claimed.contains(&n.id))
+        .filter(|n| n.run().is_none_or(|run| run == orphan.run))
         .collect();
     Ok(match named.len() {
         0 | 1 => Ok(named.pop()),

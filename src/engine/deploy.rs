@@ -217,6 +217,9 @@ pub async fn deploy_node(
     let entry = begin_entry(driver.as_ref(), &request, steps, options)
         .await
         .map_err(|e| DeploymentError::before_create(Cause::Journal(e)))?;
+    if request.run.is_none() {
+        request.run = entry.as_ref().map(|e| e.run_id().to_string());
+    }
     let recorder = Recorder::new(options.progress.clone(), entry);
     recorder.creating(&request.name);
     let node = match driver.create_node(&request).await {

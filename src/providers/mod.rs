@@ -4,6 +4,7 @@
 //! error of an HTTP call, and creating at most once.
 
 pub mod dummy;
+pub mod ec2;
 pub mod kit;
 pub mod local;
 pub mod lookup;
@@ -27,6 +28,7 @@ pub fn registry() -> &'static Registry {
             Ok(Arc::new(local::LocalDriver::from_config(c)?))
         });
         registry.register("ovh", |c| Ok(Arc::new(ovh::OvhDriver::from_config(c)?)));
+        registry.register("ec2", |c| Ok(Arc::new(ec2::Ec2Driver::from_config(c)?)));
         registry.register("nephoscale", |c| {
             Ok(Arc::new(nephoscale::NephoScaleDriver::from_config(c)?))
         });

@@ -6,14 +6,18 @@
 //! each state directory records the pid and start time of the process that owns it, and one whose
 //! owner is gone is destroyed node by node and deleted. Nothing is ever found by process name.
 
+pub mod fake_ec2;
 pub mod fake_nephoscale;
 pub mod fake_ovh;
 pub mod fake_slipstream;
+pub mod moto;
 pub mod postgres;
+pub mod python;
 pub mod relay;
 pub mod relayed;
 pub mod replay;
 pub mod tls;
+pub mod usage;
 
 use std::fs;
 use std::io;
@@ -119,6 +123,7 @@ impl TestBed {
                 .authorize_client_key
                 .then(|| NodeAuth::SshKey(self.client_public_key.clone())),
             extra: Default::default(),
+            run: None,
         };
         let node = self
             .driver

@@ -1,6 +1,8 @@
 //! The test bed's fakes on their own: `testbed fake-ovh [--listen 127.0.0.1:PORT] [--dedicated
 //! NAME ...]` (a dedicated server per `--dedicated`), `testbed fake-nephoscale [--listen ...]`,
-//! `testbed fake-slipstream [--listen ...]`. Each prints, as lines a shell can `eval`, the
+//! `testbed fake-slipstream [--listen ...]`, `testbed fake-ec2 [--listen ...] [--moto URL]` (in
+//! front of moto's server: the one at URL, else one it starts from the tests' virtualenv). Each
+//! prints, as lines a shell can `eval`, the
 //! variables a client needs, then serves until killed (Ctrl+C or SIGTERM), destroying the local
 //! nodes behind its machines on the way out.
 
@@ -9,9 +11,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use testbed::fake_ec2::FakeEc2;
 use testbed::fake_nephoscale::{FakeNephoScale, NephoConfig};
 use testbed::fake_ovh::{FakeOvh, OvhConfig};
 use testbed::fake_slipstream::{FakeSlipStream, SlipConfig};
+use testbed::moto::Moto;
 use testbed::TestBed;
 
 /// Fake provider APIs over local nodes, for trying nodeup (and its seeds' clients) by hand.
@@ -69,6 +73,15 @@ enum Command {
         #[arg(long)]
         counted_ids: bool,
     },
+    /// AWS EC2: moto's EC2 API, with a local node for each instance.
+    #[command(name = "fake-ec2")]
+    Ec2 {
+        #[command(flatten)]
+        listen: Listen,
+        /// moto's server to front (else one is started from the tests' virtualenv).
+        #[arg(long, value_name = "URL")]
+        moto: Option<String>,
+    },
 }
 
 impl Command {
@@ -77,6 +90,7 @@ impl Command {
             Command::Ovh { .. } => "fake-ovh",
             Command::Nephoscale { .. } => "fake-nephoscale",
             Command::Slipstream { .. } => "fake-slipstream",
+            Command::Ec2 { .. } => "fake-ec2",
         }
     }
 }
@@ -134,6 +148,21 @@ async fn start(fake: &Command, bed: &TestBed) -> Result<(Serving, Vec<(String, S
                 .map_err(failed(listen.listen))?;
             let env = served.env();
             Ok((Box::new(served), env))
+        }
+        Command::Ec2 { listen, moto } => {
+            let started = match moto {
+                Some(_) => None,
+                None => Some(Moto::start().map_err(|e| format!("fake-ec2: moto: {e}"))?),
+            };
+            let url = moto
+                .clone()
+                .or(started.as_ref().map(Moto::url))
+                .unwrap_or_default();
+            let served = FakeEc2::start_on(listen.listen, &url, driver)
+                .await
+                .map_err(failed(listen.listen))?;
+            let env = served.env();
+            Ok((Box::new((served, started)), env))
         }
     }
 }

@@ -4,6 +4,7 @@ mod cli_deploy;
 mod cli_nodes;
 mod cli_ssh_config;
 mod deploy;
+mod ec2;
 mod fleet;
 mod hardening;
 mod journal;

@@ -121,6 +121,11 @@ pub struct LocalOptions {
     /// its own linked to this machine, or one linked to another local node only.
     #[serde(default)]
     pub network: Network,
+    /// The name of the image's own login user (`debian` unless given): `admin`, `ubuntu` or
+    /// `ec2-user` make a `cloud-debian` node answer as a cloud's Debian, Ubuntu or Amazon Linux
+    /// image does.
+    #[serde(default)]
+    pub login_user: Option<String>,
 }
 
 impl std::fmt::Debug for LocalOptions {
@@ -132,6 +137,7 @@ impl std::fmt::Debug for LocalOptions {
             .field("banner", &self.banner)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("network", &self.network)
+            .field("login_user", &self.login_user)
             .finish()
     }
 }
@@ -448,6 +454,9 @@ pub struct Reinstall {
 struct Planned<'a> {
     name: &'a str,
     image: Image,
+    /// The image's own login user (an account on both images; the one to log in as on
+    /// `cloud-debian`).
+    user: &'a str,
     size: &'static str,
     ssh_key: Option<&'a str>,
     password: Option<&'a str>,
@@ -491,6 +500,19 @@ fn plan<'a>(request: &'a CreateNode, options: &'a LocalOptions) -> Result<Planne
             )));
         }
     }
+    let user = options.login_user.as_deref().unwrap_or(rootfs::LOGIN_USER);
+    let valid_user = !user.is_empty()
+        && user.len() <= 32
+        && user.starts_with(|c: char| c.is_ascii_lowercase())
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !valid_user || user == "root" {
+        return Err(invalid(format!(
+            "login_user {user:?}: give a user name of lower-case letters, digits, '-' and '_' \
+             (not root), up to 32"
+        )));
+    }
     check_requirements()?;
     if options.network != Network::Loopback {
         network::check_requirements()?;
@@ -498,6 +520,7 @@ fn plan<'a>(request: &'a CreateNode, options: &'a LocalOptions) -> Result<Planne
     Ok(Planned {
         name,
         image,
+        user,
         size,
         ssh_key,
         password: options.password.as_deref().or(auth_password),
@@ -605,6 +628,7 @@ fn build(
         address,
         port,
         image: planned.image,
+        user: planned.user,
         ssh_key: planned.ssh_key,
         password: planned.password,
         banner: options.banner.as_deref(),
@@ -618,7 +642,10 @@ fn build(
         size: planned.size.to_string(),
         address,
         port,
-        login_user: planned.image.login_user().to_string(),
+        login_user: match planned.image {
+            Image::CloudDebian => planned.user.to_string(),
+            Image::Debian => planned.image.login_user().to_string(),
+        },
         host_keys,
         listen_delay_ms: options.listen_delay.as_millis() as u64,
         stopped: false,
@@ -853,6 +880,7 @@ fn fresh_files(dir: &Path, record: &NodeRecord, spec: &Reinstall) -> io::Result<
         address: record.address,
         port: record.port,
         image: Image::Debian,
+        user: rootfs::LOGIN_USER,
         ssh_key: spec.root_key.as_deref(),
         password: None,
         banner: None,

@@ -141,6 +141,8 @@ pub struct Rootfs<'a> {
     pub port: u16,
     /// The image.
     pub image: Image,
+    /// The image's own login user ([`LOGIN_USER`] unless the node was given another).
+    pub user: &'a str,
     /// An SSH public key (one OpenSSH line) for the login user.
     pub ssh_key: Option<&'a str>,
     /// A password for the login user; turns on password authentication.
@@ -169,7 +171,7 @@ impl Rootfs<'_> {
         let sudoers = etc.join("sudoers.d");
         mkdir(&sudoers, 0o750)?;
         let rule = sudoers.join("90-nodeup-login-user");
-        fs::write(&rule, format!("{LOGIN_USER} ALL=(ALL) NOPASSWD:ALL\n"))?;
+        fs::write(&rule, format!("{} ALL=(ALL) NOPASSWD:ALL\n", self.user))?;
         set_mode(&rule, 0o440)?;
 
         let ssh = etc.join("ssh");
@@ -188,7 +190,7 @@ impl Rootfs<'_> {
         let home = upper.join("home");
         mkdir(&home, 0o755)?;
         make_opaque(&home)?;
-        let user_home = home.join(LOGIN_USER);
+        let user_home = home.join(self.user);
         mkdir(&user_home, 0o755)?;
         chown(&user_home, Some(uid), Some(gid))?;
 
@@ -214,8 +216,9 @@ impl Rootfs<'_> {
                     // What cloud-init's disable_root writes: root's key "works", then refuses.
                     let refusal = format!(
                         "no-port-forwarding,no-agent-forwarding,no-X11-forwarding,command=\"echo \
-                         'Please login as the user \\\"{LOGIN_USER}\\\" rather than the user \
-                         \\\"root\\\".';echo;sleep 10;exit 142\" {key}"
+                         'Please login as the user \\\"{}\\\" rather than the user \
+                         \\\"root\\\".';echo;sleep 10;exit 142\" {key}",
+                        self.user
                     );
                     authorize(&root_home, &refusal, 0, 0)?;
                 }
@@ -230,7 +233,8 @@ impl Rootfs<'_> {
         let passwd = fs::read_to_string("/etc/passwd")?;
         let group = fs::read_to_string("/etc/group")?;
         let shadow = fs::read_to_string("/etc/shadow").unwrap_or_default();
-        let is_login_user = |line: &&str| line.split(':').next() == Some(LOGIN_USER);
+        let user = self.user;
+        let is_login_user = |line: &&str| line.split(':').next() == Some(user);
 
         let used_ids = |text: &str, field: usize| -> Vec<u32> {
             text.lines()
@@ -249,14 +253,14 @@ impl Rootfs<'_> {
             .map(|l| format!("{l}\n"))
             .collect();
         passwd_out.push_str(&format!(
-            "{LOGIN_USER}:x:{id}:{id}:Debian:/home/{LOGIN_USER}:/bin/bash\n"
+            "{user}:x:{id}:{id}:Debian:/home/{user}:/bin/bash\n"
         ));
         let mut group_out: String = group
             .lines()
             .filter(|l| !is_login_user(l))
             .map(|l| format!("{l}\n"))
             .collect();
-        group_out.push_str(&format!("{LOGIN_USER}:x:{id}:\n"));
+        group_out.push_str(&format!("{user}:x:{id}:\n"));
 
         let hash = match self.password {
             Some(pw) => Some(
@@ -265,7 +269,10 @@ impl Rootfs<'_> {
             ),
             None => None,
         };
-        let password_user = self.image.login_user();
+        let password_user = match self.image {
+            Image::CloudDebian => user,
+            Image::Debian => self.image.login_user(),
+        };
         let mut shadow_out = String::new();
         for line in shadow.lines().filter(|l| !is_login_user(l)) {
             let mut fields: Vec<&str> = line.split(':').collect();
@@ -279,11 +286,11 @@ impl Rootfs<'_> {
             shadow_out.push_str(&fields.join(":"));
             shadow_out.push('\n');
         }
-        let user_pw = match (&hash, password_user == LOGIN_USER) {
+        let user_pw = match (&hash, password_user == user) {
             (Some(h), true) => h.as_str(),
             _ => "*",
         };
-        shadow_out.push_str(&format!("{LOGIN_USER}:{user_pw}:19000:0:99999:7:::\n"));
+        shadow_out.push_str(&format!("{user}:{user_pw}:19000:0:99999:7:::\n"));
 
         fs::write(etc.join("passwd"), passwd_out)?;
         fs::write(etc.join("group"), group_out)?;
@@ -446,6 +453,7 @@ mod tests {
             address: Ipv4Addr::new(127, 100, 0, 2),
             port: 22,
             image: Image::CloudDebian,
+            user: LOGIN_USER,
             ssh_key: None,
             password: None,
             banner: Some("hello"),

@@ -1,0 +1,37 @@
+//! The Python tools the tests use (moto's server, boto3, Libcloud), from the virtualenv that
+//! `.ci/run` makes from `testbed/requirements.txt`: `$NODEUP_TEST_VENV`, else `target/test-venv`
+//! in the workspace.
+
+use std::io;
+use std::path::PathBuf;
+
+/// The variable that names the virtualenv.
+pub const VENV_VARIABLE: &str = "NODEUP_TEST_VENV";
+
+/// The virtualenv's directory.
+pub fn venv() -> PathBuf {
+    match std::env::var_os(VENV_VARIABLE).filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-venv"),
+    }
+}
+
+/// A program of the virtualenv (`moto_server`, `python` ...).
+///
+/// # Errors
+/// `NotFound`, saying how to make the virtualenv.
+pub fn tool(name: &str) -> io::Result<PathBuf> {
+    let path = venv().join("bin").join(name);
+    if path.exists() {
+        return Ok(path);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!(
+            "{} is missing: the tests need the virtualenv that .ci/run makes (python3 -m venv \
+             target/test-venv && target/test-venv/bin/pip install -r testbed/requirements.txt), \
+             or {VENV_VARIABLE} naming one",
+            path.display()
+        ),
+    ))
+}

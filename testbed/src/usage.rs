@@ -1,0 +1,73 @@
+//! What a benchmark's client process used, as the kernel counts it: wall time, CPU time (user and
+//! system) and peak memory, read with `wait4` when the process ends. With
+//! `NODEUP_BENCH_TRACE` set, its memory and threads are printed every two seconds while it runs.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How often the trace prints.
+const TRACE_EVERY: Duration = Duration::from_secs(2);
+
+/// What a finished child used.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    /// From spawn to exit.
+    pub wall: Duration,
+    /// User and system CPU time of the process (its threads included).
+    pub cpu: Duration,
+    /// Peak resident memory, in MB.
+    pub peak_rss_mb: f64,
+    /// Whether it exited 0.
+    pub ok: bool,
+}
+
+/// Runs `cmd` (its output discarded) and reaps it with `wait4`, for its own peak RSS and CPU.
+///
+/// # Panics
+/// The command cannot be spawned.
+// The child is reaped by wait4, which std's `wait` cannot do with the rusage.
+#[allow(clippy::zombie_processes)]
+pub fn measure(mut cmd: Command) -> Usage {
+    let started = Instant::now();
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    if std::env::var_os("NODEUP_BENCH_TRACE").is_some() {
+        trace(child.id(), started);
+    }
+    let mut status = 0;
+    // SAFETY: wait4 on our own child, with structs we own.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Usage {
+        wall: started.elapsed(),
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+        peak_rss_mb: usage.ru_maxrss as f64 / 1024.0,
+        ok: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+    }
+}
+
+/// Prints the process's memory and threads every [`TRACE_EVERY`] until it ends.
+fn trace(pid: u32, started: Instant) {
+    std::thread::spawn(move || {
+        while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            let line = |key: &str| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with(key))
+                    .unwrap_or("")
+                    .to_string()
+            };
+            eprintln!(
+                "trace {:>6.1}s {} {}",
+                started.elapsed().as_secs_f64(),
+                line("VmRSS"),
+                line("Threads")
+            );
+            std::thread::sleep(TRACE_EVERY);
+        }
+    });
+}
