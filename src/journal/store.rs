@@ -10,6 +10,13 @@ use super::JournalError;
 
 /// How long SQLite waits for another nodeup process's write to finish before giving up.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The pause between tries of switching a new SQLite journal to WAL while another process is
+/// doing the same (SQLite answers that switch "database is locked" without waiting).
+const WAL_SWITCH_PAUSE: Duration = Duration::from_millis(10);
+
+/// How many times the switch to WAL is tried again (about the busy timeout in all).
+const WAL_SWITCH_RETRIES: usize = 3000;
 /// How long connecting to PostgreSQL may take.
 const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The key of the advisory lock that serializes schema migrations in PostgreSQL.
@@ -195,7 +202,17 @@ fn open_sqlite(path: &Path) -> Result<rusqlite::Connection, JournalError> {
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .map_err(|e| sqlite_error(path, e))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))
+        use backon::BlockingRetryable as _;
+        let switch = || conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0));
+        switch
+            .retry(
+                backon::ConstantBuilder::default()
+                    .with_delay(WAL_SWITCH_PAUSE)
+                    .with_max_times(WAL_SWITCH_RETRIES),
+            )
+            .sleep(std::thread::sleep)
+            .when(|e| e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy))
+            .call()
             .map_err(|e| sqlite_error(path, e))?;
     }
     conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")

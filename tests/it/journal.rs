@@ -570,7 +570,7 @@ async fn one_winner_among_racers(location: nodeup::journal::Location) {
         match outcome.unwrap() {
             Ok(()) => won += 1,
             Err(JournalError::NameLocked(_)) => {}
-            Err(e) => panic!("{e}"),
+            Err(e) => panic!("{}", nodeup::error_chain(&e)),
         }
     }
     assert_eq!(won, 1);
