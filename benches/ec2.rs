@@ -4,20 +4,27 @@
 //! the same endpoint. The same work: find Debian 12 by name, import the key, launch, wait until
 //! running, log in as `admin`, append a key, upload 1 MiB, run a two-line script. Printed: wall
 //! time, the client's CPU time, and the API calls each made (counted at the front), by action.
+//! The API is [`API_ROUND_TRIP`] away behind the test bed's relay, so that a call costs what it
+//! costs from a real machine.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use nodeup::driver::NodeDriver;
 use nodeup::providers::ec2::{Access, Ec2Driver, Ec2Settings};
 use testbed::fake_ec2::FakeEc2;
 use testbed::moto::{Moto, REGION};
+use testbed::relay::{Faults, Relay};
 use testbed::usage::{measure, Usage};
 use testbed::TestBed;
 
 /// How many nodes each run deploys.
 const FLEETS: [usize; 2] = [1, 10];
+
+/// The round trip to EC2's API, as from a machine in another region (the relay's delay).
+const API_ROUND_TRIP: Duration = Duration::from_millis(60);
 
 /// The size of the uploaded file.
 const PAYLOAD_BYTES: usize = 1 << 20;
@@ -113,9 +120,21 @@ async fn counted(fake: &FakeEc2, cmd: Command) -> (Usage, BTreeMap<String, u32>)
     (usage, calls)
 }
 
-/// Destroys every instance (between runs, not timed).
-async fn destroy_all(fake: &FakeEc2) {
-    let ec2 = Ec2Driver::with_access(
+/// One instance made and destroyed before anything is timed, so that no client pays for moto's
+/// first answers in a region or the first machine's boot.
+async fn warm_up(fake: &FakeEc2) {
+    let request = nodeup::model::CreateNode {
+        name: "warm-up".into(),
+        image: Some("debian-12-amd64".into()),
+        ..Default::default()
+    };
+    driver(fake).create_node(&request).await.expect("warm-up");
+    destroy_all(fake).await;
+}
+
+/// A driver for the front with moto's test credentials.
+fn driver(fake: &FakeEc2) -> Ec2Driver {
+    Ec2Driver::with_access(
         Access {
             access_key_id: "testing".into(),
             secret_access_key: "testing".into(),
@@ -125,7 +144,12 @@ async fn destroy_all(fake: &FakeEc2) {
         },
         Ec2Settings::default(),
     )
-    .expect("driver");
+    .expect("driver")
+}
+
+/// Destroys every instance (between runs, not timed).
+async fn destroy_all(fake: &FakeEc2) {
+    let ec2 = driver(fake);
     for node in ec2.list_nodes().await.expect("list") {
         ec2.destroy_node(&node).await.expect("destroy");
     }
@@ -165,6 +189,24 @@ async fn main() {
     let public = dir.join("client.pub");
     std::fs::write(&public, bed.client_public_key()).expect("public key");
     let python = python();
+    warm_up(&fake).await;
+    let relay = Relay::start(
+        fake.url()
+            .trim_start_matches("http://")
+            .parse()
+            .expect("addr"),
+    )
+    .await
+    .expect("relay");
+    relay.set_faults(Faults {
+        delay: API_ROUND_TRIP / 2,
+        ..Faults::default()
+    });
+    let api = format!("http://{}", relay.addr());
+    println!(
+        "EC2's API {} ms away (the test bed's relay, both clients through it); the nodes on loopback.\n",
+        API_ROUND_TRIP.as_millis()
+    );
     let mut rows = Vec::new();
     for count in FLEETS {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodeup"));
@@ -175,7 +217,7 @@ async fn main() {
             .args(["--parallel", &count.to_string()])
             .env("NODEUP_STATE_DIR", bed.nodeup_state_dir())
             .env("HOME", dir)
-            .envs(fake.env());
+            .envs(Moto::env_for(&api));
         let (usage, calls) = counted(&fake, cmd).await;
         rows.push(Row {
             client: "nodeup",
@@ -188,7 +230,7 @@ async fn main() {
         let mut cmd = Command::new(python);
         cmd.arg("-c")
             .arg(LIBCLOUD_SCRIPT)
-            .arg(fake.url().rsplit(':').next().expect("port"))
+            .arg(relay.addr().port().to_string())
             .arg(bed.client_key())
             .arg(&public)
             .arg(&payload)

@@ -320,18 +320,28 @@ async fn wait_for(
         .ok_or_else(|| WaitError::Gone(node.id.clone()))
 }
 
-/// The usernames to try, in order: the first, the alternates, then the image's own login user.
+/// The usernames to try, in order: the one given, the alternates, then the image's own login
+/// user; with none given, the image's login user first, then root, then the alternates.
 fn login_users(options: &DeployOptions, node: &Node) -> Vec<String> {
-    let mut users = vec![options.ssh_username.clone()];
     let image_user = node
         .login_user()
         .filter(|_| options.try_image_user)
         .map(str::to_string);
-    for user in options
-        .alternate_usernames
-        .iter()
-        .cloned()
-        .chain(image_user)
+    let (first, last) = match &options.ssh_username {
+        Some(user) => (vec![user.clone()], image_user),
+        None => (
+            image_user
+                .into_iter()
+                .chain([super::options::DEFAULT_USER.to_string()])
+                .collect(),
+            None,
+        ),
+    };
+    let mut users: Vec<String> = Vec::new();
+    for user in first
+        .into_iter()
+        .chain(options.alternate_usernames.iter().cloned())
+        .chain(last)
     {
         if !users.contains(&user) {
             users.push(user);
@@ -413,5 +423,48 @@ impl Provisioning<'_> {
                 ..self.failed(&node, f.cause)
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node_with_user(user: Option<&str>) -> Node {
+        let mut node = Node {
+            id: "i-1".into(),
+            name: "web".into(),
+            state: crate::model::NodeState::Running,
+            public_ips: Vec::new(),
+            private_ips: Vec::new(),
+            image: None,
+            size: None,
+            provider: "dummy".into(),
+            extra: Default::default(),
+        };
+        if let Some(user) = user {
+            node.extra.insert("login_user".into(), user.into());
+        }
+        node
+    }
+
+    #[test]
+    fn the_image_s_user_comes_first_unless_a_user_is_given() {
+        let mut options = DeployOptions {
+            alternate_usernames: vec!["ops".into(), "root".into()],
+            ..DeployOptions::default()
+        };
+        let admin = node_with_user(Some("admin"));
+        assert_eq!(login_users(&options, &admin), ["admin", "root", "ops"]);
+        assert_eq!(
+            login_users(&options, &node_with_user(None)),
+            ["root", "ops"]
+        );
+        options.ssh_username = Some("root".into());
+        assert_eq!(login_users(&options, &admin), ["root", "ops", "admin"]);
+        options.try_image_user = false;
+        assert_eq!(login_users(&options, &admin), ["root", "ops"]);
+        options.ssh_username = None;
+        assert_eq!(login_users(&options, &admin), ["root", "ops"]);
     }
 }

@@ -459,9 +459,11 @@ struct SharedListing {
     driver: Arc<dyn NodeDriver>,
     max_age: Duration,
     last: tokio::sync::Mutex<std::collections::HashMap<Option<String>, Listing>>,
+    /// When the latest create returned: a listing asked for before it may lack that node.
+    created: std::sync::Mutex<Option<Instant>>,
 }
 
-/// A list call's answer and when it came.
+/// A list call's answer and when the call was made.
 type Listing = (Instant, Vec<Node>);
 
 impl SharedListing {
@@ -470,24 +472,29 @@ impl SharedListing {
             driver,
             max_age: options.poll_period / 2,
             last: tokio::sync::Mutex::default(),
+            created: std::sync::Mutex::default(),
         }
     }
 
-    /// The nodes (of `location`), from a list call made less than half a poll period ago when
-    /// there was one; callers that arrive while a call is in flight wait for it.
+    /// The nodes (of `location`), from a list call made less than half a poll period ago and
+    /// after the latest create returned, when there was one; callers that arrive while a call
+    /// is in flight wait for it.
     async fn list(&self, location: Option<&str>) -> DriverResult<Vec<Node>> {
         let mut last = self.last.lock().await;
         let key = location.map(str::to_string);
+        let created = *self.created.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((at, nodes)) = last.get(&key) {
-            if at.elapsed() < self.max_age {
+            let after_creates = created.is_none_or(|c| *at > c);
+            if after_creates && at.elapsed() < self.max_age {
                 return Ok(nodes.clone());
             }
         }
+        let asked = Instant::now();
         let nodes = match location {
             Some(l) => self.driver.list_nodes_in(l).await?,
             None => self.driver.list_nodes().await?,
         };
-        last.insert(key, (Instant::now(), nodes.clone()));
+        last.insert(key, (asked, nodes.clone()));
         Ok(nodes)
     }
 }
@@ -524,7 +531,9 @@ impl NodeDriver for SharedListing {
     }
 
     async fn create_node(&self, request: &CreateNode) -> DriverResult<Node> {
-        self.driver.create_node(request).await
+        let node = self.driver.create_node(request).await;
+        *self.created.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        node
     }
 
     async fn destroy_node(&self, node: &Node) -> DriverResult<()> {

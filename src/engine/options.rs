@@ -88,11 +88,14 @@ pub type Progress = Arc<dyn Fn(&Event) + Send + Sync>;
 /// Every parameter of Libcloud's `deploy_node`, under Rust names, and what nodeup adds.
 #[derive(Clone)]
 pub struct DeployOptions {
-    /// The first username to log in as (Libcloud's `ssh_username`, default root).
-    pub ssh_username: String,
+    /// The first username to log in as (Libcloud's `ssh_username`). `None`: the image's login
+    /// user (`extra.login_user`, as `admin` on EC2's Debian) when the provider reports one and
+    /// `try_image_user` is on, then root ([`DEFAULT_USER`]).
+    pub ssh_username: Option<String>,
     /// Usernames to try after it.
     pub alternate_usernames: Vec<String>,
-    /// Also try the image's login user (`extra.login_user`) after those.
+    /// Also try the image's login user (`extra.login_user`): first when no `ssh_username` is
+    /// given, else after the alternates.
     pub try_image_user: bool,
     /// The SSH port; the node's own (`extra.ssh_port`, else 22) when `None`.
     pub port: Option<u16>,
@@ -175,13 +178,21 @@ pub const DEFAULT_POLL_PERIOD: Duration = Duration::from_secs(2);
 /// a connection lost twice is resumed twice, a third loss fails.
 pub const DEFAULT_MAX_TRIES: u32 = 3;
 
-/// The first user tried unless told otherwise (Libcloud's `ssh_username`).
+/// The user tried when none is given, after the image's own login user (Libcloud's
+/// `ssh_username` default).
 pub const DEFAULT_USER: &str = "root";
+
+impl DeployOptions {
+    /// The user to log in as where no image says one: the one given, else root.
+    pub fn first_user(&self) -> &str {
+        self.ssh_username.as_deref().unwrap_or(DEFAULT_USER)
+    }
+}
 
 impl Default for DeployOptions {
     fn default() -> Self {
         DeployOptions {
-            ssh_username: DEFAULT_USER.into(),
+            ssh_username: None,
             alternate_usernames: Vec::new(),
             try_image_user: true,
             port: None,

@@ -395,7 +395,7 @@ async fn provision(
                 ))
             })?;
     }
-    let mut users = vec![deploy.ssh_username.clone()];
+    let mut users = vec![deploy.first_user().to_string()];
     users.extend(deploy.alternate_usernames.iter().cloned());
     users.dedup();
     let target = Target {

@@ -177,7 +177,7 @@ pub fn resolve(
         ..DeployOptions::default()
     };
     if let Some(user) = said.ssh_user.clone().or(ssh.username.clone()) {
-        options.ssh_username = user;
+        options.ssh_username = Some(user);
     }
     options.alternate_usernames = ssh.alternate_usernames.clone();
     options
@@ -348,7 +348,7 @@ pub fn for_machine(
     let user = match (&machine.user, given.user, &said.user) {
         (Some(user), _, _) => user.clone(),
         (None, false, Some(user)) => user.clone(),
-        _ => options.ssh_username.clone(),
+        _ => options.first_user().to_string(),
     };
     let keys = match &machine.key_file {
         Some(path) => KeyChoice::Files {
@@ -496,7 +496,7 @@ mod tests {
                 let ip: IpAddr = ADDRESS.parse().unwrap();
                 let port = options.port.unwrap_or(crate::ssh::SSH_PORT);
                 let ssh = for_created_node(&options, &ip.to_string()).unwrap();
-                let users = vec![options.ssh_username.clone()];
+                let users = vec![options.first_user().to_string()];
                 (
                     target(SocketAddr::new(ip, port), users, ssh),
                     KeyChoice::Deployment,

@@ -7,6 +7,11 @@
 //! same to the node. It also counts the calls by action, serves `/checkip` (this machine's
 //! address as AWS's checkip service answers it), and injects faults per action: EC2's throttling
 //! (`RequestLimitExceeded`, 503), 500s, and answers lost after moto acted.
+//!
+//! Two things moto does not do as EC2 does are done here, so that Libcloud's EC2 driver gets
+//! EC2's answers: requests signed with Signature Version 2 ([`crate::sigv2`]) are checked and
+//! passed on, and answers carry EC2's namespace (`.../doc/2016-11-15/`, with the slash moto
+//! leaves out).
 
 // Handlers answer early with an error `Response`; it is large by nature.
 #![allow(clippy::result_large_err)]
@@ -35,6 +40,12 @@ const PUBLISHER_USERS: [(&str, &str); 3] = [
     ("137112412989", "ec2-user"),
 ];
 
+/// The XML namespace of moto's EC2 answers: botocore's model spells it without a trailing slash.
+const MOTO_NAMESPACE: &str = "xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15\"";
+
+/// The namespace EC2 answers in, with the slash: Libcloud's parser finds elements by it.
+const EC2_NAMESPACE: &str = "xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"";
+
 /// A machine of an instance.
 #[derive(Debug, Clone)]
 struct Machine {
@@ -60,6 +71,10 @@ struct Front {
     local: LocalDriver,
     http: reqwest::Client,
     data: Mutex<Data>,
+    /// Held for writing while moto launches and the launch's machines are matched to its
+    /// instances, for reading by every other call: no answer shows an instance before its
+    /// machine is known.
+    gate: tokio::sync::RwLock<()>,
 }
 
 /// A running front.
@@ -95,6 +110,7 @@ impl FakeEc2 {
             local,
             http: reqwest::Client::new(),
             data: Mutex::default(),
+            gate: tokio::sync::RwLock::new(()),
         });
         let app = Router::new().fallback(handle).with_state(front.clone());
         let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -181,17 +197,53 @@ async fn handle(
     if action == "ImportKeyPair" {
         remember_imported(&front, &form);
     }
-    let (status, answer) = match forward(&front, &method, &uri, &headers, body).await {
-        Ok(got) => got,
-        Err(e) => return (StatusCode::BAD_GATEWAY, format!("moto: {e}")).into_response(),
-    };
-    let answer = if status.is_success() {
-        effects(&front, &action, &form, &headers, answer).await
+    let (status, answer) = if action == "RunInstances" {
+        match launch(&front, &method, &uri, &headers, &form, body).await {
+            Ok(got) => got,
+            Err(e) => return (StatusCode::BAD_GATEWAY, format!("moto: {e}")).into_response(),
+        }
     } else {
-        answer
+        let _reading = front.gate.read().await;
+        let (status, answer) = match forward(&front, &method, &uri, &headers, body).await {
+            Ok(got) => got,
+            Err(e) => return (StatusCode::BAD_GATEWAY, format!("moto: {e}")).into_response(),
+        };
+        if status.is_success() {
+            effects(&front, &action, &form, &answer).await;
+        }
+        (status, with_node_addresses(&front, answer))
     };
+    let answer = answer.replacen(MOTO_NAMESPACE, EC2_NAMESPACE, 1);
     let response = (status, [("content-type", "text/xml")], answer).into_response();
     crate::fake_ovh::deliver(fault, response).await
+}
+
+/// `RunInstances`: the machines are made first (as many as `MaxCount`), then moto launches and
+/// each instance gets one (behind the write gate); machines left over are destroyed.
+async fn launch(
+    front: &Front,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    form: &BTreeMap<String, String>,
+    body: Bytes,
+) -> Result<(StatusCode, String), reqwest::Error> {
+    let mut ready = machines_for(front, form).await;
+    let got = {
+        let _writing = front.gate.write().await;
+        let got = forward(front, method, uri, headers, body).await;
+        if let Ok((status, answer)) = &got {
+            if status.is_success() {
+                attach(front, &mut ready, answer);
+            }
+        }
+        got
+    };
+    for node in ready {
+        let _ = front.local.destroy_node(&node).await;
+    }
+    let (status, answer) = got?;
+    Ok((status, with_node_addresses(front, answer)))
 }
 
 /// The request's parameters: its form body, else its query.
@@ -227,16 +279,12 @@ fn refusal(fault: Fault) -> Option<Response> {
         ),
         Fault::LoseAnswer | Fault::SlowAnswer { .. } => return None,
     };
-    let body = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code>\
-         <Message>{message}</Message></Error></Errors><RequestID>{:08x}-fake-ec2</RequestID>\
-         </Response>",
-        rand::random::<u32>()
-    );
+    let (status, body) = ec2_error(status.as_u16(), code, message);
     Some((status, [("content-type", "text/xml")], body).into_response())
 }
 
-/// Passes the request to moto as it came.
+/// Passes the request to moto as it came; one signed with Version 2 (see [`crate::sigv2`]) is
+/// checked here and passed on signed with SigV4, the way moto's server routes to EC2.
 async fn forward(
     front: &Front,
     method: &Method,
@@ -244,19 +292,73 @@ async fn forward(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, String), reqwest::Error> {
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut request = front
-        .http
-        .request(method.clone(), format!("{}{path}", front.moto))
-        .body(body);
-    for (name, value) in headers {
-        if !matches!(name.as_str(), "host" | "content-length") {
-            request = request.header(name, value);
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(if body.is_empty() {
+        uri.query().unwrap_or("").as_bytes()
+    } else {
+        &body
+    })
+    .into_owned()
+    .collect();
+    let request = if crate::sigv2::is_v2(&form) {
+        match v2_request(front, method, uri, headers, &form) {
+            Ok(request) => request,
+            Err((status, code, message)) => return Ok(ec2_error(status, code, &message)),
         }
-    }
+    } else {
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut request = front
+            .http
+            .request(method.clone(), format!("{}{path}", front.moto))
+            .body(body);
+        for (name, value) in headers {
+            if !matches!(name.as_str(), "host" | "content-length") {
+                request = request.header(name, value);
+            }
+        }
+        request
+    };
     let answer = request.send().await?;
     let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::OK);
     Ok((status, answer.text().await?))
+}
+
+/// A Version 2 request, its signature checked, as the SigV4 request moto takes.
+fn v2_request(
+    front: &Front,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    form: &[(String, String)],
+) -> Result<reqwest::RequestBuilder, crate::sigv2::Refusal> {
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let checked = crate::sigv2::check(method.as_str(), host, uri.path(), form, |id| {
+        (id == crate::moto::ACCESS_KEY_ID).then(|| crate::moto::SECRET_ACCESS_KEY.to_string())
+    })?;
+    let url = format!("{}/", front.moto);
+    let (body, signed) = crate::sigv2::resign(&checked, &url, crate::moto::REGION)
+        .map_err(|e| (500, "InternalError", e))?;
+    let mut request = front.http.post(url).body(body);
+    for (name, value) in signed {
+        request = request.header(name, value);
+    }
+    Ok(request)
+}
+
+/// An error answer as EC2 words it.
+fn ec2_error(status: u16, code: &str, message: &str) -> (StatusCode, String) {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code>\
+         <Message>{message}</Message></Error></Errors><RequestID>{:08x}-fake-ec2</RequestID>\
+         </Response>",
+        rand::random::<u32>()
+    );
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+        body,
+    )
 }
 
 /// Records the public key of an imported key pair.
@@ -270,26 +372,24 @@ fn remember_imported(front: &Front, form: &BTreeMap<String, String>) {
     }
 }
 
-/// What a successful action does beyond moto: machines made, acted on, addresses shown.
-async fn effects(
-    front: &Front,
-    action: &str,
-    form: &BTreeMap<String, String>,
-    headers: &HeaderMap,
-    answer: String,
-) -> String {
+/// What a successful action other than a launch does beyond moto: key pairs remembered,
+/// machines acted on.
+async fn effects(front: &Front, action: &str, form: &BTreeMap<String, String>, answer: &str) {
     match action {
-        "RunInstances" => launched(front, form, headers, &answer).await,
-        "CreateKeyPair" => made_key(front, &answer),
+        "CreateKeyPair" => made_key(front, answer),
         "TerminateInstances" | "StopInstances" | "StartInstances" | "RebootInstances" => {
             power(front, action, form).await
         }
         _ => {}
     }
-    with_node_addresses(front, answer)
 }
 
-/// Every instance's public address (moto's) replaced by its machine's.
+/// The elements that show an instance's public address.
+const ADDRESS_ELEMENTS: [&str; 2] = ["ipAddress", "publicIp"];
+
+/// Every instance's public address (moto's) replaced by its machine's, and any other public
+/// address moto made up left out: no client of the fake is ever sent to an address off this
+/// machine.
 fn with_node_addresses(front: &Front, mut answer: String) -> String {
     for machine in lock(&front.data).machines.values() {
         let (Some(moto_ip), Some(ip)) = (&machine.moto_ip, machine.node.public_ips.first()) else {
@@ -297,7 +397,33 @@ fn with_node_addresses(front: &Front, mut answer: String) -> String {
         };
         answer = answer.replace(&format!(">{moto_ip}<"), &format!(">{ip}<"));
     }
+    for name in ADDRESS_ELEMENTS {
+        answer = without_outside(&answer, name);
+    }
     answer
+}
+
+/// `answer` without its elements `name` whose address is not a loopback one.
+fn without_outside(answer: &str, name: &str) -> String {
+    let (open, close) = (format!("<{name}>"), format!("</{name}>"));
+    let mut out = String::with_capacity(answer.len());
+    let mut rest = answer;
+    while let Some(start) = rest.find(&open) {
+        let Some(len) = rest[start..].find(&close) else {
+            break;
+        };
+        let value = &rest[start + open.len()..start + len];
+        let loopback = value
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+        out.push_str(&rest[..start]);
+        if loopback {
+            out.push_str(&rest[start..start + len + close.len()]);
+        }
+        rest = &rest[start + len + close.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Records the public key of a key pair moto made.
@@ -322,71 +448,92 @@ fn element(text: &str, name: &str) -> Option<String> {
     Some(text[start..end].to_string())
 }
 
-/// Every `<item>` of `instancesSet`, as (instance id, image id, key name, moto's address).
-fn launched_instances(answer: &str) -> Vec<(String, String, Option<String>, Option<String>)> {
+/// Every `<item>` of `instancesSet`, as (instance id, moto's public address).
+fn launched_instances(answer: &str) -> Vec<(String, Option<String>)> {
     answer
         .split("<instanceId>")
         .skip(1)
         .filter_map(|rest| {
             let id = rest.split("</instanceId>").next()?.to_string();
             let after = &rest[id.len()..];
-            let image = element(after, "imageId")?;
-            Some((id, image, None, element(after, "ipAddress")))
+            let next = after.find("<instanceId>").unwrap_or(after.len());
+            Some((id, element(&after[..next], "ipAddress")))
         })
         .collect()
 }
 
-/// Makes a machine for each instance a `RunInstances` launched.
-async fn launched(
-    front: &Front,
-    form: &BTreeMap<String, String>,
-    headers: &HeaderMap,
-    answer: &str,
-) {
+/// The most instances a `RunInstances` may launch here.
+const MAX_LAUNCH: usize = 20;
+
+/// A machine for each instance a `RunInstances` may launch (`MaxCount`), with the image's
+/// publisher's login user and the key pair's public key.
+async fn machines_for(front: &Front, form: &BTreeMap<String, String>) -> Vec<Node> {
+    let count = form
+        .get("MaxCount")
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(1)
+        .clamp(1, MAX_LAUNCH);
     let key = form
         .get("KeyName")
         .and_then(|name| lock(&front.data).keys.get(name).cloned());
-    for (id, image, _, moto_ip) in launched_instances(answer) {
-        let user = image_user(front, headers, &image).await;
-        let mut extra = BTreeMap::new();
-        if let Some(user) = user {
-            extra.insert("login_user".to_string(), serde_json::Value::from(user));
-        }
+    let user = match form.get("ImageId") {
+        Some(image) => image_user(front, image).await,
+        None => None,
+    };
+    let mut extra = BTreeMap::new();
+    if let Some(user) = user {
+        extra.insert("login_user".to_string(), serde_json::Value::from(user));
+    }
+    let image = if user.is_some() {
+        "cloud-debian"
+    } else {
+        "debian"
+    };
+    let mut nodes = Vec::new();
+    for _ in 0..count {
         let request = CreateNode {
-            name: id.clone(),
-            image: Some(
-                if user.is_some() {
-                    "cloud-debian"
-                } else {
-                    "debian"
-                }
-                .into(),
-            ),
+            name: format!("ec2-{:08x}", rand::random::<u32>()),
+            image: Some(image.into()),
             auth: key.clone().map(NodeAuth::SshKey),
-            extra,
+            extra: extra.clone(),
             ..Default::default()
         };
         match front.local.create_node(&request).await {
-            Ok(node) => {
-                let machine = Machine { node, moto_ip };
-                lock(&front.data).machines.insert(id, machine);
-            }
-            Err(e) => eprintln!("fake-ec2: making instance {id}'s machine: {e}"),
+            Ok(node) => nodes.push(node),
+            Err(e) => eprintln!("fake-ec2: making an instance's machine: {e}"),
         }
+    }
+    nodes
+}
+
+/// Gives each instance moto launched one of the `ready` machines.
+fn attach(front: &Front, ready: &mut Vec<Node>, answer: &str) {
+    let mut data = lock(&front.data);
+    for (id, moto_ip) in launched_instances(answer) {
+        let Some(node) = ready.pop() else {
+            eprintln!("fake-ec2: no machine for instance {id}");
+            continue;
+        };
+        data.machines.insert(id, Machine { node, moto_ip });
     }
 }
 
-/// The login user of an image's publisher, asking moto who published it.
-async fn image_user(front: &Front, headers: &HeaderMap, image: &str) -> Option<&'static str> {
-    let mut request = front
-        .http
-        .post(format!("{}/", front.moto))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!(
-            "Action=DescribeImages&Version=2016-11-15&ImageId.1={image}"
-        ));
-    if let Some(auth) = headers.get("authorization") {
-        request = request.header("authorization", auth);
+/// The login user of an image's publisher, asking moto who published it (with moto's test
+/// credentials: the front serves moto while it checks none).
+async fn image_user(front: &Front, image: &str) -> Option<&'static str> {
+    let url = format!("{}/", front.moto);
+    let params = [
+        ("Action", "DescribeImages"),
+        ("Version", "2016-11-15"),
+        ("ImageId.1", image),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
+    let key = (crate::moto::ACCESS_KEY_ID, crate::moto::SECRET_ACCESS_KEY);
+    let (body, headers) =
+        crate::sigv2::sign_v4_form(&url, crate::moto::REGION, key, &params).ok()?;
+    let mut request = front.http.post(url).body(body);
+    for (name, value) in headers {
+        request = request.header(name, value);
     }
     let text = request.send().await.ok()?.text().await.ok()?;
     let owner = element(&text, "imageOwnerId")?;
@@ -433,7 +580,18 @@ mod tests {
         let found = launched_instances(answer);
         assert_eq!(found.len(), 2);
         assert_eq!(found[0].0, "i-1");
-        assert_eq!(found[0].3.as_deref(), Some("54.1.2.3"));
-        assert_eq!(found[1].1, "ami-2");
+        assert_eq!(found[0].1.as_deref(), Some("54.1.2.3"));
+        assert_eq!((found[1].0.as_str(), found[1].1.as_deref()), ("i-2", None));
+    }
+
+    #[test]
+    fn addresses_off_this_machine_are_left_out() {
+        let answer = "<item><ipAddress>54.1.2.3</ipAddress><x/><ipAddress>127.100.0.2</ipAddress>\
+                      <association><publicIp>54.1.2.3</publicIp></association></item>";
+        let kept = without_outside(&without_outside(answer, "ipAddress"), "publicIp");
+        assert_eq!(
+            kept,
+            "<item><x/><ipAddress>127.100.0.2</ipAddress><association></association></item>"
+        );
     }
 }

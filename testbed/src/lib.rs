@@ -16,6 +16,7 @@ pub mod python;
 pub mod relay;
 pub mod relayed;
 pub mod replay;
+pub mod sigv2;
 pub mod tls;
 pub mod usage;
 

@@ -24,6 +24,12 @@ const SETUP_CALLS: [&str; 3] = [
 /// The region the tests use.
 pub const REGION: &str = "eu-west-1";
 
+/// The access key id moto takes from anyone (while it checks no credentials).
+pub const ACCESS_KEY_ID: &str = "testing";
+
+/// Its secret.
+pub const SECRET_ACCESS_KEY: &str = "testing";
+
 /// A running moto server.
 pub struct Moto {
     child: Child,
@@ -158,8 +164,8 @@ impl Moto {
     pub fn env_for(endpoint: &str) -> Vec<(String, String)> {
         [
             ("AWS_ENDPOINT_URL_EC2", endpoint),
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
             ("AWS_REGION", REGION),
             ("AWS_EC2_METADATA_DISABLED", "true"),
             ("AWS_CONFIG_FILE", "/dev/null"),

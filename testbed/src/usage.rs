@@ -21,17 +21,22 @@ pub struct Usage {
     pub ok: bool,
 }
 
-/// Runs `cmd` (its output discarded) and reaps it with `wait4`, for its own peak RSS and CPU.
+/// How many lines of a failed client's standard error are shown.
+const FAILED_STDERR_LINES: usize = 20;
+
+/// Runs `cmd` (its output discarded, its standard error kept in a temporary file and the end of
+/// it printed if it fails) and reaps it with `wait4`, for its own peak RSS and CPU.
 ///
 /// # Panics
 /// The command cannot be spawned.
 // The child is reaped by wait4, which std's `wait` cannot do with the rusage.
 #[allow(clippy::zombie_processes)]
 pub fn measure(mut cmd: Command) -> Usage {
+    let mut stderr = tempfile::tempfile().expect("a temporary file for the client's stderr");
     let started = Instant::now();
     let child = cmd
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr.try_clone().expect("stderr file"))
         .spawn()
         .expect("spawn");
     if std::env::var_os("NODEUP_BENCH_TRACE").is_some() {
@@ -42,11 +47,30 @@ pub fn measure(mut cmd: Command) -> Usage {
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    Usage {
+    let used = Usage {
         wall: started.elapsed(),
         cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
         peak_rss_mb: usage.ru_maxrss as f64 / 1024.0,
         ok: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+    };
+    if !used.ok {
+        show_tail(&mut stderr, &cmd);
+    }
+    used
+}
+
+/// Prints the end of a failed client's standard error.
+fn show_tail(stderr: &mut std::fs::File, cmd: &Command) {
+    use std::io::{Read, Seek};
+    let mut text = String::new();
+    let _ = stderr
+        .rewind()
+        .and_then(|()| stderr.read_to_string(&mut text));
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(FAILED_STDERR_LINES)..];
+    eprintln!("{:?} failed; its stderr ends:", cmd.get_program());
+    for line in tail {
+        eprintln!("    {line}");
     }
 }
 

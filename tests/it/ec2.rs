@@ -445,13 +445,21 @@ async fn a_fleet_of_five_waits_out_throttling() {
         5 + 2,
         "each node launched once: {calls:?}"
     );
+    for once in ["DescribeImages", "ImportKeyPair", "CreateSecurityGroup"] {
+        assert_eq!(
+            calls.get(once),
+            Some(&1),
+            "{once}: once for the fleet, not per node: {calls:?}"
+        );
+    }
     let machines = fake.machines();
     assert_eq!(machines.len(), 5);
-    for (id, machine) in &machines {
+    for machine in machines.values() {
         let node = bed.adopt(machine.clone());
         assert_eq!(
             node.read_file("/tmp/who").unwrap(),
-            format!("{id}\n").into_bytes()
+            format!("{}\n", machine.name).into_bytes(),
+            "the script ran on each instance's own machine"
         );
     }
     let ec2 = driver(&fake.url(), Ec2Settings::default());
@@ -564,4 +572,76 @@ async fn cleanup_after_sigkill_leaves_no_instance() {
     );
     assert_eq!(fake.machines().len(), 1);
     ec2.destroy_node(&kept).await.unwrap();
+}
+
+/// Libcloud's EC2 driver, as its users call it (Signature Version 2 in eu-west-1, its XML
+/// parser), through fake-ec2: the newest Debian 12 found by name, `deploy_node` running a script
+/// as `admin` on the instance's machine, the node listed and destroyed; a wrong secret refused
+/// as EC2 refuses it.
+const LIBCLOUD_DEPLOY: &str = r##"
+import sys
+from libcloud.compute.providers import get_driver
+from libcloud.compute.types import Provider, InvalidCredsError
+from libcloud.compute.deployment import ScriptDeployment
+port, key, pub = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+cls = get_driver(Provider.EC2)
+d = cls("testing", "testing", region="eu-west-1", host="127.0.0.1", port=port, secure=False)
+assert d.signature_version == "2", d.signature_version
+images = d.list_images(ex_owner="136693071363", ex_filters={"name": "debian-12-amd64*"})
+image = max(images, key=lambda i: i.extra["creation_date"])
+d.import_key_pair_from_file("libcloud", pub)
+script = ScriptDeployment("#!/bin/sh\nid -un; echo out-of-band >&2; exit 3\n")
+node = d.deploy_node(name="lc-1", image=image, size=[s for s in d.list_sizes() if s.id == "t3.micro"][0],
+                     deploy=script, ssh_username="admin", ssh_key=key, ex_keyname="libcloud")
+print("image", image.name)
+print("user", script.stdout.strip(), "exit", script.exit_status, "stderr", script.stderr.strip())
+print("ip", node.public_ips[0])
+print("listed", [n.name for n in d.list_nodes() if n.state == "running"])
+print("destroyed", d.destroy_node(node))
+try:
+    cls("testing", "wrong", region="eu-west-1", host="127.0.0.1", port=port, secure=False).list_nodes()
+except InvalidCredsError as e:
+    print("wrong secret", e)
+"##;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libcloud_s_own_driver_deploys_through_fake_ec2() {
+    let bed = TestBed::new().unwrap();
+    let moto = Moto::start().unwrap();
+    let fake = FakeEc2::start(&moto.url(), bed.driver().clone())
+        .await
+        .unwrap();
+    let public = crate::write_file(bed.dir(), "client.pub", bed.client_public_key());
+    let python = testbed::python::tool("python").expect("the tests' virtualenv: bash .ci/run");
+    let port = fake.url().rsplit(':').next().unwrap().to_string();
+    let out = tokio::process::Command::new(python)
+        .args(["-c", LIBCLOUD_DEPLOY, &port])
+        .arg(bed.client_key())
+        .arg(&public)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}{}", stderr_of(&out));
+    assert!(
+        text.contains("image debian-12-amd64-20240717-1811\n"),
+        "{text}"
+    );
+    // Libcloud's deploy_node returns though the script failed (the silent failure its users
+    // complain of); the fake gave it the script's real exit status and streams.
+    assert!(
+        text.contains("user admin exit 3 stderr out-of-band\n"),
+        "{text}"
+    );
+    assert!(text.contains("ip 127."), "the machine's address: {text}");
+    assert!(text.contains("listed ['lc-1']\n"), "{text}");
+    assert!(text.contains("destroyed True\n"), "{text}");
+    assert!(
+        text.contains("wrong secret 'SignatureDoesNotMatch: The request signature"),
+        "{text}"
+    );
+    assert!(
+        fake.machines().is_empty(),
+        "the machine went with the instance"
+    );
 }

@@ -75,7 +75,7 @@ impl Ec2Driver {
             invalid("give an image: an AMI id, or a name such as debian-12-amd64 (the newest release wins; `nodeup images --provider ec2` lists them)".into())
         })?;
         let image = self
-            .resolve_image(wanted, options.image_owner.as_deref())
+            .image_for(wanted, options.image_owner.as_deref())
             .await?;
         let login_user = super::images::login_user(&image);
         Ok(Launch {
@@ -84,6 +84,18 @@ impl Ec2Driver {
             login_user,
             options,
         })
+    }
+
+    /// The image `wanted` means, looked up once per driver (see [`super::Memo`]).
+    async fn image_for(&self, wanted: &str, owner: Option<&str>) -> Result<xml::Image> {
+        let mut images = self.memo.images.lock().await;
+        let key = (wanted.to_string(), owner.map(str::to_string));
+        if let Some(image) = images.get(&key) {
+            return Ok(image.clone());
+        }
+        let image = self.resolve_image(wanted, owner).await?;
+        images.insert(key, image.clone());
+        Ok(image)
     }
 
     /// The key pair the instance gets: the one named, or the deployment's key imported as
@@ -107,8 +119,15 @@ impl Ec2Driver {
             return Ok(None);
         };
         let name = key_name(public);
+        let mut known = self.memo.keys.lock().await;
+        if known.contains(&name) {
+            return Ok(Some(name));
+        }
         match self.key_pairs(&[&name]).await {
-            Ok(found) if !found.is_empty() => return Ok(Some(name)),
+            Ok(found) if !found.is_empty() => {
+                known.insert(name.clone());
+                return Ok(Some(name));
+            }
             Ok(_) | Err(ProviderError::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
@@ -119,6 +138,7 @@ impl Ec2Driver {
             Err(e) if crate::error_chain(&e).contains("InvalidKeyPair.Duplicate") => {}
             Err(e) => return Err(e),
         }
+        known.insert(name.clone());
         Ok(Some(name))
     }
 
@@ -443,9 +463,11 @@ impl Ec2Driver {
 
     /// Deletes key pair `name` unless a live instance other than `except` uses it.
     async fn release_key(&self, name: &str, except: Option<&str>) {
+        let mut known = self.memo.keys.lock().await;
         if self.in_use("key-name", name, except).await {
             return;
         }
+        known.remove(name);
         let params = Params::new().set("KeyName", name);
         let deleted: Result<xml::Done> = self
             .client

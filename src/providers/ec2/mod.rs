@@ -109,6 +109,18 @@ pub struct Ec2Options {
 pub struct Ec2Driver {
     client: Client,
     settings: Ec2Settings,
+    memo: Memo,
+}
+
+/// What a driver learns once and every create of a fleet reuses: the image a name means and the
+/// key pairs known to be there. One create looks each up while the others wait for its answer,
+/// so a fleet of ten makes one `DescribeImages` and one `ImportKeyPair`, not ten.
+#[derive(Debug, Default)]
+struct Memo {
+    /// Images by the name (or id) asked for and the owner given.
+    images: tokio::sync::Mutex<std::collections::HashMap<(String, Option<String>), xml::Image>>,
+    /// Key pairs this driver found or imported.
+    keys: tokio::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Ec2Driver {
@@ -120,6 +132,7 @@ impl Ec2Driver {
         Ok(Ec2Driver {
             client: Client::new(settings.region.clone())?,
             settings,
+            memo: Memo::default(),
         })
     }
 
@@ -132,6 +145,7 @@ impl Ec2Driver {
         Ok(Ec2Driver {
             client: Client::with_access(access)?,
             settings,
+            memo: Memo::default(),
         })
     }
 
