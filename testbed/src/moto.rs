@@ -112,6 +112,8 @@ impl Moto {
         let child = command
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .env("MOTO_AMIS_PATH", amis)
+            // EC2 refuses an instance type it does not offer; moto does only when told to.
+            .env("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -645,3 +645,36 @@ async fn libcloud_s_own_driver_deploys_through_fake_ec2() {
         "the machine went with the instance"
     );
 }
+
+/// A create EC2 refuses after nodeup imported the key and made the SSH group (an instance type
+/// moto does not know): the error is EC2's, and the key pair and the group are gone again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_create_leaves_no_key_and_no_group() {
+    let bed = TestBed::new().unwrap();
+    let moto = Moto::start().unwrap();
+    let ec2 = driver(&moto.url(), Ec2Settings::default());
+    let request = CreateNode {
+        size: Some("t9.nothing".into()),
+        extra: serde_json::from_value(serde_json::json!({"allow_ssh_from": "198.51.100.7/32"}))
+            .unwrap(),
+        ..debian("refused", &bed)
+    };
+    let e = ec2.create_node(&request).await.unwrap_err();
+    let text = nodeup::error_chain(&e);
+    assert!(text.contains("t9.nothing"), "{text}");
+    assert!(ec2.list_nodes().await.unwrap().is_empty());
+    assert!(
+        ec2.list_key_pairs(None).await.unwrap().is_empty(),
+        "the imported key pair was deleted"
+    );
+    let params = nodeup::providers::ec2::api::Params::new().filter("group-name", &["nodeup-ssh"]);
+    let doc: nodeup::providers::ec2::xml::DescribeSecurityGroups = ec2
+        .client()
+        .call("DescribeSecurityGroups", &params, || "groups".into())
+        .await
+        .unwrap();
+    assert!(
+        doc.security_group_info.item.is_empty(),
+        "the group made for it was deleted"
+    );
+}
