@@ -76,15 +76,6 @@ struct Row {
     calls: BTreeMap<String, u32>,
 }
 
-fn python() -> Option<PathBuf> {
-    let python = testbed::python::tool("python").ok()?;
-    let ok = Command::new(&python)
-        .args(["-c", "import libcloud, paramiko"])
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then_some(python)
-}
-
 /// The step file nodeup deploys: the same three steps.
 fn stepfile(dir: &Path, payload: &Path, public: &Path, count: usize) -> PathBuf {
     let path = dir.join(format!("ec2-{count}.toml"));
@@ -188,7 +179,7 @@ async fn main() {
     std::fs::write(&payload, vec![0x5a_u8; PAYLOAD_BYTES]).expect("payload");
     let public = dir.join("client.pub");
     std::fs::write(&public, bed.client_public_key()).expect("public key");
-    let python = python();
+    let python = testbed::python::with_libcloud();
     warm_up(&fake).await;
     let relay = Relay::start(
         fake.url()

@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use testbed::usage::{measure, Usage};
 use testbed::{NodeSpec, TestBed};
@@ -107,19 +107,6 @@ with ThreadPoolExecutor(threads) as pool:
 sys.exit(0 if ok else 1)
 "##;
 
-/// The tests' virtualenv's Python (which has Libcloud), else the system's.
-fn python() -> PathBuf {
-    testbed::python::tool("python").unwrap_or_else(|_| PathBuf::from("python3"))
-}
-
-fn libcloud_available() -> bool {
-    Command::new(python())
-        .args(["-c", "import libcloud, paramiko"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 fn row(label: &str, hosts: usize, parallel: usize, usage: &Usage) {
     println!(
         "| {label} | {hosts} | {parallel} | {:.1} | {:.0} | {:.1} | {:.2} | {} |",
@@ -177,10 +164,10 @@ async fn main() {
     let files = fleet_files(&dir, hosts, port, &host_key);
     let usage = nodeup_run(&bed, &quick, &files, parallel);
     row("nodeup", hosts, parallel, &usage);
-    if libcloud_available() {
+    if let Some(python) = testbed::python::with_libcloud() {
         let script = dir.join("libcloud_fleet.py");
         std::fs::write(&script, LIBCLOUD_SCRIPT).expect("script");
-        let mut cmd = Command::new(python());
+        let mut cmd = Command::new(python);
         cmd.arg(&script)
             .arg(&files.0)
             .arg(&files.1)
@@ -189,6 +176,6 @@ async fn main() {
         let usage = measure(cmd);
         row("Libcloud 3 + paramiko", hosts, parallel, &usage);
     } else {
-        println!("(Libcloud not installed: `pip install apache-libcloud paramiko` to compare)");
+        println!("(Libcloud not in the tests' virtualenv: bash .ci/run makes it)");
     }
 }

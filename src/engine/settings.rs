@@ -563,7 +563,16 @@ mod tests {
         !matches!(purpose, Purpose::Run { .. })
     }
 
+    /// Every setting of the precedence table.
     fn rows() -> Vec<Row> {
+        [login_rows(), host_key_rows(), timing_rows(), retry_rows()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Who logs in, on which port, with which keys.
+    fn login_rows() -> Vec<Row> {
         vec![
             Row {
                 setting: "first user",
@@ -636,6 +645,12 @@ mod tests {
                     _ => String::new(),
                 },
             },
+        ]
+    }
+
+    /// Which hosts are trusted, and the jump hosts on the way.
+    fn host_key_rows() -> Vec<Row> {
+        vec![
             Row {
                 setting: "known_hosts",
                 give: |s, at, dir| {
@@ -701,6 +716,12 @@ mod tests {
                     Source::Default => String::new(),
                 },
             },
+        ]
+    }
+
+    /// How long each wait lasts.
+    fn timing_rows() -> Vec<Row> {
+        vec![
             Row {
                 setting: "connect timeout",
                 give: |s, at, _| {
@@ -749,6 +770,12 @@ mod tests {
                     _ => format!("{DEFAULT_TIMEOUT:?}"),
                 },
             },
+        ]
+    }
+
+    /// What is tried again, and over which addresses.
+    fn retry_rows() -> Vec<Row> {
+        vec![
             Row {
                 setting: "max tries",
                 give: |s, at, _| {

@@ -184,7 +184,8 @@ async fn handle(
     if method == Method::GET && uri.path() == "/checkip" {
         return "127.0.0.1\n".into_response();
     }
-    let form = form_of(&uri, &body);
+    let call = Call::new(method, uri, headers, body);
+    let form: BTreeMap<String, String> = call.params.iter().cloned().collect();
     let action = form.get("Action").cloned().unwrap_or_default();
     let fault = {
         let mut data = lock(&front.data);
@@ -198,13 +199,13 @@ async fn handle(
         remember_imported(&front, &form);
     }
     let (status, answer) = if action == "RunInstances" {
-        match launch(&front, &method, &uri, &headers, &form, body).await {
+        match launch(&front, &call, &form).await {
             Ok(got) => got,
             Err(e) => return (StatusCode::BAD_GATEWAY, format!("moto: {e}")).into_response(),
         }
     } else {
         let _reading = front.gate.read().await;
-        let (status, answer) = match forward(&front, &method, &uri, &headers, body).await {
+        let (status, answer) = match forward(&front, &call).await {
             Ok(got) => got,
             Err(e) => return (StatusCode::BAD_GATEWAY, format!("moto: {e}")).into_response(),
         };
@@ -222,16 +223,13 @@ async fn handle(
 /// each instance gets one (behind the write gate); machines left over are destroyed.
 async fn launch(
     front: &Front,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
+    call: &Call,
     form: &BTreeMap<String, String>,
-    body: Bytes,
 ) -> Result<(StatusCode, String), reqwest::Error> {
     let mut ready = machines_for(front, form).await;
     let got = {
         let _writing = front.gate.write().await;
-        let got = forward(front, method, uri, headers, body).await;
+        let got = forward(front, call).await;
         if let Ok((status, answer)) = &got {
             if status.is_success() {
                 attach(front, &mut ready, answer);
@@ -246,14 +244,32 @@ async fn launch(
     Ok((status, with_node_addresses(front, answer)))
 }
 
-/// The request's parameters: its form body, else its query.
-fn form_of(uri: &Uri, body: &[u8]) -> BTreeMap<String, String> {
-    let text = if body.is_empty() {
-        uri.query().unwrap_or("").as_bytes()
-    } else {
-        body
-    };
-    url::form_urlencoded::parse(text).into_owned().collect()
+/// A request as it came, with its parameters (its form body, else its query) read once.
+struct Call {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+    /// The parameters in their order (a Version 2 signature covers them all).
+    params: Vec<(String, String)>,
+}
+
+impl Call {
+    fn new(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Call {
+        let text = if body.is_empty() {
+            uri.query().unwrap_or("").as_bytes()
+        } else {
+            &body
+        };
+        let params = url::form_urlencoded::parse(text).into_owned().collect();
+        Call {
+            method,
+            uri,
+            headers,
+            body,
+            params,
+        }
+    }
 }
 
 fn take_fault(data: &mut Data, action: &str) -> Option<Fault> {
@@ -285,32 +301,19 @@ fn refusal(fault: Fault) -> Option<Response> {
 
 /// Passes the request to moto as it came; one signed with Version 2 (see [`crate::sigv2`]) is
 /// checked here and passed on signed with SigV4, the way moto's server routes to EC2.
-async fn forward(
-    front: &Front,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> Result<(StatusCode, String), reqwest::Error> {
-    let form: Vec<(String, String)> = url::form_urlencoded::parse(if body.is_empty() {
-        uri.query().unwrap_or("").as_bytes()
-    } else {
-        &body
-    })
-    .into_owned()
-    .collect();
-    let request = if crate::sigv2::is_v2(&form) {
-        match v2_request(front, method, uri, headers, &form) {
+async fn forward(front: &Front, call: &Call) -> Result<(StatusCode, String), reqwest::Error> {
+    let request = if crate::sigv2::is_v2(&call.params) {
+        match v2_request(front, call) {
             Ok(request) => request,
             Err((status, code, message)) => return Ok(ec2_error(status, code, &message)),
         }
     } else {
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let path = call.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut request = front
             .http
-            .request(method.clone(), format!("{}{path}", front.moto))
-            .body(body);
-        for (name, value) in headers {
+            .request(call.method.clone(), format!("{}{path}", front.moto))
+            .body(call.body.clone());
+        for (name, value) in &call.headers {
             if !matches!(name.as_str(), "host" | "content-length") {
                 request = request.header(name, value);
             }
@@ -325,16 +328,15 @@ async fn forward(
 /// A Version 2 request, its signature checked, as the SigV4 request moto takes.
 fn v2_request(
     front: &Front,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    form: &[(String, String)],
+    call: &Call,
 ) -> Result<reqwest::RequestBuilder, crate::sigv2::Refusal> {
-    let host = headers
+    let host = call
+        .headers
         .get("host")
         .and_then(|h| h.to_str().ok())
         .unwrap_or_default();
-    let checked = crate::sigv2::check(method.as_str(), host, uri.path(), form, |id| {
+    let path = call.uri.path();
+    let checked = crate::sigv2::check(call.method.as_str(), host, path, &call.params, |id| {
         (id == crate::moto::ACCESS_KEY_ID).then(|| crate::moto::SECRET_ACCESS_KEY.to_string())
     })?;
     let url = format!("{}/", front.moto);

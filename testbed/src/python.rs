@@ -35,3 +35,15 @@ pub fn tool(name: &str) -> io::Result<PathBuf> {
         ),
     ))
 }
+
+/// The virtualenv's Python when Libcloud and paramiko are in it (what the benchmarks compare
+/// nodeup with), else `None`.
+pub fn with_libcloud() -> Option<PathBuf> {
+    let python = tool("python").ok()?;
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import libcloud, paramiko"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(python)
+}

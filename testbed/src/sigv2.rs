@@ -4,11 +4,8 @@
 //! understands (moto tells the service by the SigV4 `Authorization` header, and has no EC2
 //! route for a request without one).
 
-use std::time::SystemTime;
-
-use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-use aws_sigv4::sign::v4;
 use base64::Engine as _;
+use nodeup::providers::ec2::api::{sigv4_headers, FORM_CONTENT_TYPE};
 
 /// The parameters that sign a Version 2 request, not passed on.
 const SIGNING_PARAMS: [&str; 4] = [
@@ -155,8 +152,9 @@ pub fn resign(
     )
 }
 
-/// `params` as an EC2 form body and the headers that sign it with SigV4 for EC2 in `region`
-/// with the key `(id, secret)`, to POST to `url`.
+/// `params` as an EC2 form body and the headers to send it with (its content type, and the
+/// SigV4 signature for EC2 in `region` with the key `(id, secret)`, made by nodeup's own
+/// [`sigv4_headers`]), to POST to `url`.
 ///
 /// # Errors
 /// The signing library refuses (it should not).
@@ -169,40 +167,14 @@ pub fn sign_v4_form(
     let body = url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(params)
         .finish();
-    let host = url::Url::parse(url)
-        .map_err(|e| e.to_string())?
-        .authority()
-        .to_string();
-    let content_type = "application/x-www-form-urlencoded; charset=utf-8";
-    let identity =
-        aws_credential_types::Credentials::new(id, secret, None, None, "fake-ec2").into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name("ec2")
-        .time(SystemTime::now())
-        .settings(SigningSettings::default())
-        .build()
-        .map_err(|e| e.to_string())?;
-    let headers = [("host", host.as_str()), ("content-type", content_type)];
-    let signable = SignableRequest::new(
-        "POST",
-        url,
-        headers.into_iter(),
-        SignableBody::Bytes(body.as_bytes()),
-    )
-    .map_err(|e| e.to_string())?;
-    let (instructions, _) = sign(signable, &params.into())
-        .map_err(|e| e.to_string())?
-        .into_parts();
-    let (signed, _) = instructions.into_parts();
-    let mut out = vec![("content-type".to_string(), content_type.to_string())];
-    out.extend(
-        signed
+    let credentials = aws_credential_types::Credentials::new(id, secret, None, None, "fake-ec2");
+    let mut headers = vec![("content-type".to_string(), FORM_CONTENT_TYPE.to_string())];
+    headers.extend(
+        sigv4_headers(url, &body, &credentials, region)?
             .into_iter()
-            .map(|h| (h.name().to_string(), h.value().to_string())),
+            .map(|h| (h.name, h.value)),
     );
-    Ok((body, out))
+    Ok((body, headers))
 }
 
 #[cfg(test)]

@@ -202,8 +202,8 @@ async fn without_credentials_deploy_exits_2_naming_the_variables() {
 }
 
 /// `nodeup deploy` of Debian 12 by name through fake-ec2: the instance's machine is logged in to
-/// as the image's user (admin: root refuses, as on AWS), the step runs there, and the instance is
-/// destroyed on failure with nothing left, its imported key with it.
+/// as the image's user (admin, tried first; root would be refused, as on AWS), the step runs
+/// there, and a node whose step fails is destroyed (exit 1), its machine with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_by_image_name_through_fake_ec2() {
     let bed = TestBed::new().unwrap();

@@ -492,23 +492,35 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, CallFailure> {
         .map_err(|e| CallError::Decode(format!("{e}")))
 }
 
-/// Signs `request` (a POST of `body`) with SigV4 for EC2 in `region`.
-fn sign_request(
-    request: Request,
+/// The content type of an EC2 Query API request's form body.
+pub const FORM_CONTENT_TYPE: &str = "application/x-www-form-urlencoded; charset=utf-8";
+
+/// A header that signs a request.
+#[derive(Debug, Clone)]
+pub struct SigningHeader {
+    /// Its name (`authorization`, `x-amz-date` ...).
+    pub name: String,
+    /// Its value.
+    pub value: String,
+    /// Whether it must not be logged.
+    pub secret: bool,
+}
+
+/// The headers that sign, with SigV4 for EC2 in `region`, a POST to `url` of the form `body`
+/// sent with [`FORM_CONTENT_TYPE`] (which the signature covers, with the host).
+///
+/// # Errors
+/// The signing library refuses the URL or the parameters.
+pub fn sigv4_headers(
+    url: &str,
     body: &str,
     credentials: &aws_credential_types::Credentials,
     region: &str,
-) -> Request {
-    let content_type = "application/x-www-form-urlencoded; charset=utf-8";
-    let host = url::Url::parse(&request.url)
-        .ok()
-        .and_then(|u| {
-            u.host_str().map(|h| match u.port() {
-                Some(p) => format!("{h}:{p}"),
-                None => h.to_string(),
-            })
-        })
-        .unwrap_or_default();
+) -> Result<Vec<SigningHeader>, String> {
+    let host = url::Url::parse(url)
+        .map_err(|e| e.to_string())?
+        .authority()
+        .to_string();
     let identity = credentials.clone().into();
     let params = v4::SigningParams::builder()
         .identity(&identity)
@@ -516,26 +528,42 @@ fn sign_request(
         .name(SIGNING_NAME)
         .time(SystemTime::now())
         .settings(SigningSettings::default())
-        .build();
-    let headers = [("host", host.as_str()), ("content-type", content_type)];
-    let signed = params.map_err(|e| e.to_string()).and_then(|params| {
-        let signable = SignableRequest::new(
-            "POST",
-            &request.url,
-            headers.into_iter(),
-            SignableBody::Bytes(body.as_bytes()),
-        )
+        .build()
         .map_err(|e| e.to_string())?;
-        sign(signable, &params.into()).map_err(|e| e.to_string())
-    });
-    let mut request = request.header("Content-Type", content_type, false);
-    match signed {
-        Ok(output) => {
-            let (instructions, _signature) = output.into_parts();
-            let (headers, _) = instructions.into_parts();
+    let headers = [("host", host.as_str()), ("content-type", FORM_CONTENT_TYPE)];
+    let signable = SignableRequest::new(
+        "POST",
+        url,
+        headers.into_iter(),
+        SignableBody::Bytes(body.as_bytes()),
+    )
+    .map_err(|e| e.to_string())?;
+    let (instructions, _signature) = sign(signable, &params.into())
+        .map_err(|e| e.to_string())?
+        .into_parts();
+    let (headers, _) = instructions.into_parts();
+    Ok(headers
+        .into_iter()
+        .map(|h| SigningHeader {
+            secret: h.sensitive() || h.name() == "authorization",
+            name: h.name().to_string(),
+            value: h.value().to_string(),
+        })
+        .collect())
+}
+
+/// Signs `request` (a POST of `body`) with SigV4 for EC2 in `region`.
+fn sign_request(
+    request: Request,
+    body: &str,
+    credentials: &aws_credential_types::Credentials,
+    region: &str,
+) -> Request {
+    let mut request = request.header("Content-Type", FORM_CONTENT_TYPE, false);
+    match sigv4_headers(&request.url, body, credentials, region) {
+        Ok(headers) => {
             for h in headers {
-                let secret = h.sensitive() || h.name() == "authorization";
-                request = request.header(h.name(), h.value(), secret);
+                request = request.header(&h.name, &h.value, h.secret);
             }
         }
         Err(e) => tracing::warn!("signing the EC2 request failed: {e}"),
