@@ -21,7 +21,8 @@ use super::Failure;
 /// Login options shared by `deploy`, `run` and `reinstall`; each overrides the step file's `[ssh]`.
 #[derive(Debug, Args)]
 pub struct SshArgs {
-    /// The first username to log in as (default: the step file's, else root).
+    /// The first username to log in as (default: the step file's, else the image's login user
+    /// when the provider reports one, then root).
     #[arg(long, value_name = "USER")]
     pub ssh_user: Option<String>,
     /// A username to try after it (repeatable).
