@@ -107,7 +107,7 @@ impl Bench {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deployment_waits_for_no_more_round_trips_than_openssh_plus_two() {
+async fn a_deployment_waits_for_no_more_round_trips_than_openssh_plus_three() {
     let bench = Bench::new().await;
     let payload = bench.bed.dir().join("payload.bin");
     std::fs::write(&payload, b"x").unwrap();
@@ -146,8 +146,11 @@ async fn a_deployment_waits_for_no_more_round_trips_than_openssh_plus_two() {
     );
     eprintln!("round trips: nodeup login {login:?}, OpenSSH `true` {openssh_login:?}, nodeup 3 steps {deploy:?}, OpenSSH floor {floor:?}");
     assert_eq!(deploy.len(), 1, "one connection for everything");
+    // OpenSSH's own count depends on timing: 10 as a rule, but runs of 9 happen on a loaded
+    // machine (3 of 3 in one run), so the comparison allows 3; the exact budget below is what
+    // catches a regression of nodeup's.
     assert!(
-        deploy[0] <= floor.iter().max().unwrap() + 2,
+        deploy[0] <= floor.iter().max().unwrap() + 3,
         "3 steps took {deploy:?} round trips; the floor is {floor:?}"
     );
     assert!(
