@@ -128,6 +128,9 @@ impl Link {
         let node = node_pid.to_string();
         // The far end of a node behind a rebooted one: its old half may not be gone yet.
         let _ = ip(Some(node_pid), &["link", "del", "eth0"]);
+        // The node's own half from its previous boot, on the far side: the kernel removes it with
+        // the old namespace, but not at once (a reboot under load met "File exists").
+        let _ = ip(peer_pid, &["link", "del", link_name]);
         ip(
             peer_pid,
             &[
