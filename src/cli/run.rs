@@ -2,23 +2,21 @@
 //! (a plain list or Ansible's INI) or a provider's running nodes; at most `--parallel` at once,
 //! with a bounded number of connections being set up, a live view on a terminal, and a summary.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
 use clap::Args;
 
 use nodeup::deploy::stepfile;
-use nodeup::engine::fleet::{run_fleet, Counts, Outcome, RunMember, RunOutcome};
-use nodeup::engine::settings::{self, KeyChoice, MachineGiven, Purpose};
-use nodeup::engine::{preferred, DeployOptions, Target, TargetSsh};
+use nodeup::engine::fleet::{run_fleet, Counts, Outcome, RunOutcome};
+use nodeup::engine::machines::{prepare, Machine};
+use nodeup::engine::preferred;
+use nodeup::engine::settings::{MachineGiven, Purpose};
 use nodeup::journal::{RunEnd, RunStart};
 use nodeup::providers;
 use nodeup::roster::{parse_host, Inventory};
-use nodeup::ssh::{load_certificate, Credentials};
 
 use super::common::{cancel_on_signals, Created, FleetArgs, SshArgs};
 use super::fleet_view::{failure_lines, print_summary, FleetView, SummaryRow};
@@ -51,16 +49,6 @@ pub struct RunArgs {
     pub ssh: SshArgs,
 }
 
-/// A machine to run on, wherever it was named: how it is shown, what it says of itself, and what
-/// its provider reports (more users to try, its host keys).
-#[derive(Debug, Clone, Default)]
-struct Machine {
-    label: String,
-    given: MachineGiven,
-    more_users: Vec<String>,
-    pinned: Vec<String>,
-}
-
 /// Runs `nodeup run`.
 pub async fn run(args: RunArgs) -> Result<(), Failure> {
     let file = stepfile::load(&args.stepfile).map_err(|e| Failure::Usage(e.into()))?;
@@ -73,7 +61,9 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     };
     let mut options = args.ssh.options(Some(&file), purpose)?;
     options.startups = Some(args.fleet.startups());
-    let prepared = prepare(machines, &options).await?;
+    let prepared = prepare(machines, &options)
+        .await
+        .map_err(|e| Failure::Usage(e.into()))?;
     let journal = super::journal::begin_run(RunStart::with_stepfile("run", &args.stepfile)).await?;
     options.journal = journal.clone();
     cancel_on_signals(options.cancel.clone(), Created::default());
@@ -89,7 +79,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     let mut rows: Vec<Option<SummaryRow>> = vec![None; prepared.len()];
     let mut reports: Vec<Option<NodeReport>> = vec![None; prepared.len()];
     let member_options = options.clone();
-    let members = prepared.into_iter().map(|p| p.member(&member_options));
+    let members = prepared.into_iter().map(|p| p.member(&member_options, false));
     let hooks = view.hooks(None);
     let json = args.json;
     run_fleet(
@@ -202,161 +192,6 @@ async fn provider_nodes(spec: &str) -> Result<Vec<Machine>, Failure> {
             })
         })
         .collect())
-}
-
-/// A machine ready to run on: resolved, with its credentials. Kept small: the fleet's member
-/// (with its session options) is made from it only when a slot is free.
-struct Prepared {
-    machine: Machine,
-    addr: SocketAddr,
-    /// The first user to log in as.
-    user: String,
-    creds: Arc<Credentials>,
-    /// What the OpenSSH client config says of the machine, where nothing else did.
-    ssh: TargetSsh,
-}
-
-impl Prepared {
-    /// The member: the machine's user first, then the alternates and the provider's login user.
-    fn member(self, options: &DeployOptions) -> RunMember {
-        let machine = self.machine;
-        let mut users = vec![self.user];
-        for user in options
-            .alternate_usernames
-            .iter()
-            .chain(&machine.more_users)
-        {
-            if !users.contains(user) {
-                users.push(user.clone());
-            }
-        }
-        RunMember {
-            label: machine.label,
-            target: Target {
-                addr: self.addr,
-                users,
-                pinned_host_keys: machine.pinned,
-                node: None,
-                journal: None,
-                created: false,
-                driver: None,
-                ssh: self.ssh,
-            },
-            creds: self.creds,
-        }
-    }
-}
-
-/// Each machine with what is decided for it ([`settings::for_machine`]), resolved, with its
-/// credentials (key files loaded once each).
-async fn prepare(
-    machines: Vec<Machine>,
-    options: &DeployOptions,
-) -> Result<Vec<Prepared>, Failure> {
-    let mut keys = Keys::new(options)?;
-    let mut said_ignored = std::collections::BTreeSet::new();
-    let mut prepared = Vec::with_capacity(machines.len());
-    for machine in machines {
-        let decided =
-            settings::for_machine(options, &machine.given).map_err(|e| Failure::Usage(e.into()))?;
-        said_ignored.extend(decided.ignored.iter().cloned());
-        let addr = resolve(&machine.label, &decided.host, decided.port).await?;
-        let creds = keys.for_machine(&machine.label, &decided.keys)?;
-        prepared.push(Prepared {
-            machine,
-            addr,
-            user: decided.user,
-            creds,
-            ssh: decided.ssh,
-        });
-    }
-    if !said_ignored.is_empty() {
-        let list: Vec<String> = said_ignored.into_iter().collect();
-        tracing::info!("ssh config: not applied by nodeup: {}", list.join(", "));
-    }
-    Ok(prepared)
-}
-
-/// Credentials by where they come from, each loaded once: the deployment's (command line, step
-/// file, or the user's defaults), or key files (an inventory host's, the config's `IdentityFile`s).
-struct Keys<'a> {
-    options: &'a DeployOptions,
-    default: Arc<Credentials>,
-    loaded: HashMap<KeyChoice, Arc<Credentials>>,
-}
-
-impl<'a> Keys<'a> {
-    fn new(options: &'a DeployOptions) -> Result<Self, Failure> {
-        let default = Arc::new(options.credentials().map_err(key_usage)?);
-        Ok(Keys {
-            options,
-            default,
-            loaded: HashMap::new(),
-        })
-    }
-
-    /// A machine's credentials, as `choice` says.
-    fn for_machine(
-        &mut self,
-        label: &str,
-        choice: &KeyChoice,
-    ) -> Result<Arc<Credentials>, Failure> {
-        let KeyChoice::Files {
-            files,
-            certificate,
-            agent,
-        } = choice
-        else {
-            if self.default.is_empty() {
-                return Err(Failure::Usage(anyhow!(
-                    "{label}: no way to log in: give a private key file (--key), \
-                     NODEUP_SSH_PASSWORD, or run an ssh-agent"
-                )));
-            }
-            return Ok(self.default.clone());
-        };
-        if let Some(creds) = self.loaded.get(choice) {
-            return Ok(creds.clone());
-        }
-        let passphrase = self
-            .options
-            .ssh_key_passphrase
-            .as_ref()
-            .map(|p| p.0.as_str());
-        let mut creds = if files.is_empty() {
-            (*self.default).clone()
-        } else {
-            Credentials::from_key_files(files, passphrase).map_err(key_usage)?
-        };
-        if let Some(path) = certificate {
-            creds
-                .certificates
-                .push(load_certificate(path).map_err(key_usage)?);
-        }
-        if *agent {
-            creds.agent = std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from);
-        }
-        creds.password = self.options.password.clone();
-        let creds = Arc::new(creds);
-        self.loaded.insert(choice.clone(), creds.clone());
-        Ok(creds)
-    }
-}
-
-fn key_usage(e: nodeup::ssh::Error) -> Failure {
-    Failure::Usage(anyhow::Error::new(e))
-}
-
-/// A machine's address: `host` as an IP, else as the system resolves it.
-async fn resolve(label: &str, host: &str, port: u16) -> Result<SocketAddr, Failure> {
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
-    }
-    tokio::net::lookup_host((host, port))
-        .await
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| Failure::Usage(anyhow!("{label}: cannot resolve {host}")))
 }
 
 /// One host's line of the summary.

@@ -7,6 +7,7 @@ pub mod cleanup;
 mod connect;
 mod deploy;
 mod errors;
+pub mod machines;
 pub mod fleet;
 mod options;
 mod recorder;
