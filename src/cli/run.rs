@@ -79,7 +79,9 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     let mut rows: Vec<Option<SummaryRow>> = vec![None; prepared.len()];
     let mut reports: Vec<Option<NodeReport>> = vec![None; prepared.len()];
     let member_options = options.clone();
-    let members = prepared.into_iter().map(|p| p.member(&member_options, false));
+    let members = prepared
+        .into_iter()
+        .map(|p| p.member(&member_options, false));
     let hooks = view.hooks(None);
     let json = args.json;
     run_fleet(
