@@ -16,6 +16,7 @@ The engine of the ``nodeup`` command from Python, with Libcloud's names::
 
 from ._nodeup import __version__
 from .api import (
+    create_node,
     deploy_node,
     deploy_node_async,
     destroy_node,
@@ -59,6 +60,7 @@ __all__ = [
     "run_async",
     "load_stepfile",
     "list_nodes",
+    "create_node",
     "get_node",
     "list_images",
     "list_sizes",

@@ -454,6 +454,31 @@ def list_locations(provider: str, provider_settings: Optional[Mapping[str, Any]]
     return [NodeLocation(loc) for loc in _call(provider, {"method": "list_locations"}, provider_settings)]
 
 
+def create_node(
+    provider: str,
+    name: str,
+    image: Optional[str] = None,
+    size: Optional[str] = None,
+    location: Optional[str] = None,
+    options: Optional[Mapping[str, Any]] = None,
+    ssh_public_key: Optional[str] = None,
+    password: Optional[str] = None,
+    provider_settings: Optional[Mapping[str, Any]] = None,
+) -> Node:
+    """Creates a node and returns it as the provider answers (it may not run yet); nothing is
+    deployed and nothing is recorded in the journal (as Libcloud's ``create_node``).
+    ``ssh_public_key`` (one OpenSSH line) or ``password`` is how the node lets its user in."""
+    call: Dict[str, Any] = {"method": "create_node"}
+    for field, value in (("name", name), ("image", image), ("size", size), ("location", location), ("ssh_public_key", ssh_public_key), ("password", password)):
+        call[field] = _optional("create_node", field, value, str, "a string")
+    if call["name"] is None:
+        raise TypeError("create_node(): give name=, the node's name")
+    if options is not None and not isinstance(options, Mapping):
+        raise _fail("create_node", "options", options, "a dict")
+    call["options"] = dict(options or {})
+    return Node(_call(provider, call, provider_settings))
+
+
 def destroy_node(provider: str, node: Union[Node, str], provider_settings: Optional[Mapping[str, Any]] = None) -> bool:
     """Destroys a node (a :class:`Node` or its id) and forgets its host keys in nodeup's
     known_hosts."""

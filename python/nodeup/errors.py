@@ -26,6 +26,9 @@ class NodeupError(Exception):
         super().__init__(message)
         self.message = message
 
+    def __str__(self) -> str:
+        return self.message
+
 
 class InvalidInputError(NodeupError, ValueError):
     """Bad input or configuration found by the engine (a step, the ssh_config, no way to log in);
@@ -78,7 +81,7 @@ class DeploymentError(NodeupError):
         self.exit_status = exit_status
         self.completed = completed or []
         # Libcloud's DeploymentException names: the cause and the node.
-        self.value = self
+        self.value: BaseException = self
 
 
 DeploymentException = DeploymentError
@@ -90,7 +93,7 @@ class CancelledError(DeploymentError):
     at-exit function."""
 
 
-_PLAIN: Dict[str, type] = {
+_PLAIN: Dict[str, "type[NodeupError]"] = {
     "invalid": InvalidInputError,
     "invalid_credentials": InvalidCredentialsError,
     "provider": ProviderError,

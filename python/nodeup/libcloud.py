@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from . import _nodeup
 from .api import host_results, outcome, record, ssh_options, start_run, wait
 from .deployment import (
     Deployment,
@@ -153,7 +154,7 @@ def deploy_node(
         host_key_policy=host_key_policy,
         **_auth_options(auth),
     )
-    ssh_options(function, **ssh)  # Checked before anything is created.
+    _nodeup.check_ssh(ssh_options(function, **ssh))  # Checked before anything is created.
     if auth is not None:
         create_node_kwargs["auth"] = auth
     node = driver.create_node(**create_node_kwargs)
@@ -194,7 +195,7 @@ def _error(cause: BaseException, node: Any) -> DeploymentError:
     """The deployment error to raise: nodeup's, carrying the driver's node, and Libcloud's
     ``DeploymentException`` too when Libcloud is installed."""
     message = getattr(cause, "message", None) or f"{type(cause).__name__}: {cause}"
-    base: Any = DeploymentError
+    base: "type[DeploymentError]" = DeploymentError
     try:
         from libcloud.compute.types import DeploymentException
 
@@ -204,7 +205,7 @@ def _error(cause: BaseException, node: Any) -> DeploymentError:
     fields = {k: getattr(cause, k) for k in ("kind", "fate", "step", "step_kind", "stdout", "stderr", "exit_status", "completed") if hasattr(cause, k)}
     error = base(message, node=node, **fields)
     error.value = cause
-    error.driver = None
+    setattr(error, "driver", None)  # Libcloud's DeploymentException has it.
     return error
 
 

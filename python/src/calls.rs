@@ -19,7 +19,7 @@ use nodeup::engine::settings::{self, MachineGiven, Purpose};
 use nodeup::engine::DeployOptions;
 use nodeup::error_chain;
 use nodeup::journal::{RunEnd, RunStart};
-use nodeup::model::CreateNode;
+use nodeup::model::{CreateNode, NodeAuth};
 use nodeup::providers;
 use nodeup::roster::parse_host;
 
@@ -302,6 +302,25 @@ async fn run(
     Finished::Ran(reports)
 }
 
+/// Checks that the SSH options give a way to log in (key files that load, a password or an agent)
+/// without starting anything: the Libcloud drop-in asks before its driver creates a node.
+///
+/// # Errors
+/// `ValueError` saying what to give.
+#[pyfunction]
+pub fn check_ssh(ssh: &Bound<'_, PyAny>) -> PyResult<()> {
+    let ssh: SshSpec = read(ssh, "ssh")?;
+    let shared = Task::shared();
+    let options = options(&ssh, None, Purpose::Deploy, &shared, Some("off"))?;
+    let creds = options.credentials().map_err(invalid)?;
+    if creds.is_empty() {
+        return Err(invalid(
+            "no way to log in: give ssh_key (a private key file), a password, or run an ssh-agent",
+        ));
+    }
+    Ok(())
+}
+
 /// A call to a provider's API, by method name.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
@@ -325,6 +344,24 @@ pub enum ProviderCall {
     },
     /// `list_locations()`.
     ListLocations,
+    /// `create_node(...)`: the node as the provider answers at once (it may not run yet).
+    CreateNode {
+        /// The node's name.
+        name: String,
+        /// The image, by id or name.
+        image: Option<String>,
+        /// The size, by id or name.
+        size: Option<String>,
+        /// The location, by id or name.
+        location: Option<String>,
+        /// The provider's node options.
+        #[serde(default)]
+        options: BTreeMap<String, serde_json::Value>,
+        /// A public key (one OpenSSH line) the node lets in.
+        ssh_public_key: Option<String>,
+        /// A password for the node's login user.
+        password: Option<String>,
+    },
     /// `destroy_node(id)`, with the host keys recorded for it forgotten.
     DestroyNode {
         /// The node's id.
@@ -382,6 +419,31 @@ async fn answer(
         }
         ProviderCall::ListSizes { location } => json(driver.list_sizes(location.as_deref()).await?),
         ProviderCall::ListLocations => json(driver.list_locations().await?),
+        ProviderCall::CreateNode {
+            name,
+            image,
+            size,
+            location,
+            options,
+            ssh_public_key,
+            password,
+        } => {
+            let auth = match (ssh_public_key, password) {
+                (Some(key), _) => Some(NodeAuth::SshKey(key)),
+                (None, Some(password)) => Some(NodeAuth::Password(password)),
+                (None, None) => None,
+            };
+            let request = CreateNode {
+                name,
+                image,
+                size,
+                location,
+                auth,
+                extra: options,
+                run: None,
+            };
+            json(driver.create_node(&request).await?)
+        }
         ProviderCall::DestroyNode { id } => {
             let node = driver.get_node(&id).await?;
             let known_hosts = nodeup::engine::default_known_hosts();

@@ -15,6 +15,7 @@ mod ovh;
 mod ovh_fake;
 mod probe;
 mod promises;
+mod python;
 mod reinstall;
 mod relay;
 mod replay;
