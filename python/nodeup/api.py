@@ -64,15 +64,26 @@ def _paths(function: str, name: str, value: Any) -> List[str]:
     if value is None:
         return []
     if isinstance(value, (str, os.PathLike)):
-        return [os.fspath(value)]
-    if not isinstance(value, Iterable):
+        value = [value]
+    elif not isinstance(value, Iterable):
         raise _fail(function, name, value, "a path or a list of paths")
     paths = []
     for item in value:
         if not isinstance(item, (str, os.PathLike)):
             raise _fail(function, name, item, "paths")
         paths.append(os.fspath(item))
+    for path in paths:
+        _readable(function, name, path)
     return paths
+
+
+def _readable(function: str, name: str, path: str) -> None:
+    """A key file that cannot be read is refused here, naming the argument."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise ValueError(f"{function}({name}={path!r}): cannot be read ({error.strerror}); give the path of a private key file") from None
 
 
 def _callable(function: str, name: str, value: Any) -> Any:

@@ -226,6 +226,7 @@ def test_cancelling_the_asyncio_task_cleans_up(bed: Bed) -> None:
         ({"image": 7}, TypeError, "image"),
         ({"journal": 3}, TypeError, "journal"),
         ({"colour": "blue"}, TypeError, "colour"),
+        ({"ssh_key": "/nonexistent/id_ed25519"}, ValueError, r"ssh_key='/nonexistent/id_ed25519'\): cannot be read"),
     ],
 )
 def test_bad_arguments_are_refused_before_anything_is_created(bed: Bed, kwargs, error, named) -> None:

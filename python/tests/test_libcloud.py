@@ -127,6 +127,7 @@ def dummy_nodes(driver: DummyNodeDriver) -> List[str]:
         ({"ssh_alternate_usernames": "admin"}, TypeError, "ssh_alternate_usernames"),
         ({"at_exit_func": "destroy"}, TypeError, "at_exit_func"),
         ({"deploy": object()}, TypeError, "deploy"),
+        ({"ssh_key": "/nonexistent/id_rsa"}, ValueError, "ssh_key='/nonexistent/id_rsa'"),
     ],
 )
 def test_bad_arguments_are_refused_before_the_driver_creates_anything(bed: Bed, kwargs, error, named) -> None:
