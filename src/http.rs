@@ -180,22 +180,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one request may take, answer included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The certificate authorities of `$SSL_CERT_FILE`, when it is set.
+/// The certificate authorities of the PEM file at `path`, named `what` in errors.
 ///
 /// # Errors
 /// The file cannot be read, or holds no PEM certificate (`InvalidInput`, naming it).
-fn extra_authorities() -> std::io::Result<Vec<reqwest::Certificate>> {
-    let Some(path) = std::env::var_os(CA_FILE_VARIABLE).filter(|p| !p.is_empty()) else {
-        return Ok(Vec::new());
-    };
-    let path = std::path::PathBuf::from(path);
+fn authorities_in(what: &str, path: &Path) -> std::io::Result<Vec<reqwest::Certificate>> {
     let unusable = |why: String| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!("{CA_FILE_VARIABLE}={}: {why}", path.display()),
+            format!("{what}={}: {why}", path.display()),
         )
     };
-    let pem = crate::files::read(&path).map_err(|e| unusable(crate::error_chain(&e)))?;
+    let pem = crate::files::read(path).map_err(|e| unusable(crate::error_chain(&e)))?;
     let certificates = reqwest::Certificate::from_pem_bundle(&pem)
         .map_err(|e| unusable(format!("not a PEM file of certificates ({e})")))?;
     if certificates.is_empty() {
@@ -206,6 +202,27 @@ fn extra_authorities() -> std::io::Result<Vec<reqwest::Certificate>> {
     Ok(certificates)
 }
 
+/// The certificate authorities of `$SSL_CERT_FILE`, when it is set.
+///
+/// # Errors
+/// As [`authorities_in`].
+fn extra_authorities() -> std::io::Result<Vec<reqwest::Certificate>> {
+    match std::env::var_os(CA_FILE_VARIABLE).filter(|p| !p.is_empty()) {
+        Some(path) => authorities_in(CA_FILE_VARIABLE, Path::new(&path)),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// A PEM file of certificate authorities a provider's own configuration names (OpenStack's
+/// `cacert` or `OS_CACERT`), and the setting that named it, for errors.
+#[derive(Debug, Clone)]
+pub struct CaFile {
+    /// The setting that named it, e.g. `OS_CACERT`.
+    pub named_by: String,
+    /// The file.
+    pub path: std::path::PathBuf,
+}
+
 impl HttpClient {
     /// A client with [`CONNECT_TIMEOUT`] to connect and [`REQUEST_TIMEOUT`] per request, that
     /// trusts the web's certificate authorities, the system's, and those of `$SSL_CERT_FILE`;
@@ -214,11 +231,23 @@ impl HttpClient {
     /// # Errors
     /// `$SSL_CERT_FILE` cannot be used (`InvalidInput`), or the trace file cannot be opened.
     pub fn new() -> std::io::Result<Self> {
+        Self::trusting(None)
+    }
+
+    /// [`HttpClient::new`], trusting the authorities of `ca_file` as well.
+    ///
+    /// # Errors
+    /// As [`HttpClient::new`], or `ca_file` cannot be used (`InvalidInput`, naming its setting).
+    pub fn trusting(ca_file: Option<&CaFile>) -> std::io::Result<Self> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .user_agent(concat!("nodeup/", env!("CARGO_PKG_VERSION")));
-        for authority in extra_authorities()? {
+        let own = match ca_file {
+            Some(ca) => authorities_in(&ca.named_by, &ca.path)?,
+            None => Vec::new(),
+        };
+        for authority in extra_authorities()?.into_iter().chain(own) {
             builder = builder.add_root_certificate(authority);
         }
         let client = builder.build().map_err(std::io::Error::other)?;

@@ -281,7 +281,18 @@ where
 /// # Errors
 /// The client cannot be built (the `NODEUP_DEBUG` file cannot be opened).
 pub fn http_client(provider: &str) -> Result<crate::http::HttpClient, ProviderError> {
-    crate::http::HttpClient::new().map_err(|e| match e.kind() {
+    http_client_trusting(provider, None)
+}
+
+/// [`http_client`], trusting the certificate authorities of `ca_file` as well.
+///
+/// # Errors
+/// As [`http_client`], or `ca_file` cannot be used (naming the setting that gave it).
+pub fn http_client_trusting(
+    provider: &str,
+    ca_file: Option<&crate::http::CaFile>,
+) -> Result<crate::http::HttpClient, ProviderError> {
+    crate::http::HttpClient::trusting(ca_file).map_err(|e| match e.kind() {
         std::io::ErrorKind::InvalidInput => ProviderError::InvalidRequest {
             provider: provider.into(),
             message: e.to_string(),

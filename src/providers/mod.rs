@@ -9,6 +9,7 @@ pub mod kit;
 pub mod local;
 pub mod lookup;
 pub mod nephoscale;
+pub mod openstack;
 pub mod ovh;
 pub mod slipstream;
 
@@ -31,6 +32,9 @@ pub fn registry() -> &'static Registry {
         registry.register("ec2", |c| Ok(Arc::new(ec2::Ec2Driver::from_config(c)?)));
         registry.register("nephoscale", |c| {
             Ok(Arc::new(nephoscale::NephoScaleDriver::from_config(c)?))
+        });
+        registry.register("openstack", |c| {
+            Ok(Arc::new(openstack::OpenStackDriver::from_config(c)?))
         });
         registry.register("slipstream", |c| {
             Ok(Arc::new(slipstream::SlipStreamDriver::from_config(c)?))
