@@ -8,6 +8,7 @@
 
 pub mod fake_ec2;
 pub mod fake_nephoscale;
+pub mod fake_openstack;
 pub mod fake_ovh;
 pub mod fake_slipstream;
 pub mod moto;

@@ -1,7 +1,9 @@
 //! The test bed's fakes on their own: `testbed fake-ovh [--listen 127.0.0.1:PORT] [--dedicated
 //! NAME ...]` (a dedicated server per `--dedicated`), `testbed fake-nephoscale [--listen ...]`,
 //! `testbed fake-slipstream [--listen ...]`, `testbed fake-ec2 [--listen ...] [--moto URL]` (in
-//! front of moto's server: the one at URL, else one it starts from the tests' virtualenv). Each
+//! front of moto's server: the one at URL, else one it starts from the tests' virtualenv),
+//! `testbed fake-openstack [--listen ...] [--private-network] [--clouds-yaml FILE]` (writes a
+//! `clouds.yaml` with an entry `fake` when asked). Each
 //! prints, as lines a shell can `eval`, the
 //! variables a client needs, then serves until killed (Ctrl+C or SIGTERM), destroying the local
 //! nodes behind its machines on the way out.
@@ -13,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 
 use testbed::fake_ec2::FakeEc2;
 use testbed::fake_nephoscale::{FakeNephoScale, NephoConfig};
+use testbed::fake_openstack::{FakeOpenStack, OpenStackConfig};
 use testbed::fake_ovh::{FakeOvh, OvhConfig};
 use testbed::fake_slipstream::{FakeSlipStream, SlipConfig};
 use testbed::moto::Moto;
@@ -73,6 +76,18 @@ enum Command {
         #[arg(long)]
         counted_ids: bool,
     },
+    /// An OpenStack cloud (Keystone, Nova, Glance, Neutron, Cinder), a local node per server.
+    #[command(name = "fake-openstack")]
+    Openstack {
+        #[command(flatten)]
+        listen: Listen,
+        /// A private network besides Ext-Net (servers on it are reached by floating IPs).
+        #[arg(long)]
+        private_network: bool,
+        /// Writes a clouds.yaml with an entry `fake` (the user's password) to FILE.
+        #[arg(long, value_name = "FILE")]
+        clouds_yaml: Option<std::path::PathBuf>,
+    },
     /// AWS EC2: moto's EC2 API, with a local node for each instance.
     #[command(name = "fake-ec2")]
     Ec2 {
@@ -91,6 +106,7 @@ impl Command {
             Command::Nephoscale { .. } => "fake-nephoscale",
             Command::Slipstream { .. } => "fake-slipstream",
             Command::Ec2 { .. } => "fake-ec2",
+            Command::Openstack { .. } => "fake-openstack",
         }
     }
 }
@@ -104,6 +120,29 @@ async fn start(fake: &Command, bed: &TestBed) -> Result<(Serving, Vec<(String, S
         move |e: std::io::Error| format!("{}: listening on {addr}: {e}", fake.name())
     };
     match fake {
+        Command::Openstack {
+            listen,
+            private_network,
+            clouds_yaml,
+        } => {
+            let config = OpenStackConfig {
+                private_network: *private_network,
+                ..OpenStackConfig::default()
+            };
+            let served = FakeOpenStack::start_on(listen.listen, driver, config)
+                .await
+                .map_err(failed(listen.listen))?;
+            let mut env = served.env();
+            if let Some(path) = clouds_yaml {
+                std::fs::write(path, served.clouds_yaml("fake", true))
+                    .map_err(|e| format!("fake-openstack: writing {}: {e}", path.display()))?;
+                env = vec![
+                    ("OS_CLIENT_CONFIG_FILE".into(), path.display().to_string()),
+                    ("OS_CLOUD".into(), "fake".into()),
+                ];
+            }
+            Ok((Box::new(served), env))
+        }
         Command::Ovh { listen, dedicated } => {
             let served = FakeOvh::start_on(listen.listen, driver, OvhConfig::default())
                 .await

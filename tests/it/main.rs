@@ -11,6 +11,7 @@ mod journal;
 mod jump;
 mod local_nodes;
 mod nephoscale;
+mod openstack;
 mod ovh;
 mod ovh_fake;
 mod probe;

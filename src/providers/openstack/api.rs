@@ -72,11 +72,11 @@ impl Service {
 
 /// An error answer of an OpenStack service.
 #[derive(Debug, thiserror::Error)]
-#[error("{service} answered {status}{}: {message}", kind_text(.kind))]
+#[error("{}", error_text(.service, *.status, .kind, .message))]
 pub struct OpenStackError {
     /// The service that answered.
     pub service: &'static str,
-    /// The HTTP status.
+    /// The HTTP status (0: nothing was sent, the catalog has no such endpoint).
     pub status: u16,
     /// The error's kind as the service names it (`itemNotFound`, `forbidden`, Neutron's
     /// `FloatingIPNotFound` ...), when it does.
@@ -85,9 +85,16 @@ pub struct OpenStackError {
     pub message: String,
 }
 
-fn kind_text(kind: &Option<String>) -> String {
-    kind.as_ref().map(|k| format!(" ({k})")).unwrap_or_default()
+fn error_text(service: &str, status: u16, kind: &Option<String>, message: &str) -> String {
+    if status == NOT_SENT {
+        return message.to_string();
+    }
+    let kind = kind.as_ref().map(|k| format!(" ({k})")).unwrap_or_default();
+    format!("{service} answered {status}{kind}: {message}")
 }
+
+/// The status of an error found before anything was sent (the catalog lacks the endpoint).
+const NOT_SENT: u16 = 0;
 
 impl ApiAnswer for OpenStackError {
     const PROVIDER: &'static str = PROVIDER;
@@ -321,7 +328,7 @@ impl Client {
     }
 
     /// Asks Keystone for a new token.
-    async fn authenticate(&self) -> Result<Token> {
+    async fn authenticate(&self) -> Result<Token, CallError> {
         let url = format!("{}/auth/tokens", self.cloud.auth_url);
         let body = serde_json::to_vec(&auth_body(&self.cloud.auth)).unwrap_or_default();
         let response = self
@@ -335,26 +342,21 @@ impl Client {
                 r.idempotent = true;
                 r
             })
-            .await
-            .map_err(|e| CallError::from(e).into_provider("asking Keystone for a token".into()))?;
-        if matches!(response.status, 401 | 403) || response.status == 404 {
-            return Err(self.refused(error_of("Keystone", &response)));
-        }
+            .await?;
         if !response.is_success() {
-            return Err(CallError::Api(error_of("Keystone", &response))
-                .into_provider("asking Keystone for a token".into()));
+            let mut error = error_of("Keystone", &response);
+            // A project or user Keystone does not know is a refusal of the credentials too.
+            if matches!(response.status, 403 | 404) {
+                error.status = 401;
+            }
+            return Err(CallError::Api(error));
         }
         let value = response
             .header("x-subject-token")
             .map(String::from)
-            .ok_or_else(|| {
-                CallError::Decode("Keystone's answer has no X-Subject-Token".into())
-                    .into_provider("asking Keystone for a token".into())
-            })?;
-        let answer: TokenAnswer = serde_json::from_slice(&response.body).map_err(|e| {
-            CallError::Decode(format!("Keystone's token: {e}"))
-                .into_provider("asking Keystone for a token".into())
-        })?;
+            .ok_or_else(|| CallError::Decode("Keystone's answer has no X-Subject-Token".into()))?;
+        let answer: TokenAnswer = serde_json::from_slice(&response.body)
+            .map_err(|e| CallError::Decode(format!("Keystone's token: {e}")))?;
         self.tokens_issued.fetch_add(1, Ordering::Relaxed);
         let life = lifetime(&answer.token);
         let margin = RENEW_BEFORE.min(life / 4);
@@ -367,7 +369,7 @@ impl Client {
     }
 
     /// The current token, renewed first when it is near its end (or `stale`, refused once).
-    async fn token(&self, stale: Option<&str>) -> Result<Token> {
+    async fn token(&self, stale: Option<&str>) -> Result<Token, CallError> {
         let mut held = self.token.lock().await;
         if let Some(token) = held.as_ref() {
             let refused = stale == Some(token.value.as_str());
@@ -385,17 +387,20 @@ impl Client {
     /// # Errors
     /// Authentication failed.
     pub async fn project_id(&self) -> Result<Option<String>> {
-        Ok(self.token(None).await?.project_id)
+        let token = self.token(None).await;
+        Ok(token
+            .map_err(|e| self.fail(e, "asking Keystone for a token".into()))?
+            .project_id)
     }
 
     /// The base URL of `service` in the catalog, for the client's region and interface.
-    fn endpoint(&self, token: &Token, service: Service) -> Result<String> {
+    fn endpoint(&self, token: &Token, service: Service) -> Result<String, CallError> {
         let entry = service
             .types()
             .iter()
             .find_map(|t| token.catalog.iter().find(|e| e.kind == *t))
             .ok_or_else(|| {
-                super::invalid(format!(
+                not_sent(format!(
                     "the service catalog of {} has no {} service",
                     self.cloud.source,
                     service.name()
@@ -411,7 +416,7 @@ impl Client {
                 entry.endpoints.iter().filter_map(|e| e.region()).collect();
             regions.sort_unstable();
             regions.dedup();
-            super::invalid(format!(
+            not_sent(format!(
                 "{} has no {interface} {} endpoint in region {}; its regions are {} (set \
                  region_name in the cloud entry, OS_REGION_NAME, or `region` in [provider])",
                 self.cloud.source,
@@ -455,11 +460,11 @@ impl Client {
         let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
         let mut stale: Option<String> = None;
         loop {
-            let token = self.token(stale.as_deref()).await.map_err(local)?;
+            let token = self.token(stale.as_deref()).await?;
             let url = if path.starts_with("http://") || path.starts_with("https://") {
                 path.to_string()
             } else {
-                format!("{}{path}", self.endpoint(&token, service).map_err(local)?)
+                format!("{}{path}", self.endpoint(&token, service)?)
             };
             let response = self
                 .http
@@ -498,15 +503,20 @@ impl Client {
     pub fn fail(&self, error: CallError, context: String) -> ProviderError {
         match error {
             CallError::Api(e) if e.status == 401 => self.refused(e),
+            CallError::Api(e) if e.status == NOT_SENT => super::invalid(e.message),
             e => e.into_provider(context),
         }
     }
 }
 
-/// A provider error met before a call was sent (authentication, the catalog), carried as a
-/// call error.
-fn local(error: ProviderError) -> CallError {
-    CallError::NoSuchObject(crate::error_chain(&error))
+/// An error found before a request was sent: the catalog lacks what it needs.
+fn not_sent(message: String) -> CallError {
+    CallError::Api(OpenStackError {
+        service: "the service catalog",
+        status: NOT_SENT,
+        kind: None,
+        message,
+    })
 }
 
 #[cfg(test)]

@@ -209,13 +209,40 @@ impl OpenStackDriver {
                 name: i.name.clone().unwrap_or_default(),
             })
             .collect();
-        let found = lookup::find("image", wanted, " among the active images", &candidates)
-            .map_err(|e| invalid(format!("{e} (`nodeup images --provider openstack`)")))?;
+        let found = match lookup::find("image", wanted, " among the active images", &candidates) {
+            Ok(found) => found,
+            Err(e) => {
+                return Err(self.inactive_named(wanted).await?.unwrap_or_else(|| {
+                    invalid(format!("{e} (`nodeup images --provider openstack`)"))
+                }))
+            }
+        };
         Ok(newest
             .into_iter()
             .find(|i| i.id == found.id)
             .cloned()
             .expect("the candidate came from this list"))
+    }
+
+    /// The error for an image of this name that exists but is not active, if there is one.
+    async fn inactive_named(&self, wanted: &str) -> Result<Option<ProviderError>> {
+        #[derive(Deserialize)]
+        struct Images {
+            images: Vec<Image>,
+        }
+        let path = format!("/images?name={}", query(wanted));
+        let found: Images = self
+            .call(Service::Image, Method::GET, &path, None, || {
+                format!("looking up image {wanted}")
+            })
+            .await?;
+        Ok(found.images.first().map(|image| {
+            invalid(format!(
+                "image {wanted:?} ({}) is {} (not active): wait until Glance has it active, or \
+                 choose another (`nodeup images --provider openstack`)",
+                image.id, image.status
+            ))
+        }))
     }
 
     async fn image_id(&self, wanted: &str) -> Result<Resolved> {
@@ -561,14 +588,8 @@ impl OpenStackDriver {
     }
 
     /// Deletes the key pair nodeup imported for `node` once no other server uses it.
-    pub(super) async fn forget_key_of(&self, node: &Node) {
-        let Some(key) = node
-            .extra
-            .get("key_name")
-            .and_then(Value::as_str)
-            .filter(|k| k.starts_with(IMPORTED_KEY_PREFIX))
-            .map(String::from)
-        else {
+    pub(super) async fn forget_key_of(&self, node: &Node, key: Option<String>) {
+        let Some(key) = key.filter(|k| k.starts_with(IMPORTED_KEY_PREFIX)) else {
             return;
         };
         let Ok(servers) = self.servers("").await else {

@@ -461,6 +461,10 @@ impl NodeDriver for OpenStackDriver {
     /// counts as destroyed), and deletes the key pair nodeup imported for it once no server
     /// uses it.
     async fn destroy_node(&self, node: &Node) -> Result<()> {
+        let key = match node.extra.get("key_name").and_then(Value::as_str) {
+            Some(key) => Some(key.to_string()),
+            None => self.server(&node.id).await?.and_then(|s| s.key_name),
+        };
         self.release_floating_ips(&node.id).await?;
         let path = format!("/servers/{}", query(&node.id));
         let deleted: Result<Value> = self
@@ -472,7 +476,7 @@ impl NodeDriver for OpenStackDriver {
             Ok(_) | Err(ProviderError::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
-        self.forget_key_of(node).await;
+        self.forget_key_of(node, key).await;
         Ok(())
     }
 
