@@ -488,3 +488,150 @@ async fn cleanup_after_sigkill_leaves_no_server() {
         crate::bed_leftovers(&bed)
     );
 }
+
+/// OpenStack's own client library, as its users call it, against the fake: the catalog, a key
+/// pair, a server on the private network waited for, a floating IP on its port, reboot, stop and
+/// start waited for by status, a volume attached and detached, the server deleted; Nova's 404 and
+/// 400 and Keystone's 401 as openstacksdk's own exceptions.
+const OPENSTACKSDK: &str = r##"
+import sys, openstack
+from keystoneauth1 import exceptions as ks
+pub = open(sys.argv[1]).read().strip()
+conn = openstack.connect(cloud="fake")
+print("flavors", sorted(f.name for f in conn.compute.flavors()))
+print("images", sorted((i.name, i.status) for i in conn.image.images()))
+ext = conn.network.find_network("Ext-Net")
+private = conn.network.find_network("private")
+print("external", ext.is_router_external, "private", private.is_router_external)
+conn.compute.create_keypair(name="sdk", public_key=pub)
+image = conn.image.find_image("Ubuntu 24.04")
+flavor = conn.compute.find_flavor("d2-2")
+server = conn.compute.create_server(name="sdk-1", image_id=image.id, flavor_id=flavor.id,
+                                    networks=[{"uuid": private.id}], key_name="sdk")
+server = conn.compute.wait_for_server(server, wait=60, interval=0.2)
+port = next(conn.network.ports(device_id=server.id))
+ip = conn.network.create_ip(floating_network_id=ext.id, port_id=port.id, description="sdk")
+server = conn.compute.get_server(server.id)
+kinds = sorted(a["OS-EXT-IPS:type"] for n in server.addresses.values() for a in n)
+print("status", server.status, "addresses", kinds)
+print("floating", ip.floating_ip_address, ip.status)
+sys.stdout.flush()
+input()
+conn.compute.reboot_server(server, "HARD")
+conn.compute.wait_for_server(server, status="ACTIVE", wait=60, interval=0.2)
+conn.compute.stop_server(server)
+conn.compute.wait_for_server(server, status="SHUTOFF", wait=60, interval=0.2)
+conn.compute.start_server(server)
+conn.compute.wait_for_server(server, status="ACTIVE", wait=60, interval=0.2)
+vol = conn.block_storage.create_volume(size=1, name="sdk-vol")
+vol = conn.block_storage.wait_for_status(vol, "available", wait=30, interval=0.2)
+conn.compute.create_volume_attachment(server, volume_id=vol.id)
+print("attached", conn.block_storage.get_volume(vol.id).status)
+conn.compute.delete_volume_attachment(server, vol.id)
+conn.block_storage.delete_volume(vol)
+conn.network.delete_ip(ip)
+conn.compute.delete_server(server)
+conn.compute.wait_for_delete(server, wait=30, interval=0.2)
+print("servers", [s.name for s in conn.compute.servers()])
+try:
+    conn.compute.get_server("no-such-server")
+except openstack.exceptions.NotFoundException as e:
+    print("missing", e.status_code)
+try:
+    conn.compute.create_server(name="q", image_id="nope", flavor_id=flavor.id,
+                               networks=[{"uuid": private.id}])
+except openstack.exceptions.BadRequestException as e:
+    print("bad image", e.details)
+bad = openstack.connect(auth_url=conn.config.auth["auth_url"], username="x", password="y",
+                        project_name="p", user_domain_name="Default",
+                        project_domain_name="Default", region_name=conn.config.region_name)
+try:
+    list(bad.compute.servers())
+except ks.Unauthorized as e:
+    print("unauthorized", e.http_status)
+"##;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openstack_s_own_clients_work_against_the_fake() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let bed = TestBed::new().unwrap();
+    let config = OpenStackConfig {
+        private_network: true,
+        ..OpenStackConfig::default()
+    };
+    let fake = FakeOpenStack::start(bed.driver().clone(), config)
+        .await
+        .unwrap();
+    let public = crate::write_file(bed.dir(), "client.pub", bed.client_public_key());
+    let python = testbed::python::tool("python").expect("the tests' virtualenv: bash .ci/run");
+    let mut child = tokio::process::Command::new(python)
+        .args(["-c", OPENSTACKSDK])
+        .arg(&public)
+        .envs(clouds_env(&bed, &fake))
+        .env("OS_CLOUD", "fake")
+        .env("HOME", bed.dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut text = String::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        text.push_str(&line);
+        text.push('\n');
+        if line.starts_with("floating ") {
+            break;
+        }
+    }
+    // Through the floating IP openstacksdk put on the server, the key it imported logs in.
+    let address = text
+        .lines()
+        .last()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let machine = fake.node_of("sdk-1").expect("the server's machine");
+    assert_eq!(machine.public_ips[0].to_string(), address, "{text}");
+    let (_, out) = crate::ssh_root_on(&bed, &machine.id, "id -un").await;
+    assert_eq!(crate::stdout(&out), "root\n");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"\n").await.unwrap();
+    drop(stdin);
+    while let Some(line) = lines.next_line().await.unwrap() {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    assert!(child.wait().await.unwrap().success(), "{text}");
+    for expected in [
+        "flavors ['b3-8', 'c3-4', 'd2-2', 's1-2']\n",
+        "images [('Debian 12', 'active'), ('Debian 12', 'active'), ('Debian 13', 'queued'), \
+         ('Ubuntu 24.04', 'active')]\n",
+        "external True private False\n",
+        "status ACTIVE addresses ['fixed', 'floating']\n",
+        "attached in-use\n",
+        "servers []\n",
+        "missing 404\n",
+        "bad image Can not find requested image\n",
+        "unauthorized 401\n",
+    ] {
+        assert!(text.contains(expected), "{expected:?} in:\n{text}");
+    }
+    assert!(fake.node_of("sdk-1").is_none());
+
+    // The `openstack` command line reads the same clouds.yaml.
+    let cli = testbed::python::tool("openstack").unwrap();
+    let out = tokio::process::Command::new(cli)
+        .args(["flavor", "show", "b3-8", "-f", "json"])
+        .envs(clouds_env(&bed, &fake))
+        .env("OS_CLOUD", "fake")
+        .env("HOME", bed.dir())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let flavor: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(flavor["ram"], 8192);
+    assert_eq!(flavor["vcpus"], 2);
+}

@@ -130,7 +130,11 @@ async fn dispatch(fake: &Shared, call: &Call<'_>, version: (u32, u32)) -> Respon
         ("GET", ["flavors"]) => flavors(fake, false),
         ("GET", ["flavors", "detail"]) => flavors(fake, true),
         ("GET", ["flavors", id]) => flavor(fake, id),
-        ("GET", ["os-availability-zone"]) => answer(
+        ("GET", ["flavors", id, "os-extra_specs"]) => match FLAVORS.iter().any(|f| f.0 == *id) {
+            true => answer(StatusCode::OK, json!({"extra_specs": {}})),
+            false => flavor(fake, id),
+        },
+        ("GET", ["os-availability-zone"] | ["os-availability-zone", "detail"]) => answer(
             StatusCode::OK,
             json!({"availabilityZoneInfo": [{"zoneName": ZONE, "zoneState": {"available": true},
                                              "hosts": null}]}),

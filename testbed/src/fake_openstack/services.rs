@@ -253,6 +253,11 @@ pub(super) fn neutron(fake: &Shared, call: &Call<'_>) -> Response {
                 &format!("Network {id} could not be found."),
             ),
         },
+        ("GET", ["availability_zones"]) => answer(
+            StatusCode::OK,
+            json!({"availability_zones": [{"name": "nova", "resource": "network",
+                                           "state": "available"}]}),
+        ),
         ("GET", ["subnets"]) => {
             let items = data
                 .networks
@@ -540,6 +545,11 @@ pub(super) fn cinder(fake: &Shared, call: &Call<'_>) -> Response {
             data.volumes.retain(|v| v.id != *id);
             StatusCode::ACCEPTED.into_response()
         }
+        ("GET", ["os-availability-zone"]) => answer(
+            StatusCode::OK,
+            json!({"availabilityZoneInfo": [{"zoneName": "nova",
+                                             "zoneState": {"available": true}}]}),
+        ),
         ("GET", ["snapshots"]) | ("GET", ["snapshots", "detail"]) => {
             let list: Vec<Value> = data
                 .snapshots
