@@ -207,6 +207,22 @@ async fn deploy_from_a_clouds_yaml_entry() {
     assert_eq!(report["steps"][0]["stdout"], "root\n", "{report}");
     let machine = bed.adopt(fake.node_of("web-1").unwrap());
     assert_eq!(machine.read_file("/tmp/mark").unwrap(), b"deployed\n");
+    // The API calls of one deploy, counted exactly (only the wait's polls depend on timing).
+    let mut calls = fake.calls();
+    let polls = calls.remove("GET /compute/v2.1/servers/detail").unwrap_or(0);
+    assert!((1..=20).contains(&polls), "{polls} polls");
+    let once: std::collections::BTreeMap<String, u32> = [
+        "POST /identity/v3/auth/tokens",
+        "GET /image/v2/images",
+        "GET /compute/v2.1/flavors/detail",
+        "POST /compute/v2.1/os-keypairs",
+        "POST /compute/v2.1/servers",
+    ]
+    .into_iter()
+    .map(|c| (c.to_string(), 1))
+    .collect();
+    assert_eq!(calls, once, "one of each, and nothing else");
+    fake.reset_calls();
 
     let failing = step_file(&bed, "bad", 1, "", "exit 3");
     let out = nodeup_os(&bed, &fake, &["deploy", &failing])

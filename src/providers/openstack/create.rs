@@ -77,6 +77,15 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Whether `text` is a UUID (Glance's ids all are): only then is it looked up as an id.
+fn is_uuid(text: &str) -> bool {
+    text.len() == 36
+        && text.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
 /// A regular expression matching exactly `name` (Nova's `name` filter is a regular expression).
 fn exact(name: &str) -> String {
     let mut pattern = String::from("^");
@@ -184,7 +193,11 @@ impl OpenStackDriver {
     /// The image an id or name means: by id (it must be active), or the newest active image of
     /// that name.
     pub(super) async fn resolve_image(&self, wanted: &str) -> Result<Image> {
-        if let Some(image) = self.image(wanted).await? {
+        let by_id = match is_uuid(wanted) {
+            true => self.image(wanted).await?,
+            false => None,
+        };
+        if let Some(image) = by_id {
             if image.status != "active" {
                 return Err(invalid(format!(
                     "image {wanted} is {} (not active): wait until Glance has it active, or \
@@ -613,6 +626,13 @@ impl OpenStackDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_uuids_are_looked_up_as_image_ids() {
+        assert!(is_uuid("6c4d2e3f-1b50-4c7d-9e8f-0a1b2c3d4e02"));
+        assert!(!is_uuid("Debian 12"));
+        assert!(!is_uuid("6c4d2e3f-1b50-4c7d-9e8f-0a1b2c3d4e0z"));
+    }
 
     #[test]
     fn names_are_matched_exactly() {

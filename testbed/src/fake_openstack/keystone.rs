@@ -44,7 +44,7 @@ pub(super) fn route(
 fn version(fake: &Shared) -> Value {
     json!({
         "id": VERSION, "status": "stable", "updated": "2020-04-07T00:00:00Z",
-        "links": [{"rel": "self", "href": format!("{}/identity/v3/", fake.base)}],
+        "links": [{"rel": "self", "href": format!("{}/identity/v3/", fake.base())}],
         "media-types": [{"base": "application/json",
                          "type": "application/vnd.openstack.identity-v3+json"}],
     })
@@ -186,7 +186,7 @@ fn token_body(
 /// interfaces.
 fn catalog(fake: &Shared) -> Value {
     let region = lock(&fake.config).region.clone();
-    let base = &fake.base;
+    let base = &fake.base();
     let project = &fake.account.project_id;
     let services = [
         ("identity", "keystone", format!("{base}/identity")),

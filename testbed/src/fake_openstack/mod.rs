@@ -211,7 +211,15 @@ pub(crate) struct Fake {
     pub config: Mutex<OpenStackConfig>,
     pub data: Mutex<Data>,
     pub driver: LocalDriver,
-    pub base: String,
+    /// The address the catalog and links give (the fake's own, or a relay's in front of it).
+    pub base_url: Mutex<String>,
+}
+
+impl Fake {
+    /// The address clients are told to use.
+    pub fn base(&self) -> String {
+        lock(&self.base_url).clone()
+    }
 }
 
 pub(crate) type Shared = Arc<Fake>;
@@ -265,7 +273,7 @@ impl FakeOpenStack {
             config: Mutex::new(config),
             data: Mutex::new(data),
             driver,
-            base: format!("http://{addr}"),
+            base_url: Mutex::new(format!("http://{addr}")),
         });
         let app = Router::new().fallback(dispatch).with_state(fake.clone());
         let server = tokio::spawn(async move {
@@ -284,9 +292,15 @@ impl FakeOpenStack {
         self.addr
     }
 
+    /// Has the catalog, the links and [`FakeOpenStack::auth_url`] give `url` (a relay in front
+    /// of the fake, say) instead of the fake's own address.
+    pub fn advertise(&self, url: &str) {
+        *lock(&self.fake.base_url) = url.trim_end_matches('/').to_string();
+    }
+
     /// Keystone's address (the `auth_url`).
     pub fn auth_url(&self) -> String {
-        format!("{}/identity/v3", self.fake.base)
+        format!("{}/identity/v3", self.fake.base())
     }
 
     /// The account.
@@ -579,7 +593,7 @@ async fn route(
             "Unauthorized",
             "The request you have made requires authentication.",
         );
-        if let Ok(v) = format!("Keystone uri=\"{}/identity\"", fake.base).parse() {
+        if let Ok(v) = format!("Keystone uri=\"{}/identity\"", fake.base()).parse() {
             refused.headers_mut().insert("www-authenticate", v);
         }
         return refused;

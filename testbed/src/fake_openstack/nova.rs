@@ -149,8 +149,8 @@ async fn dispatch(fake: &Shared, call: &Call<'_>, version: (u32, u32)) -> Respon
 
 fn link(fake: &Shared, kind: &str, id: &str) -> Value {
     json!([
-        {"rel": "self", "href": format!("{}/compute/v2.1/{kind}/{id}", fake.base)},
-        {"rel": "bookmark", "href": format!("{}/compute/{kind}/{id}", fake.base)},
+        {"rel": "self", "href": format!("{}/compute/v2.1/{kind}/{id}", fake.base())},
+        {"rel": "bookmark", "href": format!("{}/compute/{kind}/{id}", fake.base())},
     ])
 }
 
@@ -264,8 +264,7 @@ fn list_servers(fake: &Shared, call: &Call<'_>, detail: bool) -> Response {
     let mut body = json!({ "servers": servers });
     if let Some(query) = next {
         let path = if detail { "servers/detail" } else { "servers" };
-        body["servers_links"] =
-            json!([{"rel": "next", "href": format!("{}/compute/v2.1/{path}?{query}", fake.base)}]);
+        body["servers_links"] = json!([{"rel": "next", "href": format!("{}/compute/v2.1/{path}?{query}", fake.base())}]);
     }
     answer(StatusCode::OK, body)
 }

@@ -47,7 +47,7 @@ pub(super) const IMAGES: [(&str, &str, &str, &str, &str); 4] = [
 
 /// The version documents, answered without a token as the services do.
 pub(super) fn versions(fake: &Shared, service: &str, rest: &str) -> Option<Response> {
-    let base = &fake.base;
+    let base = &fake.base();
     let link = |path: &str| json!([{"rel": "self", "href": format!("{base}/{path}")}]);
     let (status, body) = match (service, rest) {
         ("compute", "") => (StatusCode::OK, json!({"versions": [nova_version(fake)]})),
@@ -84,7 +84,7 @@ pub(super) fn versions(fake: &Shared, service: &str, rest: &str) -> Option<Respo
 fn nova_version(fake: &Shared) -> Value {
     json!({"id": "v2.1", "status": "CURRENT", "version": "2.96", "min_version": "2.1",
            "updated": "2013-07-23T11:33:21Z",
-           "links": [{"rel": "self", "href": format!("{}/compute/v2.1/", fake.base)}],
+           "links": [{"rel": "self", "href": format!("{}/compute/v2.1/", fake.base())}],
            "media-types": [{"base": "application/json",
                             "type": "application/vnd.openstack.compute+json;version=2.1"}]})
 }
@@ -194,7 +194,7 @@ fn listing(fake: &Shared, call: &Call<'_>, key: &str, items: Vec<Value>) -> Resp
     let mut body = json!({ key: taken });
     if let Some(query) = next {
         body[format!("{key}_links")] = json!([{"rel": "next",
-            "href": format!("{}/network/v2.0/{key}?{query}", fake.base)}]);
+            "href": format!("{}/network/v2.0/{key}?{query}", fake.base())}]);
     }
     answer(StatusCode::OK, body)
 }
@@ -456,7 +456,7 @@ fn volume_json(fake: &Shared, v: &Volume, status: &str) -> Value {
            "user_id": fake.account.user_id, "replication_status": null,
            "consistencygroup_id": null,
            "links": [{"rel": "self",
-                      "href": format!("{}/volume/v3/{}/volumes/{}", fake.base,
+                      "href": format!("{}/volume/v3/{}/volumes/{}", fake.base(),
                                       fake.account.project_id, v.id)}]})
 }
 
@@ -492,7 +492,7 @@ pub(super) fn cinder(fake: &Shared, call: &Call<'_>) -> Response {
             let mut body = json!({ "volumes": taken });
             if let Some(query) = next {
                 body["volumes_links"] = json!([{"rel": "next", "href": format!(
-                    "{}/volume/v3/{}/{}?{query}", fake.base, fake.account.project_id,
+                    "{}/volume/v3/{}/{}?{query}", fake.base(), fake.account.project_id,
                     call.path.trim_matches('/'))}]);
             }
             answer(StatusCode::OK, body)
