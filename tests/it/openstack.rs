@@ -96,6 +96,8 @@ async fn every_method_against_the_fake() {
     assert!(e.contains("queued") && e.contains("not active"), "{e}");
     let zones = os.list_locations().await.unwrap();
     assert_eq!(zones[0].id, "nova");
+    let regions = os.ex_list_regions().await.unwrap();
+    assert_eq!(regions[0].id, fake.region());
 
     let made = os.create_key_pair("laptop", None).await.unwrap();
     assert!(made
@@ -143,6 +145,8 @@ async fn every_method_against_the_fake() {
     let e = nodeup::error_chain(&os.stop_node(&node).await.unwrap_err());
     assert!(e.contains("409") && e.contains("vm_state stopped"), "{e}");
     os.start_node(&node).await.unwrap();
+    until(&os, &node.id, NodeState::Running).await;
+    os.ex_reboot_node(&node, true).await.unwrap();
     until(&os, &node.id, NodeState::Running).await;
     let (_, out) = crate::ssh_root_on(&bed, &machine.id, "echo back").await;
     assert_eq!(crate::stdout(&out), "back\n", "the machine is up again");
@@ -209,7 +213,9 @@ async fn deploy_from_a_clouds_yaml_entry() {
     assert_eq!(machine.read_file("/tmp/mark").unwrap(), b"deployed\n");
     // The API calls of one deploy, counted exactly (only the wait's polls depend on timing).
     let mut calls = fake.calls();
-    let polls = calls.remove("GET /compute/v2.1/servers/detail").unwrap_or(0);
+    let polls = calls
+        .remove("GET /compute/v2.1/servers/detail")
+        .unwrap_or(0);
     assert!((1..=20).contains(&polls), "{polls} polls");
     let once: std::collections::BTreeMap<String, u32> = [
         "POST /identity/v3/auth/tokens",
@@ -360,6 +366,7 @@ async fn a_fleet_of_five_through_lost_answers_and_expiring_tokens() {
     fake.set_faults(vec![
         RouteFault::new("POST", "/servers", Fault::LoseAnswer, 1),
         RouteFault::new("GET", "/servers/*", Fault::TooMany { retry_after: 0 }, 3),
+        RouteFault::new("GET", "/flavors/detail", Fault::Error500, 2),
     ]);
     let file = step_file(&bed, "fleet", 5, "", "hostname > /tmp/who");
     let out = nodeup_os(&bed, &fake, &["deploy", &file, "--json"])

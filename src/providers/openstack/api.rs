@@ -393,6 +393,28 @@ impl Client {
             .project_id)
     }
 
+    /// The regions of the catalog's compute endpoints (for the client's interface), sorted.
+    ///
+    /// # Errors
+    /// Authentication failed.
+    pub async fn regions(&self) -> Result<Vec<String>> {
+        let token = self
+            .token(None)
+            .await
+            .map_err(|e| self.fail(e, "asking Keystone for a token".into()))?;
+        let mut regions: Vec<String> = token
+            .catalog
+            .iter()
+            .filter(|e| Service::Compute.types().contains(&e.kind.as_str()))
+            .flat_map(|e| &e.endpoints)
+            .filter(|e| e.interface == self.cloud.interface)
+            .filter_map(|e| e.region().map(String::from))
+            .collect();
+        regions.sort();
+        regions.dedup();
+        Ok(regions)
+    }
+
     /// The base URL of `service` in the catalog, for the client's region and interface.
     fn endpoint(&self, token: &Token, service: Service) -> Result<String, CallError> {
         let entry = service

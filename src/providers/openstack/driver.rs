@@ -412,6 +412,36 @@ impl OpenStackDriver {
     fn region(&self) -> Option<&str> {
         self.client.region()
     }
+
+    /// Reboots a server: a soft reboot (the guest's own, as `reboot_node`), or a hard one (its
+    /// power cycled, which also works on a server that is stopped or hung).
+    ///
+    /// # Errors
+    /// Nova refused (409 when the server's state does not allow it), or the call failed.
+    pub async fn ex_reboot_node(&self, node: &Node, hard: bool) -> Result<()> {
+        let kind = if hard { "HARD" } else { "SOFT" };
+        self.action(node, json!({"reboot": {"type": kind}}), "rebooting")
+            .await
+    }
+
+    /// The cloud's regions (those of its compute endpoints); a driver uses one, named by
+    /// `region` in `[provider]`, the entry's `region_name` or `OS_REGION_NAME`.
+    ///
+    /// # Errors
+    /// Authentication failed.
+    pub async fn ex_list_regions(&self) -> Result<Vec<NodeLocation>> {
+        Ok(self
+            .client
+            .regions()
+            .await?
+            .into_iter()
+            .map(|r| NodeLocation {
+                id: r.clone(),
+                name: r,
+                country: None,
+            })
+            .collect())
+    }
 }
 
 #[async_trait]
@@ -481,8 +511,7 @@ impl NodeDriver for OpenStackDriver {
     }
 
     async fn reboot_node(&self, node: &Node) -> Result<()> {
-        self.action(node, json!({"reboot": {"type": "SOFT"}}), "rebooting")
-            .await
+        self.ex_reboot_node(node, false).await
     }
 
     async fn stop_node(&self, node: &Node) -> Result<()> {
