@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::config::{Auth, Cloud, Domain, Named};
+use super::config::Cloud;
 use super::PROVIDER;
 use crate::driver::{ProviderError, Result};
 use crate::http::{HttpClient, Request, Response};
@@ -220,48 +220,6 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// A Keystone reference to a domain.
-fn domain_json(domain: &Domain) -> Value {
-    match domain {
-        Domain::Id(id) => serde_json::json!({ "id": id }),
-        Domain::Name(name) => serde_json::json!({ "name": name }),
-    }
-}
-
-/// A Keystone reference to a user or project.
-fn named_json(named: &Named) -> Value {
-    match named {
-        Named::Id(id) => serde_json::json!({ "id": id }),
-        Named::Name { name, domain } => {
-            serde_json::json!({ "name": name, "domain": domain_json(domain) })
-        }
-    }
-}
-
-/// The body of `POST /v3/auth/tokens` for these credentials.
-fn auth_body(auth: &Auth) -> Value {
-    match auth {
-        Auth::Password {
-            user,
-            password,
-            project,
-        } => {
-            let mut user = named_json(user);
-            user["password"] = password.clone().into();
-            serde_json::json!({"auth": {
-                "identity": {"methods": ["password"], "password": {"user": user}},
-                "scope": {"project": named_json(project)},
-            }})
-        }
-        Auth::ApplicationCredential { id, secret } => serde_json::json!({"auth": {
-            "identity": {
-                "methods": ["application_credential"],
-                "application_credential": {"id": id, "secret": secret},
-            },
-        }}),
-    }
-}
-
 /// How long a token lives, from its issue and expiry times (a day when they cannot be read).
 fn lifetime(body: &TokenBody) -> Duration {
     let parse = |t: &str| humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok();
@@ -330,7 +288,8 @@ impl Client {
     /// Asks Keystone for a new token.
     async fn authenticate(&self) -> Result<Token, CallError> {
         let url = format!("{}/auth/tokens", self.cloud.auth_url);
-        let body = serde_json::to_vec(&auth_body(&self.cloud.auth)).unwrap_or_default();
+        let body = serde_json::to_vec(&super::bodies::TokenRequest::new(&self.cloud.auth))
+            .unwrap_or_default();
         let response = self
             .http
             .send(|| {
@@ -583,23 +542,6 @@ mod tests {
             glance.message,
             "404 Not Found The resource could not be found."
         );
-    }
-
-    #[test]
-    fn password_auth_is_scoped_to_the_project() {
-        let body = auth_body(&Auth::Password {
-            user: Named::Name {
-                name: "u".into(),
-                domain: Domain::Name("Default".into()),
-            },
-            password: "p".into(),
-            project: Named::Id("pid".into()),
-        });
-        assert_eq!(
-            body["auth"]["identity"]["password"]["user"]["domain"]["name"],
-            "Default"
-        );
-        assert_eq!(body["auth"]["scope"]["project"]["id"], "pid");
     }
 
     #[test]

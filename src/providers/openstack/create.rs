@@ -10,10 +10,11 @@ use std::time::Duration;
 use base64::Engine as _;
 use reqwest::Method;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::Digest as _;
 
 use super::api::Service;
+use super::bodies;
 use super::driver::{login_user, query, Image};
 use super::{invalid, OpenStackDriver, OpenStackOptions};
 use super::{FLOATING_IP_DESCRIPTION, IMPORTED_KEY_PREFIX, LOGIN_USER_KEY, PROVIDER, RUN_KEY};
@@ -371,16 +372,19 @@ impl OpenStackDriver {
         struct One {
             keypair: super::driver::Keypair,
         }
-        let mut keypair = json!({"name": name, "type": "ssh"});
-        if let Some(public) = public {
-            keypair["public_key"] = public.into();
-        }
+        let body = bodies::json(&bodies::KeypairRequest {
+            keypair: bodies::NewKeypair {
+                name,
+                kind: "ssh",
+                public_key: public,
+            },
+        });
         let one: One = self
             .call(
                 Service::Compute,
                 Method::POST,
                 "/os-keypairs",
-                Some(&json!({ "keypair": keypair })),
+                Some(&body),
                 || format!("importing key pair {name}"),
             )
             .await?;
@@ -402,45 +406,24 @@ impl OpenStackDriver {
         if let Some(user) = &plan.image.login_user {
             metadata.insert(LOGIN_USER_KEY.into(), user.clone());
         }
-        let mut server = json!({
-            "name": request.name,
-            "imageRef": plan.image.id,
-            "flavorRef": plan.flavor,
-            "metadata": metadata,
-        });
-        let mut put = |field: &str, value: Value| {
-            server[field] = value;
+        let server = bodies::NewServer {
+            name: &request.name,
+            image_ref: &plan.image.id,
+            flavor_ref: &plan.flavor,
+            metadata,
+            networks: (plan.networks.iter())
+                .map(|uuid| bodies::NetworkRef { uuid })
+                .collect(),
+            security_groups: (options.security_groups.iter())
+                .map(|name| bodies::NameRef { name })
+                .collect(),
+            key_name: key,
+            user_data: (options.user_data.as_ref())
+                .map(|data| base64::engine::general_purpose::STANDARD.encode(data)),
+            availability_zone: request.location.as_deref(),
+            config_drive: options.config_drive,
         };
-        if !plan.networks.is_empty() {
-            let networks: Vec<Value> = plan.networks.iter().map(|id| json!({"uuid": id})).collect();
-            put("networks", networks.into());
-        }
-        if !options.security_groups.is_empty() {
-            let groups: Vec<Value> = options
-                .security_groups
-                .iter()
-                .map(|name| json!({ "name": name }))
-                .collect();
-            put("security_groups", groups.into());
-        }
-        if let Some(key) = key {
-            put("key_name", key.into());
-        }
-        if let Some(data) = &options.user_data {
-            put(
-                "user_data",
-                base64::engine::general_purpose::STANDARD
-                    .encode(data)
-                    .into(),
-            );
-        }
-        if let Some(zone) = &request.location {
-            put("availability_zone", zone.clone().into());
-        }
-        if options.config_drive {
-            put("config_drive", true.into());
-        }
-        json!({ "server": server })
+        bodies::json(&bodies::ServerRequest { server })
     }
 
     /// `POST /servers`, at most once in effect: a lost answer is looked for by name and mark.
@@ -514,11 +497,13 @@ impl OpenStackDriver {
     /// Allocates a floating IP from `network` on the server's port (once it has one).
     async fn float(&self, node: &Node, network: &str) -> Result<()> {
         let port = self.port_of(&node.id).await?;
-        let body = json!({"floatingip": {
-            "floating_network_id": network,
-            "port_id": port,
-            "description": format!("{FLOATING_IP_DESCRIPTION}{}", node.id),
-        }});
+        let body = bodies::json(&bodies::FloatingIpRequest {
+            floatingip: bodies::NewFloatingIp {
+                floating_network_id: network,
+                port_id: &port,
+                description: format!("{FLOATING_IP_DESCRIPTION}{}", node.id),
+            },
+        });
         let _: Value = self
             .call(
                 Service::Network,

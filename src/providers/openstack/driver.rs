@@ -8,9 +8,10 @@ use std::net::IpAddr;
 use async_trait::async_trait;
 use reqwest::Method;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::api::Service;
+use super::bodies::Action;
 use super::{not_found, OpenStackDriver, LOGIN_USER_KEY, PROVIDER, RUN_KEY};
 use crate::driver::{Features, NodeDriver, ProviderConfig, ProviderError, Result};
 use crate::model::{
@@ -328,8 +329,9 @@ impl OpenStackDriver {
     }
 
     /// Sends a server action (`{"reboot": ...}`, `{"os-stop": null}` ...).
-    async fn action(&self, node: &Node, body: Value, what: &str) -> Result<()> {
+    async fn action(&self, node: &Node, action: Action, what: &str) -> Result<()> {
         let path = format!("/servers/{}/action", query(&node.id));
+        let body = super::bodies::json(&action);
         let _: Value = self
             .call(Service::Compute, Method::POST, &path, Some(&body), || {
                 format!("{what} server {} ({})", node.name, node.id)
@@ -420,7 +422,7 @@ impl OpenStackDriver {
     /// Nova refused (409 when the server's state does not allow it), or the call failed.
     pub async fn ex_reboot_node(&self, node: &Node, hard: bool) -> Result<()> {
         let kind = if hard { "HARD" } else { "SOFT" };
-        self.action(node, json!({"reboot": {"type": kind}}), "rebooting")
+        self.action(node, Action::Reboot { kind }, "rebooting")
             .await
     }
 
@@ -515,13 +517,11 @@ impl NodeDriver for OpenStackDriver {
     }
 
     async fn stop_node(&self, node: &Node) -> Result<()> {
-        self.action(node, json!({"os-stop": null}), "stopping")
-            .await
+        self.action(node, Action::Stop(()), "stopping").await
     }
 
     async fn start_node(&self, node: &Node) -> Result<()> {
-        self.action(node, json!({"os-start": null}), "starting")
-            .await
+        self.action(node, Action::Start(()), "starting").await
     }
 
     /// The active images, newest first.
@@ -694,6 +694,7 @@ impl NodeDriver for OpenStackDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn floating_and_public_fixed_addresses_are_public() {

@@ -12,6 +12,7 @@
 //! anything is sent again.
 
 pub mod api;
+mod bodies;
 pub mod config;
 mod create;
 mod driver;

@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 
 use reqwest::Method;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::api::Service;
+use super::bodies;
 use super::driver::query;
 use super::{invalid, not_found, OpenStackDriver};
 use crate::driver::{ProviderError, Result};
@@ -135,22 +136,22 @@ impl OpenStackDriver {
                 request.name
             )));
         }
-        let mut volume = json!({"size": request.size_gb, "name": request.name});
-        let mut put = |field: &str, value: &Option<String>| {
-            if let Some(value) = value {
-                volume[field] = value.clone().into();
-            }
-        };
-        put("availability_zone", &request.location);
-        put("volume_type", &request.volume_type);
-        put("description", &request.description);
-        put("snapshot_id", &request.snapshot);
+        let volume = bodies::json(&bodies::VolumeRequest {
+            volume: bodies::NewVolume {
+                size: request.size_gb,
+                name: &request.name,
+                availability_zone: request.location.as_deref(),
+                volume_type: request.volume_type.as_deref(),
+                description: request.description.as_deref(),
+                snapshot_id: request.snapshot.as_deref(),
+            },
+        });
         let one: One = self
             .call(
                 Service::Volume,
                 Method::POST,
                 "/volumes",
-                Some(&json!({ "volume": volume })),
+                Some(&volume),
                 || format!("creating volume {}", request.name),
             )
             .await?;
@@ -159,7 +160,11 @@ impl OpenStackDriver {
 
     pub(super) async fn attach(&self, node: &Node, volume: &StorageVolume) -> Result<()> {
         let path = format!("/servers/{}/os-volume_attachments", query(&node.id));
-        let body = json!({"volumeAttachment": {"volumeId": volume.id}});
+        let body = bodies::json(&bodies::AttachmentRequest {
+            attachment: bodies::Attachment {
+                volume_id: &volume.id,
+            },
+        });
         let _: Value = self
             .call(Service::Compute, Method::POST, &path, Some(&body), || {
                 format!("attaching volume {} to server {}", volume.id, node.name)
@@ -209,9 +214,14 @@ impl OpenStackDriver {
             snapshot: Snapshot,
         }
         // `force`: a snapshot of a volume in use, as Libcloud's driver takes it.
-        let body = json!({"snapshot": {
-            "volume_id": volume.id, "name": name, "description": description, "force": true,
-        }});
+        let body = bodies::json(&bodies::SnapshotRequest {
+            snapshot: bodies::NewSnapshot {
+                volume_id: &volume.id,
+                name,
+                description,
+                force: true,
+            },
+        });
         let one: One = self
             .call(
                 Service::Volume,
