@@ -658,3 +658,83 @@ async fn openstack_s_own_clients_work_against_the_fake() {
     assert_eq!(flavor["ram"], 8192);
     assert_eq!(flavor["vcpus"], 2);
 }
+
+/// A clouds.yaml in the current directory with its password in secure.yaml beside it (as
+/// openstacksdk reads them), and a cloud behind a private certificate authority trusted through
+/// the entry's `cacert`: refused without it, with the hint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_yaml_in_the_current_directory_and_cacert() {
+    let bed = TestBed::new().unwrap();
+    let fake = FakeOpenStack::start(bed.driver().clone(), OpenStackConfig::default())
+        .await
+        .unwrap();
+    let front = testbed::tls::TlsFront::start(fake.addr()).await.unwrap();
+    fake.advertise(&front.url());
+    let password = format!("      password: {}\n", fake.account().password);
+    let clouds = fake.clouds_yaml("fake", true).replace(&password, "");
+    assert!(!clouds.contains(&fake.account().password));
+    crate::write_file(bed.dir(), "clouds.yaml", &clouds);
+    crate::write_file(
+        bed.dir(),
+        "secure.yaml",
+        &format!("clouds:\n  fake:\n    auth:\n{password}"),
+    );
+    let list = ["nodes", "list", "--provider", "openstack", "--json"];
+    let out = crate::nodeup_on(&bed, &list)
+        .env("OS_CLOUD", "fake")
+        .output()
+        .unwrap();
+    let text = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("certificate is not trusted"), "{text}");
+
+    let with_ca = format!("{clouds}    cacert: {}\n", front.ca_file().display());
+    crate::write_file(bed.dir(), "clouds.yaml", &with_ca);
+    let out = crate::nodeup_on(&bed, &list)
+        .env("OS_CLOUD", "fake")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert_eq!(crate::stdout(&out).trim(), "[]");
+    assert_eq!(
+        fake.tokens_issued(),
+        1,
+        "the password from secure.yaml was taken"
+    );
+}
+
+/// The server options reach Nova as it takes them (security groups, user data, metadata, the
+/// zone), and one it refuses is named in the error, with nothing left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_options_reach_nova() {
+    let bed = TestBed::new().unwrap();
+    let fake = FakeOpenStack::start(bed.driver().clone(), OpenStackConfig::default())
+        .await
+        .unwrap();
+    let os = driver(&fake, true);
+    let mut request = debian(&bed, "opts");
+    request.location = Some("nova".into());
+    request.extra = serde_json::from_value(serde_json::json!({
+        "security_groups": ["default"],
+        "user_data": "#cloud-config\npackages: [htop]\n",
+        "metadata": {"team": "web"},
+        "config_drive": true,
+        "networks": ["Ext-Net"],
+    }))
+    .unwrap();
+    let node = os.create_node(&request).await.unwrap();
+    until(&os, &node.id, NodeState::Running).await;
+    os.destroy_node(&node).await.unwrap();
+
+    request.extra =
+        serde_json::from_value(serde_json::json!({"security_groups": ["web"]})).unwrap();
+    let e = nodeup::error_chain(&os.create_node(&request).await.unwrap_err());
+    assert!(e.contains("security_group with name or id 'web'"), "{e}");
+    request.extra = serde_json::from_value(serde_json::json!({"colour": "red"})).unwrap();
+    let e = os.create_node(&request).await.unwrap_err().to_string();
+    assert!(
+        e.contains("`colour` is unknown") && e.contains("floating_ip_network"),
+        "{e}"
+    );
+    assert!(fake.server_names().is_empty());
+}

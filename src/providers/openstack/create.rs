@@ -112,7 +112,16 @@ impl OpenStackDriver {
         let plan = self.plan(request, options).await?;
         let key = self.key_for(request, &plan.options).await?;
         let body = self.body(request, &plan, key.as_deref());
-        let node = self.post_server(request, &plan.mark, &body).await?;
+        let node = match self.post_server(request, &plan.mark, &body).await {
+            Ok(node) => node,
+            Err(e) => {
+                // A refused create leaves no key pair that no server uses.
+                if plan.options.key_name.is_none() {
+                    self.forget_key_of("", key).await;
+                }
+                return Err(e);
+            }
+        };
         if let Some(network) = &plan.floating_network {
             if let Err(e) = self.float(&node, network).await {
                 let _ = self.destroy_node(&node).await;
@@ -585,8 +594,8 @@ impl OpenStackDriver {
         Ok(())
     }
 
-    /// Deletes the key pair nodeup imported for `node` once no other server uses it.
-    pub(super) async fn forget_key_of(&self, node: &Node, key: Option<String>) {
+    /// Deletes `key`, a key pair nodeup imported, once no server but `except` uses it.
+    pub(super) async fn forget_key_of(&self, except: &str, key: Option<String>) {
         let Some(key) = key.filter(|k| k.starts_with(IMPORTED_KEY_PREFIX)) else {
             return;
         };
@@ -595,7 +604,7 @@ impl OpenStackDriver {
         };
         let used = servers
             .iter()
-            .any(|s| s.id != node.id && s.key_name.as_deref() == Some(&key));
+            .any(|s| s.id != except && s.key_name.as_deref() == Some(&key));
         if !used {
             let path = format!("/os-keypairs/{}", query(&key));
             let _: Result<Value> = self

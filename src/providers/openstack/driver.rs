@@ -508,7 +508,7 @@ impl NodeDriver for OpenStackDriver {
             Ok(_) | Err(ProviderError::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
-        self.forget_key_of(node, key).await;
+        self.forget_key_of(&node.id, key).await;
         Ok(())
     }
 
