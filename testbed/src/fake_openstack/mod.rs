@@ -14,6 +14,7 @@
 // Handlers answer early with an error `Response`; it is large by nature.
 #![allow(clippy::result_large_err)]
 
+mod cinder;
 mod keystone;
 mod nova;
 mod services;
@@ -495,10 +496,13 @@ fn pattern(path: &str) -> String {
         .join("/")
 }
 
-/// Every request: faults, the token (except Keystone's own), then the service.
+/// The maximum size of a request body.
+const MAX_BODY: usize = 1 << 20;
+
+/// Every request: counted, faults, the JSON body, then the route.
 async fn dispatch(State(fake): State<Shared>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
         return fault_body(
             StatusCode::BAD_REQUEST,
             "badRequest",
@@ -507,53 +511,13 @@ async fn dispatch(State(fake): State<Shared>, request: Request) -> Response {
     };
     let path = parts.uri.path().to_string();
     let method = parts.method.clone();
-    lock(&fake.data)
-        .calls
-        .entry(format!("{method} {}", pattern(&path)))
-        .and_modify(|n| *n += 1)
-        .or_insert(1);
-    let fault = {
-        let mut config = lock(&fake.config);
-        crate::fake_ovh::take(&mut config.routes, method.as_str(), &path)
-    };
-    if let Some(fault) = fault {
-        lock(&fake.data).fired.count(fault);
-        match fault {
-            Fault::Error500 => {
-                return fault_body(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "computeFault",
-                    "Unexpected API Error. Please report this at http://bugs.launchpad.net/nova/ \
-                     and attach the Nova API log if possible.",
-                )
-            }
-            Fault::TooMany { retry_after } => {
-                let mut refused = fault_body(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "overLimit",
-                    "This request was rate-limited.",
-                );
-                if let Ok(v) = retry_after.to_string().parse() {
-                    refused.headers_mut().insert("retry-after", v);
-                }
-                return refused;
-            }
-            _ => {}
-        }
+    let fault = count_and_fault(&fake, &method, &path);
+    if let Some(refused) = fault.and_then(refusal) {
+        return refused;
     }
-    let body: Option<Value> = if bytes.is_empty() {
-        None
-    } else {
-        match serde_json::from_slice(&bytes) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                return fault_body(
-                    StatusCode::BAD_REQUEST,
-                    "badRequest",
-                    &format!("Malformed request body: {e}"),
-                )
-            }
-        }
+    let body = match json_body(&bytes) {
+        Ok(body) => body,
+        Err(refused) => return refused,
     };
     let query: BTreeMap<String, String> = parts
         .uri
@@ -566,6 +530,56 @@ async fn dispatch(State(fake): State<Shared>, request: Request) -> Response {
         .unwrap_or_default();
     let answer = route(&fake, &method, &path, query, &parts.headers, body).await;
     crate::fake_ovh::deliver(fault, answer).await
+}
+
+/// Counts the call, and picks the fault that fires for it (counted too), if any.
+fn count_and_fault(fake: &Fake, method: &Method, path: &str) -> Option<Fault> {
+    let mut data = lock(&fake.data);
+    *data
+        .calls
+        .entry(format!("{method} {}", pattern(path)))
+        .or_insert(0) += 1;
+    let fault = crate::fake_ovh::take(&mut lock(&fake.config).routes, method.as_str(), path)?;
+    data.fired.count(fault);
+    Some(fault)
+}
+
+/// The answer a fault gives before anything is done (a 500, a 429), if it is one of those.
+fn refusal(fault: Fault) -> Option<Response> {
+    match fault {
+        Fault::Error500 => Some(fault_body(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "computeFault",
+            "Unexpected API Error. Please report this at http://bugs.launchpad.net/nova/ and \
+             attach the Nova API log if possible.",
+        )),
+        Fault::TooMany { retry_after } => {
+            let mut refused = fault_body(
+                StatusCode::TOO_MANY_REQUESTS,
+                "overLimit",
+                "This request was rate-limited.",
+            );
+            if let Ok(v) = retry_after.to_string().parse() {
+                refused.headers_mut().insert("retry-after", v);
+            }
+            Some(refused)
+        }
+        Fault::LoseAnswer | Fault::SlowAnswer { .. } => None,
+    }
+}
+
+/// A request's JSON body (`None` when empty), or the refusal of one that is not JSON.
+fn json_body(bytes: &[u8]) -> Result<Option<Value>, Response> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_slice(bytes).map(Some).map_err(|e| {
+        fault_body(
+            StatusCode::BAD_REQUEST,
+            "badRequest",
+            &format!("Malformed request body: {e}"),
+        )
+    })
 }
 
 async fn route(
@@ -620,7 +634,7 @@ async fn route(
         "compute" => nova::route(fake, &call).await,
         "image" => services::glance(fake, &call),
         "network" => services::neutron(fake, &call),
-        _ => services::cinder(fake, &call),
+        _ => cinder::route(fake, &call),
     }
 }
 

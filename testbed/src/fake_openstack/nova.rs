@@ -292,16 +292,8 @@ fn bad(message: &str) -> Response {
     fault_body(StatusCode::BAD_REQUEST, "badRequest", message)
 }
 
-/// The checks of `POST /servers`, in Nova's order; the server to make, or the refusal.
-fn admit(fake: &Shared, data: &Data, body: &Value) -> Result<(Server, Option<String>), Response> {
-    let s = &body["server"];
-    let name = s["name"].as_str().unwrap_or_default();
-    if name.is_empty() || name.len() > 255 {
-        return Err(bad(
-            "Invalid input for field/attribute name. Value: None. 'name' is a \
-                        required property",
-        ));
-    }
+/// The image and flavor of a new server: both must exist, the image be active.
+fn references(s: &Value) -> Result<(&str, &str), Response> {
     let image = s["imageRef"].as_str().unwrap_or_default();
     match super::services::IMAGES.iter().find(|i| i.0 == image) {
         None => return Err(bad("Can not find requested image")),
@@ -312,35 +304,45 @@ fn admit(fake: &Shared, data: &Data, body: &Value) -> Result<(Server, Option<Str
     if !FLAVORS.iter().any(|f| f.0 == flavor) {
         return Err(bad(&format!("Flavor {flavor} could not be found.")));
     }
-    let networks: Vec<String> = match s["networks"].as_array() {
-        Some(list) => {
-            let mut ids = Vec::new();
-            for n in list {
-                let id = n["uuid"].as_str().unwrap_or_default();
-                if !data.networks.iter().any(|net| net.id == id) {
-                    return Err(bad(&format!("Network {id} could not be found.")));
-                }
-                ids.push(id.to_string());
-            }
-            ids
-        }
-        None if data.networks.len() > 1 => {
+    Ok((image, flavor))
+}
+
+/// The networks of a new server: those given (each must exist), else the project's only one.
+fn networks_of(data: &Data, s: &Value) -> Result<Vec<String>, Response> {
+    let Some(list) = s["networks"].as_array() else {
+        if data.networks.len() > 1 {
             return Err(fault_body(
                 StatusCode::CONFLICT,
                 "conflictingRequest",
                 "Multiple possible networks found, use a Network ID to be more specific.",
-            ))
+            ));
         }
-        None => vec![data.networks[0].id.clone()],
+        return Ok(vec![data.networks[0].id.clone()]);
     };
-    let key_name = s["key_name"].as_str().map(String::from);
-    let public_key = match &key_name {
-        Some(k) => match data.keypairs.iter().find(|p| &p.name == k) {
-            Some(pair) => Some(pair.public_key.clone()),
-            None => return Err(bad("Invalid key_name provided.")),
+    let mut ids = Vec::new();
+    for n in list {
+        let id = n["uuid"].as_str().unwrap_or_default();
+        if !data.networks.iter().any(|net| net.id == id) {
+            return Err(bad(&format!("Network {id} could not be found.")));
+        }
+        ids.push(id.to_string());
+    }
+    Ok(ids)
+}
+
+/// The public key of the named key pair, if one is named (it must exist).
+fn key_of(data: &Data, key_name: Option<&str>) -> Result<Option<String>, Response> {
+    match key_name {
+        Some(k) => match data.keypairs.iter().find(|p| p.name == k) {
+            Some(pair) => Ok(Some(pair.public_key.clone())),
+            None => Err(bad("Invalid key_name provided.")),
         },
-        None => None,
-    };
+        None => Ok(None),
+    }
+}
+
+/// The security groups (only `default` exists), the zone and the user data's encoding.
+fn check_extras(s: &Value) -> Result<(), Response> {
     for group in s["security_groups"].as_array().into_iter().flatten() {
         let g = group["name"].as_str().unwrap_or_default();
         if g != "default" {
@@ -349,10 +351,8 @@ fn admit(fake: &Shared, data: &Data, body: &Value) -> Result<(Server, Option<Str
             )));
         }
     }
-    if let Some(zone) = s["availability_zone"].as_str() {
-        if zone != ZONE {
-            return Err(bad("The requested availability zone is not available"));
-        }
+    if s["availability_zone"].as_str().is_some_and(|z| z != ZONE) {
+        return Err(bad("The requested availability zone is not available"));
     }
     if let Some(data) = s["user_data"].as_str() {
         if base64::engine::general_purpose::STANDARD
@@ -362,6 +362,11 @@ fn admit(fake: &Shared, data: &Data, body: &Value) -> Result<(Server, Option<Str
             return Err(bad("User data needs to be valid base 64."));
         }
     }
+    Ok(())
+}
+
+/// The metadata: string values, keys and values of 1 to 255 characters.
+fn metadata_of(s: &Value) -> Result<BTreeMap<String, String>, Response> {
     let mut metadata = BTreeMap::new();
     for (k, v) in s["metadata"].as_object().into_iter().flatten() {
         let Some(v) = v.as_str() else {
@@ -374,20 +379,45 @@ fn admit(fake: &Shared, data: &Data, body: &Value) -> Result<(Server, Option<Str
         }
         metadata.insert(k.clone(), v.to_string());
     }
-    let quota = lock(&fake.config).max_servers;
-    if let Some(max) = quota {
-        if data.servers.len() >= max {
-            let used = data.servers.len();
-            return Err(fault_body(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                &format!(
-                    "Quota exceeded for instances: Requested 1, but already used {used} of {max} \
-                     instances"
-                ),
-            ));
-        }
+    Ok(metadata)
+}
+
+/// The project's quota of servers.
+fn check_quota(fake: &Shared, data: &Data) -> Result<(), Response> {
+    let Some(max) = lock(&fake.config).max_servers else {
+        return Ok(());
+    };
+    let used = data.servers.len();
+    if used < max {
+        return Ok(());
     }
+    Err(fault_body(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        &format!(
+            "Quota exceeded for instances: Requested 1, but already used {used} of {max} instances"
+        ),
+    ))
+}
+
+/// The checks of `POST /servers`, in Nova's order; the server to make (and its key pair's
+/// public key), or the refusal.
+fn admit(fake: &Shared, data: &Data, body: &Value) -> Result<(Server, Option<String>), Response> {
+    let s = &body["server"];
+    let name = s["name"].as_str().unwrap_or_default();
+    if name.is_empty() || name.len() > 255 {
+        return Err(bad(
+            "Invalid input for field/attribute name. Value: None. 'name' is a \
+                        required property",
+        ));
+    }
+    let (image, flavor) = references(s)?;
+    let networks = networks_of(data, s)?;
+    let key_name = s["key_name"].as_str().map(String::from);
+    let public_key = key_of(data, key_name.as_deref())?;
+    check_extras(s)?;
+    let metadata = metadata_of(s)?;
+    check_quota(fake, data)?;
     let server = Server {
         id: uuid(),
         name: name.to_string(),

@@ -1,7 +1,6 @@
 //! The version documents of every service, Glance (`/image/v2`: images, listed newest first
 //! with `next` links), Neutron (`/network/v2.0`: networks, subnets, ports, floating IPs, with
-//! Neutron's attribute filters and `NeutronError` bodies) and Cinder (`/volume/v3/{project}`:
-//! volumes and snapshots).
+//! Neutron's attribute filters and `NeutronError` bodies).
 
 use std::time::SystemTime;
 
@@ -9,8 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-use super::{answer, fault_body, lock, page, time_text, uuid, Call, FloatingIp, Shared};
-use super::{Snapshot, Volume};
+use super::{answer, lock, page, time_text, uuid, Call, FloatingIp, Shared};
 
 /// The images: (id, name, status, created_at, os_distro). "Debian 12" is there twice, as a
 /// cloud keeps last month's build beside the new one; "Debian 13" is still being uploaded.
@@ -232,95 +230,100 @@ fn floating_json(fake: &Shared, data: &super::Data, f: &FloatingIp) -> Value {
            "revision_number": 0, "tags": []})
 }
 
-/// Neutron: networks, subnets, ports, floating IPs.
+/// Neutron: networks, subnets, ports, floating IPs, availability zones.
 pub(super) fn neutron(fake: &Shared, call: &Call<'_>) -> Response {
     let parts: Vec<&str> = call.path.trim_matches('/').split('/').collect();
-    let data = lock(&fake.data);
     match (call.method.as_str(), parts.as_slice()) {
-        ("GET", ["networks"]) => {
-            let items = data
-                .networks
-                .iter()
-                .map(|n| network_json(fake, n))
-                .collect();
-            listing(fake, call, "networks", items)
-        }
-        ("GET", ["networks", id]) => match data.networks.iter().find(|n| n.id == *id) {
-            Some(n) => answer(StatusCode::OK, json!({"network": network_json(fake, n)})),
-            None => neutron_error(
-                StatusCode::NOT_FOUND,
-                "NetworkNotFound",
-                &format!("Network {id} could not be found."),
-            ),
+        ("POST", ["floatingips"]) => allocate(fake, call),
+        ("PUT", ["floatingips", id]) => associate(fake, id, call),
+        ("DELETE", ["floatingips", id]) => release(fake, id),
+        ("GET", [kind]) => match items(fake, kind) {
+            Some(items) => listing(fake, call, kind, items),
+            None => super::not_found(),
         },
-        ("GET", ["availability_zones"]) => answer(
-            StatusCode::OK,
-            json!({"availability_zones": [{"name": "nova", "resource": "network",
-                                           "state": "available"}]}),
-        ),
-        ("GET", ["subnets"]) => {
-            let items = data
-                .networks
-                .iter()
-                .map(|n| {
-                    json!({"id": n.subnet_id, "network_id": n.id, "name": format!("{}-subnet", n.name),
-                           "cidr": n.cidr, "ip_version": 4, "enable_dhcp": true,
-                           "project_id": fake.account.project_id})
-                })
-                .collect();
-            listing(fake, call, "subnets", items)
-        }
-        ("GET", ["ports"]) => {
-            let items = data
-                .ports
-                .iter()
-                .map(|p| {
-                    let subnet = data
-                        .networks
-                        .iter()
-                        .find(|n| n.id == p.network_id)
-                        .map(|n| n.subnet_id.clone())
-                        .unwrap_or_default();
-                    port_json(fake, p, &subnet)
-                })
-                .collect();
-            listing(fake, call, "ports", items)
-        }
-        ("GET", ["floatingips"]) => {
-            let items = data
-                .floating_ips
-                .iter()
-                .map(|f| floating_json(fake, &data, f))
-                .collect();
-            listing(fake, call, "floatingips", items)
-        }
-        ("GET", ["floatingips", id]) => match data.floating_ips.iter().find(|f| f.id == *id) {
-            Some(f) => answer(
-                StatusCode::OK,
-                json!({"floatingip": floating_json(fake, &data, f)}),
-            ),
-            None => no_floating_ip(id),
-        },
-        ("POST", ["floatingips"]) => {
-            drop(data);
-            allocate(fake, call)
-        }
-        ("PUT", ["floatingips", id]) => {
-            drop(data);
-            associate(fake, id, call)
-        }
-        ("DELETE", ["floatingips", id]) => {
-            drop(data);
-            let mut data = lock(&fake.data);
-            let before = data.floating_ips.len();
-            data.floating_ips.retain(|f| f.id != *id);
-            if data.floating_ips.len() == before {
-                return no_floating_ip(id);
-            }
-            StatusCode::NO_CONTENT.into_response()
-        }
+        ("GET", [kind, id]) => show(fake, kind, id),
         _ => super::not_found(),
     }
+}
+
+/// Every item of a kind of resource, as Neutron shows them; `None` for a kind it has not.
+fn items(fake: &Shared, kind: &str) -> Option<Vec<Value>> {
+    let data = lock(&fake.data);
+    let project = &fake.account.project_id;
+    let subnet_of = |network: &str| {
+        data.networks
+            .iter()
+            .find(|n| n.id == network)
+            .map(|n| n.subnet_id.clone())
+            .unwrap_or_default()
+    };
+    Some(match kind {
+        "networks" => data
+            .networks
+            .iter()
+            .map(|n| network_json(fake, n))
+            .collect(),
+        "subnets" => (data.networks.iter())
+            .map(|n| {
+                json!({"id": n.subnet_id, "network_id": n.id, "name": format!("{}-subnet", n.name),
+                       "cidr": n.cidr, "ip_version": 4, "enable_dhcp": true, "project_id": project})
+            })
+            .collect(),
+        "ports" => (data.ports.iter())
+            .map(|p| port_json(fake, p, &subnet_of(&p.network_id)))
+            .collect(),
+        "floatingips" => (data.floating_ips.iter())
+            .map(|f| floating_json(fake, &data, f))
+            .collect(),
+        "availability_zones" => {
+            vec![json!({"id": "nova", "name": "nova", "resource": "network", "state": "available"})]
+        }
+        _ => return None,
+    })
+}
+
+/// One item, or Neutron's not-found error for its kind.
+fn show(fake: &Shared, kind: &str, id: &str) -> Response {
+    let (singular, missing, what) = match kind {
+        "networks" => ("network", "NetworkNotFound", "Network"),
+        "subnets" => ("subnet", "SubnetNotFound", "Subnet"),
+        "ports" => ("port", "PortNotFound", "Port"),
+        "floatingips" => return show_floating_ip(fake, id),
+        _ => return super::not_found(),
+    };
+    let found = items(fake, kind)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|i| i["id"] == id);
+    match found {
+        Some(item) => answer(StatusCode::OK, json!({ singular: item })),
+        None => neutron_error(
+            StatusCode::NOT_FOUND,
+            missing,
+            &format!("{what} {id} could not be found."),
+        ),
+    }
+}
+
+fn show_floating_ip(fake: &Shared, id: &str) -> Response {
+    let data = lock(&fake.data);
+    match data.floating_ips.iter().find(|f| f.id == id) {
+        Some(f) => answer(
+            StatusCode::OK,
+            json!({"floatingip": floating_json(fake, &data, f)}),
+        ),
+        None => no_floating_ip(id),
+    }
+}
+
+fn release(fake: &Shared, id: &str) -> Response {
+    let mut data = lock(&fake.data);
+    let before = data.floating_ips.len();
+    data.floating_ips.retain(|f| f.id != id);
+    if data.floating_ips.len() == before {
+        return no_floating_ip(id);
+    }
+    StatusCode::NO_CONTENT.into_response()
 }
 
 fn no_floating_ip(id: &str) -> Response {
@@ -437,181 +440,4 @@ fn associate(fake: &Shared, id: &str, call: &Call<'_>) -> Response {
         StatusCode::OK,
         json!({"floatingip": floating_json(fake, &data, &ip)}),
     )
-}
-
-fn volume_json(fake: &Shared, v: &Volume, status: &str) -> Value {
-    let attachments: Vec<Value> = v
-        .server
-        .iter()
-        .map(|s| {
-            json!({"server_id": s, "attachment_id": uuid(), "volume_id": v.id, "id": v.id,
-                   "device": "/dev/vdb", "host_name": null, "attached_at": time_text(v.created)})
-        })
-        .collect();
-    json!({"id": v.id, "name": v.name, "size": v.size, "status": status,
-           "attachments": attachments, "availability_zone": "nova", "bootable": "false",
-           "created_at": time_text(v.created), "updated_at": time_text(v.created),
-           "description": v.description, "volume_type": "__DEFAULT__", "snapshot_id": null,
-           "source_volid": null, "metadata": {}, "multiattach": false, "encrypted": false,
-           "user_id": fake.account.user_id, "replication_status": null,
-           "consistencygroup_id": null,
-           "links": [{"rel": "self",
-                      "href": format!("{}/volume/v3/{}/volumes/{}", fake.base(),
-                                      fake.account.project_id, v.id)}]})
-}
-
-fn snapshot_json(s: &Snapshot, status: &str) -> Value {
-    json!({"id": s.id, "name": s.name, "volume_id": s.volume_id, "size": s.size,
-           "status": status, "description": s.description, "created_at": time_text(s.created),
-           "updated_at": time_text(s.created), "metadata": {}})
-}
-
-fn no_volume(id: &str) -> Response {
-    fault_body(
-        StatusCode::NOT_FOUND,
-        "itemNotFound",
-        &format!("Volume {id} could not be found."),
-    )
-}
-
-/// Cinder: volumes and snapshots.
-pub(super) fn cinder(fake: &Shared, call: &Call<'_>) -> Response {
-    let parts: Vec<&str> = call.path.trim_matches('/').split('/').collect();
-    let mut data = lock(&fake.data);
-    match (call.method.as_str(), parts.as_slice()) {
-        ("GET", ["volumes"]) | ("GET", ["volumes", "detail"]) => {
-            let list: Vec<Value> = data
-                .volumes
-                .iter()
-                .map(|v| volume_json(fake, v, &v.status))
-                .collect();
-            let (taken, next) = match page(&list, |v| v["id"].as_str().unwrap_or_default(), call) {
-                Ok(p) => p,
-                Err(refused) => return refused,
-            };
-            let mut body = json!({ "volumes": taken });
-            if let Some(query) = next {
-                body["volumes_links"] = json!([{"rel": "next", "href": format!(
-                    "{}/volume/v3/{}/{}?{query}", fake.base(), fake.account.project_id,
-                    call.path.trim_matches('/'))}]);
-            }
-            answer(StatusCode::OK, body)
-        }
-        ("POST", ["volumes"]) => {
-            let body = call.body.clone().unwrap_or_default();
-            let v = &body["volume"];
-            let Some(size) = v["size"].as_u64().filter(|s| *s >= 1) else {
-                return fault_body(
-                    StatusCode::BAD_REQUEST,
-                    "badRequest",
-                    "Invalid input received: 'size' parameter must be between 1 and 2147483647",
-                );
-            };
-            let volume = Volume {
-                id: uuid(),
-                name: v["name"].as_str().unwrap_or_default().to_string(),
-                size,
-                status: "available".into(),
-                server: None,
-                description: v["description"].as_str().map(String::from),
-                created: SystemTime::now(),
-            };
-            let body = json!({"volume": volume_json(fake, &volume, "creating")});
-            data.volumes.push(volume);
-            answer(StatusCode::ACCEPTED, body)
-        }
-        ("GET", ["volumes", id]) => match data.volumes.iter().find(|v| v.id == *id) {
-            Some(v) => answer(
-                StatusCode::OK,
-                json!({"volume": volume_json(fake, v, &v.status)}),
-            ),
-            None => no_volume(id),
-        },
-        ("DELETE", ["volumes", id]) => {
-            let Some(v) = data.volumes.iter().find(|v| v.id == *id) else {
-                return no_volume(id);
-            };
-            let has_snapshots = data.snapshots.iter().any(|s| s.volume_id == v.id);
-            if v.status != "available" || has_snapshots {
-                return fault_body(
-                    StatusCode::BAD_REQUEST,
-                    "badRequest",
-                    "Invalid volume: Volume status must be available or error or error_restoring \
-                     or error_extending or error_managing and must not be migrating, attached, \
-                     belong to a group, have snapshots, awaiting a transfer, or be disassociated \
-                     from snapshots after volume transfer.",
-                );
-            }
-            data.volumes.retain(|v| v.id != *id);
-            StatusCode::ACCEPTED.into_response()
-        }
-        ("GET", ["os-availability-zone"]) => answer(
-            StatusCode::OK,
-            json!({"availabilityZoneInfo": [{"zoneName": "nova",
-                                             "zoneState": {"available": true}}]}),
-        ),
-        ("GET", ["snapshots"]) | ("GET", ["snapshots", "detail"]) => {
-            let list: Vec<Value> = data
-                .snapshots
-                .iter()
-                .map(|s| snapshot_json(s, "available"))
-                .collect();
-            answer(StatusCode::OK, json!({ "snapshots": list }))
-        }
-        ("POST", ["snapshots"]) => {
-            let body = call.body.clone().unwrap_or_default();
-            let s = &body["snapshot"];
-            let volume_id = s["volume_id"].as_str().unwrap_or_default();
-            let Some(volume) = data.volumes.iter().find(|v| v.id == volume_id) else {
-                return no_volume(volume_id);
-            };
-            let forced = s["force"].as_bool().unwrap_or(false);
-            if volume.status != "available" && !forced {
-                return fault_body(
-                    StatusCode::BAD_REQUEST,
-                    "badRequest",
-                    &format!(
-                        "Invalid volume: Volume {volume_id} status must be available, but \
-                         current status is: {}.",
-                        volume.status
-                    ),
-                );
-            }
-            let snapshot = Snapshot {
-                id: uuid(),
-                name: s["name"].as_str().map(String::from),
-                volume_id: volume_id.to_string(),
-                size: volume.size,
-                description: s["description"].as_str().map(String::from),
-                created: SystemTime::now(),
-            };
-            let body = json!({"snapshot": snapshot_json(&snapshot, "creating")});
-            data.snapshots.push(snapshot);
-            answer(StatusCode::ACCEPTED, body)
-        }
-        ("GET", ["snapshots", id]) => match data.snapshots.iter().find(|s| s.id == *id) {
-            Some(s) => answer(
-                StatusCode::OK,
-                json!({"snapshot": snapshot_json(s, "available")}),
-            ),
-            None => fault_body(
-                StatusCode::NOT_FOUND,
-                "itemNotFound",
-                &format!("Snapshot {id} could not be found."),
-            ),
-        },
-        ("DELETE", ["snapshots", id]) => {
-            let before = data.snapshots.len();
-            data.snapshots.retain(|s| s.id != *id);
-            if data.snapshots.len() == before {
-                return fault_body(
-                    StatusCode::NOT_FOUND,
-                    "itemNotFound",
-                    &format!("Snapshot {id} could not be found."),
-                );
-            }
-            StatusCode::ACCEPTED.into_response()
-        }
-        _ => super::not_found(),
-    }
 }
