@@ -407,8 +407,8 @@ async fn a_fleet_of_five_through_lost_answers_and_expiring_tokens() {
     }
 }
 
-/// A token that the cloud stops honouring before its time (revoked, or the clock): the refused
-/// call gets a new token and goes through.
+/// A token is kept while valid; one the cloud stops honouring before its time (revoked, or the
+/// clock) gets the refused call a new token; one near its end is renewed before it ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_is_renewed_once() {
     let bed = TestBed::new().unwrap();
@@ -423,6 +423,22 @@ async fn a_refused_token_is_renewed_once() {
     fake.expire_tokens();
     os.list_sizes(None).await.unwrap();
     assert_eq!(os.client().tokens_issued(), 2);
+
+    // Renewed before it ends: a 2 s token is replaced once three quarters of its life are gone,
+    // while it is still valid (no call is refused on the way).
+    fake.configure(|c| c.token_lifetime = Duration::from_secs(2));
+    fake.expire_tokens();
+    os.list_nodes().await.unwrap();
+    assert_eq!(os.client().tokens_issued(), 3);
+    fake.reset_calls();
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    os.list_nodes().await.unwrap();
+    assert_eq!(os.client().tokens_issued(), 4, "renewed ahead of its end");
+    assert_eq!(
+        fake.calls().get("GET /compute/v2.1/servers/detail"),
+        Some(&1),
+        "sent once: the old token was not tried and refused first"
+    );
 }
 
 /// A build that goes to ERROR: the deploy fails with Nova's fault message and the server is
