@@ -17,7 +17,7 @@ use nodeup::providers::ec2::{Access, Ec2Driver, Ec2Settings};
 use testbed::fake_ec2::FakeEc2;
 use testbed::moto::{Moto, REGION};
 use testbed::relay::{Faults, Relay};
-use testbed::usage::{measure, Usage};
+use testbed::usage::{measure, print_api_runs, ApiRun, Usage};
 use testbed::TestBed;
 
 /// How many nodes each run deploys.
@@ -67,14 +67,6 @@ with ThreadPoolExecutor(count) as pool:
     ok = all(pool.map(one, range(1, count + 1)))
 sys.exit(0 if ok else 1)
 "##;
-
-/// One client's run.
-struct Row {
-    client: &'static str,
-    nodes: usize,
-    usage: Usage,
-    calls: BTreeMap<String, u32>,
-}
 
 /// The step file nodeup deploys: the same three steps.
 fn stepfile(dir: &Path, payload: &Path, public: &Path, count: usize) -> PathBuf {
@@ -146,27 +138,6 @@ async fn destroy_all(fake: &FakeEc2) {
     }
 }
 
-fn print(rows: &[Row]) {
-    println!(
-        "| client | nodes | wall (s) | client CPU (s) | API calls | per node | calls by action | result |"
-    );
-    println!("|---|---|---|---|---|---|---|---|");
-    for r in rows {
-        let total: u32 = r.calls.values().sum();
-        let by_action: Vec<String> = r.calls.iter().map(|(a, n)| format!("{a} {n}")).collect();
-        println!(
-            "| {} | {} | {:.2} | {:.2} | {total} | {:.1} | {} | {} |",
-            r.client,
-            r.nodes,
-            r.usage.wall.as_secs_f64(),
-            r.usage.cpu.as_secs_f64(),
-            f64::from(total) / r.nodes as f64,
-            by_action.join(", "),
-            if r.usage.ok { "ok" } else { "FAILED" }
-        );
-    }
-}
-
 #[tokio::main]
 async fn main() {
     let bed = TestBed::new().expect("test bed");
@@ -210,7 +181,7 @@ async fn main() {
             .env("HOME", dir)
             .envs(Moto::env_for(&api));
         let (usage, calls) = counted(&fake, cmd).await;
-        rows.push(Row {
+        rows.push(ApiRun {
             client: "nodeup",
             nodes: count,
             usage,
@@ -229,7 +200,7 @@ async fn main() {
             .arg(format!("libcloud-{count}"))
             .arg(SCRIPT);
         let (usage, calls) = counted(&fake, cmd).await;
-        rows.push(Row {
+        rows.push(ApiRun {
             client: "Libcloud 3.9 deploy_node",
             nodes: count,
             usage,
@@ -240,5 +211,5 @@ async fn main() {
     if python.is_none() {
         println!("(Libcloud not in the tests' virtualenv: bash .ci/run makes it)");
     }
-    print(&rows);
+    print_api_runs(&rows, "nodes");
 }

@@ -16,7 +16,7 @@ use nodeup::driver::NodeDriver;
 use nodeup::providers::openstack::{config, OpenStackDriver, OpenStackSettings};
 use testbed::fake_openstack::{FakeOpenStack, OpenStackConfig};
 use testbed::relay::{Faults, Relay};
-use testbed::usage::{measure, Usage};
+use testbed::usage::{measure, print_api_runs, ApiRun, Usage};
 use testbed::TestBed;
 
 /// How many servers each run deploys.
@@ -70,14 +70,6 @@ with ThreadPoolExecutor(count) as pool:
 sys.exit(0 if ok else 1)
 "##;
 
-/// One client's run.
-struct Row {
-    client: &'static str,
-    nodes: usize,
-    usage: Usage,
-    calls: BTreeMap<String, u32>,
-}
-
 /// The step file nodeup deploys: the same three steps.
 fn stepfile(dir: &Path, payload: &Path, public: &Path, count: usize) -> PathBuf {
     let path = dir.join(format!("openstack-{count}.toml"));
@@ -116,25 +108,6 @@ async fn clean(fake: &FakeOpenStack) {
     }
     for pair in os.list_key_pairs(None).await.expect("key pairs") {
         os.delete_key_pair(&pair).await.expect("delete key pair");
-    }
-}
-
-fn print(rows: &[Row]) {
-    println!("| client | servers | wall (s) | client CPU (s) | API calls | per server | calls | result |");
-    println!("|---|---|---|---|---|---|---|---|");
-    for r in rows {
-        let total: u32 = r.calls.values().sum();
-        let by_call: Vec<String> = r.calls.iter().map(|(c, n)| format!("{c} {n}")).collect();
-        println!(
-            "| {} | {} | {:.2} | {:.2} | {total} | {:.1} | {} | {} |",
-            r.client,
-            r.nodes,
-            r.usage.wall.as_secs_f64(),
-            r.usage.cpu.as_secs_f64(),
-            f64::from(total) / r.nodes as f64,
-            by_call.join(", "),
-            if r.usage.ok { "ok" } else { "FAILED" }
-        );
     }
 }
 
@@ -205,7 +178,7 @@ async fn main() {
             .env("HOME", dir)
             .env("OS_CLIENT_CONFIG_FILE", &clouds);
         let (usage, calls) = counted(&fake, cmd).await;
-        rows.push(Row {
+        rows.push(ApiRun {
             client: "nodeup",
             nodes: count,
             usage,
@@ -215,7 +188,7 @@ async fn main() {
         let Some(python) = &python else { continue };
         let cmd = libcloud(python, &fake, &bed, [&public, &payload], count);
         let (usage, calls) = counted(&fake, cmd).await;
-        rows.push(Row {
+        rows.push(ApiRun {
             client: "Libcloud 3.9 deploy_node",
             nodes: count,
             usage,
@@ -226,5 +199,5 @@ async fn main() {
     if python.is_none() {
         println!("(Libcloud not in the tests' virtualenv: bash .ci/run makes it)");
     }
-    print(&rows);
+    print_api_runs(&rows, "servers");
 }

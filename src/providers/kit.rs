@@ -345,6 +345,56 @@ pub fn endpoint(
     Ok(value.trim_end_matches('/').to_string())
 }
 
+/// What names a key pair nodeup imported for a deployment (then the key's digest).
+pub const IMPORTED_KEY_PREFIX: &str = "nodeup-";
+
+/// How many hex digits of the key's digest name an imported key pair.
+const KEY_DIGEST_HEX: usize = 16;
+
+/// The name of the key pair a public key is imported as: [`IMPORTED_KEY_PREFIX`] and the digest
+/// of its type and blob, so that the same key is found again, whoever imported it.
+pub fn imported_key_name(public: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(key_blob(public).as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{IMPORTED_KEY_PREFIX}{}", &hex[..KEY_DIGEST_HEX])
+}
+
+/// Whether an address is one only its own network reaches: RFC 1918, shared address space
+/// (100.64.0.0/10), link-local, unique local IPv6. Providers that list addresses without saying
+/// which are public sort them by it.
+pub fn is_private_address(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_private() || v4.is_link_local() || (a == 100 && (64..128).contains(&b))
+        }
+        std::net::IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// What [`segment`] leaves as it is: RFC 3986's unreserved characters.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// A value made safe to put in a URL path or query as one segment: percent-encoded, so that an id
+/// or a name from the user or the API (`../../x`, `a?b`) can never change which resource is meant.
+pub fn segment(value: &str) -> String {
+    let encoded = percent_encoding::utf8_percent_encode(value, PATH_SEGMENT).to_string();
+    // `.` and `..` stay dot segments even when nothing else is encoded.
+    match encoded.as_str() {
+        "." => "%2E".into(),
+        ".." => "%2E%2E".into(),
+        _ => encoded,
+    }
+}
+
 /// An OpenSSH public key's type and blob, without its comment: what tells one key from another
 /// when providers store it with other comments.
 pub fn key_blob(public_key: &str) -> String {
@@ -403,5 +453,33 @@ mod tests {
             e.contains("credentials never go in a step file; use P_TOKEN"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn imported_keys_are_named_by_their_digest_whatever_the_comment() {
+        let a = imported_key_name("ssh-ed25519 AAAAC3Nza... me@here");
+        assert!(a.starts_with(IMPORTED_KEY_PREFIX) && a.len() == 7 + KEY_DIGEST_HEX);
+        assert_eq!(
+            a,
+            imported_key_name("ssh-ed25519 AAAAC3Nza... other comment")
+        );
+        assert_ne!(a, imported_key_name("ssh-ed25519 AAAAC3Nzb..."));
+    }
+
+    #[test]
+    fn private_addresses() {
+        for private in [
+            "10.0.0.5",
+            "192.168.1.1",
+            "100.64.0.1",
+            "169.254.1.1",
+            "fd00::1",
+            "fe80::1",
+        ] {
+            assert!(is_private_address(private.parse().unwrap()), "{private}");
+        }
+        for public in ["203.0.113.9", "127.100.0.2", "100.128.0.1", "2001:db8::1"] {
+            assert!(!is_private_address(public.parse().unwrap()), "{public}");
+        }
     }
 }

@@ -111,6 +111,36 @@ impl Command {
     }
 }
 
+/// fake-openstack on `listen`, with a private network when asked.
+async fn serve_openstack(
+    listen: SocketAddr,
+    driver: nodeup::providers::local::LocalDriver,
+    private_network: bool,
+) -> std::io::Result<FakeOpenStack> {
+    let config = OpenStackConfig {
+        private_network,
+        ..OpenStackConfig::default()
+    };
+    FakeOpenStack::start_on(listen, driver, config).await
+}
+
+/// The variables a client of fake-openstack needs: the `OS_*` ones, or, when a `clouds.yaml`
+/// is asked for, that file (written, with its entry `fake`) and the entry's name.
+fn openstack_env(
+    served: &FakeOpenStack,
+    clouds_yaml: Option<&std::path::Path>,
+) -> Result<Vec<(String, String)>, String> {
+    let Some(path) = clouds_yaml else {
+        return Ok(served.env());
+    };
+    std::fs::write(path, served.clouds_yaml("fake", true))
+        .map_err(|e| format!("fake-openstack: writing {}: {e}", path.display()))?;
+    Ok(vec![
+        ("OS_CLIENT_CONFIG_FILE".into(), path.display().to_string()),
+        ("OS_CLOUD".into(), "fake".into()),
+    ])
+}
+
 /// A fake being served: kept (and so serving) until the process is told to end.
 type Serving = Box<dyn std::any::Any + Send>;
 
@@ -125,22 +155,10 @@ async fn start(fake: &Command, bed: &TestBed) -> Result<(Serving, Vec<(String, S
             private_network,
             clouds_yaml,
         } => {
-            let config = OpenStackConfig {
-                private_network: *private_network,
-                ..OpenStackConfig::default()
-            };
-            let served = FakeOpenStack::start_on(listen.listen, driver, config)
+            let served = serve_openstack(listen.listen, driver, *private_network)
                 .await
                 .map_err(failed(listen.listen))?;
-            let mut env = served.env();
-            if let Some(path) = clouds_yaml {
-                std::fs::write(path, served.clouds_yaml("fake", true))
-                    .map_err(|e| format!("fake-openstack: writing {}: {e}", path.display()))?;
-                env = vec![
-                    ("OS_CLIENT_CONFIG_FILE".into(), path.display().to_string()),
-                    ("OS_CLOUD".into(), "fake".into()),
-                ];
-            }
+            let env = openstack_env(&served, clouds_yaml.as_deref())?;
             Ok((Box::new(served), env))
         }
         Command::Ovh { listen, dedicated } => {

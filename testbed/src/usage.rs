@@ -95,3 +95,40 @@ fn trace(pid: u32, started: Instant) {
         }
     });
 }
+
+/// One client's deployment of `nodes` machines through a provider's API, for the benchmarks that
+/// count API calls: what it cost and the calls it made, by call.
+#[derive(Debug, Clone)]
+pub struct ApiRun {
+    /// Who deployed (`nodeup`, `Libcloud 3.9 deploy_node`).
+    pub client: &'static str,
+    /// How many machines.
+    pub nodes: usize,
+    /// Its wall time, CPU and memory.
+    pub usage: Usage,
+    /// The API calls it made, by call.
+    pub calls: std::collections::BTreeMap<String, u32>,
+}
+
+/// Prints `runs` as a Markdown table; `unit` names the machines (`nodes`, `servers`).
+pub fn print_api_runs(runs: &[ApiRun], unit: &str) {
+    println!(
+        "| client | {unit} | wall (s) | client CPU (s) | API calls | per {} | calls by action | result |",
+        unit.trim_end_matches('s')
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in runs {
+        let total: u32 = r.calls.values().sum();
+        let by_action: Vec<String> = r.calls.iter().map(|(a, n)| format!("{a} {n}")).collect();
+        println!(
+            "| {} | {} | {:.2} | {:.2} | {total} | {:.1} | {} | {} |",
+            r.client,
+            r.nodes,
+            r.usage.wall.as_secs_f64(),
+            r.usage.cpu.as_secs_f64(),
+            f64::from(total) / r.nodes as f64,
+            by_action.join(", "),
+            if r.usage.ok { "ok" } else { "FAILED" }
+        );
+    }
+}

@@ -12,6 +12,13 @@ use testbed::TestBed;
 
 use crate::{assert_ok, stderr_of};
 
+/// The fake cloud over the bed's local nodes.
+async fn cloud(bed: &TestBed, config: OpenStackConfig) -> FakeOpenStack {
+    FakeOpenStack::start(bed.driver().clone(), config)
+        .await
+        .unwrap()
+}
+
 /// A driver of the fake's `clouds.yaml` entry (its password, or its application credential).
 fn driver(fake: &FakeOpenStack, password: bool) -> OpenStackDriver {
     let cloud = config::from_yaml(&fake.clouds_yaml("fake", password), "fake").unwrap();
@@ -79,9 +86,7 @@ fn step_file(bed: &TestBed, name: &str, count: usize, options: &str, script: &st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_method_against_the_fake() {
     let bed = TestBed::new().unwrap();
-    let fake = FakeOpenStack::start(bed.driver().clone(), OpenStackConfig::default())
-        .await
-        .unwrap();
+    let fake = cloud(&bed, OpenStackConfig::default()).await;
     let os = driver(&fake, false);
     let sizes = os.list_sizes(None).await.unwrap();
     assert_eq!(sizes.len(), 4);
@@ -195,9 +200,7 @@ async fn every_method_against_the_fake() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_from_a_clouds_yaml_entry() {
     let bed = TestBed::new().unwrap();
-    let fake = FakeOpenStack::start(bed.driver().clone(), OpenStackConfig::default())
-        .await
-        .unwrap();
+    let fake = cloud(&bed, OpenStackConfig::default()).await;
     let file = step_file(&bed, "web", 1, "", "echo deployed > /tmp/mark; id -un");
     let out = nodeup_os(
         &bed,
@@ -262,9 +265,7 @@ async fn deploy_from_a_clouds_yaml_entry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_os_variables_and_a_missing_entry() {
     let bed = TestBed::new().unwrap();
-    let fake = FakeOpenStack::start(bed.driver().clone(), OpenStackConfig::default())
-        .await
-        .unwrap();
+    let fake = cloud(&bed, OpenStackConfig::default()).await;
     let os = driver(&fake, true);
     let node = os.create_node(&debian(&bed, "listed")).await.unwrap();
     let out = crate::nodeup_on(
@@ -305,9 +306,7 @@ async fn a_floating_ip_is_allocated_and_released() {
         private_network: true,
         ..OpenStackConfig::default()
     };
-    let fake = FakeOpenStack::start(bed.driver().clone(), config)
-        .await
-        .unwrap();
+    let fake = cloud(&bed, config).await;
     let options = "networks = [\"private\"], floating_ip_network = \"Ext-Net\"";
     let file = step_file(&bed, "float", 1, options, "hostname");
     let out = nodeup_os(&bed, &fake, &["deploy", &file, "--json"])
@@ -341,7 +340,12 @@ async fn a_floating_ip_is_allocated_and_released() {
     let out = nodeup_os(&bed, &fake, &["deploy", &multiple])
         .output()
         .unwrap();
-    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "nothing was created: {}",
+        stderr_of(&out)
+    );
     let text = stderr_of(&out);
     assert!(
         text.contains("Multiple possible networks") && text.contains("networks = ["),
@@ -360,9 +364,7 @@ async fn a_fleet_of_five_through_lost_answers_and_expiring_tokens() {
         build_time: Duration::from_millis(1500),
         ..OpenStackConfig::default()
     };
-    let fake = FakeOpenStack::start(bed.driver().clone(), config)
-        .await
-        .unwrap();
+    let fake = cloud(&bed, config).await;
     fake.set_faults(vec![
         RouteFault::new("POST", "/servers", Fault::LoseAnswer, 1),
         RouteFault::new("GET", "/servers/*", Fault::TooMany { retry_after: 0 }, 3),
@@ -412,9 +414,7 @@ async fn a_fleet_of_five_through_lost_answers_and_expiring_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_is_renewed_once() {
     let bed = TestBed::new().unwrap();
-    let fake = FakeOpenStack::start(bed.driver().clone(), OpenStackConfig::default())
-        .await
-        .unwrap();
+    let fake = cloud(&bed, OpenStackConfig::default()).await;
     let os = driver(&fake, true);
     os.list_nodes().await.unwrap();
     assert_eq!(os.client().tokens_issued(), 1);
@@ -450,12 +450,10 @@ async fn errors_say_what_to_do_and_leave_nothing() {
         failing_builds: 1,
         ..OpenStackConfig::default()
     };
-    let fake = FakeOpenStack::start(bed.driver().clone(), config)
-        .await
-        .unwrap();
+    let fake = cloud(&bed, config).await;
     let file = step_file(&bed, "doomed", 1, "", "true");
     let out = nodeup_os(&bed, &fake, &["deploy", &file]).output().unwrap();
-    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
     let text = stderr_of(&out);
     assert!(text.contains("No valid host was found"), "{text}");
     assert!(
@@ -465,6 +463,12 @@ async fn errors_say_what_to_do_and_leave_nothing() {
 
     fake.configure(|c| c.max_servers = Some(0));
     let out = nodeup_os(&bed, &fake, &["deploy", &file]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "nothing was created: {}",
+        stderr_of(&out)
+    );
     let text = stderr_of(&out);
     assert!(
         text.contains("Quota exceeded for instances") && text.contains("quota"),
@@ -482,6 +486,12 @@ async fn errors_say_what_to_do_and_leave_nothing() {
     let out = nodeup_os(&bed, &fake, &["deploy", big.to_str().unwrap()])
         .output()
         .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "nothing was created: {}",
+        stderr_of(&out)
+    );
     let text = stderr_of(&out);
     assert!(
         text.contains("x9-999") && text.contains("not offered"),
@@ -501,9 +511,7 @@ async fn errors_say_what_to_do_and_leave_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cleanup_after_sigkill_leaves_no_server() {
     let bed = TestBed::new().unwrap();
-    let fake = FakeOpenStack::start(bed.driver().clone(), OpenStackConfig::default())
-        .await
-        .unwrap();
+    let fake = cloud(&bed, OpenStackConfig::default()).await;
     let file = step_file(&bed, "busy", 1, "", "sleep 60");
     let cmd = nodeup_os(&bed, &fake, &["deploy", &file]);
     let (mut child, _, _rest) = crate::spawn_until(cmd, "step 1/1: script");
@@ -598,9 +606,7 @@ async fn openstack_s_own_clients_work_against_the_fake() {
         private_network: true,
         ..OpenStackConfig::default()
     };
-    let fake = FakeOpenStack::start(bed.driver().clone(), config)
-        .await
-        .unwrap();
+    let fake = cloud(&bed, config).await;
     let public = crate::write_file(bed.dir(), "client.pub", bed.client_public_key());
     let python = testbed::python::tool("python").expect("the tests' virtualenv: bash .ci/run");
     let mut child = tokio::process::Command::new(python)
@@ -681,9 +687,7 @@ async fn openstack_s_own_clients_work_against_the_fake() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secure_yaml_in_the_current_directory_and_cacert() {
     let bed = TestBed::new().unwrap();
-    let fake = FakeOpenStack::start(bed.driver().clone(), OpenStackConfig::default())
-        .await
-        .unwrap();
+    let fake = cloud(&bed, OpenStackConfig::default()).await;
     let front = testbed::tls::TlsFront::start(fake.addr()).await.unwrap();
     fake.advertise(&front.url());
     let password = format!("      password: {}\n", fake.account().password);
@@ -724,9 +728,7 @@ async fn secure_yaml_in_the_current_directory_and_cacert() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_options_reach_nova() {
     let bed = TestBed::new().unwrap();
-    let fake = FakeOpenStack::start(bed.driver().clone(), OpenStackConfig::default())
-        .await
-        .unwrap();
+    let fake = cloud(&bed, OpenStackConfig::default()).await;
     let os = driver(&fake, true);
     let mut request = debian(&bed, "opts");
     request.location = Some("nova".into());

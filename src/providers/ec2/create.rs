@@ -10,13 +10,10 @@ use sha2::Digest as _;
 use super::api::Params;
 use super::driver::{imported, to_node, LIVE_STATES};
 use super::{invalid, xml, Ec2Driver, Ec2Options, DEFAULT_CHECKIP_URL, DEFAULT_INSTANCE_TYPE};
-use super::{IMPORTED_KEY_PREFIX, LOGIN_USER_TAG, PROVIDER, RUN_TAG, SSH_GROUP};
+use super::{LOGIN_USER_TAG, PROVIDER, RUN_TAG, SSH_GROUP};
 use crate::driver::{ProviderError, Result};
 use crate::model::{CreateNode, Node, NodeAuth};
 use crate::providers::kit::create_at_most_once;
-
-/// How many hex digits of the key's digest name an imported key pair.
-const KEY_DIGEST_HEX: usize = 16;
 
 /// How many hex digits of the run and name's digest make the idempotency token (EC2 takes up to
 /// 64 characters).
@@ -508,14 +505,7 @@ impl Ec2Driver {
     }
 }
 
-/// The name of the key pair a public key is imported as: `nodeup-` and its digest, so that the
-/// same key is found again, whoever imported it.
-pub(super) fn key_name(public: &str) -> String {
-    let blob = crate::providers::key_blob(public);
-    let digest = sha2::Sha256::digest(blob.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{IMPORTED_KEY_PREFIX}{}", &hex[..KEY_DIGEST_HEX])
-}
+pub(super) use crate::providers::kit::imported_key_name as key_name;
 
 /// The idempotency token of a create: from the run and the name when there is a run (the same
 /// create sent again is the same request), else unique.

@@ -41,7 +41,7 @@ pub const SSH_GROUP: &str = "nodeup-ssh";
 
 /// What names a key pair nodeup imported for a deployment (`nodeup-` and the key's digest): it
 /// is removed once no instance uses it.
-pub const IMPORTED_KEY_PREFIX: &str = "nodeup-";
+pub use crate::providers::kit::IMPORTED_KEY_PREFIX;
 
 /// The tag that records the run that made an instance.
 pub const RUN_TAG: &str = "nodeup:run";

@@ -228,7 +228,7 @@ pub fn to_node(server: &Server) -> Node {
         .split(',')
         .filter_map(|a| a.trim().parse::<IpAddr>().ok())
     {
-        if is_private(&ip) {
+        if crate::providers::kit::is_private_address(ip) {
             private.push(ip);
         } else {
             public.push(ip);
@@ -260,13 +260,6 @@ pub fn to_node(server: &Server) -> Node {
         size: server.service_type.as_ref().map(|s| s.id.to_string()),
         provider: PROVIDER.into(),
         extra,
-    }
-}
-
-fn is_private(ip: &IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_private() || v4.is_link_local(),
-        IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00,
     }
 }
 

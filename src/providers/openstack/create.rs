@@ -11,24 +11,21 @@ use base64::Engine as _;
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::Value;
-use sha2::Digest as _;
 
 use super::api::Service;
 use super::bodies;
-use super::driver::{login_user, query, Image};
+use super::driver::{login_user, Image};
 use super::{invalid, OpenStackDriver, OpenStackOptions};
 use super::{FLOATING_IP_DESCRIPTION, IMPORTED_KEY_PREFIX, LOGIN_USER_KEY, PROVIDER, RUN_KEY};
 use crate::driver::{NodeDriver, ProviderError, Result};
 use crate::model::{CreateNode, Node, NodeAuth, NodeState};
 use crate::providers::kit::create_at_most_once;
+use crate::providers::kit::segment;
 use crate::providers::lookup::{self, Candidate};
 
 /// The metadata key holding a mark made for each create: what finds a server whose create
 /// answer was lost, when no run names it.
 pub const CREATE_MARK_KEY: &str = "nodeup:create";
-
-/// How many hex digits of the key's digest name an imported key pair.
-const KEY_DIGEST_HEX: usize = 16;
 
 /// How often the server's port is looked for, before a floating IP is put on it.
 const PORT_POLL: Duration = Duration::from_millis(250);
@@ -64,18 +61,6 @@ struct Network {
     name: String,
     #[serde(default, rename = "router:external")]
     external: bool,
-}
-
-/// The name of the key pair a public key is imported as: `nodeup-` and its digest.
-fn key_name(public: &str) -> String {
-    let mut words = public.split_whitespace();
-    let material = words.nth(1).unwrap_or(public);
-    let digest = hex(&sha2::Sha256::digest(material.as_bytes()));
-    format!("{IMPORTED_KEY_PREFIX}{}", &digest[..KEY_DIGEST_HEX])
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Whether `text` is a UUID (Glance's ids all are): only then is it looked up as an id.
@@ -253,7 +238,7 @@ impl OpenStackDriver {
         struct Images {
             images: Vec<Image>,
         }
-        let path = format!("/images?name={}", query(wanted));
+        let path = format!("/images?name={}", segment(wanted));
         let found: Images = self
             .call(Service::Image, Method::GET, &path, None, || {
                 format!("looking up image {wanted}")
@@ -356,7 +341,7 @@ impl OpenStackDriver {
         let Some(NodeAuth::SshKey(public)) = &request.auth else {
             return Ok(None);
         };
-        let name = key_name(public);
+        let name = crate::providers::kit::imported_key_name(public);
         let mut known = self.memo.keys.lock().await;
         if known.contains(&name) {
             return Ok(Some(name));
@@ -478,7 +463,7 @@ impl OpenStackDriver {
     /// The server named `name` that the create marked `mark` made, if any.
     async fn find_created(&self, name: &str, mark: &str) -> Result<Option<Node>> {
         let found = self
-            .servers(&format!("&name={}", query(&exact(name))))
+            .servers(&format!("&name={}", segment(&exact(name))))
             .await?;
         Ok(found
             .iter()
@@ -488,10 +473,13 @@ impl OpenStackDriver {
 
     /// A refused create, with what to do about it.
     fn explain_create(&self, error: ProviderError) -> ProviderError {
-        let text = crate::error_chain(&error);
+        let chain = crate::error_chain(&error);
+        let text = chain
+            .strip_prefix(&format!("{PROVIDER}: "))
+            .unwrap_or(&chain);
         let hint = if text.contains("Quota exceeded") || text.contains(" 413") {
-            "the project's quota is used up: delete servers you no longer need (`nodeup list \
-             --provider openstack`) or ask the cloud for a larger quota"
+            "the project's quota is used up: delete servers you no longer need (`nodeup nodes \
+             list --provider openstack`) or ask the cloud for a larger quota"
         } else if text.contains("Multiple possible networks") {
             "the project has several networks: name the server's in [node] options, \
              networks = [\"NAME\"]"
@@ -532,7 +520,7 @@ impl OpenStackDriver {
             id: String,
         }
         let started = tokio::time::Instant::now();
-        let path = format!("/ports?device_id={}", query(server));
+        let path = format!("/ports?device_id={}", segment(server));
         loop {
             let ports: Vec<Port> = self
                 .list_all(
@@ -570,7 +558,7 @@ impl OpenStackDriver {
             id: String,
         }
         let description = format!("{FLOATING_IP_DESCRIPTION}{server}");
-        let path = format!("/floatingips?description={}", query(&description));
+        let path = format!("/floatingips?description={}", segment(&description));
         let ips: Vec<FloatingIp> = self
             .list_all(
                 Service::Network,
@@ -580,7 +568,7 @@ impl OpenStackDriver {
             )
             .await?;
         for ip in ips {
-            let path = format!("/floatingips/{}", query(&ip.id));
+            let path = format!("/floatingips/{}", segment(&ip.id));
             let released: Result<Value> = self
                 .call(Service::Network, Method::DELETE, &path, None, || {
                     format!("releasing floating IP {} of server {server}", ip.id)
@@ -606,7 +594,7 @@ impl OpenStackDriver {
             .iter()
             .any(|s| s.id != except && s.key_name.as_deref() == Some(&key));
         if !used {
-            let path = format!("/os-keypairs/{}", query(&key));
+            let path = format!("/os-keypairs/{}", segment(&key));
             let _: Result<Value> = self
                 .call(Service::Compute, Method::DELETE, &path, None, || {
                     format!("deleting key pair {key}")
@@ -632,12 +620,5 @@ mod tests {
     fn names_are_matched_exactly() {
         assert_eq!(exact("web-1"), "^web-1$");
         assert_eq!(exact("a.b(c)"), "^a\\.b\\(c\\)$");
-    }
-
-    #[test]
-    fn imported_keys_are_named_by_their_digest() {
-        let a = key_name("ssh-ed25519 AAAAC3Nza... me@here");
-        assert!(a.starts_with("nodeup-") && a.len() == 7 + KEY_DIGEST_HEX);
-        assert_eq!(a, key_name("ssh-ed25519 AAAAC3Nza... other comment"));
     }
 }

@@ -18,6 +18,7 @@ use crate::model::{
     CreateNode, CreateVolume, KeyPair, Node, NodeImage, NodeLocation, NodeSize, NodeState,
     StorageVolume, VolumeSnapshot,
 };
+use crate::providers::kit::segment;
 
 /// How many items one page of a list asks for.
 pub(super) const PAGE_SIZE: usize = 500;
@@ -123,20 +124,6 @@ fn state(status: &str) -> NodeState {
     }
 }
 
-/// Whether an address is one only its own network reaches (RFC 1918, shared, link-local, ULA).
-fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            v4.is_private() || v4.is_link_local() || (a == 100 && (64..128).contains(&b))
-        }
-        IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
-            (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
-        }
-    }
-}
-
 /// The id of a server's flavor or image (`{"id": ...}`, or `""` for a server booted from a
 /// volume).
 fn id_of(value: &Option<Value>) -> Option<String> {
@@ -159,7 +146,7 @@ pub(super) fn to_node(server: &Server, region: Option<&str>) -> Node {
         };
         if address.kind.as_deref() == Some("floating") {
             floating.push(ip);
-        } else if is_private(ip) {
+        } else if crate::providers::kit::is_private_address(ip) {
             private_ips.push(ip);
         } else {
             public_ips.push(ip);
@@ -248,11 +235,6 @@ pub(super) fn next_link(page: &Value, key: &str) -> Option<String> {
         .map(String::from)
 }
 
-/// Percent-encodes a query value.
-pub(super) fn query(value: &str) -> String {
-    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
-}
-
 impl OpenStackDriver {
     /// A call's failure as a provider error, naming what was being done.
     pub(super) fn failed(&self, e: super::api::CallError, context: String) -> ProviderError {
@@ -315,7 +297,7 @@ impl OpenStackDriver {
         struct One {
             server: Server,
         }
-        let path = format!("/servers/{}", query(id));
+        let path = format!("/servers/{}", segment(id));
         match self
             .call::<One>(Service::Compute, Method::GET, &path, None, || {
                 format!("looking up server {id}")
@@ -330,7 +312,7 @@ impl OpenStackDriver {
 
     /// Sends a server action (`{"reboot": ...}`, `{"os-stop": null}` ...).
     async fn action(&self, node: &Node, action: Action, what: &str) -> Result<()> {
-        let path = format!("/servers/{}/action", query(&node.id));
+        let path = format!("/servers/{}/action", segment(&node.id));
         let body = super::bodies::json(&action);
         let _: Value = self
             .call(Service::Compute, Method::POST, &path, Some(&body), || {
@@ -366,7 +348,7 @@ impl OpenStackDriver {
 
     /// One image by id, `None` when Glance does not know it.
     pub(super) async fn image(&self, id: &str) -> Result<Option<Image>> {
-        let path = format!("/images/{}", query(id));
+        let path = format!("/images/{}", segment(id));
         match self
             .call::<Image>(Service::Image, Method::GET, &path, None, || {
                 format!("looking up image {id}")
@@ -498,7 +480,7 @@ impl NodeDriver for OpenStackDriver {
             None => self.server(&node.id).await?.and_then(|s| s.key_name),
         };
         self.release_floating_ips(&node.id).await?;
-        let path = format!("/servers/{}", query(&node.id));
+        let path = format!("/servers/{}", segment(&node.id));
         let deleted: Result<Value> = self
             .call(Service::Compute, Method::DELETE, &path, None, || {
                 format!("deleting server {} ({})", node.name, node.id)
@@ -610,7 +592,7 @@ impl NodeDriver for OpenStackDriver {
         struct One {
             keypair: Keypair,
         }
-        let path = format!("/os-keypairs/{}", query(name));
+        let path = format!("/os-keypairs/{}", segment(name));
         let one: One = self
             .call(Service::Compute, Method::GET, &path, None, || {
                 format!("looking up key pair {name}")
@@ -640,7 +622,7 @@ impl NodeDriver for OpenStackDriver {
     }
 
     async fn delete_key_pair(&self, key_pair: &KeyPair) -> Result<()> {
-        let path = format!("/os-keypairs/{}", query(&key_pair.name));
+        let path = format!("/os-keypairs/{}", segment(&key_pair.name));
         let _: Value = self
             .call(Service::Compute, Method::DELETE, &path, None, || {
                 format!("deleting key pair {}", key_pair.name)

@@ -41,7 +41,7 @@ pub const RUN_KEY: &str = "nodeup:run";
 pub const LOGIN_USER_KEY: &str = "nodeup:login-user";
 
 /// What names a key pair nodeup imported for a deployment (`nodeup-` and the key's digest).
-pub const IMPORTED_KEY_PREFIX: &str = "nodeup-";
+pub use crate::providers::kit::IMPORTED_KEY_PREFIX;
 
 /// The description of a floating IP nodeup allocated for a server (then the server's id): what
 /// lets destroying the server release it, and only it.

@@ -8,10 +8,10 @@ use serde_json::Value;
 
 use super::api::Service;
 use super::bodies;
-use super::driver::query;
 use super::{invalid, not_found, OpenStackDriver};
 use crate::driver::{ProviderError, Result};
 use crate::model::{CreateVolume, Node, StorageVolume, VolumeSnapshot};
+use crate::providers::kit::segment;
 
 /// A Cinder volume.
 #[derive(Debug, Deserialize)]
@@ -112,7 +112,7 @@ impl OpenStackDriver {
         struct One {
             volume: Volume,
         }
-        let path = format!("/volumes/{}", query(id));
+        let path = format!("/volumes/{}", segment(id));
         let one: One = self
             .call(Service::Volume, Method::GET, &path, None, || {
                 format!("looking up volume {id}")
@@ -159,7 +159,7 @@ impl OpenStackDriver {
     }
 
     pub(super) async fn attach(&self, node: &Node, volume: &StorageVolume) -> Result<()> {
-        let path = format!("/servers/{}/os-volume_attachments", query(&node.id));
+        let path = format!("/servers/{}/os-volume_attachments", segment(&node.id));
         let body = bodies::json(&bodies::AttachmentRequest {
             attachment: bodies::Attachment {
                 volume_id: &volume.id,
@@ -182,8 +182,8 @@ impl OpenStackDriver {
         };
         let path = format!(
             "/servers/{}/os-volume_attachments/{}",
-            query(&server),
-            query(&volume.id)
+            segment(&server),
+            segment(&volume.id)
         );
         let _: Value = self
             .call(Service::Compute, Method::DELETE, &path, None, || {
@@ -194,7 +194,7 @@ impl OpenStackDriver {
     }
 
     pub(super) async fn delete_volume(&self, volume: &StorageVolume) -> Result<()> {
-        let path = format!("/volumes/{}", query(&volume.id));
+        let path = format!("/volumes/{}", segment(&volume.id));
         let _: Value = self
             .call(Service::Volume, Method::DELETE, &path, None, || {
                 format!("deleting volume {}", volume.id)
@@ -243,7 +243,7 @@ impl OpenStackDriver {
     }
 
     pub(super) async fn delete_snapshot(&self, snapshot: &VolumeSnapshot) -> Result<()> {
-        let path = format!("/snapshots/{}", query(&snapshot.id));
+        let path = format!("/snapshots/{}", segment(&snapshot.id));
         let _: Value = self
             .call(Service::Volume, Method::DELETE, &path, None, || {
                 format!("deleting snapshot {}", snapshot.id)

@@ -202,24 +202,7 @@ fn config_files() -> Vec<PathBuf> {
     files
 }
 
-/// What [`segment`] leaves as it is: RFC 3986's unreserved characters.
-const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-/// A value made safe to put in a URL path or query as one segment: percent-encoded, so that an id
-/// or a name from the user or the API (`../../x`, `a?b`) can never change which resource is meant.
-pub fn segment(value: &str) -> String {
-    let encoded = percent_encoding::utf8_percent_encode(value, PATH_SEGMENT).to_string();
-    // `.` and `..` stay dot segments even when nothing else is encoded.
-    match encoded.as_str() {
-        "." => "%2E".into(),
-        ".." => "%2E%2E".into(),
-        _ => encoded,
-    }
-}
+pub use crate::providers::kit::segment;
 
 /// Refuses a path with a `.` or `..` segment, written plainly or percent-encoded (URL parsing
 /// resolves both, so the request would reach another resource than the one signed for).
